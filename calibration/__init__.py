@@ -1,0 +1,1 @@
+"""Detector calibration: masters, bad-pixel mask, bundle file, fast application, noise model."""

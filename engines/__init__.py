@@ -1,0 +1,1 @@
+"""Neural engines: model, training (``train`` extra), export, quantization, runtime backends."""

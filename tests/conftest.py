@@ -1,0 +1,25 @@
+"""Fixtures shared by the whole suite: where the real data lives, fixed seeds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+REAL_DATA = REPO.parent / "shared" / "data" / "real"
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """The folder of real telescope frames (../shared/data/real); fails loudly when absent."""
+    if not REAL_DATA.is_dir():
+        raise FileNotFoundError(f"{REAL_DATA} is missing: the suite needs ../shared beside the checkout")
+    return REAL_DATA
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    """A generator with a fixed seed, so every test sees the same numbers."""
+    return np.random.default_rng(20261128)

@@ -1,0 +1,1 @@
+"""The digital twin of the instrument: sky, optics, detector, artifacts, anomalies, truth."""
