@@ -24,6 +24,7 @@ _AREAS = (
     "twin.cli",
     "calibration.cli",
     "engines.cli",
+    "edge.commands",
 )
 
 log = get_logger(__name__)
