@@ -1,0 +1,179 @@
+"""The node side of the frame protocol: ``FrameReceiver`` owns one PULL socket.
+
+It hands back typed, validated messages with a zero-copy view of the pixels, finds sequence gaps
+per series, and survives any byte sequence: a malformed message is rejected with its specific
+``ProtocolError``, counted under its reason, logged once (``frame.rejected``), and the receiver
+goes on to the next message. Validation lives in ``protocol`` (pure); this module only adds the
+socket, the counters and the logs. It must not process pixels or block past its timeout.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import zmq
+
+from edge.errors import ProtocolError, TransportError
+from edge.log import get_logger
+from firmware_bridge.protocol import (
+    MAX_FRAME_BYTES,
+    Frame,
+    Gap,
+    Heartbeat,
+    Message,
+    SequenceTracker,
+    SeriesEnd,
+    SeriesStart,
+    decode_message,
+)
+
+log = get_logger(__name__)
+
+
+@dataclass
+class ReceiverCounters:
+    """What arrived. At every moment ``received == accepted + rejected``.
+
+    ``rejected_by_reason`` is keyed by the error's ``reason`` (``checksum``, ``part_count`` ...);
+    ``gaps`` counts gap events and ``frames_missing`` the sequence numbers they cover.
+    """
+
+    received: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    frames: int = 0
+    series_starts: int = 0
+    series_ends: int = 0
+    heartbeats: int = 0
+    bytes_received: int = 0
+    gaps: int = 0
+    frames_missing: int = 0
+    out_of_order: int = 0
+    rejected_by_reason: Counter[str] = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A plain snapshot for logs and JSON."""
+        out = {k: v for k, v in self.__dict__.items() if k != "rejected_by_reason"}
+        out["rejected_by_reason"] = dict(self.rejected_by_reason)
+        return out
+
+
+class FrameReceiver:
+    """Receive protocol messages from one ZeroMQ PULL socket.
+
+    By default the node binds (``bind=True``) and DAQs connect. ``address`` may use port 0 or
+    ``*`` for a random port; ``endpoint`` then says which one was taken.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        bind: bool = True,
+        rcvhwm: int = 4,
+        max_frame_bytes: int = MAX_FRAME_BYTES,
+        context: zmq.Context[Any] | None = None,
+    ) -> None:
+        self.max_frame_bytes = max_frame_bytes
+        self.counters = ReceiverCounters()
+        self.gaps: list[Gap] = []
+        self._tracker = SequenceTracker()
+        self._ctx = context or zmq.Context.instance()
+        self._sock: zmq.Socket[Any] = self._ctx.socket(zmq.PULL)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.RCVHWM, rcvhwm)
+        try:
+            if bind:
+                self._sock.bind(address)
+            else:
+                self._sock.connect(address)
+        except zmq.ZMQError as exc:
+            self._sock.close()
+            raise TransportError(f"cannot {'bind' if bind else 'connect'} PULL socket ({exc}); "
+                                 "check the address and that the port is free",
+                                 where=address) from None
+        self.endpoint: str = self._sock.getsockopt_string(zmq.LAST_ENDPOINT) if bind else address
+        log.info("receiver.opened", address=self.endpoint, bind=bind)
+
+    def recv(self, timeout_ms: int | None = None) -> Message | None:
+        """The next valid message, or None when none came within ``timeout_ms`` (None: wait).
+
+        Malformed messages met on the way are rejected, counted and logged, and reading goes on
+        within the same timeout.
+        """
+        deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
+        while True:
+            if deadline is not None:
+                left_ms = max(0, int((deadline - time.monotonic()) * 1000))
+                if not self._sock.poll(left_ms, zmq.POLLIN):
+                    return None
+            parts = self._sock.recv_multipart(copy=False)
+            message = self.accept(parts)
+            if message is not None:
+                return message
+
+    def accept(self, parts: list[Any]) -> Message | None:
+        """Validate one received multipart message, count it, and return it or None if rejected."""
+        c = self.counters
+        c.received += 1
+        c.bytes_received += sum(len(getattr(p, "buffer", p)) for p in parts)
+        try:
+            message = decode_message(parts, max_frame_bytes=self.max_frame_bytes)
+        except ProtocolError as exc:
+            c.rejected += 1
+            c.rejected_by_reason[exc.reason] += 1
+            log.warning("frame.rejected", reason=exc.reason, error=str(exc), parts=len(parts))
+            return None
+        c.accepted += 1
+        if isinstance(message, Frame):
+            c.frames += 1
+            h = message.header
+            before = self._tracker.out_of_order
+            self._note_gap(self._tracker.observe(h.detector_id, h.series_id, h.seq))
+            if self._tracker.out_of_order != before:
+                c.out_of_order += 1
+                log.warning("series.out_of_order", detector_id=h.detector_id,
+                            series_id=h.series_id, seq=h.seq)
+        elif isinstance(message, SeriesStart):
+            c.series_starts += 1
+            self._tracker.start(message.detector_id, message.series_id)
+            log.info("series.started", detector_id=message.detector_id,
+                     series_id=message.series_id, expected_frames=message.expected_frames)
+        elif isinstance(message, SeriesEnd):
+            c.series_ends += 1
+            self._note_gap(self._tracker.end(message.detector_id, message.series_id,
+                                             message.frames_sent + message.frames_dropped))
+            log.info("series.ended", detector_id=message.detector_id, series_id=message.series_id,
+                     frames_sent=message.frames_sent, frames_dropped=message.frames_dropped)
+        elif isinstance(message, Heartbeat):
+            c.heartbeats += 1
+        return message
+
+    def _note_gap(self, gap: Gap | None) -> None:
+        if gap is None:
+            return
+        self.counters.gaps += 1
+        self.counters.frames_missing += gap.n_missing
+        self.gaps.append(gap)
+        if len(self.gaps) > 10_000:
+            del self.gaps[: len(self.gaps) - 10_000]
+        log.warning("series.gap", detector_id=gap.detector_id, series_id=gap.series_id,
+                    first_missing=gap.first_missing, last_missing=gap.last_missing,
+                    n_missing=gap.n_missing)
+
+    def close(self) -> None:
+        """Close the socket."""
+        if not self._sock.closed:
+            self._sock.close(linger=0)
+            log.info("receiver.closed", **self.counters.as_dict())
+
+    def __enter__(self) -> FrameReceiver:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
