@@ -181,10 +181,13 @@ class FrameSender:
         log.warning("sender.message_dropped", messages_dropped=self.counters.messages_dropped)
         return False
 
-    def close(self) -> None:
-        """Close the socket; queued messages are discarded (linger 0), the DAQ never waits."""
+    def close(self, linger_ms: int = 0) -> None:
+        """Close the socket, waiting at most ``linger_ms`` for queued messages to leave.
+
+        The default discards what is still queued, so the DAQ never waits on a dead node.
+        """
         if not self._sock.closed:
-            self._sock.close(linger=0)
+            self._sock.close(linger=linger_ms)
             log.info("sender.closed", frames_sent=self.counters.frames_sent,
                      frames_dropped=self.counters.frames_dropped)
 

@@ -1,0 +1,84 @@
+"""FrameSender: it never blocks, and every frame it could not queue is counted with its seq."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import numpy as np
+import pytest
+import zmq
+
+from edge.errors import TransportError
+from firmware_bridge import Frame, FrameReceiver, FrameSender, SeriesEnd, SeriesStart
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_absent_node_drops_and_counts_without_blocking(context: zmq.Context[Any]) -> None:
+    """With no node listening, sends return at once; all beyond the high-water mark are dropped."""
+    frame = np.zeros((64, 64), np.uint16)
+    with FrameSender(f"tcp://127.0.0.1:{_free_port()}", sndhwm=2, context=context) as tx:
+        tx.start_series(3)
+        results = [tx.send_frame(frame) for _ in range(20)]
+    c = tx.counters
+    assert c.frames_sent + c.frames_dropped == 20
+    assert c.frames_dropped >= 17  # the series start and at most two frames fit the queue
+    assert results.count(False) == c.frames_dropped
+    dropped = [seq for seq, ok in enumerate(results) if not ok]
+    assert list(c.dropped_seqs) == [(3, seq) for seq in dropped]
+
+
+def test_slow_node_drops_are_the_gaps_it_sees(context: zmq.Context[Any]) -> None:
+    """A node that does not read fills the queues; what the sender dropped is exactly what the
+    node then reports missing, and the series end closes the count."""
+    frame = np.arange(256 * 256, dtype=np.uint16).reshape(256, 256)
+    with FrameReceiver("tcp://127.0.0.1:*", rcvhwm=1, context=context) as rx, \
+            FrameSender(rx.endpoint, sndhwm=1, context=context) as tx:
+        tx.start_series(8)
+        results = [tx.send_frame(frame) for _ in range(200)]
+        assert tx.counters.frames_dropped > 0 and tx.counters.frames_sent + tx.counters.frames_dropped == 200
+        seen = []
+        while (msg := rx.recv(300)) is not None:
+            if isinstance(msg, Frame):
+                seen.append(msg.header.seq)
+        tx.send_timeout_ms = 2000
+        assert tx.end_series()
+        end = rx.recv(2000)
+    assert isinstance(end, SeriesEnd) and end.frames_dropped == tx.counters.frames_dropped
+    assert seen == [seq for seq, ok in enumerate(results) if ok]
+    missing = {s for g in rx.gaps for s in range(g.first_missing, g.last_missing + 1)}
+    assert missing == {seq for _, seq in tx.counters.dropped_seqs}
+    assert rx.counters.frames_missing == tx.counters.frames_dropped
+
+
+def test_series_and_heartbeat_messages_arrive_in_order(receiver: FrameReceiver,
+                                                       context: zmq.Context[Any]) -> None:
+    """start_series, frames with auto seq, heartbeat and end_series arrive as typed messages."""
+    with FrameSender(receiver.endpoint, sndhwm=16, send_timeout_ms=2000, context=context,
+                     detector_id="cam7") as tx:
+        assert tx.start_series(12, expected_frames=2)
+        assert tx.send_frame(np.ones((4, 4), np.float32))
+        assert tx.heartbeat()
+        assert tx.send_frame(np.ones((4, 4), np.float32))
+        assert tx.end_series()
+        got = [receiver.recv(2000) for _ in range(5)]
+    kinds = [type(m).__name__ for m in got]
+    assert kinds == ["SeriesStart", "Frame", "Heartbeat", "Frame", "SeriesEnd"]
+    assert isinstance(got[0], SeriesStart) and got[0].series_id == 12
+    assert [m.header.seq for m in got if isinstance(m, Frame)] == [0, 1]
+    assert all(m.detector_id == "cam7" for m in got if not isinstance(m, Frame))
+    assert receiver.counters.gaps == 0
+
+
+def test_bind_failure_is_a_transport_error(context: zmq.Context[Any]) -> None:
+    """Binding to an address already taken raises TransportError naming the address."""
+    with FrameReceiver("tcp://127.0.0.1:*", context=context) as rx, \
+            pytest.raises(TransportError, match="127.0.0.1"):
+        FrameSender(rx.endpoint, bind=True, context=context)
