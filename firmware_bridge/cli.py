@@ -1,0 +1,133 @@
+"""The ``astro-edge rig`` subcommands: stream, replay, record, score.
+
+Light on purpose: argparse only at import; the rig, sockets, astropy and the twin are imported
+inside the handlers, so ``astro-edge --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
+
+
+def register(subparsers: Any) -> None:
+    """Add ``rig`` and its subcommands to the ``astro-edge`` parser."""
+    rig = subparsers.add_parser("rig", help="hardware-in-the-loop rig: stream, replay, record, score",
+                                description="Play a detector into a node, record a feed, score a downlink.")
+    sub = rig.add_subparsers(dest="rig_command", metavar="RIG_COMMAND", required=True)
+
+    def add_sender_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--address", default=DEFAULT_ADDRESS,
+                       help=f"the node's frame address (default {DEFAULT_ADDRESS})")
+        p.add_argument("--bind", action="store_true",
+                       help="bind the PUSH socket instead of connecting (when the node connects)")
+        p.add_argument("--rate-hz", type=float, default=0.0,
+                       help="frames per second, dropping what the node cannot take like a DAQ; "
+                            "0 (default): as fast as the node takes them")
+        p.add_argument("--compression", choices=["none", "lz4", "zstd"], default="none",
+                       help="payload compression (default none)")
+        p.add_argument("--detector-id", default="rig", help="detector id in headers (default rig)")
+        p.add_argument("--sndhwm", type=int, default=4, help="send high-water mark (default 4)")
+
+    p = sub.add_parser("stream", help="play digital-twin frames into a node")
+    add_sender_args(p)
+    p.add_argument("--n", type=int, default=10, help="number of frames (default 10)")
+    p.add_argument("--size", type=int, default=2048, help="frame side in pixels (default 2048)")
+    p.add_argument("--seed", type=int, default=1, help="twin seed (default 1)")
+    p.add_argument("--anomalies", default="", help="comma-separated anomaly families to switch on")
+    p.set_defaults(func=_stream)
+
+    p = sub.add_parser("replay", help="play a directory of FITS frames, or a recording, into a node")
+    add_sender_args(p)
+    p.add_argument("source", type=Path, help="directory of FITS frames, or a file from `rig record`")
+    p.add_argument("--realtime", action="store_true",
+                   help="for a recording: keep the recorded intervals between messages")
+    p.set_defaults(func=_replay)
+
+    p = sub.add_parser("record", help="record a live feed byte-exactly")
+    p.add_argument("address", help="address to listen on (bound) or to connect to (--connect)")
+    p.add_argument("out", type=Path, help="recording file to write")
+    p.add_argument("--connect", action="store_true", help="connect instead of binding")
+    p.add_argument("--count", type=int, default=None, help="stop after this many messages")
+    p.add_argument("--duration-s", type=float, default=None, help="stop after this many seconds")
+    p.set_defaults(func=_record)
+
+    p = sub.add_parser("score", help="score a downlink (JSON lines) against truth (ECSV)")
+    p.add_argument("--truth", type=Path, required=True, help="truth table, ECSV")
+    p.add_argument("--downlink", type=Path, required=True, help="downlinked records, JSON lines")
+    p.add_argument("--radius-px", type=float, default=3.0, help="match radius in pixels (default 3)")
+    p.add_argument("--out", type=Path, default=None, help="also write the score here as JSON")
+    p.set_defaults(func=_score)
+
+
+def _check_rate(args: argparse.Namespace) -> None:
+    from edge.errors import ConfigError
+
+    if args.rate_hz < 0:
+        raise ConfigError(f"--rate-hz must be >= 0, not {args.rate_hz}")
+    if args.sndhwm < 1:
+        raise ConfigError(f"--sndhwm must be >= 1, not {args.sndhwm}")
+
+
+def _print_stats(stats: Any) -> None:
+    import dataclasses
+
+    print(json.dumps(dataclasses.asdict(stats)))
+
+
+def _stream(args: argparse.Namespace) -> int:
+    from edge.errors import ConfigError
+    from firmware_bridge.rig import play_frames, twin_frames
+    from firmware_bridge.sender import FrameSender
+
+    _check_rate(args)
+    if args.n < 1 or args.size < 16:
+        raise ConfigError("--n must be >= 1 and --size >= 16")
+    anomalies = tuple(a for a in args.anomalies.split(",") if a)
+    with FrameSender(args.address, bind=args.bind, detector_id=args.detector_id,
+                     sndhwm=args.sndhwm, compression=args.compression) as tx:
+        stats = play_frames(tx, twin_frames(args.n, size_px=args.size, seed=args.seed,
+                                            anomalies=anomalies),
+                            rate_hz=args.rate_hz, expected_frames=args.n)
+        tx.close(linger_ms=5000)
+    _print_stats(stats)
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from firmware_bridge.rig import replay
+    from firmware_bridge.sender import FrameSender
+
+    _check_rate(args)
+    with FrameSender(args.address, bind=args.bind, detector_id=args.detector_id,
+                     sndhwm=args.sndhwm, compression=args.compression) as tx:
+        stats = replay(args.source, tx, rate_hz=args.rate_hz, realtime=args.realtime)
+        tx.close(linger_ms=5000)
+    _print_stats(stats)
+    return 0
+
+
+def _record(args: argparse.Namespace) -> int:
+    from firmware_bridge.rig import record
+
+    stats = record(args.address, args.out, bind=not args.connect, count=args.count,
+                   duration_s=args.duration_s)
+    _print_stats(stats)
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    from firmware_bridge.rig import score_files
+
+    result = score_files(args.truth, args.downlink, radius_px=args.radius_px)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out is not None:
+        args.out.write_text(text + "\n", encoding="utf-8")
+    sys.stdout.flush()
+    return 0
