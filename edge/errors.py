@@ -28,6 +28,10 @@ nothing of the project.
      |    +-- EngineIntegrityError              file missing, truncated, sha256 mismatch
      |    +-- EngineCompatibilityError          manifest does not fit this device or backend
      +-- SpoolError (OSError)                   the store-and-forward spool cannot be used
+     +-- RecordError (ValueError)               a downlink record or frame summary cannot be accepted
+          +-- RecordDecodeError                 bytes are not msgpack / JSON, or message parts are wrong
+          +-- RecordFieldError                  a field is missing, has the wrong type or a bad value
+          +-- RecordVersionError                a record version this reader does not speak
 
 Messages say what was wrong, where, and what to do. ``where`` names the file, frame or key.
 """
@@ -166,6 +170,30 @@ class SpoolError(AstroEdgeError, OSError):
     reason = "spool"
 
 
+class RecordError(AstroEdgeError, ValueError):
+    """A downlink record or frame summary cannot be encoded, decoded or accepted."""
+
+    reason = "record"
+
+
+class RecordDecodeError(RecordError):
+    """Bytes are not msgpack or JSON, or a downlink message has the wrong parts."""
+
+    reason = "record_decode"
+
+
+class RecordFieldError(RecordError):
+    """A record field is missing, has the wrong type, or has an impossible value."""
+
+    reason = "record_field"
+
+
+class RecordVersionError(RecordError):
+    """A record carries a kind or version this reader does not speak."""
+
+    reason = "record_version"
+
+
 __all__ = [
     "AstroEdgeError",
     "BundleIntegrityError",
@@ -184,6 +212,10 @@ __all__ = [
     "PartCountError",
     "PayloadSizeError",
     "ProtocolError",
+    "RecordDecodeError",
+    "RecordError",
+    "RecordFieldError",
+    "RecordVersionError",
     "SpoolError",
     "TransportError",
     "TwinError",
