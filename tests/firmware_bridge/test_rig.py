@@ -38,6 +38,11 @@ def main(argv: list[str]) -> int:
     return int(args.func(args))
 
 
+def _stats_line(out: str) -> dict[str, Any]:
+    """The JSON stats line a play command prints (log lines may share stdout in tests)."""
+    return json.loads(next(line for line in reversed(out.splitlines()) if line.startswith("{")))
+
+
 def _drain(rx: FrameReceiver, timeout_ms: int = 2000) -> list[Any]:
     out = []
     while (msg := rx.recv(timeout_ms)) is not None:
@@ -251,6 +256,28 @@ def test_replay_command_plays_a_directory(tmp_path: Path, receiver: FrameReceive
         _write_fits(tmp_path / f"f{i}.fits", rng.integers(0, 65535, (16, 16)).astype(np.uint16),
                     EXPTIME=1.0)
     assert main(["rig", "replay", str(tmp_path), "--address", receiver.endpoint]) == 0
-    stats = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    stats = _stats_line(capsys.readouterr().out)
     got = [m for m in _drain(receiver) if isinstance(m, Frame)]
     assert stats["frames_sent"] == 3 and len(got) == 3
+
+
+def test_stream_command_plays_twin_frames(receiver: FrameReceiver, capsys: Any) -> None:
+    """`astro-edge rig stream` sends the twin's frames exactly as simulate_frame makes them, with
+    the twin's DATE-OBS, EXPTIME, WCS and camera keywords in the headers."""
+    import dataclasses
+
+    from twin import DetectorModel, TwinConfig, simulate_frame
+
+    assert main(["rig", "stream", "--address", receiver.endpoint, "--n", "2", "--size", "64",
+                 "--seed", "5"]) == 0
+    got = [m for m in _drain(receiver) if isinstance(m, Frame)]
+    stats = _stats_line(capsys.readouterr().out)
+    assert stats["frames_sent"] == 2 and len(got) == 2
+    cfg = dataclasses.replace(TwinConfig(), detector=DetectorModel(shape_px=(64, 64)))
+    for i, msg in enumerate(got):
+        twin_frame = simulate_frame(cfg, i, 5)
+        assert np.array_equal(msg.pixels, twin_frame.raw_adu)
+        assert msg.header.exposure_s == twin_frame.header["EXPTIME"]
+        assert msg.header.start_utc.startswith(twin_frame.header["DATE-OBS"][:19])
+        assert msg.header.wcs["CTYPE1"] == "RA---TAN"
+        assert msg.header.keywords["GAIN"] == twin_frame.header["GAIN"]
