@@ -1,0 +1,71 @@
+"""The node's own ``astro-edge`` subcommands: ``ground`` (the ground receiver).
+
+Light on purpose: argparse only at import; the receiver, pyzmq and astropy are imported inside
+the handlers, so ``astro-edge --help`` stays fast. The node's ``run`` and ``process`` subcommands
+register here too, beside ``ground``, each with its own ``_add_*`` function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import time
+from typing import Any
+
+from edge.errors import ConfigError
+
+DEFAULT_GROUND_BIND = "tcp://127.0.0.1:5556"
+
+
+def register(subparsers: Any) -> None:
+    """Add the node's subcommands to the ``astro-edge`` parser."""
+    _add_ground(subparsers)
+
+
+def _add_ground(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "ground", help="receive, store and acknowledge downlinked records",
+        description="The ground receiver: writes OUT/downlink.jsonl (records), OUT/frames.jsonl "
+                    "(frame summaries) and OUT/downlink.fits (records as a FITS table), "
+                    "acknowledges what it stored and drops duplicates by record id. "
+                    "Stops on Ctrl-C or SIGTERM, after writing the FITS table.")
+    p.add_argument("--bind", default=DEFAULT_GROUND_BIND,
+                   help=f"address to bind the ROUTER socket to (default {DEFAULT_GROUND_BIND})")
+    p.add_argument("--out", required=True, help="output folder (created if absent)")
+    p.add_argument("--fits-interval-s", type=float, default=60.0,
+                   help="rewrite downlink.fits every this many seconds (default 60; 0: only at exit)")
+    p.add_argument("--duration-s", type=float, default=0.0,
+                   help="stop after this many seconds (default 0: run until stopped)")
+    p.set_defaults(func=_ground)
+
+
+def _ground(args: argparse.Namespace) -> int:
+    from edge.ground import GroundReceiver
+    from edge.log import get_logger
+
+    if args.fits_interval_s < 0 or args.duration_s < 0:
+        raise ConfigError("--fits-interval-s and --duration-s must be >= 0", where="ground")
+    log = get_logger(__name__)
+    stop = {"now": False}
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stop["now"] = True
+
+    previous = signal.signal(signal.SIGTERM, on_signal)
+    end = time.monotonic() + args.duration_s if args.duration_s > 0 else None
+    try:
+        with GroundReceiver(args.bind, args.out, fits_interval_s=args.fits_interval_s) as ground:
+            print(f"astro-edge ground: listening on {ground.address}, writing {ground.out_dir}",
+                  flush=True)
+            # Ctrl-C is the normal way to stop: fall through to write the FITS table
+            with contextlib.suppress(KeyboardInterrupt):
+                ground.serve(lambda: stop["now"] or (end is not None and time.monotonic() >= end))
+            counters = ground.counters()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    log.info("ground.summary", records=counters.records, summaries=counters.summaries,
+             duplicates=counters.duplicates, malformed=sum(counters.malformed.values()))
+    print(f"astro-edge ground: {counters.records} records, {counters.summaries} frame summaries, "
+          f"{counters.duplicates} duplicates dropped, {sum(counters.malformed.values())} malformed")
+    return 0

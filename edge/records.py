@@ -1,0 +1,417 @@
+"""The node's downlink messages, version 1: one record per sent detection, one summary per frame.
+
+:class:`DownlinkRecord` and :class:`FrameSummary` are frozen dataclasses validated on
+construction. On the wire they travel as msgpack maps, in files as JSON lines; both carry
+``kind`` (``"record"`` | ``"frame_summary"``) and ``version``. The stamp travels compressed
+(:class:`CompressedStamp`: float16, zstd, base64 in JSON). ``docs/downlink.md`` is the spec; a
+later version bumps :data:`RECORD_VERSION` and keeps the version 1 decoder here, and
+:func:`read_jsonl` keeps reading the version 1 lines of a file in which a later version appears.
+
+This module is pure apart from :func:`read_jsonl`: it never touches sockets, SQLite or the clock.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+import zstandard
+from numpy.typing import NDArray
+
+from edge.errors import RecordDecodeError, RecordError, RecordFieldError, RecordVersionError
+
+__all__ = [
+    "GROUND_FIELDS",
+    "NOISE_MODELS",
+    "REASONS",
+    "RECORD_VERSION",
+    "CompressedStamp",
+    "DownlinkRecord",
+    "FrameSummary",
+    "ReadResult",
+    "compress_stamp",
+    "decode",
+    "decode_msgpack",
+    "encode_msgpack",
+    "from_dict",
+    "from_json_line",
+    "read_jsonl",
+    "record_id",
+    "summary_id",
+    "to_dict",
+    "to_json_line",
+]
+
+RECORD_VERSION = 1
+#: the triage reasons a record may carry, in the order triage reports them
+REASONS: tuple[str, ...] = ("uncertain", "unknown", "unusual", "new", "audit")
+NOISE_MODELS: tuple[str, ...] = ("bundle", "header", "estimated")
+#: keys the ground adds to a record when it writes it; a reader accepts and ignores them
+GROUND_FIELDS: tuple[str, ...] = ("received_time",)
+STAMP_CODEC = "zstd-float16-le"
+_ZSTD_LEVEL = 3
+# a stamp larger than this is not a stamp: refuse it before decompressing
+_MAX_STAMP_VALUES = 1 << 20
+
+
+def record_id(node_id: str, series_id: str, frame: int, index: int) -> str:
+    """The stable record id ``node:series:frame:index``; the same detection always gets the same id."""
+    return f"{node_id}:{series_id}:{frame}:{index}"
+
+
+def summary_id(node_id: str, series_id: str, frame: int) -> str:
+    """The stable id of a frame's summary, ``node:series:frame:summary``."""
+    return f"{node_id}:{series_id}:{frame}:summary"
+
+
+@dataclass(frozen=True)
+class CompressedStamp:
+    """A stamp as sent down: little-endian float16 values, C order, zstd-compressed."""
+
+    shape: tuple[int, ...]
+    data: bytes
+    codec: str = STAMP_CODEC
+
+    def __post_init__(self) -> None:
+        if self.codec != STAMP_CODEC:
+            raise RecordFieldError(f"stamp codec {self.codec!r} is not {STAMP_CODEC!r}", where="stamp")
+        shape = tuple(self.shape)
+        if not shape or any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in shape):
+            raise RecordFieldError(f"stamp shape {self.shape!r} must be positive integers", where="stamp")
+        if math.prod(shape) > _MAX_STAMP_VALUES:
+            raise RecordFieldError(f"stamp shape {shape} holds more than {_MAX_STAMP_VALUES} values",
+                                   where="stamp")
+        if not isinstance(self.data, bytes):
+            raise RecordFieldError("stamp data must be bytes", where="stamp")
+        object.__setattr__(self, "shape", shape)
+
+    def decompress(self) -> NDArray[np.float32]:
+        """The stamp as float32 (float16 precision: about 3 significant digits)."""
+        n = math.prod(self.shape)
+        try:
+            raw = zstandard.ZstdDecompressor().decompress(self.data, max_output_size=2 * n)
+        except zstandard.ZstdError as exc:
+            raise RecordDecodeError(f"stamp does not decompress: {exc}", where="stamp") from exc
+        if len(raw) != 2 * n:
+            raise RecordDecodeError(f"stamp holds {len(raw)} bytes, shape {self.shape} needs {2 * n}",
+                                    where="stamp")
+        return np.frombuffer(raw, dtype="<f2").astype(np.float32).reshape(self.shape)
+
+
+def compress_stamp(stamp: NDArray[Any]) -> CompressedStamp:
+    """Compress one stamp (any shape, e.g. (2, 32, 32)) to float16 + zstd."""
+    arr = np.ascontiguousarray(np.asarray(stamp), dtype="<f2")
+    data = zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(arr.tobytes())
+    return CompressedStamp(shape=tuple(int(n) for n in arr.shape), data=data)
+
+
+def _check_finite(obj: Any, names: tuple[str, ...], where: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise RecordFieldError(f"{name} must be a finite number, got {value!r}", where=where)
+
+
+def _check_int(obj: Any, names: tuple[str, ...], where: str, minimum: int = 0) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise RecordFieldError(f"{name} must be an integer >= {minimum}, got {value!r}", where=where)
+
+
+def _check_str(obj: Any, names: tuple[str, ...], where: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if not isinstance(value, str):
+            raise RecordFieldError(f"{name} must be a string, got {type(value).__name__}", where=where)
+
+
+@dataclass(frozen=True)
+class DownlinkRecord:
+    """One detection sent down, version 1. Units: pixels 0-based (x the column), deg ICRS, nats, e-."""
+
+    record_id: str
+    node_id: str
+    detector_id: str
+    series_id: str
+    frame: int                      # frame sequence number within the series
+    index: int                      # detection index within the frame
+    frame_time: str                 # UTC ISO 8601, acquisition
+    processed_time: str             # UTC ISO 8601, when the node scored it
+    x: float                        # px, 0-based column
+    y: float                        # px, 0-based row
+    x_err: float                    # px
+    y_err: float                    # px
+    ra: float | None                # deg ICRS; None when the frame has no WCS
+    dec: float | None               # deg ICRS; None when the frame has no WCS
+    label: str
+    confidence: float               # probability of ``label``
+    probs: Mapping[str, float]      # class -> probability, in the engine's class order
+    entropy: float                  # nats
+    aleatoric: float                # nats
+    epistemic: float                # nats
+    anomaly_score: float
+    anomaly_pvalue: float
+    snr: float
+    flux_e: float                   # electrons
+    flux_err_e: float               # electrons
+    a_px: float                     # semi-major axis, px
+    b_px: float                     # semi-minor axis, px
+    theta_rad: float                # position angle, rad, counter-clockwise from +x
+    flags: int                      # detection flag bits (edge.detect)
+    new: bool                       # no counterpart in the reference catalog
+    reasons: tuple[str, ...]
+    priority: float                 # higher goes down first
+    policy_version: int
+    engine_id: str
+    calibration_id: str
+    stamp: CompressedStamp | None = None
+    version: int = RECORD_VERSION
+
+    def __post_init__(self) -> None:
+        where = f"record {self.record_id!r}"
+        _check_str(self, ("record_id", "node_id", "detector_id", "series_id", "frame_time",
+                          "processed_time", "label", "engine_id", "calibration_id"), where)
+        _check_int(self, ("frame", "index", "flags", "policy_version"), where)
+        _check_finite(self, ("x", "y", "x_err", "y_err", "confidence", "entropy", "aleatoric",
+                             "epistemic", "anomaly_score", "anomaly_pvalue", "snr", "flux_e",
+                             "flux_err_e", "a_px", "b_px", "theta_rad", "priority"), where)
+        if (self.ra is None) != (self.dec is None):
+            raise RecordFieldError("ra and dec are both set or both None", where=where)
+        if self.ra is not None:
+            _check_finite(self, ("ra", "dec"), where)
+        if not isinstance(self.new, bool):
+            raise RecordFieldError(f"new must be a bool, got {self.new!r}", where=where)
+        if not isinstance(self.probs, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+                and math.isfinite(v) for k, v in self.probs.items()):
+            raise RecordFieldError("probs must map class names to finite probabilities", where=where)
+        reasons = tuple(self.reasons)
+        bad = [r for r in reasons if r not in REASONS]
+        if bad:
+            raise RecordFieldError(f"unknown reasons {bad}; known: {list(REASONS)}", where=where)
+        if self.stamp is not None and not isinstance(self.stamp, CompressedStamp):
+            raise RecordFieldError("stamp must be a CompressedStamp or None", where=where)
+        if self.version != RECORD_VERSION:
+            raise RecordVersionError(f"this class is record version {RECORD_VERSION}, not {self.version}",
+                                     where=where)
+        object.__setattr__(self, "reasons", reasons)
+        object.__setattr__(self, "probs", {k: float(v) for k, v in self.probs.items()})
+
+    @property
+    def id(self) -> str:
+        """The id the spool and the ground key on."""
+        return self.record_id
+
+
+@dataclass(frozen=True)
+class FrameSummary:
+    """What happened to one frame, version 1: counts of everything, sent or not."""
+
+    node_id: str
+    detector_id: str
+    series_id: str
+    frame: int
+    frame_time: str                                  # UTC ISO 8601
+    detections: int
+    by_class: Mapping[str, int]                      # label -> detections
+    sent_by_reason: Mapping[str, int]                # reason -> sent records carrying it
+    sent: int                                        # records spooled for the ground
+    suppressed: int                                  # detections counted, not sent
+    dropped_frames: tuple[int, ...]                  # sequence numbers lost since the last summary
+    noise_model: str                                 # "bundle" | "header" | "estimated"
+    timings_ms: Mapping[str, float]                  # stage -> ms
+    engine_id: str
+    policy_version: int
+    version: int = field(default=RECORD_VERSION)
+
+    def __post_init__(self) -> None:
+        where = f"summary of frame {self.frame!r}"
+        _check_str(self, ("node_id", "detector_id", "series_id", "frame_time", "engine_id"), where)
+        _check_int(self, ("frame", "detections", "sent", "suppressed", "policy_version"), where)
+        if self.noise_model not in NOISE_MODELS:
+            raise RecordFieldError(f"noise_model {self.noise_model!r} is not one of {NOISE_MODELS}",
+                                   where=where)
+        if self.sent + self.suppressed != self.detections:
+            raise RecordFieldError(f"sent {self.sent} + suppressed {self.suppressed} != detections "
+                                   f"{self.detections}", where=where)
+        for name in ("by_class", "sent_by_reason"):
+            value = getattr(self, name)
+            if not isinstance(value, Mapping) or not all(
+                    isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                    for k, v in value.items()):
+                raise RecordFieldError(f"{name} must map names to counts >= 0", where=where)
+            object.__setattr__(self, name, dict(value))
+        if not isinstance(self.timings_ms, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+                and math.isfinite(v) for k, v in self.timings_ms.items()):
+            raise RecordFieldError("timings_ms must map stage names to finite ms", where=where)
+        dropped = tuple(self.dropped_frames)
+        if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in dropped):
+            raise RecordFieldError("dropped_frames must be sequence numbers >= 0", where=where)
+        if self.version != RECORD_VERSION:
+            raise RecordVersionError(f"this class is summary version {RECORD_VERSION}, not {self.version}",
+                                     where=where)
+        object.__setattr__(self, "dropped_frames", dropped)
+        object.__setattr__(self, "timings_ms", {k: float(v) for k, v in self.timings_ms.items()})
+
+    @property
+    def id(self) -> str:
+        """The id the spool and the ground key on."""
+        return summary_id(self.node_id, self.series_id, self.frame)
+
+
+Message = DownlinkRecord | FrameSummary
+_KINDS: dict[str, type[DownlinkRecord] | type[FrameSummary]] = {
+    "record": DownlinkRecord, "frame_summary": FrameSummary,
+}
+
+
+def to_dict(msg: Message, *, binary_stamp: bool = True) -> dict[str, Any]:
+    """The wire map of a record or summary (``kind`` first); stamp data as bytes or base64 text."""
+    kind = "record" if isinstance(msg, DownlinkRecord) else "frame_summary"
+    out: dict[str, Any] = {"kind": kind}
+    for f in fields(msg):
+        value = getattr(msg, f.name)
+        if isinstance(value, CompressedStamp):
+            data: bytes | str = value.data if binary_stamp else base64.b64encode(value.data).decode("ascii")
+            value = {"codec": value.codec, "shape": list(value.shape), "data": data}
+        elif isinstance(value, tuple):
+            value = list(value)
+        elif isinstance(value, Mapping):
+            value = dict(value)
+        out[f.name] = value
+    return out
+
+
+def _stamp_from(value: Any, where: str) -> CompressedStamp | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or set(value) != {"codec", "shape", "data"}:
+        raise RecordFieldError("stamp must be a map of codec, shape, data", where=where)
+    data = value["data"]
+    if isinstance(data, str):
+        try:
+            data = base64.b64decode(data.encode("ascii"), validate=True)
+        except (ValueError, UnicodeEncodeError) as exc:
+            raise RecordFieldError(f"stamp data is not base64: {exc}", where=where) from exc
+    if not isinstance(value["shape"], (list, tuple)):
+        raise RecordFieldError("stamp shape must be a list", where=where)
+    return CompressedStamp(shape=tuple(value["shape"]), data=data, codec=value["codec"])
+
+
+def from_dict(data: Any) -> Message:
+    """Build a record or summary from its wire map; typed errors say what is wrong."""
+    if not isinstance(data, Mapping):
+        raise RecordDecodeError(f"a downlink message is a map, not {type(data).__name__}")
+    kind, version = data.get("kind"), data.get("version")
+    if kind not in _KINDS:
+        raise RecordVersionError(f"unknown kind {kind!r}; this reader speaks {sorted(_KINDS)}")
+    if version != RECORD_VERSION:
+        raise RecordVersionError(f"{kind} version {version!r} is not {RECORD_VERSION}; "
+                                 "upgrade the reader to read it")
+    return _from_dict_v1(_KINDS[kind], data)
+
+
+def _from_dict_v1(cls: type[DownlinkRecord] | type[FrameSummary], data: Mapping[str, Any]) -> Message:
+    where = str(data.get("record_id") or f"{data.get('kind')} of frame {data.get('frame')!r}")
+    names = {f.name for f in fields(cls)}
+    extra = set(data) - names - {"kind"} - set(GROUND_FIELDS)
+    if extra:
+        raise RecordFieldError(f"unknown fields {sorted(extra)}", where=where)
+    values = {k: v for k, v in data.items() if k in names}
+    if cls is DownlinkRecord:
+        values["stamp"] = _stamp_from(values.get("stamp"), where)
+        for name in ("reasons",):
+            if name in values and not isinstance(values[name], (list, tuple)):
+                raise RecordFieldError(f"{name} must be a list", where=where)
+    elif "dropped_frames" in values and not isinstance(values["dropped_frames"], (list, tuple)):
+        raise RecordFieldError("dropped_frames must be a list", where=where)
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise RecordFieldError(f"missing or unexpected fields: {exc}", where=where) from exc
+
+
+def encode_msgpack(msg: Message) -> bytes:
+    """The msgpack bytes of a record or summary, as sent on the downlink."""
+    return msgpack.packb(to_dict(msg, binary_stamp=True), use_bin_type=True)
+
+
+def decode_msgpack(payload: bytes) -> Message:
+    """Decode downlink bytes; RecordDecodeError when they are not msgpack."""
+    try:
+        data = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise RecordDecodeError(f"payload is not msgpack: {exc}") from exc
+    return from_dict(data)
+
+
+def to_json_line(msg: Message, **extra: Any) -> str:
+    """One JSON line (no newline) of a record or summary; ``extra`` adds ground fields."""
+    data = to_dict(msg, binary_stamp=False)
+    data.update(extra)
+    return json.dumps(data, allow_nan=False, separators=(",", ":"))
+
+
+def _no_constants(name: str) -> float:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def from_json_line(line: str) -> Message:
+    """Decode one JSON line; RecordDecodeError when it is not JSON."""
+    try:
+        data = json.loads(line, parse_constant=_no_constants)
+    except ValueError as exc:
+        raise RecordDecodeError(f"line is not JSON: {exc}") from exc
+    return from_dict(data)
+
+
+def decode(data: bytes | str) -> Message:
+    """Decode msgpack bytes or a JSON line."""
+    return decode_msgpack(data) if isinstance(data, (bytes, bytearray, memoryview)) else from_json_line(data)
+
+
+@dataclass(frozen=True)
+class ReadResult:
+    """What :func:`read_jsonl` found: the messages it read and what it skipped, by reason."""
+
+    messages: tuple[Message, ...]
+    received_times: tuple[str | None, ...]
+    skipped: Mapping[str, int]
+
+
+def read_jsonl(path: str | Path) -> ReadResult:
+    """Read every version 1 line of a JSON-lines file; later versions and bad lines are skipped and counted."""
+    messages: list[Message] = []
+    times: list[str | None] = []
+    skipped: dict[str, int] = {}
+    for line in _lines(Path(path)):
+        try:
+            data = json.loads(line, parse_constant=_no_constants)
+        except ValueError:
+            skipped[RecordDecodeError.reason] = skipped.get(RecordDecodeError.reason, 0) + 1
+            continue
+        try:
+            msg = from_dict(data)
+        except RecordError as exc:
+            skipped[exc.reason] = skipped.get(exc.reason, 0) + 1
+            continue
+        messages.append(msg)
+        received = data.get("received_time")
+        times.append(received if isinstance(received, str) else None)
+    return ReadResult(messages=tuple(messages), received_times=tuple(times), skipped=skipped)
+
+
+def _lines(path: Path) -> Iterator[str]:
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                yield line
