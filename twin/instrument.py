@@ -172,6 +172,10 @@ class TwinConfig:
     n_stars: int = 2000
     star_mag_range: tuple[float, float] = (14.0, 23.0)
     star_count_slope: float = 0.3  # d log10 N / d mag
+    cluster_n_stars: int = 0  # extra stars in a Plummer-profile cluster (a globular cluster field)
+    cluster_core_px: float = 50.0  # Plummer radius
+    cluster_centre_frac: tuple[float, float] = (0.5, 0.5)  # (x, y) as fractions of the frame
+    cluster_mag_range: tuple[float, float] = (12.0, 19.0)
     n_galaxies: int = 500
     galaxy_mag_range: tuple[float, float] = (17.0, 22.0)
     galaxy_r_eff_arcsec: tuple[float, float] = (0.5, 3.0)  # log-uniform range of half-light radii
@@ -199,14 +203,14 @@ class TwinConfig:
                 raise TwinError(f"{name} must be positive, got {getattr(self, name)}", where=f"TwinConfig.{name}")
         if self.psf_beta <= 1.0:
             raise TwinError("psf_beta must exceed 1 for a Moffat of finite flux", where="TwinConfig.psf_beta")
-        for name in ("n_stars", "n_galaxies", "n_anomalies_per_family", "n_transients"):
+        for name in ("n_stars", "cluster_n_stars", "n_galaxies", "n_anomalies_per_family", "n_transients"):
             if getattr(self, name) < 0:
                 raise TwinError(f"{name} must be >= 0", where=f"TwinConfig.{name}")
         if self.sky_e_per_s < 0 or self.cosmic_ray_rate_per_s < 0 or not 0 <= self.streak_probability <= 1:
             raise TwinError("sky and cosmic-ray rates must be >= 0 and streak_probability in [0, 1]", where="TwinConfig")
         if not 0 <= self.psf_ellipticity < 0.5 or self.defocus_px < 0:
             raise TwinError("psf_ellipticity must lie in [0, 0.5) and defocus_px be >= 0", where="TwinConfig")
-        for name in ("star_mag_range", "galaxy_mag_range", "galaxy_r_eff_arcsec"):
+        for name in ("star_mag_range", "cluster_mag_range", "galaxy_mag_range", "galaxy_r_eff_arcsec"):
             lo, hi = getattr(self, name)
             if not lo < hi:
                 raise TwinError(f"{name}={getattr(self, name)} must be an increasing pair", where=f"TwinConfig.{name}")
@@ -240,12 +244,14 @@ def dsi_m13_config() -> TwinConfig:
 
     Chosen so that a twin frame and M13_blue_0001.fits look alike to sep (docs/twin.md).
     """
-    det = DetectorModel(shape_px=(1040, 1392), gain_e_per_adu=1.0, read_noise_e=8.0, bias_adu=505.0,
+    det = DetectorModel(shape_px=(1040, 1392), gain_e_per_adu=1.0, read_noise_e=22.8, bias_adu=499.0,
                         bias_column_rms_adu=0.5, dark_e_per_s=0.5, full_well_e=40000.0,
-                        hot_pixel_fraction=5e-4, dead_pixel_fraction=0.0, n_bad_columns=0,
-                        prnu_rms=0.01, vignetting=0.05, seed=13, name="dsi-twin")
-    return TwinConfig(detector=det, pixel_scale_arcsec=1.6, psf_fwhm_arcsec=4.8, psf_beta=2.5,
-                      exposure_s=5.0, sky_e_per_s=2.0, sky_gradient=0.05, zero_point_mag=19.0,
-                      n_stars=2500, star_mag_range=(8.0, 17.0), star_count_slope=0.3, n_galaxies=20,
-                      galaxy_mag_range=(13.0, 17.0), cosmic_ray_rate_per_s=0.5, streak_probability=0.0,
+                        hot_pixel_fraction=1.5e-4, hot_pixel_dark_e_per_s=(15.0, 40.0), dead_pixel_fraction=0.0,
+                        n_bad_columns=0, prnu_rms=0.01, vignetting=0.05, seed=13, name="dsi-twin")
+    return TwinConfig(detector=det, pixel_scale_arcsec=1.6, psf_fwhm_arcsec=8.0, psf_beta=2.5,
+                      exposure_s=5.0, sky_e_per_s=2.0, sky_gradient=0.02, zero_point_mag=17.5,
+                      n_stars=300, star_mag_range=(9.5, 17.5), star_count_slope=0.3,
+                      cluster_n_stars=6000, cluster_core_px=80.0, cluster_centre_frac=(0.48, 0.485),
+                      cluster_mag_range=(10.5, 18.0), n_galaxies=10,
+                      galaxy_mag_range=(12.0, 16.0), cosmic_ray_rate_per_s=0.1, streak_probability=0.0,
                       ra_deg=250.4235, dec_deg=36.4613, filter="blue")

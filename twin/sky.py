@@ -25,7 +25,7 @@ from twin.psf import (
     stamp_half_px,
 )
 
-_STARS, _GALAXIES, _TRANSIENTS = 1, 2, 3
+_STARS, _GALAXIES, _TRANSIENTS, _CLUSTER = 1, 2, 3, 4
 _GALAXY_HALVES = (8, 16, 24, 32, 48)
 
 
@@ -88,12 +88,32 @@ def _uniform_positions(rng: np.random.Generator, n: int, shape: tuple[int, int])
     return rng.uniform(-0.5, nx - 0.5, n), rng.uniform(-0.5, ny - 0.5, n)
 
 
+def _add_cluster(config: TwinConfig, g: np.random.Generator, x: NDArray[np.float64], y: NDArray[np.float64],
+                 mag: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """Append cluster stars: projected Plummer profile, M(<R) = R^2 / (R^2 + a^2), inverted."""
+    ny, nx = config.detector.shape_px
+    n = config.cluster_n_stars
+    u = g.uniform(0.0, 0.999, n)
+    radius = config.cluster_core_px * np.sqrt(u / (1.0 - u))
+    theta = g.uniform(0.0, 2 * np.pi, n)
+    fx, fy = config.cluster_centre_frac
+    cx = fx * (nx - 1) + radius * np.cos(theta)
+    cy = fy * (ny - 1) + radius * np.sin(theta)
+    inside = (cx > -0.5) & (cx < nx - 0.5) & (cy > -0.5) & (cy < ny - 0.5)
+    cmag = sample_magnitudes(g, n, config.cluster_mag_range, config.star_count_slope)
+    return (np.concatenate([x, cx[inside]]), np.concatenate([y, cy[inside]]),
+            np.concatenate([mag, cmag[inside]]))
+
+
 def draw_scene(config: TwinConfig, seed: int) -> Scene:
     """The field's stars, galaxies and transients for a sequence seed."""
     shape = config.detector.shape_px
     g = scene_rng(seed, _STARS)
     x, y = _uniform_positions(g, config.n_stars, shape)
-    stars = Sources(x, y, sample_magnitudes(g, config.n_stars, config.star_mag_range, config.star_count_slope))
+    mag = sample_magnitudes(g, config.n_stars, config.star_mag_range, config.star_count_slope)
+    if config.cluster_n_stars:
+        x, y, mag = _add_cluster(config, scene_rng(seed, _CLUSTER), x, y, mag)
+    stars = Sources(x, y, mag)
 
     g = scene_rng(seed, _GALAXIES)
     n = config.n_galaxies
