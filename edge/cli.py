@@ -25,6 +25,7 @@ _AREAS = (
     "calibration.cli",
     "engines.cli",
     "edge.commands",
+    "edge.node_commands",
 )
 
 log = get_logger(__name__)

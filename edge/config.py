@@ -1,0 +1,279 @@
+"""The node config: one TOML file becomes one frozen config tree at start-up.
+
+Each section is a frozen dataclass; each component receives its own section. The loader checks
+every key against the dataclass fields (unknown keys, wrong types, values the section's own
+validator refuses) and reports *every* problem in one ``ConfigError``, so an operator fixes a
+bad file in one pass. No environment lookups, no globals: what the file says is what runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+QUEUE_POLICIES = ("drop_oldest", "block")
+
+
+@dataclass(frozen=True)
+class NodeSection:
+    """Who this node is."""
+
+    id: str = "node-1"
+    #: seeds the audit sample; with it, the same frame always gives the same records
+    seed: int = 0
+    #: pipeline worker processes (frames overlap across cores; sep holds the GIL)
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            raise ValueError("id must not be empty")
+        if self.workers < 1:
+            raise ValueError("workers must be >= 1")
+
+
+@dataclass(frozen=True)
+class ReceiveSection:
+    """Where frames come from and how the ingest queue behaves when the node falls behind."""
+
+    address: str = "tcp://127.0.0.1:5555"
+    bind: bool = True
+    queue_frames: int = 4
+    queue_policy: str = "drop_oldest"
+    timeout_ms: int = 200
+
+    def __post_init__(self) -> None:
+        if self.queue_policy not in QUEUE_POLICIES:
+            raise ValueError(f"queue_policy must be one of {QUEUE_POLICIES}, not {self.queue_policy!r}")
+        if self.queue_frames < 1:
+            raise ValueError("queue_frames must be >= 1")
+
+
+@dataclass(frozen=True)
+class CalibrationSection:
+    """The calibration bundle (empty: header GAIN/RDNOISE, else noise estimated from the image)."""
+
+    bundle: str = ""
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.threads < 1:
+            raise ValueError("threads must be >= 1")
+
+
+@dataclass(frozen=True)
+class EngineSection:
+    """Which engine runs and how (empty path: the shipped default engine)."""
+
+    path: str = ""
+    backend: str = "auto"
+    precision: str = "auto"
+    threads: int = 1
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("auto", "onnxruntime", "tensorrt"):
+            raise ValueError(f"backend must be auto, onnxruntime or tensorrt, not {self.backend!r}")
+        if self.precision not in ("auto", "fp32", "fp16", "int8"):
+            raise ValueError(f"precision must be auto, fp32, fp16 or int8, not {self.precision!r}")
+        if self.threads < 1 or self.batch_size < 1:
+            raise ValueError("threads and batch_size must be >= 1")
+
+
+@dataclass(frozen=True)
+class CatalogSection:
+    """The reference catalog of the field (FITS or ECSV with ra/dec in degrees); empty: none."""
+
+    reference: str = ""
+    min_match_radius_arcsec: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.min_match_radius_arcsec <= 0:
+            raise ValueError("min_match_radius_arcsec must be > 0")
+
+
+@dataclass(frozen=True)
+class SpoolSection:
+    """The store-and-forward spool file and its bound."""
+
+    path: str = "spool.sqlite"
+    max_bytes: int = 256 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.max_bytes < 1024:
+            raise ValueError("max_bytes must be >= 1024")
+
+
+@dataclass(frozen=True)
+class DownlinkSection:
+    """Where records go and how many bytes may leave."""
+
+    address: str = "tcp://127.0.0.1:5556"
+    budget_bytes_per_s: int = 1_000_000
+    contact_window_bytes: int = 0
+    ack_timeout_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.budget_bytes_per_s <= 0:
+            raise ValueError("budget_bytes_per_s must be > 0")
+        if self.contact_window_bytes < 0:
+            raise ValueError("contact_window_bytes must be >= 0 (0: no window limit)")
+        if self.ack_timeout_s <= 0:
+            raise ValueError("ack_timeout_s must be > 0")
+
+
+@dataclass(frozen=True)
+class LogSection:
+    """Logging: JSON lines in production."""
+
+    json: bool = True
+    level: str = "info"
+
+    def __post_init__(self) -> None:
+        if self.level not in ("debug", "info", "warning", "error"):
+            raise ValueError(f"level must be debug, info, warning or error, not {self.level!r}")
+
+
+def _section_types() -> dict[str, type]:
+    # detect and triage sections are owned by their stages; imported here, not at module level,
+    # so that reading this module stays cheap
+    from edge.detect import DetectSettings
+    from edge.triage import TriagePolicy
+
+    return {
+        "node": NodeSection,
+        "receive": ReceiveSection,
+        "calibration": CalibrationSection,
+        "detect": DetectSettings,
+        "engine": EngineSection,
+        "triage": TriagePolicy,
+        "catalog": CatalogSection,
+        "spool": SpoolSection,
+        "downlink": DownlinkSection,
+        "log": LogSection,
+    }
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """The whole node config tree; each component gets its own section."""
+
+    node: NodeSection = field(default_factory=NodeSection)
+    receive: ReceiveSection = field(default_factory=ReceiveSection)
+    calibration: CalibrationSection = field(default_factory=CalibrationSection)
+    detect: Any = None
+    engine: EngineSection = field(default_factory=EngineSection)
+    triage: Any = None
+    catalog: CatalogSection = field(default_factory=CatalogSection)
+    spool: SpoolSection = field(default_factory=SpoolSection)
+    downlink: DownlinkSection = field(default_factory=DownlinkSection)
+    log: LogSection = field(default_factory=LogSection)
+
+
+def _type_ok(value: Any, annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if annotation is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if origin in (tuple, list):
+        args = typing.get_args(annotation)
+        inner = args[0] if args else Any
+        return isinstance(value, (list, tuple)) and all(_type_ok(v, inner) for v in value)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(annotation, type):
+        return isinstance(value, annotation)
+    return True
+
+
+def _convert(value: Any, annotation: Any) -> Any:
+    if typing.get_origin(annotation) is tuple and isinstance(value, list):
+        return tuple(value)
+    if annotation is float and isinstance(value, int):
+        return float(value)
+    return value
+
+
+def build_section(cls: type, table: Any, name: str, problems: list[str]) -> Any:
+    """Build one section dataclass from a TOML table, appending every problem to ``problems``."""
+    if not isinstance(table, Mapping):
+        problems.append(f"[{name}] must be a table, not {type(table).__name__}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    values: dict[str, Any] = {}
+    ok = True
+    for key, value in table.items():
+        if key not in fields:
+            problems.append(f"{name}.{key}: unknown key (known: {', '.join(sorted(fields))})")
+            ok = False
+            continue
+        if not _type_ok(value, hints[key]):
+            problems.append(f"{name}.{key}: expected {_type_name(hints[key])}, got {type(value).__name__} {value!r}")
+            ok = False
+            continue
+        values[key] = _convert(value, hints[key])
+    if not ok:
+        return cls()
+    try:
+        return cls(**values)
+    except (ValueError, TypeError) as exc:
+        problems.append(f"[{name}]: {exc}")
+        return cls()
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def config_from_mapping(data: Mapping[str, Any], *, where: str = "config") -> NodeConfig:
+    """Turn a parsed TOML document into the frozen config tree, or raise one ConfigError listing every problem."""
+    sections = _section_types()
+    problems: list[str] = []
+    built: dict[str, Any] = {}
+    for name, table in data.items():
+        if name not in sections:
+            problems.append(f"[{name}]: unknown section (known: {', '.join(sections)})")
+            continue
+        built[name] = build_section(sections[name], table, name, problems)
+    if problems:
+        raise ConfigError(
+            f"{len(problems)} problem(s); fix them and start again:\n  " + "\n  ".join(problems),
+            where=where,
+        )
+    for name, cls in sections.items():
+        built.setdefault(name, cls())
+    return NodeConfig(**built)
+
+
+def load_config(path: str | Path | None) -> NodeConfig:
+    """Read ``path`` (TOML) into the config tree; ``None`` gives the defaults."""
+    if path is None:
+        return config_from_mapping({})
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config file: {exc.strerror or exc}", where=str(path)) from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", where=str(path)) from exc
+    return config_from_mapping(data, where=str(path))
