@@ -1,1 +1,42 @@
-"""Detector calibration: masters, bad-pixel mask, bundle file, fast application, noise model."""
+"""Detector calibration: masters, bad-pixel mask, bundle file, fast application, noise model.
+
+Public API::
+
+    from calibration import Calibrator, CalibratedFrame, build_bundle, read_bundle
+
+``build_bundle(folder, out_path)`` reads a folder of BIAS/DARK/FLAT frames and writes a bundle;
+``read_bundle(path)`` verifies and loads one; ``Calibrator`` applies it to raw frames. This
+package imports numpy and astropy only (plus edge.errors and edge.log), never the node.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from calibration.apply import MASK_BAD, MASK_NONFINITE, MASK_SATURATED, CalibratedFrame, Calibrator
+from calibration.bundle import BUNDLE_VERSION, read_bundle, write_bundle
+from calibration.frames import scan_folder
+from calibration.masters import Masters, PhotonTransfer, build_masters
+
+
+def build_bundle(folder: Path | str, out_path: Path | str, *, trust_header_gain: bool = False) -> tuple[Masters, str]:
+    """Build masters from every FITS frame in ``folder`` and write the bundle; return (masters, bundle_id)."""
+    masters = build_masters(scan_folder(folder), trust_header_gain=trust_header_gain)
+    bundle_id = write_bundle(masters, out_path)
+    return masters, bundle_id
+
+
+__all__ = [
+    "BUNDLE_VERSION",
+    "MASK_BAD",
+    "MASK_NONFINITE",
+    "MASK_SATURATED",
+    "CalibratedFrame",
+    "Calibrator",
+    "Masters",
+    "PhotonTransfer",
+    "build_bundle",
+    "build_masters",
+    "read_bundle",
+    "write_bundle",
+]

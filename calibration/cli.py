@@ -1,0 +1,101 @@
+"""``astro-edge calib``: build a calibration bundle, show what one holds, measure a frame's overscan.
+
+Light module: argparse wiring only; numpy, astropy and the calibration modules are imported
+inside the handlers so ``astro-edge --help`` stays fast. Handlers return an exit code and raise
+``CalibrationError`` subclasses for bad input; they never print tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``calib`` command group to the ``astro-edge`` parser."""
+    calib = subparsers.add_parser("calib", help="detector calibration: build and inspect bundles",
+                                  description="Detector calibration: build and inspect calibration bundles.")
+    sub = calib.add_subparsers(dest="calib_command", metavar="SUBCOMMAND", required=True)
+
+    build = sub.add_parser("build", help="build a bundle from a folder of BIAS/DARK/FLAT FITS frames")
+    build.add_argument("folder", type=Path, metavar="DIR", help="folder of calibration FITS frames")
+    build.add_argument("--out", type=Path, required=True, help="bundle file to write (e.g. bundle.fits)")
+    build.add_argument("--trust-header-gain", action="store_true",
+                       help="take gain and read noise from the GAIN/RDNOISE keywords instead of measuring them")
+    build.set_defaults(func=_build)
+
+    show = sub.add_parser("show", help="print what a bundle holds and whether its checksums hold")
+    show.add_argument("bundle", type=Path, help="bundle file")
+    show.set_defaults(func=_show)
+
+    over = sub.add_parser("overscan", help="overscan level and read noise of a raw frame's BIASSEC strip")
+    over.add_argument("frame", type=Path, help="raw FITS frame with a BIASSEC keyword")
+    over.add_argument("--gain", type=float, default=None,
+                      help="e-/ADU for the electron figures (default: the frame's GAIN keyword)")
+    over.set_defaults(func=_overscan)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from calibration import build_bundle
+    from edge.log import get_logger
+
+    masters, bundle_id = build_bundle(args.folder, args.out, trust_header_gain=args.trust_header_gain)
+    ptc = masters.photon_transfer
+    get_logger(__name__).info(
+        "calib.bundle_built", path=str(args.out), bundle_id=bundle_id, inputs=len(masters.inputs),
+        gain_e_per_adu=masters.gain_e_per_adu, read_noise_e=masters.read_noise_e,
+        noise_source=masters.noise_source, bad_pixels=int((masters.bad_pixels != 0).sum()))
+    print(f"wrote {args.out} (bundle {bundle_id}): {masters.n_bias} bias, {masters.n_dark} dark, "
+          f"flats {dict(sorted(masters.n_flat.items()))}, {masters.shape[0]}x{masters.shape[1]} px")
+    extra = (f" +- {ptc.gain_err_e_per_adu:.4f}" if ptc else "")
+    print(f"gain {masters.gain_e_per_adu:.4f}{extra} e-/ADU, read noise {masters.read_noise_e:.3f} e- "
+          f"({masters.noise_source}); {int((masters.bad_pixels != 0).sum())} bad pixels")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from calibration.bundle import describe
+
+    info = describe(args.bundle)
+    print(f"bundle {args.bundle}")
+    for key, value in info.items():
+        if key != "hdus":
+            print(f"  {key:<12} {value}")
+    for h in info["hdus"]:
+        shape = "x".join(str(v) for v in h["shape"]) or "-"
+        flt = f" filter={h['filter']!r}" if h["name"] == "FLAT" else ""
+        print(f"  HDU {h['name']:<8} {shape:<12}{flt} checksum {'ok' if h['checksum_ok'] else 'BROKEN'}")
+    return 0 if info["checksums_ok"] else 1
+
+
+def _overscan(args: argparse.Namespace) -> int:
+    from astropy.io import fits
+
+    from calibration.frames import check_section_fits, header_float, overscan_stats, parse_section
+    from edge.errors import CalibrationInputError
+
+    where = str(args.frame)
+    try:
+        with fits.open(args.frame, memmap=False) as hdul:
+            header = hdul[0].header
+            data = hdul[0].data
+    except (OSError, ValueError) as exc:
+        raise CalibrationInputError(f"not a readable FITS file ({exc})", where=where) from None
+    if data is None or "BIASSEC" not in header:
+        raise CalibrationInputError("the primary HDU has no image or no BIASSEC keyword", where=where)
+    bsec = parse_section(str(header["BIASSEC"]), where=f"{where} BIASSEC")
+    check_section_fits(bsec, data.shape, key="BIASSEC", where=where)
+    gain = args.gain if args.gain is not None else header_float(header, "GAIN", where=where)
+    s = overscan_stats(data, bsec, gain_e_per_adu=gain)
+    print(f"{where}: BIASSEC {header['BIASSEC'].strip()} ({s.n_pixels} px)")
+    print(f"  level       {s.level_adu:.2f} ADU")
+    print(f"  read noise  {s.read_noise_adu:.3f} +- {s.read_noise_err_adu:.3f} ADU")
+    if s.read_noise_e is not None:
+        print(f"  read noise  {s.read_noise_e:.3f} +- {s.read_noise_err_e:.3f} e- (gain {gain} e-/ADU)")
+    if "RDNOISE" in header:
+        print(f"  header RDNOISE {header['RDNOISE']} e-")
+    if "TRIMSEC" in header:
+        rows, cols = parse_section(str(header["TRIMSEC"]), where=f"{where} TRIMSEC")
+        print(f"  trimmed shape {rows.stop - rows.start}x{cols.stop - cols.start} (TRIMSEC {header['TRIMSEC'].strip()})")
+    return 0

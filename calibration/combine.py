@@ -1,0 +1,66 @@
+"""Sigma-clipped combination of a stack of frames into one master.
+
+Pure numpy on a (n_frames, ny, nx) stack. The clipping is our own vectorised loop rather than
+``astropy.stats.sigma_clip`` or ccdproc's ``Combiner``: it measured several times faster on the
+small stacks calibration uses (docs/calibration.md gives the figures), and it needs no masked
+arrays. It must not read files or know what kind of frame it combines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+
+@dataclass(frozen=True)
+class Combined:
+    """A combined master: per-pixel clipped mean, the variance of that mean, and frames kept."""
+
+    mean: NDArray[np.float32]
+    variance_of_mean: NDArray[np.float32]  # the mean's own noise, in the stack's units squared
+    n_used: NDArray[np.int16]
+
+
+def sigma_clip_combine(stack: NDArray[np.floating], *, sigma: float = 3.0,
+                       rows_per_block: int = 256) -> Combined:
+    """Per-pixel mean over axis 0 after rejecting values more than ``sigma`` robust sigmas from the median.
+
+    One pass: the robust sigma is 1.4826 x the median absolute deviation, so one cosmic ray in a
+    stack of five cannot widen its own acceptance window (a std-based loop would need several
+    passes for that). Works in row blocks to bound memory.
+    """
+    stack = np.asarray(stack)
+    if stack.ndim != 3 or stack.shape[0] < 1:
+        raise ValueError(f"expected a (n_frames, ny, nx) stack, got shape {stack.shape}")
+    n, ny, nx = stack.shape
+    mean = np.empty((ny, nx), np.float32)
+    var = np.empty((ny, nx), np.float32)
+    used = np.empty((ny, nx), np.int16)
+    for r0 in range(0, ny, rows_per_block):
+        block = stack[:, r0:r0 + rows_per_block].astype(np.float32, copy=False)
+        m, v, k = _clip_block(block, sigma)
+        mean[r0:r0 + rows_per_block] = m
+        var[r0:r0 + rows_per_block] = v
+        used[r0:r0 + rows_per_block] = k
+    return Combined(mean=mean, variance_of_mean=var, n_used=used)
+
+
+def _clip_block(block: NDArray[np.float32], sigma: float
+                ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.int16]]:
+    n = block.shape[0]
+    if n == 1:
+        return (block[0].copy(), np.full(block.shape[1:], np.inf, np.float32),
+                np.ones(block.shape[1:], np.int16))
+    centre = np.median(block, axis=0)
+    spread = 1.4826 * np.median(np.abs(block - centre), axis=0)
+    # MAD is 0 where quantised data repeat one value; fall back on the plain std there
+    spread = np.where(spread > 0, spread, block.std(axis=0))
+    keep = np.abs(block - centre) <= sigma * spread + np.float32(1e-6)
+    k = keep.sum(axis=0)
+    total = np.where(keep, block, np.float32(0.0)).sum(axis=0, dtype=np.float64)
+    m = (total / k).astype(np.float32)
+    dev = np.where(keep, block - m, np.float32(0.0))
+    v = (dev * dev).sum(axis=0, dtype=np.float64) / np.maximum(k - 1, 1) / k
+    return m, v.astype(np.float32), k.astype(np.int16)
