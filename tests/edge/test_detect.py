@@ -222,3 +222,17 @@ def test_mismatched_shapes_are_refused_with_a_typed_error() -> None:
         subtract_background(np.zeros(10, np.float32), None, DetectSettings())
     with pytest.raises(DetectionError, match="masked"):
         subtract_background(np.full((10, 10), np.nan, np.float32), None, DetectSettings())
+
+
+def test_both_known_cosmic_rays_in_the_real_gmos_frame_are_detected(real_data: Path) -> None:
+    """With GMOS's own variance extension, each of the two cosmic rays astroscrappy fixes yields a candidate."""
+    with fits.open(real_data / "gmos-cr" / "gmos.fits", memmap=False) as hdul:
+        sci = hdul["SCI"].data.astype(np.float32)
+        var = hdul["VAR"].data.astype(np.float32)
+    settings = DetectSettings()
+    cands = detect(subtract_background(sci, None, settings).sub_e, var, None, settings)
+    for rows, cols in ((slice(41, 72), slice(142, 161)), (slice(117, 147), slice(35, 43))):
+        inside = ((cands.y >= rows.start) & (cands.y < rows.stop)
+                  & (cands.x >= cols.start) & (cands.x < cols.stop))
+        assert inside.any()
+        assert cands.snr[inside].max() > 50
