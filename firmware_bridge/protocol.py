@@ -180,7 +180,12 @@ def parse_utc(text: str, *, key: str) -> datetime:
     year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
     micro = int((m.group(7) or "0")[:6].ljust(6, "0"))
     try:
-        return datetime(year, month, day, hour, minute, min(second, 59), micro, tzinfo=timezone.utc)
+        if second > 60:
+            raise ValueError("second must be in 0..60")
+        # a leap second (:60) is valid UTC; datetime cannot hold it, so it reads as :59.999999
+        if second == 60:
+            second, micro = 59, 999999
+        return datetime(year, month, day, hour, minute, second, micro, tzinfo=timezone.utc)
     except ValueError as exc:
         raise HeaderFieldError(f"{text!r} is not a valid date and time ({exc})", where=key) from None
 

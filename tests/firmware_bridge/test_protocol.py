@@ -185,6 +185,7 @@ def _corpus(make_frame: Any) -> list[tuple[str, list[bytes], type[ProtocolError]
         ("start time not iso", _reheader(good, start_utc="yesterday"), HeaderFieldError),
         ("start time without zone", _reheader(good, start_utc="2026-11-28T10:00:00"), HeaderFieldError),
         ("start time impossible", _reheader(good, start_utc="2026-02-30T10:00:00Z"), HeaderFieldError),
+        ("start time second 61", _reheader(good, start_utc="2026-11-28T10:00:61Z"), HeaderFieldError),
         ("unknown compression", _reheader(good, compression="gzip"), HeaderFieldError),
         ("wcs a list", _reheader(good, wcs=["CTYPE1"]), HeaderFieldError),
         ("keyword too long", _reheader(good, keywords={"FILTERNAME": "r"}), HeaderFieldError),
@@ -309,3 +310,11 @@ def test_tracker_baseline_without_series_start_and_tail_gap_at_end() -> None:
     assert t.observe("d", 7, 101) is None
     assert t.end("d", 7, 105) == Gap("d", 7, 102, 104)
     assert t.end("d", 7, 105) is None
+
+
+def test_leap_second_and_nanosecond_times_are_accepted(make_frame: Any) -> None:
+    """UTC with a leap second or nine fraction digits is valid; the string travels unchanged."""
+    for t in ("2016-12-31T23:59:60.5Z", "2026-11-28T10:00:00.123456789Z"):
+        msg = decode_message(_reheader(make_frame(), start_utc=t))
+        assert isinstance(msg, Frame) and msg.header.start_utc == t
+        assert msg.header.start_time.tzinfo is not None
