@@ -29,7 +29,7 @@ What each column of :class:`Candidates` is:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -104,7 +104,7 @@ class DetectSettings:
                                      where="DetectSettings")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Background:
     """A frame with its smooth background removed."""
 
@@ -116,7 +116,7 @@ class Background:
 _C = TypeVar("_C", bound="Candidates")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Candidates:
     """Detected candidates as column arrays of equal length (see the module docstring)."""
 
@@ -275,9 +275,7 @@ def detect(sub_e: NDArray[Any], variance_e2: NDArray[Any], mask: NDArray[Any] | 
     if n_found <= settings.max_candidates:
         return candidates
     keep = np.sort(np.argsort(-snr, kind="stable")[: settings.max_candidates])
-    kept = candidates.select(keep)
-    return Candidates(**{f.name: getattr(kept, f.name) for f in fields(kept) if f.name != "n_truncated"},
-                      n_truncated=n_found - settings.max_candidates)
+    return replace(candidates.select(keep), n_truncated=n_found - settings.max_candidates)
 
 
 def _auto_flux(sub: NDArray[np.float32], var: NDArray[np.float32], bad: NDArray[np.bool_],
