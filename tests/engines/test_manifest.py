@@ -181,3 +181,32 @@ def test_plan_entries_round_trip(tv: str, cc: str, hw: str | None, profile: tupl
     entry = FileEntry(sha256="0" * 64, precision="int8", format="tensorrt-plan", tensorrt_version=tv,
                       compute_capability=cc, hardware_compatibility=hw, batch_profile=profile)
     assert FileEntry.from_dict(json.loads(json.dumps(entry.to_dict())), "test") == entry
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**53, 2**53) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3),
+    max_leaves=10)
+
+
+@settings(max_examples=40, deadline=None)
+@given(name=st.text(min_size=1, max_size=12), version=st.text(min_size=1, max_size=8),
+       k=st.integers(1, 16), training=st.dictionaries(st.text(max_size=8), _json, max_size=4),
+       evaluation=st.dictionaries(st.text(max_size=8), _json, max_size=4),
+       tolerance=st.dictionaries(st.sampled_from(["fp32", "fp16", "int8"]),
+                                 st.dictionaries(st.text(min_size=1, max_size=8),
+                                                 st.floats(0, 10), max_size=3), max_size=3))
+def test_whole_manifests_round_trip_through_json(name: str, version: str, k: int, training: dict,
+                                                  evaluation: dict, tolerance: dict) -> None:
+    """EngineManifest.to_dict -> JSON -> from_dict -> to_dict is the identity, provenance included."""
+    files = {"m.onnx": FileEntry("a" * 64, "fp32", "onnx", size_bytes=10),
+             "g.npz": FileEntry("b" * 64, "none", "npz")}
+    manifest = EngineManifest(name=name, version=version, classes=CLASSES, ensemble_size=k, embedding_dim=3,
+                              normalisation=NORMALISATION, scoring=_scoring(), files=files,
+                              training=training, evaluation=evaluation,
+                              golden=GoldenSpec(file="g.npz", tolerance=tolerance),
+                              build=BuildInfo(backend="onnxruntime", precision="fp32", file="m.onnx",
+                                              device="cpu", figures=evaluation))
+    text = json.dumps(manifest.to_dict())
+    assert EngineManifest.from_dict(json.loads(text)).to_dict() == json.loads(text)
