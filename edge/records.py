@@ -210,6 +210,10 @@ class DownlinkRecord:
         """The id the spool and the ground key on."""
         return self.record_id
 
+    def __hash__(self) -> int:
+        # probs is a dict, so the generated hash would fail; equal records share their id
+        return hash(self.record_id)
+
 
 @dataclass(frozen=True)
 class FrameSummary:
@@ -266,6 +270,10 @@ class FrameSummary:
     def id(self) -> str:
         """The id the spool and the ground key on."""
         return summary_id(self.node_id, self.series_id, self.frame)
+
+    def __hash__(self) -> int:
+        # the count maps are dicts, so the generated hash would fail; equal summaries share their id
+        return hash(self.id)
 
 
 Message = DownlinkRecord | FrameSummary

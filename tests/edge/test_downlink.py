@@ -1,0 +1,239 @@
+"""The downlink over real loopback sockets: priority order, byte budgets, acks, retries, a dead ground."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+from structlog.testing import capture_logs
+
+from edge.downlink import ACK, DATA, TAG, Downlink, encode_ack
+from edge.ground import GroundReceiver
+from edge.records import DownlinkRecord, compress_stamp, decode_msgpack, read_jsonl, record_id
+from edge.spool import Spool
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def make_record(frame: int, index: int, priority: float, rng: np.random.Generator) -> DownlinkRecord:
+    return DownlinkRecord(
+        record_id=record_id("n1", "s1", frame, index), node_id="n1", detector_id="d1", series_id="s1",
+        frame=frame, index=index, frame_time="2026-11-28T10:00:00Z", processed_time="2026-11-28T10:00:01Z",
+        x=10.0 + index, y=20.0, x_err=0.1, y_err=0.1, ra=None, dec=None, label="streak", confidence=0.95,
+        probs={"star": 0.05, "streak": 0.95}, entropy=0.2, aleatoric=0.15, epistemic=0.05,
+        anomaly_score=2.0, anomaly_pvalue=0.2, snr=30.0, flux_e=900.0, flux_err_e=30.0, a_px=5.0,
+        b_px=1.0, theta_rad=0.3, flags=0, new=False, reasons=("unusual",), priority=priority,
+        policy_version=1, engine_id="e1", calibration_id="c1",
+        stamp=compress_stamp(rng.normal(size=(2, 16, 16))))
+
+
+@pytest.fixture
+def ctx() -> Iterator[zmq.Context[Any]]:
+    """A context whose term() in teardown hangs (and times out) if a test leaks a socket."""
+    context: zmq.Context[Any] = zmq.Context()
+    yield context
+    context.term()
+
+
+@pytest.fixture
+def raw_ground(ctx: zmq.Context[Any]) -> Iterator[tuple[zmq.Socket[Any], str]]:
+    """A bare ROUTER on a random loopback port that records what arrives and acks only when told."""
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    yield sock, f"tcp://127.0.0.1:{port}"
+    sock.close()
+
+
+def receive(sock: zmq.Socket[Any], n: int, timeout_s: float = 5.0) -> list[list[bytes]]:
+    """Exactly ``n`` messages (fails on timeout), then checks that nothing more is coming."""
+    out: list[list[bytes]] = []
+    end = time.monotonic() + timeout_s
+    while len(out) < n and time.monotonic() < end:
+        if sock.poll(50):
+            out.append(sock.recv_multipart())
+    assert len(out) == n, f"got {len(out)} of {n} messages"
+    assert not sock.poll(100), "more messages than expected"
+    return out
+
+
+def ids_of(messages: list[list[bytes]]) -> list[str]:
+    assert all(m[1:3] == [TAG, DATA] for m in messages)
+    return [decode_msgpack(m[3]).id for m in messages]
+
+
+def wait_connected(dl: Downlink, spool: Spool, timeout_s: float = 5.0) -> None:
+    """Pump until the DEALER's connection is up (IMMEDIATE refuses sends before that)."""
+    end = time.monotonic() + timeout_s
+    while dl.counters().sent == 0 and len(spool) and time.monotonic() < end:
+        dl.pump(10)
+
+
+def test_everything_reaches_the_ground_exactly_once_and_leaves_the_spool(
+        tmp_path: Path, ctx: zmq.Context[Any], rng: np.random.Generator) -> None:
+    """With a live ground every spooled record is stored once, acked, and removed from the spool."""
+    recs = [make_record(f, i, float(rng.random()), rng) for f in range(5) for i in range(6)]
+    with GroundReceiver("tcp://127.0.0.1:*", tmp_path / "out", context=ctx) as ground, \
+            Spool(tmp_path / "s.sqlite") as spool, \
+            Downlink(spool, ground.address, context=ctx, budget_bytes_per_s=10_000_000) as dl:
+        spool.put(recs)
+        end = time.monotonic() + 10
+        while len(spool) and time.monotonic() < end:
+            dl.pump(5)
+            ground.poll(5)
+        c, g = dl.counters(), ground.counters()
+    stored = read_jsonl(tmp_path / "out" / "downlink.jsonl").messages
+    assert sorted(m.id for m in stored) == sorted(r.record_id for r in recs)
+    assert set(stored) == set(recs) and g.records == len(recs) and g.duplicates == 0
+    assert c.acked == len(recs) and c.in_flight == 0
+
+
+def test_sends_follow_priority_order_within_the_per_second_budget(
+        tmp_path: Path, ctx: zmq.Context[Any], raw_ground: tuple[zmq.Socket[Any], str],
+        rng: np.random.Generator) -> None:
+    """The highest priorities go first, only as many bytes as the budget allows, the rest after a second."""
+    sock, address = raw_ground
+    clock = Clock()
+    prios = [0.3, 7.0, 1.0, 5.0, 2.0, 6.0]
+    with Spool(tmp_path / "s.sqlite") as spool:
+        spool.put([make_record(0, i, p, rng) for i, p in enumerate(prios)])
+        size = len(spool.pending(1)[0].payload)
+        with Downlink(spool, address, context=ctx, clock=clock, budget_bytes_per_s=3 * size + size // 2) as dl:
+            wait_connected(dl, spool)
+            first = receive(sock, 3)
+            assert ids_of(first) == ["n1:s1:0:1", "n1:s1:0:5", "n1:s1:0:3"]
+            dl.pump(0)
+            assert dl.counters().budget_waits >= 1 and dl.counters().sent == 3
+            clock.t += 1.0
+            dl.pump(0)
+            assert ids_of(receive(sock, 3)) == ["n1:s1:0:4", "n1:s1:0:2", "n1:s1:0:0"]
+            c = dl.counters()
+            assert c.sent == 6 and c.in_flight == 6 and len(spool) == 6  # nothing acked yet
+
+
+def test_contact_window_caps_the_bytes_until_a_new_window_opens(
+        tmp_path: Path, ctx: zmq.Context[Any], raw_ground: tuple[zmq.Socket[Any], str],
+        rng: np.random.Generator) -> None:
+    """No more than the window's bytes leave in one contact window; opening the next lets the rest go."""
+    sock, address = raw_ground
+    with Spool(tmp_path / "s.sqlite") as spool:
+        spool.put([make_record(0, i, float(i), rng) for i in range(5)])
+        size = len(spool.pending(1)[0].payload)
+        with Downlink(spool, address, context=ctx, budget_bytes_per_s=100 * size,
+                      contact_window_bytes=2 * size + 10) as dl:
+            wait_connected(dl, spool)
+            receive(sock, 2)
+            dl.pump(0)
+            assert dl.counters().window_exhausted >= 1 and dl.counters().sent == 2
+            assert dl.window_left_bytes is not None and dl.window_left_bytes < size
+            dl.open_window(0)
+            dl.pump(0)
+            assert len(receive(sock, 3)) == 3 and dl.counters().sent_bytes <= 5 * size + 5
+
+
+def test_unacked_messages_are_sent_again_after_the_ack_timeout(
+        tmp_path: Path, ctx: zmq.Context[Any], raw_ground: tuple[zmq.Socket[Any], str],
+        rng: np.random.Generator) -> None:
+    """Without an ack a message is retried after ack_timeout_s, counted and logged; an ack then removes it."""
+    sock, address = raw_ground
+    clock = Clock()
+    with Spool(tmp_path / "s.sqlite") as spool:
+        spool.put([make_record(0, i, 1.0, rng) for i in range(3)])
+        with Downlink(spool, address, context=ctx, clock=clock, ack_timeout_s=2.0) as dl:
+            wait_connected(dl, spool)
+            first = receive(sock, 3)
+            clock.t += 1.0
+            dl.pump(0)
+            assert not sock.poll(100) and dl.counters().retries == 0
+            clock.t += 1.5
+            with capture_logs() as logs:
+                dl.pump(0)
+            again = receive(sock, 3)
+            assert ids_of(again) == ids_of(first)
+            c = dl.counters()
+            assert c.timeouts == 3 and c.retries == 3 and c.sent == 6
+            assert [e for e in logs if e["event"] == "downlink.ack_timeout"][0]["count"] == 3
+            peer = again[0][0]
+            sock.send_multipart([peer, *encode_ack(ids_of(again))])
+            sock.send_multipart([peer, *encode_ack(ids_of(again)[:1])])  # a repeated ack
+            end = time.monotonic() + 5
+            while len(spool) and time.monotonic() < end:
+                dl.pump(20)
+            dl.pump(100)
+            c = dl.counters()
+            assert len(spool) == 0 and c.acked == 3 and c.ack_unknown == 1 and c.in_flight == 0
+
+
+def test_dead_ground_keeps_records_spooled_until_it_comes_up(
+        tmp_path: Path, ctx: zmq.Context[Any], rng: np.random.Generator) -> None:
+    """With no ground listening nothing is lost: sends are refused and counted; a ground that starts later gets everything."""
+    probe = ctx.socket(zmq.ROUTER)
+    port = probe.bind_to_random_port("tcp://127.0.0.1")
+    probe.close(linger=0)
+    address = f"tcp://127.0.0.1:{port}"
+    recs = [make_record(0, i, float(i), rng) for i in range(10)]
+    with Spool(tmp_path / "s.sqlite") as spool, Downlink(spool, address, context=ctx) as dl:
+        spool.put(recs)
+        for _ in range(5):
+            dl.pump(10)
+        c = dl.counters()
+        assert c.sent == 0 and c.send_blocked >= 5 and len(spool) == 10
+        with GroundReceiver(address, tmp_path / "out", context=ctx) as ground:
+            end = time.monotonic() + 10
+            while len(spool) and time.monotonic() < end:
+                dl.pump(5)
+                ground.poll(5)
+            assert ground.counters().records == 10
+        assert len(spool) == 0 and spool.counters().acked["record"] == 10
+
+
+def test_malformed_messages_from_the_ground_are_counted_and_logged(
+        tmp_path: Path, ctx: zmq.Context[Any], raw_ground: tuple[zmq.Socket[Any], str],
+        rng: np.random.Generator) -> None:
+    """Junk on the ack channel is counted and logged by reason and removes nothing from the spool."""
+    sock, address = raw_ground
+    with Spool(tmp_path / "s.sqlite") as spool, Downlink(spool, address, context=ctx) as dl:
+        spool.put([make_record(0, 0, 1.0, rng)])
+        wait_connected(dl, spool)
+        peer = receive(sock, 1)[0][0]
+        sock.send_multipart([peer, b"hello"])
+        sock.send_multipart([peer, TAG, ACK, b"\xc1"])
+        sock.send_multipart([peer, TAG, ACK, msgpack.packb({"ids": 1})])
+        with capture_logs() as logs:
+            end = time.monotonic() + 5
+            while dl.counters().malformed_acks < 3 and time.monotonic() < end:
+                dl.pump(20)
+        assert dl.counters().malformed_acks == 3 and len(spool) == 1
+        events = [e for e in logs if e["event"] == "downlink.ack_malformed"]
+        assert len(events) == 3 and {e["reason"] for e in events} == {"record_decode"}
+
+
+def test_in_flight_messages_are_bounded(tmp_path: Path, ctx: zmq.Context[Any],
+                                        raw_ground: tuple[zmq.Socket[Any], str],
+                                        rng: np.random.Generator) -> None:
+    """No more than max_in_flight messages wait for an ack at once."""
+    sock, address = raw_ground
+    with Spool(tmp_path / "s.sqlite") as spool, \
+            Downlink(spool, address, context=ctx, max_in_flight=4) as dl:
+        spool.put([make_record(0, i, 1.0, rng) for i in range(10)])
+        wait_connected(dl, spool)
+        for _ in range(3):
+            dl.pump(10)
+        receive(sock, 4)
+        assert dl.counters().in_flight == 4 and len(spool.pending(100)) == 6
