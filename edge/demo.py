@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     span = (t_last - t_first) if (t_first and t_last and t_last > t_first) else None
     rate = f"{(c.frames - 1) / span:.1f} frames/s" if span else "n/a"
     print(f"demo: received {c.received} messages ({c.frames} frames, "
-          f"{c.bytes_received / 1e6:.1f} MB) in {elapsed:.1f} s; frame rate {rate}")
+          f"{c.bytes_received / 1e6:.1f} MB) in {elapsed:.1f} s; arrival rate {rate} (paced by how fast the DAQ thread makes frames)")
     reasons = f" {dict(c.rejected_by_reason)}" if c.rejected_by_reason else ""
     print(f"demo: accepted {c.accepted}, rejected {c.rejected}{reasons}, gaps {c.gaps} "
           f"(missing {', '.join(f'{g.first_missing}-{g.last_missing}' for g in rx.gaps) or 'none'})")

@@ -265,11 +265,16 @@ def fits_files(directory: Path) -> list[Path]:
 
 @dataclass(frozen=True)
 class PlayStats:
-    """What a play (stream or replay) sent and dropped, and how long it took."""
+    """What a play (stream or replay) sent and dropped, and how long it took.
+
+    ``frames_*`` count frames the rig encoded; ``messages_*`` count everything else it sent,
+    including every message of a recording (sent as raw parts, never decoded).
+    """
 
     messages: int
     frames_sent: int
     frames_dropped: int
+    messages_sent: int
     messages_dropped: int
     elapsed_s: float
 
@@ -299,7 +304,7 @@ def play_frames(sender: FrameSender, frames: Iterable[FrameSource], *, rate_hz: 
                           wcs=frame.wcs, keywords=frame.keywords)
     sender.end_series()
     c = sender.counters
-    return PlayStats(n + 2, c.frames_sent, c.frames_dropped, c.messages_dropped,
+    return PlayStats(n + 2, c.frames_sent, c.frames_dropped, c.messages_sent, c.messages_dropped,
                      time.monotonic() - t0)
 
 
@@ -321,7 +326,7 @@ def play_recording(sender: FrameSender, path: Path, *, rate_hz: float = 0.0,
             _pace(t0, n - 1, rate_hz)
         sender.send_parts(list(rec.parts))
     c = sender.counters
-    return PlayStats(n, c.frames_sent, c.frames_dropped, c.messages_dropped,
+    return PlayStats(n, c.frames_sent, c.frames_dropped, c.messages_sent, c.messages_dropped,
                      time.monotonic() - t0)
 
 

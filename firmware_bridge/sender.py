@@ -37,7 +37,8 @@ log = get_logger(__name__)
 
 @dataclass
 class SenderCounters:
-    """What the sender did: frames handed to ZeroMQ, frames dropped (and which), other messages.
+    """What the sender did: frames handed to ZeroMQ, frames dropped (and which), other messages
+    (series start/end, heartbeats, raw parts) sent and dropped.
 
     ``dropped_seqs`` keeps the most recent ``max_dropped_seqs`` (series_id, seq) pairs; the
     count ``frames_dropped`` is exact.
@@ -45,6 +46,7 @@ class SenderCounters:
 
     frames_sent: int = 0
     frames_dropped: int = 0
+    messages_sent: int = 0
     messages_dropped: int = 0
     bytes_sent: int = 0
     dropped_seqs: collections.deque[tuple[int, int]] = field(
@@ -176,6 +178,7 @@ class FrameSender:
 
     def _control(self, parts: list[Buffer]) -> bool:
         if self._send(parts):
+            self.counters.messages_sent += 1
             return True
         self.counters.messages_dropped += 1
         log.warning("sender.message_dropped", messages_dropped=self.counters.messages_dropped)
