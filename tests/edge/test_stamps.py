@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyUserWarning
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge.detect import DetectSettings, detect, subtract_background
 from edge.errors import DetectionError
@@ -120,3 +122,21 @@ def test_stamps_of_real_detections_peak_at_the_centre(real_data: Path) -> None:
         r, c = np.unravel_index(np.argmax(core), core.shape)
         assert abs(r - 4) <= 1 and abs(c - 4) <= 1
         assert stamp[1].sum() == 0
+
+
+_FRAME = np.random.default_rng(5).normal(size=(48, 40)).astype(np.float32) * 5
+_VAR = np.random.default_rng(6).uniform(0.5, 4.0, size=(48, 40)).astype(np.float32)
+_MASK = np.random.default_rng(7).uniform(size=(48, 40)) < 0.05
+
+
+@settings(max_examples=60, deadline=None)
+@given(x=st.floats(-20, 60), y=st.floats(-20, 70))
+def test_edge_stamps_equal_interior_stamps_of_a_nan_padded_frame(x: float, y: float) -> None:
+    """Cutting near or past the border gives what cutting from the frame padded with NaN gives, anywhere."""
+    pad = 40
+    sub = np.pad(_FRAME, pad, constant_values=np.nan)
+    var = np.pad(_VAR, pad, constant_values=1.0)
+    mask = np.pad(_MASK, pad, constant_values=False)
+    direct = cut_stamps(_FRAME, _VAR, _MASK, np.array([x]), np.array([y]))
+    padded = cut_stamps(sub, var, mask, np.array([x + pad]), np.array([y + pad]))
+    np.testing.assert_array_equal(direct, padded)
