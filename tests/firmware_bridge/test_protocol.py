@@ -125,6 +125,34 @@ def test_control_messages_round_trip() -> None:
         assert decode_message(encode_message(m)) == m
 
 
+_ids = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=64)
+_counts = st.integers(0, 2**63 - 1)
+_keyword_maps = st.dictionaries(
+    st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-", min_size=1, max_size=8),
+    st.booleans() | st.integers(-(2**53), 2**53) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=68),
+    max_size=6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(detector=_ids, series=_counts, a=_counts, b=_counts, expected=st.none() | _counts,
+       keywords=_keyword_maps)
+def test_any_control_message_round_trips(detector: str, series: int, a: int, b: int,
+                                         expected: int | None, keywords: dict[str, Any]) -> None:
+    """Hypothesis: series start, series end and heartbeat with any valid field values decode to
+    exactly what was encoded."""
+    start = decode_message(encode_series_start(detector_id=detector, series_id=series, start_utc=T0,
+                                               expected_frames=expected, keywords=keywords))
+    assert start == SeriesStart(detector, series, T0, expected, start.keywords)
+    assert dict(start.keywords) == keywords
+    end = decode_message(encode_series_end(detector_id=detector, series_id=series, end_utc=T0,
+                                           frames_sent=a, frames_dropped=b))
+    assert end == SeriesEnd(detector, series, T0, a, b)
+    beat = decode_message(encode_heartbeat(detector_id=detector, time_utc=T0, frames_sent=a,
+                                           frames_dropped=b))
+    assert beat == Heartbeat(detector, T0, a, b)
+
+
 def _corpus(make_frame: Any) -> list[tuple[str, list[bytes], type[ProtocolError]]]:
     good = make_frame()
     lz = make_frame(compression="lz4")
