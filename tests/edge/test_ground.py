@@ -1,0 +1,254 @@
+"""The ground receiver: JSON lines and a FITS table, acks after fsync, duplicates, malformed input, the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+from astropy.table import Table
+from structlog.testing import capture_logs
+
+from edge.downlink import DATA, TAG, Downlink, decode_ack
+from edge.errors import TransportError
+from edge.ground import GroundReceiver
+from edge.records import (
+    DownlinkRecord,
+    FrameSummary,
+    encode_msgpack,
+    read_jsonl,
+    record_id,
+    to_dict,
+)
+from edge.spool import Spool
+
+pytestmark = pytest.mark.timeout(60)
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.t = 50.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def ntt_records(real_data: Path, frame: int = 7) -> list[DownlinkRecord]:
+    """One record per object of SExtractor's catalog of the real NTT frame (0-based positions)."""
+    cat = np.loadtxt(real_data / "sep-ntt" / "image.cat", comments="#")
+    out = []
+    for i, row in enumerate(cat):
+        flux, err = float(row[15]), float(row[16])
+        out.append(DownlinkRecord(
+            record_id=record_id("ntt", "s1", frame, i), node_id="ntt", detector_id="emmi-red",
+            series_id="s1", frame=frame, index=i, frame_time="1992-06-01T03:04:05.000000Z",
+            processed_time="2026-11-28T10:00:00.000000Z", x=float(row[1] - 1), y=float(row[2] - 1),
+            x_err=math.sqrt(row[8]), y_err=math.sqrt(row[9]), ra=None, dec=None, label="galaxy",
+            confidence=0.7, probs={"star": 0.3, "galaxy": 0.7}, entropy=0.61, aleatoric=0.5,
+            epistemic=0.11, anomaly_score=1.0, anomaly_pvalue=0.3, snr=flux / err if err > 0 else 0.0,
+            flux_e=flux,
+            flux_err_e=err, a_px=float(row[11]), b_px=1.0, theta_rad=0.0, flags=int(row[20]),
+            new=i % 2 == 0, reasons=("uncertain", "new") if i % 2 == 0 else ("uncertain",),
+            priority=1.0, policy_version=3, engine_id="cnn-1", calibration_id="none:header"))
+    return out
+
+
+def summary(frame: int) -> FrameSummary:
+    return FrameSummary(node_id="ntt", detector_id="emmi-red", series_id="s1", frame=frame,
+                        frame_time="1992-06-01T03:04:05Z", detections=65, by_class={"galaxy": 65},
+                        sent_by_reason={"uncertain": 65}, sent=65, suppressed=0, dropped_frames=(6,),
+                        noise_model="header", timings_ms={"detect": 4.0}, engine_id="cnn-1",
+                        policy_version=3)
+
+
+@pytest.fixture
+def ctx() -> Iterator[zmq.Context[Any]]:
+    """A context whose term() in teardown hangs (and times out) if a test leaks a socket."""
+    context: zmq.Context[Any] = zmq.Context()
+    yield context
+    context.term()
+
+
+@pytest.fixture
+def ground(tmp_path: Path, ctx: zmq.Context[Any]) -> Iterator[GroundReceiver]:
+    with GroundReceiver("tcp://127.0.0.1:*", tmp_path / "out", context=ctx, fits_interval_s=0) as g:
+        yield g
+
+
+@pytest.fixture
+def node(ctx: zmq.Context[Any], ground: GroundReceiver) -> Iterator[zmq.Socket[Any]]:
+    """A bare DEALER connected to the ground, standing in for the node."""
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(ground.address)
+    yield sock
+    sock.close()
+
+
+def exchange(ground: GroundReceiver, node: zmq.Socket[Any], messages: list[list[bytes]]) -> list[str]:
+    """Send raw messages, let the ground handle them, and return every id acked, in order."""
+    for parts in messages:
+        node.send_multipart(parts)
+    handled = 0
+    end = time.monotonic() + 5
+    while handled < len(messages) and time.monotonic() < end:
+        handled += ground.poll(20)
+    acked: list[str] = []
+    while node.poll(300):
+        acked += decode_ack(node.recv_multipart())
+    return acked
+
+
+def data(msg: DownlinkRecord | FrameSummary) -> list[bytes]:
+    return [TAG, DATA, encode_msgpack(msg)]
+
+
+def test_records_land_in_json_lines_and_a_fits_table(real_data: Path, ground: GroundReceiver,
+                                                     node: zmq.Socket[Any]) -> None:
+    """Each record becomes one JSON line with received_time and one FITS row with its units; summaries go to frames.jsonl."""
+    recs = ntt_records(real_data)
+    acked = exchange(ground, node, [data(r) for r in recs] + [data(summary(7))])
+    assert acked == [r.record_id for r in recs] + ["ntt:s1:7:summary"]
+    out = ground.out_dir
+    read = read_jsonl(out / "downlink.jsonl")
+    assert read.messages == tuple(recs) and all(t and t.endswith("Z") for t in read.received_times)
+    assert read_jsonl(out / "frames.jsonl").messages == (summary(7),)
+    table = Table.read(ground.write_fits())
+    cat = np.loadtxt(real_data / "sep-ntt" / "image.cat", comments="#")
+    assert len(table) == len(cat) == 65
+    np.testing.assert_allclose(table["x"], cat[:, 1] - 1)
+    np.testing.assert_allclose(table["y"], cat[:, 2] - 1)
+    np.testing.assert_allclose(table["flux_e"], cat[:, 15])
+    # no WCS: NaN in the file, which astropy reads back as masked
+    assert np.ma.getmaskarray(table["ra"]).all() and str(table["ra"].unit) == "deg" and str(table["x"].unit) == "pix"
+    assert json.loads(table["probs"][0]) == {"star": 0.3, "galaxy": 0.7}
+    assert list(table["reasons"][:2]) == ["uncertain,new", "uncertain"]
+    assert list(table["received_time"]) == list(read.received_times)
+
+
+def test_duplicates_are_dropped_by_id_but_acknowledged(real_data: Path, ground: GroundReceiver,
+                                                       node: zmq.Socket[Any]) -> None:
+    """A record sent twice is written once, counted as a duplicate, and acked both times."""
+    rec = ntt_records(real_data)[0]
+    assert exchange(ground, node, [data(rec)]) == [rec.record_id]
+    assert exchange(ground, node, [data(rec)]) == [rec.record_id]
+    assert len((ground.out_dir / "downlink.jsonl").read_text().splitlines()) == 1
+    c = ground.counters()
+    assert c.records == 1 and c.duplicates == 1 and c.received == 2
+
+
+def test_malformed_messages_are_counted_logged_and_not_acknowledged(
+        real_data: Path, ground: GroundReceiver, node: zmq.Socket[Any]) -> None:
+    """Wrong parts, non-msgpack bytes, a later version and a bad field each count under their reason; good ones still pass."""
+    rec = ntt_records(real_data)[0]
+    later = {**to_dict(rec), "version": 2}
+    bad_field = {**to_dict(rec), "snr": "high"}
+    junk = [[b"just one part"], [TAG, b"nonsense", b"x"], [TAG, DATA, b"\xc1\xc1"],
+            [TAG, DATA, msgpack.packb(later)], [TAG, DATA, msgpack.packb(bad_field)]]
+    with capture_logs() as logs:
+        acked = exchange(ground, node, [*junk, data(rec)])
+    assert acked == [rec.record_id]
+    c = ground.counters()
+    assert c.malformed == {"record_decode": 3, "record_version": 1, "record_field": 1}
+    assert c.records == 1
+    events = [e for e in logs if e["event"] == "ground.malformed"]
+    assert len(events) == 5 and all(e["log_level"] == "warning" for e in events)
+
+
+def test_a_restarted_ground_still_drops_duplicates(real_data: Path, tmp_path: Path,
+                                                   ctx: zmq.Context[Any]) -> None:
+    """Ids already in the output folder count as seen after a restart, so a re-sent record is not written twice."""
+    recs = ntt_records(real_data)[:3]
+    for round_ in range(2):
+        with GroundReceiver("tcp://127.0.0.1:*", tmp_path / "out", context=ctx) as g:
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(g.address)
+            try:
+                assert exchange(g, sock, [data(r) for r in recs]) == [r.record_id for r in recs]
+            finally:
+                sock.close()
+            assert g.counters().duplicates == (3 if round_ else 0)
+    assert len(read_jsonl(tmp_path / "out" / "downlink.jsonl").messages) == 3
+
+
+def test_fits_table_is_rewritten_periodically(real_data: Path, tmp_path: Path, ctx: zmq.Context[Any]) -> None:
+    """With fits_interval_s set, downlink.fits follows the JSON lines once the interval has passed."""
+    clock = Clock()
+    recs = ntt_records(real_data)
+    with GroundReceiver("tcp://127.0.0.1:*", tmp_path / "out", context=ctx, fits_interval_s=10,
+                        clock=clock) as g:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(g.address)
+        try:
+            exchange(g, sock, [data(r) for r in recs[:5]])
+            assert not (g.out_dir / "downlink.fits").exists()
+            clock.t += 10
+            g.poll(0)
+            assert len(Table.read(g.out_dir / "downlink.fits")) == 5
+            exchange(g, sock, [data(r) for r in recs[5:9]])
+            assert len(Table.read(g.out_dir / "downlink.fits")) == 5
+            clock.t += 10
+            g.poll(0)
+            assert len(Table.read(g.out_dir / "downlink.fits")) == 9 and g.counters().fits_writes == 2
+        finally:
+            sock.close()
+
+
+def test_a_taken_address_is_a_transport_error(tmp_path: Path, ground: GroundReceiver,
+                                               ctx: zmq.Context[Any]) -> None:
+    """Binding where another ground listens raises TransportError naming the address."""
+    with pytest.raises(TransportError, match="port in use") as exc:
+        GroundReceiver(ground.address, tmp_path / "other", context=ctx)
+    assert ground.address in str(exc.value)
+
+
+def test_ground_command_receives_until_sigterm_then_writes_fits(
+        real_data: Path, tmp_path: Path, ctx: zmq.Context[Any]) -> None:
+    """`astro-edge ground --bind --out` stores what a node sends, and on SIGTERM writes the FITS table and exits 0."""
+    probe = ctx.socket(zmq.ROUTER)
+    port = probe.bind_to_random_port("tcp://127.0.0.1")
+    probe.close(linger=0)
+    address = f"tcp://127.0.0.1:{port}"
+    out = tmp_path / "ground"
+    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "ground", "--bind", address,
+                             "--out", str(out)], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        recs = ntt_records(real_data)[:10]
+        with Spool(tmp_path / "s.sqlite") as spool, Downlink(spool, address, context=ctx) as dl:
+            spool.put(recs)
+            assert dl.drain(timeout_s=20), "the ground command did not acknowledge"
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, stderr
+    assert "10 records" in stdout
+    assert len(Table.read(out / "downlink.fits")) == 10
+    assert read_jsonl(out / "downlink.jsonl").messages == tuple(recs)
+
+
+def test_ground_command_refuses_a_bad_address(tmp_path: Path) -> None:
+    """A malformed bind address ends the command with exit code 2 and one line saying what is wrong."""
+    proc = subprocess.run([sys.executable, "-m", "edge.cli", "ground", "--bind", "tcp://nowhere:xyz",
+                           "--out", str(tmp_path / "g")], cwd=REPO, capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode == 2
+    assert "astro-edge ground:" in proc.stderr and "tcp://nowhere:xyz" in proc.stderr
