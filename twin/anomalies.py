@@ -26,8 +26,14 @@ from twin.sky import Rendered, Scene, centred_psf, flux_e, scene_rng, sersic_sta
 
 IN_REFERENCE_CATALOG: frozenset[str] = frozenset({"lens_arc", "lobster_psf", "close_double"})
 _HALF_PX = {"lens_arc": 24, "comet": 32, "lobster_psf": 24, "close_double": 12, "ghost": 40}
+_LOBSTER_ARM_PX = 2.0  # scale of the 1/(1 + |t|/scale)^1.2 fall-off along the cross's arms
 _MAG_RANGE = {"lens_arc": (17.5, 19.5), "comet": (16.5, 18.5), "lobster_psf": (16.5, 18.5),
               "close_double": (17.0, 19.0)}
+
+
+def half_px(family: str, config: TwinConfig) -> int:
+    """Stamp half-size of a family: sizes are set for a 3 px FWHM and grow with the PSF."""
+    return int(np.ceil(_HALF_PX[family] * max(1.0, (config.fwhm_px + config.defocus_px) / 3.0)))
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,13 @@ class AnomalyDraw:
     mag: NDArray[np.float64]
     params: dict[str, NDArray[np.float64]]
 
+    @property
+    def size_px(self) -> NDArray[np.float64]:
+        """The family's characteristic size: Einstein radius, tail length, separation, ring radius (px)."""
+        key = {"lens_arc": "einstein_px", "comet": "tail_px", "close_double": "separation_px",
+               "ghost": "radius_px"}.get(self.family)
+        return self.params[key] if key else np.full(len(self.x), _LOBSTER_ARM_PX)
+
 
 def draw_anomalies(config: TwinConfig, seed: int, scene: Scene) -> list[AnomalyDraw]:
     """Anomalies of every switched-on family, ``n_anomalies_per_family`` each."""
@@ -48,7 +61,7 @@ def draw_anomalies(config: TwinConfig, seed: int, scene: Scene) -> list[AnomalyD
     for family in config.anomalies:
         g = scene_rng(seed, 100 + ANOMALY_FAMILIES.index(family))
         n = config.n_anomalies_per_family
-        m = min(_HALF_PX[family] // 2 + 4, nx // 4, ny // 4)
+        m = min(half_px(family, config) + 2, nx // 4, ny // 4)
         x, y = g.uniform(m, nx - 1 - m, n), g.uniform(m, ny - 1 - m, n)
         params: dict[str, NDArray[np.float64]] = {"angle_rad": g.uniform(0, 2 * np.pi, n)}
         if family == "ghost":
@@ -79,14 +92,14 @@ def _ghost_draw(config: TwinConfig, g: np.random.Generator, scene: Scene, n: int
                 y: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64],
                                                  dict[str, NDArray[np.float64]]]:
     ny, nx = config.detector.shape_px
-    radius = g.uniform(2.0, 4.0, n) * config.fwhm_px
+    radius = g.uniform(4.0, 8.0, n) * config.fwhm_px
     # a ghost must stand out of the sky: at least ~3 sigma of sky noise per pixel across its annulus
     sky = config.sky_e_per_s * config.exposure_s + config.detector.read_noise_e ** 2
     floor_e = 3.0 * np.sqrt(sky) * 0.84 * np.pi * radius ** 2
     flux = floor_e * g.uniform(1.0, 2.0, n)
     stars = scene.stars
     bright = np.argsort(stars.mag)[:n]
-    m = min(int(radius.max()) + 4, nx // 4, ny // 4)
+    m = min(half_px("ghost", config) + 2, nx // 4, ny // 4)
     for i, k in enumerate(bright):
         # the reflection goes through the optical axis, slightly off so it never sits on the star
         x[i] = np.clip(nx - 1 - stars.x[k] + 0.05 * nx, m, nx - 1 - m)
@@ -98,7 +111,7 @@ def _ghost_draw(config: TwinConfig, g: np.random.Generator, scene: Scene, n: int
 
 def render_anomalies(config: TwinConfig, draw: AnomalyDraw) -> Rendered:
     """PSF-convolved stamps (electrons) of one family's objects."""
-    half = _HALF_PX[draw.family]
+    half = half_px(draw.family, config)
     x, y, p = draw.x, draw.y, draw.params
     flux = flux_e(config, draw.mag)
     psf = psf_at(config, x, y)
@@ -152,8 +165,9 @@ def _intrinsic(family: str, config: TwinConfig, x: NDArray[np.float64], y: NDArr
     if family == "lobster_psf":
         spot = np.exp(-0.5 * (r / F32(0.5)) ** 2)
         spot /= spot.sum(axis=(1, 2), keepdims=True)
-        arms = (np.exp(-0.5 * (v / F32(0.4)) ** 2) * np.power(1 + np.abs(u) / F32(2.0), F32(-1.2))
-                + np.exp(-0.5 * (u / F32(0.4)) ** 2) * np.power(1 + np.abs(v) / F32(2.0), F32(-1.2)))
+        arm = F32(_LOBSTER_ARM_PX)
+        arms = (np.exp(-0.5 * (v / F32(0.4)) ** 2) * np.power(1 + np.abs(u) / arm, F32(-1.2))
+                + np.exp(-0.5 * (u / F32(0.4)) ** 2) * np.power(1 + np.abs(v) / arm, F32(-1.2)))
         arms /= arms.sum(axis=(1, 2), keepdims=True)
         frac = col(p["spot_fraction"])
         return (spot * frac + arms * (1 - frac)).astype(F32)

@@ -117,7 +117,8 @@ def simulate_frame(config: TwinConfig, index: int, seed: int) -> TwinFrame:
             next_id += n
         else:
             ids = -1
-        add_sources("anomaly", draw.family, draw.x, draw.y, draw.mag, [render_anomalies(config, draw)], ids)
+        add_sources("anomaly", draw.family, draw.x, draw.y, draw.mag, [render_anomalies(config, draw)], ids,
+                    draw.size_px)
 
     for label, dep in (("cosmic_ray", add_cosmic_rays(expected, config, rng)),
                        ("streak", add_streaks(expected, config, rng))):

@@ -7,7 +7,8 @@ objects, the anomaly family, or ``"transient"``), ``flux_e`` (electrons deposite
 frame before flat-field response), ``mag`` (NaN where the object has no sky magnitude),
 ``snr_expected``, ``ra_deg``, ``dec_deg``, ``x0``, ``y0``, ``x1``, ``y1`` (end points of streaks
 and tracks; the position itself otherwise), ``fwhm_px`` (local PSF FWHM), ``size_px`` (half-light
-radius of galaxies, length of tracks and streaks, 0 otherwise), ``source_id`` (row of the
+radius of galaxies, length of tracks and streaks, the characteristic size of anomalies: Einstein
+radius, comet tail length, double separation, ghost radius, lobster arm scale; 0 otherwise), ``source_id`` (row of the
 reference catalog, -1 when the object is not in it). This module renders nothing.
 """
 

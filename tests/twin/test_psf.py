@@ -1,0 +1,72 @@
+"""The optics: star FWHM as configured across the field, galaxies as GalSim draws them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from twin import DetectorModel, TwinConfig, simulate_frame
+from twin.sky import Sources, render_galaxies
+
+
+@pytest.fixture(scope="module")
+def sparse_field() -> tuple[TwinConfig, object]:
+    """A 1024x1024 frame of 300 moderately bright stars and nothing else but sky."""
+    cfg = TwinConfig(detector=DetectorModel(shape_px=(1024, 1024)), n_stars=300, n_galaxies=0,
+                     cosmic_ray_rate_per_s=0.0, streak_probability=0.0, star_mag_range=(15.0, 18.0),
+                     sky_gradient=0.0)
+    return cfg, simulate_frame(cfg, 0, 3)
+
+
+def _isolated_stars(frame, shape, min_sep_px: float = 20.0, margin_px: int = 20):
+    t = frame.truth[frame.truth["label"] == "star"]
+    x, y = np.asarray(t["x"]), np.asarray(t["y"])
+    d = np.hypot(x[:, None] - x[None], y[:, None] - y[None])
+    np.fill_diagonal(d, np.inf)
+    ny, nx = shape
+    ok = (d.min(axis=1) > min_sep_px) & (x > margin_px) & (x < nx - margin_px) & (y > margin_px) & (y < ny - margin_px)
+    r = np.hypot((x - (nx - 1) / 2) / ((nx - 1) / 2), (y - (ny - 1) / 2) / ((ny - 1) / 2)) / np.sqrt(2)
+    return t, x, y, ok, r
+
+
+def test_star_fwhm_near_the_centre_is_the_configured_fwhm_within_5_percent(sparse_field, calibrate, fwhm_of) -> None:
+    """Moffat fits to calibrated, noisy stars near the field centre give the configured FWHM within 5 %."""
+    cfg, frame = sparse_field
+    image = calibrate(frame, cfg) - cfg.sky_e_per_s * cfg.exposure_s
+    t, x, y, ok, r = _isolated_stars(frame, cfg.detector.shape_px)
+    sel = ok & (r < 0.3)
+    assert sel.sum() >= 10
+    fwhm = np.median([fwhm_of(image, a, b) for a, b in zip(x[sel], y[sel], strict=True)])
+    assert fwhm == pytest.approx(cfg.fwhm_px, rel=0.05)
+
+
+def test_psf_broadens_towards_the_corners_as_configured(sparse_field, calibrate, fwhm_of) -> None:
+    """Stars near the corners are wider than central ones by about psf_fwhm_variation, as the truth says."""
+    cfg, frame = sparse_field
+    image = frame.expected_e.astype(float) - cfg.sky_e_per_s * cfg.exposure_s
+    t, x, y, ok, r = _isolated_stars(frame, cfg.detector.shape_px)
+    centre = ok & (r < 0.3)
+    corner = ok & (r > 0.8)
+    assert corner.sum() >= 3
+    fw_centre = np.median([fwhm_of(image, a, b) for a, b in zip(x[centre], y[centre], strict=True)])
+    fw_corner = np.median([fwhm_of(image, a, b) for a, b in zip(x[corner], y[corner], strict=True)])
+    assert fw_corner / fw_centre == pytest.approx(np.median(t["fwhm_px"][corner]) / np.median(t["fwhm_px"][centre]), rel=0.02)
+    assert fw_corner > fw_centre * (1 + 0.5 * cfg.psf_fwhm_variation)
+
+
+@pytest.mark.parametrize(("sersic_n", "r_eff_px", "axis_ratio", "max_l1"),
+                         [(1.0, 4.0, 0.6, 0.02), (0.7, 6.0, 0.4, 0.02), (2.5, 1.5, 1.0, 0.04), (4.0, 2.0, 0.8, 0.08)])
+def test_galaxy_stamps_agree_with_galsim(sersic_n: float, r_eff_px: float, axis_ratio: float, max_l1: float) -> None:
+    """A Sersic galaxy convolved with the PSF on its stamp matches GalSim's drawing of the same profile."""
+    galsim = pytest.importorskip("galsim", reason="GalSim is the twin extra (pip install astro-edge[twin])")
+    cfg = TwinConfig(detector=DetectorModel(shape_px=(256, 256)), psf_fwhm_variation=0.0, psf_ellipticity=0.0)
+    x, y, angle = np.array([128.3]), np.array([127.6]), np.array([0.5])
+    gal = Sources(x, y, np.array([18.0]), np.array([r_eff_px]), np.array([sersic_n]), np.array([axis_ratio]), angle)
+    ours = render_galaxies(cfg, gal, np.array([1.0]))[0].stamps[0].astype(float)
+    profile = galsim.Sersic(n=sersic_n, half_light_radius=r_eff_px).shear(q=axis_ratio, beta=angle[0] * galsim.radians)
+    obj = galsim.Convolve(profile, galsim.Moffat(beta=cfg.psf_beta, fwhm=cfg.fwhm_px))
+    ref = obj.shift(x[0] - round(x[0]), y[0] - round(y[0])).drawImage(
+        nx=ours.shape[1], ny=ours.shape[0], scale=1.0).array.astype(float)
+    ours /= ours.sum()
+    ref /= ref.sum()
+    assert np.abs(ours - ref).sum() < max_l1
