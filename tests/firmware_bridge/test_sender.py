@@ -82,3 +82,12 @@ def test_bind_failure_is_a_transport_error(context: zmq.Context[Any]) -> None:
     with FrameReceiver("tcp://127.0.0.1:*", context=context) as rx, \
             pytest.raises(TransportError, match="127.0.0.1"):
         FrameSender(rx.endpoint, bind=True, context=context)
+
+
+def test_roles_can_be_flipped_daq_binds_node_connects(context: zmq.Context[Any]) -> None:
+    """With bind=True on the sender and bind=False on the receiver, frames flow the same way."""
+    with FrameSender("tcp://127.0.0.1:*", bind=True, send_timeout_ms=2000, context=context) as tx, \
+            FrameReceiver(tx.endpoint, bind=False, context=context) as rx:
+        assert tx.send_frame(np.full((3, 3), 7, np.int16), seq=0)
+        msg = rx.recv(2000)
+    assert isinstance(msg, Frame) and int(msg.pixels.sum()) == 63
