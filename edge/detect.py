@@ -80,7 +80,8 @@ class DetectSettings:
     max_candidates: int = 20000
     #: convolve with sep's default 3x3 kernel as a matched filter before thresholding
     matched_filter: bool = True
-    #: candidates closer than this to the border get FLAG_NEAR_EDGE (half a stamp by default)
+    #: FLAG_NEAR_EDGE when the 2*edge_margin_px box around the centre pixel (floor(x + 0.5),
+    #: floor(y + 0.5)) leaves the frame; 16 matches a 32-pixel stamp of edge.stamps
     edge_margin_px: int = 16
     #: smallest radius of the AUTO aperture, as SExtractor's PHOT_AUTOPARAMS second value
     min_aperture_radius_px: float = 3.5
@@ -256,7 +257,9 @@ def detect(sub_e: NDArray[Any], variance_e2: NDArray[Any], mask: NDArray[Any] | 
 
     height, width = shape
     margin = settings.edge_margin_px
-    near_edge = (x < margin - 0.5) | (y < margin - 0.5) | (x > width - margin - 0.5) | (y > height - margin - 0.5)
+    # the same centre pixel as edge.stamps: the 2*margin box from centre - margin must fit in the frame
+    cx, cy = np.floor(x + 0.5), np.floor(y + 0.5)
+    near_edge = (cx < margin) | (cy < margin) | (cx + margin > width) | (cy + margin > height)
     flags[near_edge] |= FLAG_NEAR_EDGE
     xp = objects["xpeak"].astype(np.int64)
     yp = objects["ypeak"].astype(np.int64)

@@ -236,3 +236,24 @@ def test_both_known_cosmic_rays_in_the_real_gmos_frame_are_detected(real_data: P
                   & (cands.x >= cols.start) & (cands.x < cols.stop))
         assert inside.any()
         assert cands.snr[inside].max() > 50
+
+
+def test_near_edge_flag_is_set_exactly_when_the_stamp_leaves_the_frame(rng: np.random.Generator) -> None:
+    """For sources straddling the edge margin, FLAG_NEAR_EDGE matches whether the 32-pixel stamp has outside pixels."""
+    from edge.stamps import cut_stamps
+
+    size = 160
+    offsets = np.array([14.7, 15.3, 15.7, 16.2, 17.0])
+    xs = np.concatenate([offsets, size - 1 - offsets, np.linspace(30, 130, 5), np.linspace(35, 125, 5)])
+    ys = np.concatenate([np.linspace(35, 125, 5), np.linspace(30, 130, 5), offsets, size - 1 - offsets])
+    image, variance = _gaussian_scene(rng, (size, size), xs, ys, np.full(xs.size, 3e4))
+    settings = DetectSettings()
+    sub = subtract_background(image, None, settings).sub_e
+    cands = detect(sub, variance, None, settings)
+    idx, dist = _match(cands.x, cands.y, xs, ys)
+    assert np.all(dist < 0.5)
+    stamps = cut_stamps(sub, variance, None, cands.x[idx], cands.y[idx])
+    leaves = stamps[:, 1].reshape(len(idx), -1).max(axis=1) > 0
+    flagged = (cands.flags[idx] & FLAG_NEAR_EDGE) != 0
+    assert np.array_equal(flagged, leaves)
+    assert leaves.any() and not leaves.all()
