@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 from astropy.table import Table
+from astropy.utils.exceptions import AstropyUserWarning
 from numpy.typing import NDArray
 
 from calibration.masters import InputRecord, Masters, PhotonTransfer
@@ -59,9 +61,13 @@ def _canonical(a: NDArray[Any]) -> bytes:
 def content_hash(m: Masters) -> str:
     """sha256 (first 16 hex digits) of the masters' pixels and the numbers the Calibrator uses."""
     h = hashlib.sha256()
-    scalars = {"gain": m.gain_e_per_adu, "rn": m.read_noise_e, "sat": m.saturate_adu, "biasvar": m.bias_var_adu2,
-               "trim": m.trimsec, "bsec": m.biassec, "raw": list(m.raw_shape),
-               "relvar": {k: m.flat_rel_var[k] for k in sorted(m.flat_rel_var)}}
+    # 12 significant digits: what a FITS card keeps of a float even beside a long comment
+    def num(x: float) -> str:
+        return f"{x:.12g}"
+
+    scalars = {"gain": num(m.gain_e_per_adu), "rn": num(m.read_noise_e), "sat": num(m.saturate_adu),
+               "biasvar": num(m.bias_var_adu2), "trim": m.trimsec, "bsec": m.biassec, "raw": list(m.raw_shape),
+               "relvar": {k: num(m.flat_rel_var[k]) for k in sorted(m.flat_rel_var)}}
     h.update(json.dumps(scalars, sort_keys=True).encode())
     for arr in (m.bias_adu, m.dark_adu_per_s, m.dark_var_adu2_per_s2, m.bad_pixels):
         h.update(b"-" if arr is None else _canonical(arr))
@@ -120,11 +126,15 @@ def verify_checksums(path: Path | str) -> list[tuple[str, bool]]:
     path = Path(path)
     out = []
     try:
-        with fits.open(path, memmap=False, checksum=False) as hdul:
+        with warnings.catch_warnings():
+            # astropy warns before it fails on a truncated file; the typed error below says it once
+            warnings.simplefilter("ignore", AstropyUserWarning)
+            hdul = fits.open(path, memmap=False, checksum=False, lazy_load_hdus=False)
+        with hdul:
             for i, hdu in enumerate(hdul):
                 ok = hdu.verify_checksum() == 1 and hdu.verify_datasum() == 1
                 out.append((hdu.name or f"HDU{i}", ok))
-    except (OSError, ValueError, TypeError) as exc:
+    except (OSError, ValueError, TypeError, IndexError) as exc:
         raise BundleIntegrityError(f"not a readable FITS bundle ({exc})", where=str(path)) from None
     return out
 

@@ -27,9 +27,9 @@ def sigma_clip_combine(stack: NDArray[np.floating], *, sigma: float = 3.0,
                        rows_per_block: int = 256) -> Combined:
     """Per-pixel mean over axis 0 after rejecting values more than ``sigma`` robust sigmas from the median.
 
-    One pass: the robust sigma is 1.4826 x the median absolute deviation, so one cosmic ray in a
-    stack of five cannot widen its own acceptance window (a std-based loop would need several
-    passes for that). Works in row blocks to bound memory.
+    First pass about the median with 1.4826 x the median absolute deviation as sigma, so one
+    cosmic ray in a stack of five cannot widen its own acceptance window; second pass about the
+    clipped mean and std of what the first kept. Works in row blocks to bound memory.
     """
     stack = np.asarray(stack)
     if stack.ndim != 3 or stack.shape[0] < 1:
@@ -57,6 +57,13 @@ def _clip_block(block: NDArray[np.float32], sigma: float
     spread = 1.4826 * np.median(np.abs(block - centre), axis=0)
     # MAD is 0 where quantised data repeat one value; fall back on the plain std there
     spread = np.where(spread > 0, spread, block.std(axis=0))
+    keep = np.abs(block - centre) <= sigma * spread + np.float32(1e-6)
+    # second pass about the clipped mean and std: restores good values the noisy MAD of a small
+    # stack rejected, which would otherwise cost ~10 % in the master's noise at n = 10
+    k = np.maximum(keep.sum(axis=0), 1)
+    centre = np.where(keep, block, np.float32(0.0)).sum(axis=0) / k
+    dev = np.where(keep, block - centre, np.float32(0.0))
+    spread = np.sqrt((dev * dev).sum(axis=0) / np.maximum(k - 1, 1))
     keep = np.abs(block - centre) <= sigma * spread + np.float32(1e-6)
     k = keep.sum(axis=0)
     total = np.where(keep, block, np.float32(0.0)).sum(axis=0, dtype=np.float64)

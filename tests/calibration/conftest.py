@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -120,3 +121,10 @@ def fits_writer(tmp_path: Path) -> Callable[..., Path]:
     def _write(name: str, data: NDArray[Any], **header: Any) -> Path:
         return write_fits(tmp_path / name, data, **header)
     return _write
+
+
+@pytest.fixture(scope="session")
+def synth() -> SimpleNamespace:
+    """The synthetic-detector helpers (make_detector, write_calibration_set, write_fits) for tests."""
+    return SimpleNamespace(make_detector=make_detector, write_calibration_set=write_calibration_set,
+                           write_fits=write_fits)
