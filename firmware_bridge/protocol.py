@@ -234,6 +234,13 @@ def encode_frame(
     if compression not in COMPRESSIONS:
         raise HeaderFieldError(f"compression {compression!r} is not one of {COMPRESSIONS}",
                                where="compression")
+    if not 1 <= arr.ndim <= MAX_NDIM or arr.size == 0:
+        raise HeaderFieldError(f"shape {arr.shape} cannot travel; a frame has 1 to {MAX_NDIM} "
+                               "dimensions, each >= 1", where="shape")
+    if _ID_RE.match(detector_id) is None:
+        raise HeaderFieldError(f"{detector_id[:40]!r} is not 1-64 printable ASCII characters "
+                               "without spaces", where="detector_id")
+    parse_utc(start_utc, key="start_utc")
     raw = memoryview(arr.reshape(-1).view(np.uint8))
     payload: Buffer
     if compression == "lz4":
@@ -376,14 +383,15 @@ def _json_type(kinds: tuple[type, ...]) -> str:
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
-def _int_in(header: Mapping[str, Any], key: str, lo: int, hi: int, *, required: bool = True,
-            default: int | None = None) -> int | None:
-    value = _get(header, key, int, required=required, default=default)
-    if value is None:
-        return None
+def _int_in(header: Mapping[str, Any], key: str, lo: int, hi: int) -> int:
+    value = _get(header, key, int)
     if not lo <= value <= hi:
         raise HeaderFieldError(f"{value} is outside [{lo}, {hi}]", where=key)
     return int(value)
+
+
+def _optional_int_in(header: Mapping[str, Any], key: str, lo: int, hi: int) -> int | None:
+    return _int_in(header, key, lo, hi) if key in header else None
 
 
 def _string(header: Mapping[str, Any], key: str, pattern: re.Pattern[str], what: str) -> str:
@@ -477,7 +485,7 @@ def _frame_header(header: Mapping[str, Any], htype: str, payload_nbytes: int,
                                where="checksum_algorithm")
     checksum = _string(header, "checksum", _HEX16_RE, "16 lowercase hex digits")
     return FrameHeader(
-        detector_id=detector_id, series_id=series_id, seq=seq, start_utc=start_utc,  # type: ignore[arg-type]
+        detector_id=detector_id, series_id=series_id, seq=seq, start_utc=start_utc,
         exposure_s=float(exposure_s), shape=shape, dtype=dtype, compression=compression,
         checksum_algorithm=algorithm, checksum=checksum, payload_nbytes=payload_nbytes,
         wcs=_keywords(header, "wcs"), keywords=_keywords(header, "keywords"), htype=htype,
@@ -548,21 +556,21 @@ def decode_message(parts: Sequence[Any], *, max_frame_bytes: int = MAX_FRAME_BYT
     detector_id = _string(header, "detector_id", _ID_RE, "1-64 printable ASCII characters")
     if kind == "series-start":
         return SeriesStart(
-            detector_id=detector_id, series_id=_int_in(header, "series_id", 0, MAX_INT),  # type: ignore[arg-type]
+            detector_id=detector_id, series_id=_int_in(header, "series_id", 0, MAX_INT),
             start_utc=_utc(header, "start_utc"),
-            expected_frames=_int_in(header, "expected_frames", 0, MAX_INT, required=False),
+            expected_frames=_optional_int_in(header, "expected_frames", 0, MAX_INT),
             keywords=_keywords(header, "keywords"), htype=htype)
     if kind == "series-end":
         return SeriesEnd(
-            detector_id=detector_id, series_id=_int_in(header, "series_id", 0, MAX_INT),  # type: ignore[arg-type]
+            detector_id=detector_id, series_id=_int_in(header, "series_id", 0, MAX_INT),
             end_utc=_utc(header, "end_utc"),
-            frames_sent=_int_in(header, "frames_sent", 0, MAX_INT),  # type: ignore[arg-type]
-            frames_dropped=_int_in(header, "frames_dropped", 0, MAX_INT),  # type: ignore[arg-type]
+            frames_sent=_int_in(header, "frames_sent", 0, MAX_INT),
+            frames_dropped=_int_in(header, "frames_dropped", 0, MAX_INT),
             htype=htype)
     return Heartbeat(
         detector_id=detector_id, time_utc=_utc(header, "time_utc"),
-        frames_sent=_int_in(header, "frames_sent", 0, MAX_INT),  # type: ignore[arg-type]
-        frames_dropped=_int_in(header, "frames_dropped", 0, MAX_INT),  # type: ignore[arg-type]
+        frames_sent=_int_in(header, "frames_sent", 0, MAX_INT),
+        frames_dropped=_int_in(header, "frames_dropped", 0, MAX_INT),
         htype=htype)
 
 

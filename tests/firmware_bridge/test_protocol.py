@@ -252,6 +252,24 @@ def test_malformed_corpus_raises_each_specific_error(make_frame: Any) -> None:
     assert not wrong, "\n".join(wrong)
 
 
+@pytest.mark.parametrize(("kwargs", "where"), [
+    ({"pixels": np.zeros((0, 4), np.uint16)}, "shape"),
+    ({"pixels": np.zeros((1, 1, 1, 1), np.uint16)}, "shape"),
+    ({"pixels": np.zeros(3, np.complex64)}, "dtype"),
+    ({"detector_id": "cam 0"}, "detector_id"),
+    ({"start_utc": "2026-11-28 10:00"}, "start_utc"),
+    ({"compression": "gzip"}, "compression"),
+])
+def test_encoder_refuses_what_a_receiver_would_reject(kwargs: dict[str, Any], where: str) -> None:
+    """The sender side raises HeaderFieldError for a frame that could never be accepted."""
+    args: dict[str, Any] = {"pixels": np.zeros((2, 2), np.uint16), "detector_id": "d",
+                            "series_id": 0, "seq": 0, "start_utc": T0, "exposure_s": 1.0}
+    args.update(kwargs)
+    with pytest.raises(HeaderFieldError) as exc:
+        encode_frame(args.pop("pixels"), **args)
+    assert exc.value.where == where
+
+
 def test_unknown_version_is_named_in_the_error(make_frame: Any) -> None:
     """The error for a newer protocol names the version received and the one spoken here."""
     with pytest.raises(UnsupportedVersionError, match=r"astro-edge-frame-2\.0.*astro-edge-frame-1\.0"):
