@@ -171,13 +171,21 @@ class Rendered:
         add_stamps(image, self.stamps, self.iy0, self.ix0)
 
 
+def _batches(halves: NDArray[np.int64], batch: int) -> list[tuple[NDArray[np.int64], int]]:
+    """Indices grouped by stamp half-size, in batches small enough to keep the temporaries in cache."""
+    out = []
+    for half in np.unique(halves):
+        idx = np.flatnonzero(halves == half)
+        out += [(idx[i:i + batch], int(half)) for i in range(0, len(idx), batch)]
+    return out
+
+
 def render_point_sources(config: TwinConfig, x: NDArray[np.float64], y: NDArray[np.float64],
                          flux: NDArray[np.float64]) -> list[Rendered]:
     """PSF stamps of point sources, grouped by stamp size (bright stars get wider stamps)."""
     halves = stamp_half_px(config, flux)
     out = []
-    for half in np.unique(halves):
-        idx = np.flatnonzero(halves == half)
+    for idx, half in _batches(halves, 1024):
         stamps = moffat_stamps(x[idx], y[idx], psf_at(config, x[idx], y[idx]), int(half))
         stamps *= flux[idx].astype(F32)[:, None, None]
         iy0 = np.rint(y[idx]).astype(np.int64) - half
@@ -238,8 +246,7 @@ def render_galaxies(config: TwinConfig, gal: Sources, flux: NDArray[np.float64])
     assert gal.axis_ratio is not None and gal.angle_rad is not None
     halves = galaxy_half_px(config, gal.r_eff_px)
     out = []
-    for half in np.unique(halves):
-        idx = np.flatnonzero(halves == half)
+    for idx, half in _batches(halves, 256):
         # the cusp of small, concentrated profiles needs sub-sampling; large ones do not
         oversample = 3 if half <= 16 else 1
         intrinsic = sersic_stamps(gal.x[idx], gal.y[idx], gal.r_eff_px[idx], gal.sersic_n[idx],
