@@ -287,8 +287,10 @@ def _auto_flux(sub: NDArray[np.float32], var: NDArray[np.float32], bad: NDArray[
                settings: DetectSettings) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.int64]]:
     """SExtractor-style AUTO flux: 2.5 Kron radii, never smaller than a minimum circle."""
     # single-pixel objects have a or b near 0, which makes the Kron ellipse degenerate
-    a_safe = np.maximum(a, 0.5)
-    b_safe = np.maximum(b, 0.5)
+    # and sep refuses non-finite axes, b > a or theta outside [-pi/2, pi/2] for the whole batch
+    a_safe = np.where(np.isfinite(a), np.maximum(a, 0.5), 0.5)
+    b_safe = np.minimum(np.where(np.isfinite(b), np.maximum(b, 0.5), 0.5), a_safe)
+    theta = np.clip(np.where(np.isfinite(theta), theta, 0.0), -np.pi / 2, np.pi / 2)
     kron, kron_flag = _sep_call("kron_radius", sep.kron_radius, sub, x, y, a_safe, b_safe, theta,
                                 _KRON_SEARCH, mask=bad)
     kron = np.where(np.isfinite(kron) & (kron > 0), kron, 0.0)

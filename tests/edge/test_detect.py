@@ -257,3 +257,20 @@ def test_near_edge_flag_is_set_exactly_when_the_stamp_leaves_the_frame(rng: np.r
     flagged = (cands.flags[idx] & FLAG_NEAR_EDGE) != 0
     assert np.array_equal(flagged, leaves)
     assert leaves.any() and not leaves.all()
+
+
+def test_degenerate_shapes_still_get_a_flux() -> None:
+    """Non-finite or inverted ellipse parameters from extraction fall back to a valid aperture instead of failing the frame."""
+    from edge.detect import DetectSettings, _auto_flux
+
+    sub = np.zeros((64, 64), np.float32)
+    sub[30:33, 30:33] = 100.0
+    var = np.ones_like(sub)
+    bad = np.zeros(sub.shape, bool)
+    x = np.array([31.0, 31.0, 31.0])
+    y = np.array([31.0, 31.0, 31.0])
+    a = np.array([np.nan, 3.0, 2.0])
+    b = np.array([1.0, 4.0, 1.0])          # b > a in the second row
+    theta = np.array([0.0, np.nan, 2.0])   # NaN and beyond pi/2
+    flux, flux_err, _ = _auto_flux(sub, var, bad, x, y, a, b, theta, DetectSettings())
+    assert np.allclose(flux, 900.0) and np.all(flux_err > 0)

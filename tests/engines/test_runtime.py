@@ -10,14 +10,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from edge.errors import ConfigError, EngineCompatibilityError, EngineError, EngineIntegrityError
 from engines.manifest import (
     BuildInfo,
-    EngineManifest,
     FileEntry,
     file_entry,
     load_manifest,
@@ -40,70 +37,17 @@ from engines.runtime.trt import (
     timing_cache_path,
     version_key,
 )
-from engines.scoring import ScoringConstants
+from engines.testing import FLAT, C, D, K, tiny_reference, tiny_scoring, write_tiny_engine
 
-CLASSES = ("star", "galaxy", "cosmic_ray", "hot_pixel", "streak", "bogus")
-K, C, D = 4, len(CLASSES), 8
-FLAT = 2 * 32 * 32
 ORIN = DeviceInfo(tensorrt_version="10.3.0.30", compute_capability="8.7", name="Orin")
-
-
-def _weights() -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(11)
-    return (rng.normal(scale=0.05, size=(FLAT, K * C)).astype(np.float32),
-            rng.normal(scale=0.05, size=(FLAT, D)).astype(np.float32))
-
-
-def _reference(stamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    w_logits, w_emb = _weights()
-    flat = stamps.reshape(stamps.shape[0], FLAT).astype(np.float64)
-    return (flat @ w_logits).reshape(-1, K, C), flat @ w_emb
-
-
-def _tiny_onnx(path: Path) -> None:
-    """stamps (N, 2, 32, 32) -> Flatten -> MatMul -> Reshape as logits (N, K, C); MatMul as embedding (N, D)."""
-    w_logits, w_emb = _weights()
-    nodes = [
-        helper.make_node("Flatten", ["stamps"], ["flat"], axis=1),
-        helper.make_node("MatMul", ["flat", "w_logits"], ["logits_flat"]),
-        helper.make_node("Reshape", ["logits_flat", "logits_shape"], ["logits"]),
-        helper.make_node("MatMul", ["flat", "w_emb"], ["embedding"]),
-    ]
-    graph = helper.make_graph(
-        nodes, "tiny",
-        [helper.make_tensor_value_info("stamps", TensorProto.FLOAT, ["N", 2, 32, 32])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", K, C]),
-         helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", D])],
-        initializer=[numpy_helper.from_array(w_logits, "w_logits"),
-                     numpy_helper.from_array(w_emb, "w_emb"),
-                     numpy_helper.from_array(np.array([-1, K, C], np.int64), "logits_shape")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, path)
-
-
-def _scoring() -> ScoringConstants:
-    return ScoringConstants(temperature=1.0, class_means=np.zeros((C, D)), precision=np.eye(D),
-                            entropy_weight=0.0, conformal_scores=np.arange(10.0))
+_reference = tiny_reference
+_scoring = tiny_scoring
 
 
 def _folder(tmp_path: Path, *, plans: dict[str, dict[str, Any]] | None = None,
             build: BuildInfo | None = None, ensemble_size: int = K) -> Path:
     """An engine folder with the tiny ONNX as fp32, a stand-in QDQ file and optional stand-in plans."""
-    _tiny_onnx(tmp_path / "model_fp32.onnx")
-    (tmp_path / "model_int8_qdq.onnx").write_bytes((tmp_path / "model_fp32.onnx").read_bytes())
-    files = {"model_fp32.onnx": file_entry(tmp_path / "model_fp32.onnx", "fp32", "onnx"),
-             "model_int8_qdq.onnx": file_entry(tmp_path / "model_int8_qdq.onnx", "int8", "onnx-qdq")}
-    for rel, fields in (plans or {}).items():
-        (tmp_path / rel).write_bytes(b"FAKEPLAN" + rel.encode())
-        precision = fields.pop("precision")
-        files[rel] = file_entry(tmp_path / rel, precision, "tensorrt-plan", **fields)
-    manifest = EngineManifest(name="tiny", version="0.1", classes=CLASSES, ensemble_size=ensemble_size,
-                              embedding_dim=D, normalisation="snr-asinh-clip-10-1000-v1",
-                              scoring=_scoring(), files=files, build=build)
-    write_manifest(manifest, tmp_path)
-    return tmp_path
+    return write_tiny_engine(tmp_path, plans=plans, build=build, ensemble_size=ensemble_size)
 
 
 def _plan(precision: str, tv: str = "10.3.0", cc: str = "8.7", **extra: Any) -> dict[str, Any]:
