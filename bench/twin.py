@@ -26,18 +26,23 @@ from twin.detector import expose  # noqa: E402
 
 def timed(fn, repeats: int) -> float:
     """Median wall time of ``repeats`` calls, in seconds."""
+    return statistics.median(all_times(fn, repeats))
+
+
+def all_times(fn, repeats: int) -> list[float]:
+    """Wall times of ``repeats`` calls, in seconds."""
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return times
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=4096)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     det = DetectorModel(shape_px=(args.size, args.size))
     config = TwinConfig(detector=det, n_stars=2500, n_galaxies=500)
@@ -47,13 +52,15 @@ def main() -> None:
     cold_s = time.perf_counter() - t0
     n_sources = int(np.isin(frame.truth["label"], ["star", "galaxy"]).sum())
     n_rows = len(frame.truth)
-    warm_s = timed(lambda: simulate_frame(config, 1, 1), args.repeats)
+    frames = iter(range(1, 10 ** 6))
+    warm = all_times(lambda: simulate_frame(config, next(frames), 1), args.repeats)
+    warm_s = statistics.median(warm)
     rng = np.random.default_rng(0)
     detector_s = timed(lambda: expose(frame.expected_e, det, config.exposure_s, rng), args.repeats)
     print(f"frame {args.size}x{args.size}: {n_sources} stars+galaxies ({n_rows} truth rows incl. cosmic rays, "
           f"hot pixels, streaks)")
     print(f"  cold first frame (fixed patterns computed): {cold_s:.3f} s")
-    print(f"  warm frame (median of {args.repeats}):            {warm_s:.3f} s")
+    print(f"  warm frame (frames 1..{args.repeats}): median {warm_s:.3f} s, min {min(warm):.3f} s")
     print(f"  of which detector stage:                    {detector_s:.3f} s")
 
     print("scaling with source count (stars:galaxies = 5:1, warm, median of 3):")
