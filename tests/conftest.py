@@ -23,3 +23,14 @@ def real_data() -> Path:
 def rng() -> np.random.Generator:
     """A generator with a fixed seed, so every test sees the same numbers."""
     return np.random.default_rng(20261128)
+
+
+@pytest.fixture(autouse=True)
+def _structlog_defaults():
+    """Each test starts and ends with structlog's defaults, so a command that configured logging
+    to a captured stream cannot leave later tests writing to a closed file."""
+    import structlog
+
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()

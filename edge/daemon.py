@@ -1,0 +1,313 @@
+"""The live node: receive frames over ZeroMQ, run the pipeline in worker processes, spool every
+record durably, and downlink from the spool.
+
+Threads and processes, each owning its own things:
+
+- the main thread owns the FrameReceiver (PULL socket), the bounded ingest queue and the spool
+  writes: a frame's records are acknowledged (counted as spooled) only once ``Spool.put`` has
+  committed them;
+- ``workers`` processes run :class:`edge.pipeline.Pipeline` (sep holds the GIL, so frames overlap
+  across cores only in processes);
+- one downlink thread owns the downlink socket and pumps the spool to the ground.
+
+The counters obey, at every moment: frames received = processed + rejected + dropped + in flight,
+and detections = suppressed + spooled (spooled records then leave as acked or evicted, or wait).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import wait
+from pathlib import Path
+from typing import Any
+
+from edge.config import NodeConfig
+from edge.downlink import Downlink
+from edge.errors import AstroEdgeError
+from edge.log import get_logger
+from edge.node import build_pipeline
+from edge.pipeline import FrameInput, FrameResult
+from edge.spool import Spool
+from edge.workers import FrameFailure, Worker
+
+log = get_logger(__name__)
+
+
+@dataclass
+class NodeCounters:
+    """What the node has done since it started; see the module docstring for the conservation laws."""
+
+    frames_received: int = 0      # frames accepted by the protocol, plus messages it rejected
+    frames_processed: int = 0
+    frames_rejected: int = 0      # protocol rejections plus frames the pipeline refused
+    frames_dropped: int = 0       # frames the ingest queue let go (drop_oldest)
+    frames_in_flight: int = 0     # queued or in a worker
+    frames_duplicate: int = 0     # frames already in the spool (a DAQ re-sent them): not processed again
+    dropped_seqs: list[int] = field(default_factory=list)
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    detections: int = 0
+    suppressed: int = 0
+    spooled: int = 0              # records committed to the spool (they leave as acked or evicted)
+    spool_duplicates: int = 0
+    evicted: int = 0
+    latency_ms: list[float] = field(default_factory=list)   # receive -> spooled, last 1000 frames
+
+    def conserved(self) -> bool:
+        """Both conservation laws hold."""
+        frames = (self.frames_processed + self.frames_rejected + self.frames_dropped
+                  + self.frames_in_flight + self.frames_duplicate)
+        return self.frames_received == frames and self.detections == self.suppressed + self.spooled
+
+    def snapshot(self) -> dict[str, Any]:
+        """A JSON-ready copy (latencies summarised)."""
+        out = asdict(self)
+        lat = sorted(out.pop("latency_ms"))
+        out["latency_p50_ms"] = lat[len(lat) // 2] if lat else None
+        out["latency_p99_ms"] = lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else None
+        out["conserved"] = self.conserved()
+        return out
+
+
+class NodeDaemon:
+    """The live node; ``run(should_stop)`` until told to stop, then drain what was accepted."""
+
+    def __init__(self, config: NodeConfig, *, bundle_override: str | None = None,
+                 build: Callable[..., Any] = build_pipeline, status_path: str | Path | None = None) -> None:
+        self.config = config
+        self.counters = NodeCounters()
+        self.status_path = Path(status_path) if status_path else None
+        self._build = build
+        self._bundle = bundle_override
+        self._queue: deque[tuple[FrameInput, float]] = deque()
+        self._pending_drops: list[int] = []
+        self._stop_downlink = threading.Event()
+        self.engine_id = ""
+        self.receiver: Any = None
+        self.spool: Spool | None = None
+        self.workers: list[Worker] = []
+        self._downlink_thread: threading.Thread | None = None
+        self.downlink_counters: dict[str, Any] = {}
+        self.receiver_endpoint = ""
+
+    # ---- start and stop -------------------------------------------------------------------
+    def start(self) -> None:
+        """Open the spool, start the workers (each builds and checks the pipeline), bind the receiver."""
+        from firmware_bridge import FrameReceiver
+
+        cfg = self.config
+        self.spool = Spool(cfg.spool.path, max_bytes=cfg.spool.max_bytes)
+        try:
+            self.workers = [Worker(i, self._build, (cfg, self._bundle)) for i in range(cfg.node.workers)]
+            self.engine_id = self.workers[0].engine_id
+            self.receiver = FrameReceiver(cfg.receive.address, bind=cfg.receive.bind,
+                                          rcvhwm=max(2, cfg.receive.queue_frames))
+        except BaseException:
+            self.close()
+            raise
+        self.receiver_endpoint = self.receiver.endpoint
+        self._downlink_thread = threading.Thread(target=self._downlink_loop, name="downlink", daemon=True)
+        self._downlink_thread.start()
+        log.info("node.started", node=cfg.node.id, workers=len(self.workers), engine=self.engine_id,
+                 receive=self.receiver_endpoint, downlink=cfg.downlink.address, spool=str(cfg.spool.path),
+                 queue_policy=cfg.receive.queue_policy)
+
+    def close(self, drain_s: float = 0.0) -> None:
+        """Stop the workers and the downlink (after up to ``drain_s`` of sending), close everything."""
+        self._drain_s = drain_s
+        self._stop_downlink.set()
+        if self._downlink_thread is not None:
+            self._downlink_thread.join(drain_s + 10.0)
+        for w in self.workers:
+            w.close()
+        self.workers = []
+        if self.receiver is not None:
+            self.receiver.close()
+            self.receiver = None
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
+        self._write_status()
+
+    def __enter__(self) -> NodeDaemon:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ---- the loop ---------------------------------------------------------------------------
+    def run(self, should_stop: Callable[[], bool], *, status_every_s: float = 1.0) -> NodeCounters:
+        """Receive and process until ``should_stop()``; then finish every accepted frame."""
+        next_status = time.monotonic() + status_every_s
+        while not should_stop():
+            self.step()
+            if time.monotonic() >= next_status:
+                self._write_status()
+                next_status = time.monotonic() + status_every_s
+        self.finish()
+        log.info("node.stopped", **{k: v for k, v in self.counters.snapshot().items() if k != "dropped_seqs"})
+        return self.counters
+
+    def step(self, timeout_ms: int = 20) -> None:
+        """One turn: take what arrived, hand frames to idle workers, spool what they finished."""
+        block = self.config.receive.queue_policy == "block"
+        room = len(self._queue) < self.config.receive.queue_frames
+        if room or not block:
+            self._receive(timeout_ms if not self._busy() else 0)
+        self._dispatch()
+        self._collect(0 if room or not block else timeout_ms / 1000)
+
+    def finish(self) -> None:
+        """Process every frame already accepted (queue and workers) and spool its records."""
+        while self._queue or self._busy():
+            self._dispatch()
+            self._collect(0.05)
+
+    def _busy(self) -> bool:
+        return any(w.busy is not None for w in self.workers)
+
+    def _receive(self, timeout_ms: int) -> None:
+        from firmware_bridge import Frame
+
+        before = self.receiver.counters.rejected
+        msg = self.receiver.recv(timeout_ms)
+        rejected = self.receiver.counters.rejected - before
+        if rejected:
+            self.counters.frames_received += rejected
+            self.counters.frames_rejected += rejected
+            self.counters.rejected_by_reason = dict(self.receiver.counters.rejected_by_reason)
+        if not isinstance(msg, Frame):
+            return
+        h = msg.header
+        header = {**dict(h.keywords), **dict(h.wcs)}
+        frame = FrameInput(detector_id=h.detector_id, series_id=str(h.series_id), seq=h.seq,
+                           frame_time=h.start_utc, exposure_s=h.exposure_s, pixels=msg.pixels,
+                           header=header, filter_name=_filter(header))
+        self.counters.frames_received += 1
+        if self._already_spooled(frame):
+            self.counters.frames_duplicate += 1
+            log.info("frame.duplicate", series=frame.series_id, seq=frame.seq)
+            return
+        if len(self._queue) >= self.config.receive.queue_frames:
+            old, _ = self._queue.popleft()
+            self.counters.frames_in_flight -= 1
+            self.counters.frames_dropped += 1
+            self.counters.dropped_seqs.append(old.seq)
+            self._pending_drops.append(old.seq)
+            log.warning("frame.dropped", stage="ingest_queue", series=old.series_id, seq=old.seq,
+                        policy=self.config.receive.queue_policy)
+        self._queue.append((frame, time.monotonic()))
+        self.counters.frames_in_flight += 1
+
+    def _already_spooled(self, frame: FrameInput) -> bool:
+        from edge.records import summary_id
+
+        key = summary_id(self.config.node.id, frame.series_id, frame.seq)
+        return self.spool is not None and self.spool.checkpoint(f"done:{key}") is not None
+
+    def _dispatch(self) -> None:
+        for w in self.workers:
+            if not self._queue:
+                return
+            if w.busy is None:
+                frame, t0 = self._queue.popleft()
+                drops, self._pending_drops = tuple(self._pending_drops), []
+                w.submit(frame, drops)
+                w.received_at = t0  # type: ignore[attr-defined]
+
+    def _collect(self, timeout_s: float) -> None:
+        busy = [w for w in self.workers if w.busy is not None]
+        if not busy:
+            if timeout_s:
+                time.sleep(min(timeout_s, 0.005))
+            return
+        ready = wait([w.connection for w in busy], timeout=timeout_s)
+        for w in busy:
+            if w.connection in ready:
+                t0 = w.received_at  # type: ignore[attr-defined]
+                self._finish_frame(w.result(), t0)
+
+    def _finish_frame(self, result: FrameResult | FrameFailure, t0: float) -> None:
+        c = self.counters
+        c.frames_in_flight -= 1
+        if isinstance(result, FrameFailure):
+            c.frames_rejected += 1
+            c.rejected_by_reason[result.reason] = c.rejected_by_reason.get(result.reason, 0) + 1
+            log.error("frame.rejected", stage="pipeline", series=result.series_id, seq=result.seq,
+                      reason=result.reason, error=result.message)
+            return
+        s = result.summary
+        from edge.records import summary_id
+
+        key = summary_id(s.node_id, s.series_id, s.frame)
+        put = self.spool.put([*result.records, s], checkpoint={f"done:{key}": "1"})  # type: ignore[union-attr]
+        n_dup = sum(1 for i in put.duplicates if i != key)
+        c.frames_processed += 1
+        c.detections += s.detections
+        c.suppressed += s.suppressed
+        c.spooled += s.sent
+        c.spool_duplicates += n_dup
+        c.evicted += len(put.evicted)
+        c.latency_ms.append((time.monotonic() - t0) * 1000.0)
+        del c.latency_ms[:-1000]
+        log.info("frame.processed", series=s.series_id, seq=s.frame, detections=s.detections,
+                 sent=s.sent, suppressed=s.suppressed, noise_model=s.noise_model,
+                 ms=round(c.latency_ms[-1], 1))
+
+    # ---- downlink thread --------------------------------------------------------------------
+    def _downlink_loop(self) -> None:
+        cfg = self.config.downlink
+        try:
+            with Downlink(self.spool, cfg.address, budget_bytes_per_s=cfg.budget_bytes_per_s,  # type: ignore[arg-type]
+                          contact_window_bytes=cfg.contact_window_bytes,
+                          ack_timeout_s=cfg.ack_timeout_s) as downlink:
+                while not self._stop_downlink.is_set():
+                    downlink.pump(poll_ms=50)
+                    self.downlink_counters = asdict(downlink.counters())
+                drain_s = getattr(self, "_drain_s", 0.0)
+                if drain_s > 0:
+                    downlink.drain(drain_s)
+                self.downlink_counters = asdict(downlink.counters())
+        except AstroEdgeError as exc:
+            log.error("downlink.failed", reason=exc.reason, error=str(exc))
+
+    # ---- status -----------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """Counters of the node, its receiver, spool and downlink, as one JSON-ready dict."""
+        spool = self.spool.counters() if self.spool is not None else None
+        return {
+            "node": self.config.node.id,
+            "engine_id": self.engine_id,
+            "policy_version": self.config.triage.version,
+            "queue_depth": len(self._queue),
+            "counters": self.counters.snapshot(),
+            "receiver": self.receiver.counters.as_dict() if self.receiver is not None else None,
+            "spool": asdict(spool) if spool is not None else None,
+            "downlink": self.downlink_counters,
+        }
+
+    def _write_status(self) -> None:
+        if self.status_path is None:
+            return
+        tmp = self.status_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.status(), default=_jsonable, indent=1), encoding="utf-8")
+        os.replace(tmp, self.status_path)
+
+
+def _filter(header: dict[str, Any]) -> str | None:
+    value = header.get("FILTER")
+    return str(value) if value is not None else None
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    if hasattr(obj, "items"):
+        return dict(obj.items())
+    return str(obj)

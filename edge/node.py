@@ -1,0 +1,70 @@
+"""Assembling a node from its config: the calibrator, the engine, the reference catalog and the
+pipeline. Files are opened here (the shell), never inside the pipeline's stages.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edge.config import NodeConfig
+from edge.errors import ConfigError, EngineError
+from edge.pipeline import Pipeline
+from edge.sky import ReferenceCatalog
+
+#: where the shipped engines live, one folder each
+MODELS_DIR = Path(__file__).resolve().parent.parent / "engines" / "models"
+
+
+def default_engine_dir() -> Path:
+    """The shipped default engine folder (the only one, or the one named ``default`` by a marker)."""
+    marker = MODELS_DIR / "DEFAULT"
+    if marker.is_file():
+        return MODELS_DIR / marker.read_text(encoding="utf-8").strip()
+    folders = sorted(p for p in MODELS_DIR.iterdir() if (p / "manifest.json").is_file()) if MODELS_DIR.is_dir() else []
+    if not folders:
+        raise EngineError("no shipped engine found; build one with `astro-edge engines train`",
+                          where=str(MODELS_DIR))
+    return folders[0]
+
+
+def engine_dir(config: NodeConfig) -> Path:
+    """The engine folder the config names, or the shipped default."""
+    return Path(config.engine.path) if config.engine.path else default_engine_dir()
+
+
+def open_engine(path: str | Path, backend: str = "auto", precision: str = "auto", threads: int = 1,
+                batch_size: int = 256) -> Any:
+    """Load, verify and activate an engine folder."""
+    from engines.runtime import load_engine
+
+    engine = load_engine(path, backend=backend, precision=precision, threads=threads)
+    if engine.max_batch is None:
+        engine.max_batch = batch_size
+    engine.activate()
+    return engine
+
+
+def open_calibrator(bundle: str | Path | None, threads: int = 1) -> Any:
+    """A Calibrator from a bundle, or the header/estimated noise model without one."""
+    from calibration import Calibrator
+
+    if bundle:
+        return Calibrator.from_bundle(bundle, threads=threads)
+    return Calibrator.without_bundle(threads=threads)
+
+
+def build_pipeline(config: NodeConfig, bundle_override: str | None = None) -> Pipeline:
+    """Every part of the pipeline, opened and checked; raises a typed error naming what failed."""
+    catalog = ReferenceCatalog.load(config.catalog.reference) if config.catalog.reference else None
+    calibrator = open_calibrator(bundle_override if bundle_override is not None else config.calibration.bundle,
+                                 config.calibration.threads)
+    path = engine_dir(config)
+    if not path.is_dir():
+        raise ConfigError(f"engine folder {path} does not exist", where="engine.path")
+    engine = open_engine(path, config.engine.backend, config.engine.precision, config.engine.threads,
+                         config.engine.batch_size)
+    return Pipeline(node_id=config.node.id, calibrator=calibrator, engine=engine,
+                    detect_settings=config.detect, policy=config.triage, catalog=catalog,
+                    min_match_radius_arcsec=config.catalog.min_match_radius_arcsec,
+                    seed=config.node.seed)

@@ -1,0 +1,58 @@
+"""Fixtures for the node's tests: a tiny real ONNX engine, small twin frames, a node config."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge.pipeline import FrameInput
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny engine folder (real ONNX, verified manifest, meaningless labels)."""
+    from engines.testing import write_tiny_engine
+
+    return write_tiny_engine(tmp_path_factory.mktemp("tiny-engine"))
+
+
+@pytest.fixture(scope="session")
+def small_twin() -> Any:
+    """A 384x384 twin config with every anomaly family and two transients."""
+    from twin import ANOMALY_FAMILIES, DetectorModel, TwinConfig
+
+    return dataclasses.replace(TwinConfig(detector=DetectorModel(shape_px=(384, 384))),
+                               n_stars=120, n_galaxies=20, anomalies=tuple(ANOMALY_FAMILIES),
+                               n_anomalies_per_family=1, n_transients=2)
+
+
+def frame_input(twin_frame: Any, seq: int | None = None, series_id: str = "1") -> FrameInput:
+    """A twin frame as the pipeline receives it."""
+    header = {k: twin_frame.header[k] for k in twin_frame.header if k not in ("COMMENT", "HISTORY", "")}
+    return FrameInput(detector_id="twin-cam", series_id=series_id,
+                      seq=twin_frame.index if seq is None else seq,
+                      frame_time="2026-03-20T03:00:00.000000Z", exposure_s=float(header["EXPTIME"]),
+                      pixels=twin_frame.raw_adu, header=header, filter_name=str(header.get("FILTER")))
+
+
+@pytest.fixture
+def node_config_factory(tmp_path: Path, tiny_engine: Path):
+    """Build a node config whose files live in tmp_path; keyword tables override sections."""
+    from edge.config import config_from_mapping
+
+    def make(**sections: dict[str, Any]) -> Any:
+        data: dict[str, dict[str, Any]] = {
+            "node": {"id": "test-node", "workers": 1},
+            "receive": {"address": "tcp://127.0.0.1:0"},
+            "engine": {"path": str(tiny_engine)},
+            "spool": {"path": str(tmp_path / "spool.sqlite")},
+            "log": {"level": "warning"},
+        }
+        for name, table in sections.items():
+            data.setdefault(name, {}).update(table)
+        return config_from_mapping(data)
+
+    return make

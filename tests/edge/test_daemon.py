@@ -1,0 +1,148 @@
+"""The live node over real sockets: frames in from a DAQ sender, records out to a ground receiver,
+counters that conserve frames and detections, and bounded queues under overload."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge.daemon import NodeDaemon
+from edge.ground import FRAMES_NAME, RECORDS_NAME, GroundReceiver
+from edge.records import read_jsonl
+from firmware_bridge import FrameSender
+from twin import simulate_frame
+
+pytestmark = pytest.mark.timeout(180)
+
+
+class Ground:
+    """A ground receiver serving in its own thread (it owns its socket there)."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self.address = ""
+        self._thread = threading.Thread(target=self._main, daemon=True)
+        self._thread.start()
+        assert self._ready.wait(10)
+
+    def _main(self) -> None:
+        with GroundReceiver("tcp://127.0.0.1:0", self.out, fits_interval_s=0) as g:
+            self.address = g.address
+            self._ready.set()
+            g.serve(self._stop.is_set, timeout_ms=20)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def summaries(self) -> list[Any]:
+        return list(read_jsonl(self.out / FRAMES_NAME).messages) if (self.out / FRAMES_NAME).exists() else []
+
+    def records(self) -> list[Any]:
+        return list(read_jsonl(self.out / RECORDS_NAME).messages) if (self.out / RECORDS_NAME).exists() else []
+
+
+@pytest.fixture
+def ground(tmp_path: Path) -> Iterator[Ground]:
+    g = Ground(tmp_path / "ground")
+    yield g
+    g.close()
+
+
+def _twin_frames(config: Any, n: int, seed: int = 5) -> list[Any]:
+    return [simulate_frame(config, i, seed) for i in range(n)]
+
+
+def _send(address: str, frames: list[Any], *, timeout_ms: int) -> threading.Thread:
+    def main() -> None:
+        with FrameSender(address, detector_id="twin-cam", sndhwm=1, send_timeout_ms=timeout_ms) as sender:
+            sender.start_series(7, expected_frames=len(frames))
+            for tf in frames:
+                sender.send_frame(tf.raw_adu, exposure_s=float(tf.header["EXPTIME"]),
+                                  keywords={"FILTER": "r", "GAIN": float(tf.header["GAIN"]),
+                                            "RDNOISE": float(tf.header["RDNOISE"])})
+            sender.end_series()
+
+    thread = threading.Thread(target=main, daemon=True)
+    thread.start()
+    return thread
+
+
+def _run_until(node: NodeDaemon, done: Callable[[], bool], timeout_s: float = 120.0,
+               check: Callable[[], None] | None = None) -> None:
+    end = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < end, f"node did not finish: {node.counters.snapshot()}"
+        node.step()
+        if check is not None:
+            check()
+        assert node.counters.conserved(), node.counters.snapshot()
+
+
+def test_streamed_frames_reach_the_ground_exactly_once(node_config_factory, small_twin, ground: Ground) -> None:
+    """Every streamed frame is processed once, its summary and records reach the ground once, and
+    the counters conserve frames and detections at every step."""
+    cfg = node_config_factory(receive={"queue_policy": "block", "queue_frames": 2},
+                              downlink={"address": ground.address, "ack_timeout_s": 2.0})
+    frames = _twin_frames(small_twin, 5)
+    node = NodeDaemon(cfg)
+    node.start()
+    try:
+        sender = _send(node.receiver_endpoint, frames, timeout_ms=30_000)
+        c = node.counters
+        _run_until(node, lambda: c.frames_processed == len(frames))
+        sender.join(10)
+        _run_until(node, lambda: len(node.spool) == 0, timeout_s=60)
+        status = node.status()
+    finally:
+        node.close()
+    assert c.frames_received == len(frames) and c.frames_dropped == 0 and c.frames_rejected == 0
+    assert status["spool"]["accepted"]["record"] == c.spooled > 0
+    seqs = sorted(s.frame for s in ground.summaries())
+    assert seqs == list(range(len(frames)))
+    records = ground.records()
+    assert len(records) == len({r.record_id for r in records}) == c.spooled
+    assert sum(s.detections for s in ground.summaries()) == c.detections
+    assert {r.engine_id for r in records} == {node.engine_id}
+
+
+def test_overload_drops_are_counted_with_their_sequence_numbers(node_config_factory, small_twin,
+                                                                 ground: Ground) -> None:
+    """A rig faster than the node: the node stays up, its queue stays bounded, and the dropped
+    frames are exactly those that never reached scoring, reported in the next summaries."""
+    cfg = node_config_factory(receive={"queue_policy": "drop_oldest", "queue_frames": 1},
+                              downlink={"address": ground.address})
+    frames = _twin_frames(small_twin, 3)
+    frames = [dataclasses.replace(frames[i % 3], index=i) for i in range(14)]
+    node = NodeDaemon(cfg)
+    node.start()
+    try:
+        sender = _send(node.receiver_endpoint, frames, timeout_ms=30_000)
+        c = node.counters
+        queue_frames = cfg.receive.queue_frames
+
+        def bounded() -> None:
+            assert len(node._queue) <= queue_frames
+
+        _run_until(node, lambda: not sender.is_alive() and c.frames_in_flight == 0
+                   and c.frames_received == len(frames), check=bounded)
+        _run_until(node, lambda: len(node.spool) == 0, timeout_s=60)
+    finally:
+        node.close()
+    assert c.frames_dropped > 0, "the rig was not faster than the node"
+    assert c.frames_received == c.frames_processed + c.frames_dropped
+    summaries = ground.summaries()
+    processed = {s.frame for s in summaries}
+    assert processed.isdisjoint(c.dropped_seqs)
+    assert processed | set(c.dropped_seqs) == set(range(len(frames)))
+    reported = [seq for s in summaries for seq in s.dropped_frames]
+    # drops after the last processed frame have no later summary to ride in
+    assert set(reported) == {d for d in c.dropped_seqs if d < max(processed)}
