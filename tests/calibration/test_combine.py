@@ -18,13 +18,13 @@ def test_cosmic_ray_in_one_frame_does_not_reach_the_master(rng: np.random.Genera
 
 
 def test_clean_stack_mean_is_unbiased_and_its_variance_is_right(rng: np.random.Generator) -> None:
-    """On Gaussian frames the master's mean is unbiased and its variance is sigma^2 / n within 10 %."""
+    """On Gaussian frames the master's mean is unbiased and its variance is sigma^2 / n within 5 % (no good values clipped)."""
     sigma, n = 4.0, 10
     stack = rng.normal(500.0, sigma, (n, 128, 128)).astype(np.float32)
     c = sigma_clip_combine(stack, rows_per_block=32)
     assert abs(float(c.mean.mean()) - 500.0) < 0.05
     measured = float(c.mean.var())
-    assert abs(measured / (sigma ** 2 / n) - 1.0) < 0.1
+    assert abs(measured / (sigma ** 2 / n) - 1.0) < 0.05
     assert abs(float(c.variance_of_mean.mean()) / (sigma ** 2 / n) - 1.0) < 0.1
 
 
