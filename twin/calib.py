@@ -61,8 +61,8 @@ def make_calibration_set(out_dir: Path, detector: DetectorModel, *, n_bias: int 
                          dark_exptime_s: float = 300.0, n_flat: int = 10, flat_level_e: float = 20000.0,
                          filters: tuple[str, ...] = ("r",), seed: int = 0) -> CalibrationTruth:
     """Write bias_000.fits, dark_000.fits, flat_<filter>_000.fits ... (uint16) and return the truth."""
-    if min(n_bias, n_dark, n_flat) < 0 or dark_exptime_s <= 0:
-        raise TwinError("frame counts must be >= 0 and dark_exptime_s > 0", where="make_calibration_set")
+    if min(n_bias, n_dark, n_flat, seed) < 0 or dark_exptime_s <= 0:
+        raise TwinError("frame counts and seed must be >= 0 and dark_exptime_s > 0", where="make_calibration_set")
     if not 0 < flat_level_e < detector.full_well_e / (1 + detector.vignetting + 5 * detector.prnu_rms):
         raise TwinError(f"flat_level_e={flat_level_e} must be positive and leave room below the full well "
                         f"({detector.full_well_e} e)", where="make_calibration_set")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from twin.instrument import DetectorModel, _patterns
+from twin.instrument import DetectorModel, fixed_patterns
 
 POISSON_BELOW_E = 30.0
 F32 = np.float32
@@ -73,7 +73,7 @@ def _spill(col: NDArray[np.float64], start: int, step: int, charge: float, full_
 def expose(expected_e: NDArray[np.float32], det: DetectorModel, exposure_s: float,
            rng: np.random.Generator) -> tuple[NDArray[np.uint16], NDArray[np.bool_]]:
     """Raw ADU (uint16) from expected electrons before flat response; also the saturated-pixel mask."""
-    pat = _patterns(det)
+    pat = fixed_patterns(det)
     signal = expected_e * pat.flat
     if exposure_s > 0:
         signal += pat.dark_e_per_s * F32(exposure_s)
@@ -86,7 +86,7 @@ def expose(expected_e: NDArray[np.float32], det: DetectorModel, exposure_s: floa
 def to_adu(charge_e: NDArray[np.float32], det: DetectorModel) -> NDArray[np.uint16]:
     """Gain, bias and the 16-bit ADC (rounding and clipping), consuming ``charge_e`` in place."""
     charge_e *= F32(1.0 / det.gain_e_per_adu)
-    charge_e += _patterns(det).bias_adu
+    charge_e += fixed_patterns(det).bias_adu
     np.rint(charge_e, out=charge_e)
     np.clip(charge_e, 0, 65535, out=charge_e)
     return charge_e.astype(np.uint16)

@@ -23,7 +23,7 @@ from twin.anomalies import IN_REFERENCE_CATALOG, draw_anomalies, render_anomalie
 from twin.artifacts import add_cosmic_rays, add_streaks
 from twin.astrometry import light_header, make_wcs, pixel_to_sky
 from twin.detector import expose
-from twin.instrument import TwinConfig, _patterns
+from twin.instrument import TwinConfig, fixed_patterns
 from twin.psf import inside_fraction, noise_area_px, psf_at
 from twin.sky import (
     Rendered,
@@ -70,8 +70,8 @@ def _flux_inside_and_area(config: TwinConfig, groups: list[Rendered], n: int,
 
 def simulate_frame(config: TwinConfig, index: int, seed: int) -> TwinFrame:
     """Simulate frame ``index`` of the sequence ``seed``: raw ADU, header, truth, expected electrons, WCS."""
-    if index < 0:
-        raise TwinError(f"frame index must be >= 0, got {index}", where="simulate_frame")
+    if index < 0 or seed < 0:
+        raise TwinError(f"frame index and seed must be >= 0, got index={index}, seed={seed}", where="simulate_frame")
     det = config.detector
     rng = frame_rng(seed, index)
     scene = draw_scene(config, seed)
@@ -127,8 +127,8 @@ def simulate_frame(config: TwinConfig, index: int, seed: int) -> TwinFrame:
                   fwhm_px=psf_at(config, dep.x, dep.y).fwhm_px if label == "streak" else 0.0,
                   size_px=dep.length_px, ends=dep.ends)
 
-    hy, hx = np.nonzero(_patterns(det).hot)
-    hot_e = _patterns(det).dark_e_per_s[hy, hx].astype(float) * config.exposure_s
+    hy, hx = np.nonzero(fixed_patterns(det).hot)
+    hot_e = fixed_patterns(det).dark_e_per_s[hy, hx].astype(float) * config.exposure_s
     hx_f, hy_f = hx.astype(float), hy.astype(float)
     truth.add("hot_pixel", "hot_pixel", hx_f, hy_f, hot_e,
               snr_expected=snr_expected(hot_e, 1.0, sky_at(config, phi, hx_f, hy_f) + dark_e, rn))

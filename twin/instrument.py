@@ -49,6 +49,8 @@ class DetectorModel:
 
     def __post_init__(self) -> None:
         ny, nx = self.shape_px
+        if self.seed < 0:
+            raise TwinError(f"seed must be >= 0, got {self.seed}", where="DetectorModel.seed")
         if ny < 16 or nx < 16:
             raise TwinError(f"detector shape {self.shape_px} is too small; use at least (16, 16)", where="DetectorModel.shape_px")
         if self.gain_e_per_adu <= 0 or self.read_noise_e < 0 or self.full_well_e <= 0:
@@ -65,27 +67,27 @@ class DetectorModel:
 
     def hot_pixel_mask(self) -> NDArray[np.bool_]:
         """Truth: pixels with a high dark current (shape_px)."""
-        return _patterns(self).hot.copy()
+        return fixed_patterns(self).hot.copy()
 
     def dead_pixel_mask(self) -> NDArray[np.bool_]:
         """Truth: pixels with zero response, bad columns included (shape_px)."""
-        return _patterns(self).dead.copy()
+        return fixed_patterns(self).dead.copy()
 
     def bad_columns(self) -> NDArray[np.int64]:
         """Truth: the 0-based column indices of the dead columns."""
-        return _patterns(self).bad_columns.copy()
+        return fixed_patterns(self).bad_columns.copy()
 
     def flat_field(self) -> NDArray[np.float32]:
         """Truth: relative response (vignetting x PRNU, 0 at dead pixels), mean 1 over live pixels."""
-        return _patterns(self).flat.copy()
+        return fixed_patterns(self).flat.copy()
 
     def bias_frame_adu(self) -> NDArray[np.float32]:
         """Truth: noise-free bias in ADU with its fixed column structure."""
-        return _patterns(self).bias_adu.copy()
+        return fixed_patterns(self).bias_adu.copy()
 
     def dark_current_e_per_s(self) -> NDArray[np.float32]:
         """Truth: dark current per pixel in e/s (``dark_e_per_s`` everywhere, hot pixels far higher)."""
-        return _patterns(self).dark_e_per_s.copy()
+        return fixed_patterns(self).dark_e_per_s.copy()
 
     @property
     def saturate_adu(self) -> float:
@@ -94,7 +96,9 @@ class DetectorModel:
 
 
 @dataclass(frozen=True)
-class _Patterns:
+class FixedPatterns:
+    """The detector's fixed patterns, read-only arrays of shape_px (bad_columns: column indices)."""
+
     hot: NDArray[np.bool_]
     dead: NDArray[np.bool_]
     bad_columns: NDArray[np.int64]
@@ -104,8 +108,11 @@ class _Patterns:
 
 
 @lru_cache(maxsize=2)
-def _patterns(det: DetectorModel) -> _Patterns:
-    """Fixed patterns of a detector, computed once per model (they cost ~0.5 s at 4096x4096)."""
+def fixed_patterns(det: DetectorModel) -> FixedPatterns:
+    """Fixed patterns of a detector, computed once per model and cached (about 1 s at 4096x4096).
+
+    The arrays are shared and read-only; the public ``DetectorModel`` methods hand out copies.
+    """
     ny, nx = det.shape_px
     n = ny * nx
 
@@ -151,7 +158,7 @@ def _patterns(det: DetectorModel) -> _Patterns:
     flat[dead] = 0.0
     for arr in (hot, dead, bad_columns, flat, bias, dark):
         arr.flags.writeable = False
-    return _Patterns(hot=hot, dead=dead, bad_columns=bad_columns, flat=flat, bias_adu=bias, dark_e_per_s=dark)
+    return FixedPatterns(hot=hot, dead=dead, bad_columns=bad_columns, flat=flat, bias_adu=bias, dark_e_per_s=dark)
 
 
 @dataclass(frozen=True)
