@@ -1,8 +1,8 @@
 """Sigma-clipped combination of a stack of frames into one master.
 
 Pure numpy on a (n_frames, ny, nx) stack. The clipping is our own vectorised pass rather than
-``astropy.stats.sigma_clip`` or ccdproc's ``Combiner``: on ten 1024x1024 frames it runs as fast
-as astropy's (0.6 s against 0.7 s), needs half the memory (no masked arrays, row blocks), and
+``astropy.stats.sigma_clip`` or ccdproc's ``Combiner``: on ten 1024x1024 frames it runs about as fast
+as astropy's sigma_clip (0.44 s against 0.45 s), needs half the memory (no masked arrays, row blocks), and
 its master is as quiet as a plain mean (noise 1.00x the ideal, astropy's MAD-based loop 1.08x),
 because the spread it clips on is floored at the block's typical spread; docs/calibration.md
 gives the command. It must not read files or know what kind of frame it combines.
