@@ -78,6 +78,12 @@ class GroundReceiver:
                 self._seen.update(m.id for m in read_jsonl(path).messages)
         self._records_fh: IO[str] = (self.out_dir / RECORDS_NAME).open("a", encoding="utf-8")
         self._frames_fh: IO[str] = (self.out_dir / FRAMES_NAME).open("a", encoding="utf-8")
+        # the files' directory entries must be durable too before the first ack
+        dir_fd = os.open(self.out_dir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
         self._own_context = context is None
         self._context = zmq.Context() if context is None else context
         try:

@@ -167,6 +167,7 @@ class Spool:
             payload = encode_msgpack(msg)
             rows.append((msg.id, kind, prio, len(payload), payload))
         with self._lock:
+            self._check_open()
             return self._put_rows(rows, checkpoint or {})
 
     def _put_rows(self, rows: list[tuple[str, str, float, int, bytes]],
@@ -221,6 +222,10 @@ class Spool:
                         max_bytes=self.max_bytes, max_rows=self.max_rows)
         return PutResult(accepted=tuple(accepted), duplicates=tuple(duplicates), evicted=tuple(evicted))
 
+    def _check_open(self) -> None:
+        if self._db is None:
+            raise SpoolError("the spool is closed", where=str(self.path))
+
     def _over(self, pending_rows: Mapping[str, int], pending_bytes: int) -> bool:
         if pending_bytes > self.max_bytes:
             return True
@@ -243,6 +248,7 @@ class Spool:
         delta = {c: 0 for c in _COUNTERS}
         removed: list[tuple[str, str, int]] = []
         with self._lock:
+            self._check_open()
             db = self._db
             try:
                 db.execute("BEGIN IMMEDIATE")
@@ -274,6 +280,7 @@ class Spool:
     def pending(self, limit: int) -> list[SpooledItem]:
         """Up to ``limit`` spooled messages not in flight, highest priority first, oldest among equals."""
         with self._lock:
+            self._check_open()
             cur = self._db.execute(
                 "SELECT id, kind, priority, payload FROM items WHERE id NOT IN "
                 "(SELECT id FROM temp.in_flight) ORDER BY priority DESC, seq ASC LIMIT ?", (limit,))
@@ -282,6 +289,7 @@ class Spool:
     def get(self, item_id: str) -> SpooledItem | None:
         """One spooled message by id, or None when it has left the spool."""
         with self._lock:
+            self._check_open()
             row = self._db.execute("SELECT id, kind, priority, payload FROM items WHERE id = ?",
                                    (item_id,)).fetchone()
         return None if row is None else SpooledItem(id=row[0], kind=row[1], priority=float(row[2]),
@@ -289,8 +297,9 @@ class Spool:
 
     def mark_in_flight(self, ids: Iterable[str]) -> None:
         """Hide ids from :meth:`pending` until acked or :meth:`release`d (memory only, by design)."""
-        ids = [i for i in ids if i not in self._in_flight]
         with self._lock:
+            self._check_open()
+            ids = [i for i in ids if i not in self._in_flight]
             self._in_flight.update(ids)
             self._db.executemany("INSERT OR IGNORE INTO temp.in_flight (id) VALUES (?)",
                                  [(i,) for i in ids])
@@ -298,6 +307,7 @@ class Spool:
     def release(self, ids: Iterable[str]) -> None:
         """Make in-flight ids pending again (their ack timed out)."""
         with self._lock:
+            self._check_open()
             self._forget_in_flight(list(ids))
 
     def _forget_in_flight(self, ids: Sequence[str]) -> None:
@@ -313,12 +323,14 @@ class Spool:
     def checkpoint(self, key: str) -> str | None:
         """The value last committed under ``key`` by :meth:`put`, or None."""
         with self._lock:
+            self._check_open()
             row = self._db.execute("SELECT value FROM meta WHERE key = ?", (f"checkpoint.{key}",)).fetchone()
         return None if row is None else str(row[0])
 
     def counters(self) -> SpoolCounters:
         """A consistent snapshot of the durable counters and what is pending now."""
         with self._lock:
+            self._check_open()
             values = dict(self._db.execute("SELECT name, value FROM counters"))
             pending = dict(self._pending_rows)
             pending_bytes = self._pending_bytes

@@ -168,3 +168,14 @@ def test_priorities_argument_overrides_the_records(tmp_path: Path, rng: np.rando
         assert [i.id for i in spool.pending(2)] == ["n1:s1:6:0", "n1:s1:6:1"]
         with pytest.raises(ValueError):
             spool.put(recs, priorities=[1.0])
+
+
+def test_a_closed_spool_says_so(tmp_path: Path, rng: np.random.Generator) -> None:
+    """Using a spool after close() is a SpoolError, and closing twice is harmless."""
+    spool = Spool(tmp_path / "s.sqlite")
+    spool.close()
+    spool.close()
+    with pytest.raises(SpoolError, match="closed"):
+        spool.put([make_record(7, 0, 1.0, rng)])
+    with pytest.raises(SpoolError, match="closed"):
+        spool.pending(1)
