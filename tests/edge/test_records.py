@@ -64,7 +64,7 @@ def ntt_records(real_data: Path, n: int = 10) -> list[DownlinkRecord]:
             x_err=math.sqrt(cat[i, 8]), y_err=math.sqrt(cat[i, 9]), ra=None, dec=None,
             label="star", confidence=0.6, probs={"star": 0.6, "galaxy": 0.3, "streak": 0.1},
             entropy=0.9, aleatoric=0.7, epistemic=0.2, anomaly_score=1.5, anomaly_pvalue=0.02,
-            snr=flux / err, flux_e=flux, flux_err_e=err, a_px=float(cat[i, 11]), b_px=1.0,
+            snr=flux / err if err > 0 else 0.0, flux_e=flux, flux_err_e=err, a_px=float(cat[i, 11]), b_px=1.0,
             theta_rad=0.0, flags=int(cat[i, -1]), new=False, reasons=("uncertain",), priority=1.7,
             policy_version=1, engine_id="cnn-1", calibration_id="none:header",
             stamp=compress_stamp(stamps[i])))
