@@ -91,3 +91,15 @@ def test_streak_truth_in_a_frame(small_frame) -> None:
     short_debris = s["size_px"] < 0.6 * 512
     assert sum(on_border) >= 2 or short_debris
     assert s["fwhm_px"] > 0 and s["snr_expected"] > 0
+
+
+@pytest.mark.parametrize(("x0", "y0", "x1", "y1"), [(10.0, -40.0, 60.0, 300.0), (250.0, 10.0, 30.0, 180.0)])
+def test_steep_and_short_streaks_keep_their_flux(x0: float, y0: float, x1: float, y1: float) -> None:
+    """Steep trails and trails ending inside the frame carry flux per pixel times their in-frame length."""
+    cfg = TwinConfig(detector=DetectorModel(shape_px=(256, 256)))
+    image = np.zeros((256, 256), np.float32)
+    dep = add_streak(image, cfg, x0, y0, x1, y1, flux_per_px_e=100.0)
+    assert image.sum() == pytest.approx(dep.flux_e[0], rel=1e-4)
+    assert dep.flux_e[0] == pytest.approx(100.0 * dep.length_px[0], rel=0.03)
+    ex0, ey0, ex1, ey1 = (float(e[0]) for e in dep.ends)
+    assert min(ey0, ey1) >= -0.5 and max(ey0, ey1) <= 255.5

@@ -71,3 +71,42 @@ def test_galaxy_stamps_agree_with_galsim(sersic_n: float, r_eff_px: float, axis_
     ours /= ours.sum()
     ref /= ref.sum()
     assert np.abs(ours - ref).sum() < max_l1
+
+
+def _moments(stamp: np.ndarray) -> tuple[float, float]:
+    """Ellipticity and position angle (rad) of a stamp's second moments."""
+    yy, xx = np.mgrid[: stamp.shape[0], : stamp.shape[1]]
+    w = stamp / stamp.sum()
+    mx, my = (w * xx).sum(), (w * yy).sum()
+    cxx, cyy, cxy = (w * (xx - mx) ** 2).sum(), (w * (yy - my) ** 2).sum(), (w * (xx - mx) * (yy - my)).sum()
+    lam_small, lam_big = np.linalg.eigvalsh([[cxx, cxy], [cxy, cyy]])
+    return 1 - np.sqrt(lam_small / lam_big), 0.5 * np.arctan2(2 * cxy, cxx - cyy)
+
+
+def test_corner_stars_are_elongated_tangentially() -> None:
+    """Astigmatism stretches corner stars perpendicular to the line from the field centre."""
+    from twin.psf import moffat_stamps, psf_at
+
+    cfg = TwinConfig(detector=DetectorModel(shape_px=(1024, 1024)), psf_ellipticity=0.2)
+    x, y = np.array([1000.0, 20.0, 511.5]), np.array([1000.0, 1000.0, 511.5])
+    stamps = moffat_stamps(x, y, psf_at(cfg, x, y), 12)
+    for k in range(2):
+        ell, angle = _moments(stamps[k].astype(float))
+        radial = np.arctan2(y[k] - 511.5, x[k] - 511.5)
+        assert ell > 0.05
+        assert abs(np.cos(angle - radial)) < 0.1  # major axis perpendicular to the radius
+    assert _moments(stamps[2].astype(float))[0] < 0.01
+
+
+def test_defocus_turns_stars_into_donuts() -> None:
+    """With defocus_px set, a star's centre is darker than its ring at that radius."""
+    cfg = TwinConfig(detector=DetectorModel(shape_px=(128, 128)), defocus_px=6.0, n_stars=1,
+                     star_mag_range=(15.0, 15.01), n_galaxies=0, sky_e_per_s=0.0, cosmic_ray_rate_per_s=0.0,
+                     streak_probability=0.0, psf_fwhm_variation=0.0, psf_ellipticity=0.0)
+    frame = simulate_frame(cfg, 0, 1)
+    star = frame.truth[frame.truth["label"] == "star"][0]
+    yy, xx = np.mgrid[:128, :128]
+    r = np.hypot(xx - star["x"], yy - star["y"])
+    img = frame.expected_e
+    assert img[r < 1.0].mean() < 0.5 * img[(r > 5.0) & (r < 7.0)].mean()
+    assert img.sum() == pytest.approx(star["flux_e"], rel=1e-3)
