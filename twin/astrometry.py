@@ -25,7 +25,7 @@ def make_wcs(config: TwinConfig) -> WCS:
     w.wcs.crpix = [(nx + 1) / 2.0, (ny + 1) / 2.0]
     scale = config.pixel_scale_arcsec / 3600.0
     t = np.deg2rad(config.rotation_deg)
-    # east to the left (RA grows with -x) as on the sky seen from below
+    # north up, east to the left (RA grows towards -x), the usual display orientation
     w.wcs.cd = scale * np.array([[-np.cos(t), np.sin(t)], [np.sin(t), np.cos(t)]])
     w.wcs.radesys = "ICRS"
     w.wcs.equinox = 2000.0

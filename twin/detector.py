@@ -4,7 +4,8 @@ Order of effects: flat-field response (vignetting x PRNU, dead pixels), dark cur
 included), shot and read noise, full-well saturation with charge bleeding along columns, gain,
 bias with its column pattern, the 16-bit ADC. Shot noise is exact Poisson where the mean is below
 ``POISSON_BELOW_E`` and Gaussian with variance equal to the mean above it (skewness under 0.2
-there), which is what keeps a 4096x4096 frame fast. Pure numpy; the generator is an argument.
+there), which is what keeps a 4096x4096 frame fast. Pure numpy; the generator is an argument;
+it knows nothing of the sky and writes no files.
 """
 
 from __future__ import annotations

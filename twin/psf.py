@@ -3,7 +3,8 @@
 The PSF is defined as sampled at pixel centres, so the configured FWHM is the FWHM an observer
 measures on the pixels. Its FWHM grows towards the corners and it gains a small tangential
 astigmatism (ellipticity); ``defocus_px`` turns it into a donut. Everything here is pure numpy on
-batches of stamps: no frame-sized arrays, no randomness, no I/O.
+batches of stamps: it allocates no frame-sized array (``add_stamps`` only writes into one), draws
+no random numbers and does no I/O.
 """
 
 from __future__ import annotations

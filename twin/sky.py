@@ -2,8 +2,8 @@
 
 The scene of a field (positions, magnitudes, shapes) comes from the sequence seed only, so every
 frame of a set shows the same stars and galaxies and the reference catalog is the same for all.
-Renderers return stamps and corners; nothing here touches a frame-sized array except the
-background, and nothing here draws noise.
+Renderers return stamps and their corners; the only frame-sized array made here is the sky
+background. Nothing here draws noise or knows about the detector.
 """
 
 from __future__ import annotations
