@@ -75,6 +75,7 @@ class GroundReceiver:
         for name in (RECORDS_NAME, FRAMES_NAME):
             path = self.out_dir / name
             if path.exists():
+                _drop_partial_line(path)
                 self._seen.update(m.id for m in read_jsonl(path).messages)
         self._records_fh: IO[str] = (self.out_dir / RECORDS_NAME).open("a", encoding="utf-8")
         self._frames_fh: IO[str] = (self.out_dir / FRAMES_NAME).open("a", encoding="utf-8")
@@ -216,6 +217,31 @@ class GroundReceiver:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+def _drop_partial_line(path: Path) -> None:
+    """Cut a last line that a crash left without its newline: it was never acknowledged, so the
+    node sends it again, and appending to it would spoil the next line too."""
+    with path.open("rb+") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        fh.seek(size - 1)
+        if fh.read(1) == b"\n":
+            return
+        block = min(size, 1 << 20)
+        while True:
+            fh.seek(size - block)
+            tail = fh.read(block)
+            cut = tail.rfind(b"\n")
+            if cut >= 0 or block == size:
+                break
+            block = min(size, block * 2)
+        keep = size - block + cut + 1 if cut >= 0 else 0
+        fh.truncate(keep)
+        fh.flush()
+        os.fsync(fh.fileno())
+    log.warning("ground.partial_line_dropped", path=str(path), bytes=size - keep)
 
 
 # (column, dtype, unit); dtype None: a string column. FITS has no unit for electrons: the

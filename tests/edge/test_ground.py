@@ -29,6 +29,7 @@ from edge.records import (
     read_jsonl,
     record_id,
     to_dict,
+    to_json_line,
 )
 from edge.spool import Spool
 
@@ -252,3 +253,26 @@ def test_ground_command_refuses_a_bad_address(tmp_path: Path) -> None:
                           timeout=30)
     assert proc.returncode == 2
     assert "astro-edge ground:" in proc.stderr and "tcp://nowhere:xyz" in proc.stderr
+
+
+def test_a_line_cut_by_a_crash_is_dropped_before_appending(real_data: Path, tmp_path: Path,
+                                                           ctx: zmq.Context[Any]) -> None:
+    """A last line without its newline (a ground killed mid-write, never acked) is cut, logged, and the re-sent record lands whole."""
+    recs = ntt_records(real_data)[:2]
+    out = tmp_path / "out"
+    out.mkdir()
+    whole = to_json_line(recs[0], received_time="2026-11-28T10:00:00Z") + "\n"
+    (out / "downlink.jsonl").write_text(whole + to_json_line(recs[1])[:100])
+    with capture_logs() as logs, GroundReceiver("tcp://127.0.0.1:*", out, context=ctx) as g:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(g.address)
+        try:
+            assert exchange(g, sock, [data(r) for r in recs]) == [r.record_id for r in recs]
+        finally:
+            sock.close()
+        assert g.counters().duplicates == 1 and g.counters().records == 1
+    result = read_jsonl(out / "downlink.jsonl")
+    assert result.messages == tuple(recs) and result.skipped == {}
+    events = [e for e in logs if e["event"] == "ground.partial_line_dropped"]
+    assert len(events) == 1 and events[0]["bytes"] == 100
