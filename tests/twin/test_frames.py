@@ -159,6 +159,10 @@ def test_write_frames_writes_fits_truth_and_reference_catalog(tmp_path, small_co
     assert np.array_equal(catalog, reference_catalog(cfg, 3))
     transients = truth[truth["label"] == "transient"]
     assert len(transients) == 8 and np.all(transients["source_id"] == -1)
+    listed = truth[truth["source_id"] >= 0]
+    assert set(listed["label"]) == {"star", "galaxy", "anomaly"}
+    match = catalog[np.asarray(listed["source_id"])]
+    assert np.allclose(match["ra_deg"], listed["ra_deg"]) and np.all(match["family"] == listed["family"])
     # a transient has no catalog source within an arcsecond; stars and lensed systems do
     for rows, in_catalog in ((transients, False), (truth[truth["label"] == "star"][:20], True),
                              (truth[truth["family"] == "lens_arc"], True), (truth[truth["family"] == "comet"], False)):
