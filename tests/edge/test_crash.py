@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -180,6 +182,50 @@ def test_kill_9_mid_stream_then_restart_gives_every_record_exactly_once(tmp_path
     c = crash_counters
     assert c.received == c.records + c.summaries + c.duplicates
     assert (c.records, c.summaries) == (len(ref_records), N_FRAMES)
+
+
+
+@contextlib.contextmanager
+def ground_command(address: str, out: Path) -> Iterator[subprocess.Popen[str]]:
+    """`astro-edge ground` as its own process, once it listens; killed on exit if still running."""
+    with subprocess.Popen([sys.executable, "-m", "edge.cli", "ground", "--bind", address, "--out",
+                           str(out), "--fits-interval-s", "0"], stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, text=True,
+                          cwd=Path(__file__).resolve().parents[2]) as proc:
+        try:
+            assert proc.stdout is not None and "listening on" in proc.stdout.readline()
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_kill_9_the_ground_mid_stream_then_restart_loses_nothing(tmp_path: Path) -> None:
+    """SIGKILL the ground command while records stream in, restart it on the same folder: every id once."""
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    address = f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+    probe.close()
+    out = tmp_path / "ground"
+    with ground_command(address, out) as ground, driver(tmp_path / "s.sqlite", address) as node:
+        assert node.stdout is not None
+        for line in node.stdout:
+            if line.strip() == "durable 8":
+                break
+        ground.kill()
+        ground.wait(timeout=10)
+        stored_before = len(ground_ids(out)[0])
+        with ground_command(address, out) as again:
+            counters = finish(node)
+            again.send_signal(signal.SIGTERM)
+            assert again.wait(timeout=30) == 0
+    records, frames = ground_ids(out)
+    expected = sorted(r.record_id for f in range(N_FRAMES) for r in frame_messages(f)[0])
+    assert 0 < stored_before < len(expected), "the kill did not land mid-stream"
+    assert sorted(records) == expected and len(frames) == N_FRAMES == len(set(frames))
+    assert counters["conserved"] and sum(counters["pending"].values()) == 0
 
 
 if __name__ == "__main__":
