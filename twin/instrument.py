@@ -174,7 +174,7 @@ class TwinConfig:
     defocus_px: float = 0.0  # ring radius of a defocused (donut) PSF; 0 = in focus
     exposure_s: float = 30.0
     sky_e_per_s: float = 5.0  # per pixel at the field centre
-    sky_gradient: float = 0.05  # fractional change of the sky across the frame
+    sky_gradient: float = 0.05  # sky x (1 + gradient/2 (u cos phi + v sin phi)), u, v in [-1, 1], phi per frame
     zero_point_mag: float = 25.0  # magnitude that gives 1 e/s
     n_stars: int = 2000
     star_mag_range: tuple[float, float] = (14.0, 23.0)
