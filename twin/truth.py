@@ -1,16 +1,21 @@
 """Truth rows: one per injected object, gathered as column arrays and turned into an astropy Table.
 
-Columns (units in the names): ``frame``, ``x``, ``y`` (0-based numpy pixel coordinates, x = column;
-for streaks the middle of the part inside the frame, for cosmic rays the charge-weighted centroid
-of their pixels inside the frame), ``label`` (one of
-``ORDINARY_LABELS``, ``"anomaly"`` or ``"transient"``), ``family`` (the label itself for ordinary
-objects, the anomaly family, or ``"transient"``), ``flux_e`` (electrons deposited inside the
-frame before flat-field response), ``mag`` (NaN where the object has no sky magnitude),
-``snr_expected``, ``ra_deg``, ``dec_deg``, ``x0``, ``y0``, ``x1``, ``y1`` (end points of streaks,
-clipped to the frame, and of cosmic-ray tracks as drawn; the position itself otherwise), ``fwhm_px`` (local PSF FWHM), ``size_px`` (half-light
-radius of galaxies, length of tracks and streaks, the characteristic size of anomalies: Einstein
-radius, comet tail length, double separation, ghost radius, lobster arm scale; 0 otherwise), ``source_id`` (row of the
-reference catalog, -1 when the object is not in it). This module renders nothing.
+Columns (units in the names):
+
+- ``frame``; ``x``, ``y``: 0-based numpy pixel coordinates (x = column); for streaks the middle of
+  the part inside the frame, for cosmic rays the charge-weighted centroid of their pixels inside it;
+- ``label``: one of ``ORDINARY_LABELS``, ``"anomaly"`` or ``"transient"``; ``family``: the label
+  itself for ordinary objects, the anomaly family, or ``"transient"``;
+- ``flux_e``: electrons deposited inside the frame before flat-field response; ``mag``: NaN where
+  the object has no sky magnitude; ``snr_expected``; ``ra_deg``, ``dec_deg``;
+- ``x0``, ``y0``, ``x1``, ``y1``: end points of streaks (clipped to the frame) and of cosmic-ray
+  tracks (as drawn); the position itself otherwise;
+- ``fwhm_px``: local PSF FWHM; ``size_px``: half-light radius of galaxies, length of tracks and
+  streaks, the characteristic size of anomalies (Einstein radius, comet tail length, double
+  separation, ghost radius, lobster arm scale), 0 otherwise;
+- ``source_id``: row of the reference catalog, -1 when the object is not in it.
+
+This module renders nothing.
 """
 
 from __future__ import annotations
