@@ -13,6 +13,7 @@ This module owns the ground's socket and files; it never touches the node's spoo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -56,6 +57,7 @@ class GroundCounters:
     duplicates: int               # messages whose id was already stored (acknowledged again)
     malformed: dict[str, int]     # reason -> messages that could not be read (not acknowledged)
     acks_sent: int                # ack messages sent
+    write_failures: int           # batches that could not be stored (not acknowledged)
     fits_writes: int              # times downlink.fits was rewritten
 
 
@@ -96,7 +98,7 @@ class GroundReceiver:
         self._fits_due = clock() + self.fits_interval_s
         self._dirty = True
         self._n = dict.fromkeys(("received", "records", "summaries", "duplicates", "acks_sent",
-                                 "fits_writes"), 0)
+                                 "write_failures", "fits_writes"), 0)
         self._malformed: dict[str, int] = {}
         log.info("ground.started", address=self.address, out=str(self.out_dir), seen=len(self._seen))
 
@@ -130,7 +132,9 @@ class GroundReceiver:
     def _handle(self, batch: list[list[bytes]]) -> None:
         acks: dict[bytes, list[str]] = {}
         received = self._utc_now()
-        wrote = False
+        lines: dict[str, list[str]] = {RECORDS_NAME: [], FRAMES_NAME: []}
+        new_ids: set[str] = set()
+        duplicates = 0
         for parts in batch:
             self._n["received"] += 1
             peer = parts[0] if parts else b""
@@ -140,25 +144,19 @@ class GroundReceiver:
                 self._malformed[exc.reason] = self._malformed.get(exc.reason, 0) + 1
                 log.warning("ground.malformed", reason=exc.reason, error=str(exc), parts=len(parts))
                 continue
-            if msg.id in self._seen:
-                self._n["duplicates"] += 1
+            if msg.id in self._seen or msg.id in new_ids:
+                duplicates += 1
             else:
-                line = to_json_line(msg, received_time=received) + "\n"
-                if isinstance(msg, DownlinkRecord):
-                    self._records_fh.write(line)
-                    self._n["records"] += 1
-                else:
-                    self._frames_fh.write(line)
-                    self._n["summaries"] += 1
-                self._seen.add(msg.id)
-                wrote = True
+                name = RECORDS_NAME if isinstance(msg, DownlinkRecord) else FRAMES_NAME
+                lines[name].append(to_json_line(msg, received_time=received) + "\n")
+                new_ids.add(msg.id)
             acks.setdefault(peer, []).append(msg.id)
-        if wrote:
-            # acknowledge only what is on disk: an acked record must survive a ground crash
-            for fh in (self._records_fh, self._frames_fh):
-                fh.flush()
-                os.fsync(fh.fileno())
-            self._dirty = True
+        if new_ids and not self._append(lines):
+            return  # nothing of this batch is acknowledged: the node sends it again
+        self._seen.update(new_ids)
+        self._n["records"] += len(lines[RECORDS_NAME])
+        self._n["summaries"] += len(lines[FRAMES_NAME])
+        self._n["duplicates"] += duplicates
         sock = self._socket()
         for peer, ids in acks.items():
             try:
@@ -167,6 +165,37 @@ class GroundReceiver:
             except zmq.ZMQError as exc:
                 # the node did not get its ack: it retries after its timeout and we ack the duplicate
                 log.warning("ground.ack_failed", count=len(ids), error=str(exc))
+
+    def _append(self, lines: dict[str, list[str]]) -> bool:
+        """Append and fsync; on failure (disk full, I/O error) cut the files back and say False."""
+        handles = {RECORDS_NAME: self._records_fh, FRAMES_NAME: self._frames_fh}
+        sizes = {name: os.fstat(fh.fileno()).st_size for name, fh in handles.items()}
+        try:
+            for name, fh in handles.items():
+                if lines[name]:
+                    fh.write("".join(lines[name]))
+                    fh.flush()
+                    # acknowledge only what is on disk: an acked record must survive a ground crash
+                    os.fsync(fh.fileno())
+        except OSError as exc:
+            self._n["write_failures"] += 1
+            log.error("ground.write_failed", error=str(exc), messages=sum(map(len, lines.values())),
+                      out=str(self.out_dir))
+            self._reopen(sizes)
+            return False
+        self._dirty = True
+        return True
+
+    def _reopen(self, sizes: dict[str, int]) -> None:
+        # a failed write may leave bytes in the file and in the text buffer: drop both
+        for fh in (self._records_fh, self._frames_fh):
+            with contextlib.suppress(OSError):
+                fh.close()
+        for name, size in sizes.items():
+            with contextlib.suppress(OSError):
+                os.truncate(self.out_dir / name, size)
+        self._records_fh = (self.out_dir / RECORDS_NAME).open("a", encoding="utf-8")
+        self._frames_fh = (self.out_dir / FRAMES_NAME).open("a", encoding="utf-8")
 
     @staticmethod
     def _decode(parts: list[bytes]) -> DownlinkRecord | FrameSummary:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -276,3 +278,24 @@ def test_a_line_cut_by_a_crash_is_dropped_before_appending(real_data: Path, tmp_
     assert result.messages == tuple(recs) and result.skipped == {}
     events = [e for e in logs if e["event"] == "ground.partial_line_dropped"]
     assert len(events) == 1 and events[0]["bytes"] == 100
+
+
+def test_a_failed_write_is_not_acknowledged_and_leaves_no_trace(
+        real_data: Path, ground: GroundReceiver, node: zmq.Socket[Any],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the disk refuses a batch (ENOSPC on fsync) nothing is acked, counted and logged; the retry is stored once."""
+    recs = ntt_records(real_data)[:3]
+    assert exchange(ground, node, [data(recs[0])]) == [recs[0].record_id]
+
+    def no_space(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch, capture_logs() as logs:
+        patch.setattr(os, "fsync", no_space)
+        assert exchange(ground, node, [data(r) for r in recs[1:]]) == []
+    assert ground.counters().write_failures == 1 and ground.counters().records == 1
+    assert [e["log_level"] for e in logs if e["event"] == "ground.write_failed"] == ["error"]
+    assert read_jsonl(ground.out_dir / "downlink.jsonl").messages == (recs[0],)
+    assert exchange(ground, node, [data(r) for r in recs]) == [r.record_id for r in recs]
+    assert read_jsonl(ground.out_dir / "downlink.jsonl").messages == tuple(recs)
+    assert ground.counters().duplicates == 1
