@@ -17,11 +17,18 @@ from calibration.apply import MASK_BAD, MASK_NONFINITE, MASK_SATURATED, Calibrat
 from calibration.bundle import BUNDLE_VERSION, read_bundle, write_bundle
 from calibration.frames import scan_folder
 from calibration.masters import Masters, PhotonTransfer, build_masters
+from edge.log import get_logger
+
+log = get_logger(__name__)
 
 
 def build_bundle(folder: Path | str, out_path: Path | str, *, trust_header_gain: bool = False) -> tuple[Masters, str]:
     """Build masters from every FITS frame in ``folder`` and write the bundle; return (masters, bundle_id)."""
-    masters = build_masters(scan_folder(folder), trust_header_gain=trust_header_gain)
+    frames = scan_folder(folder)
+    skipped = [f.path.name for f in frames if f.kind not in ("bias", "dark", "flat")]
+    if skipped:
+        log.info("calib.frames_skipped", folder=str(folder), count=len(skipped), files=skipped[:10])
+    masters = build_masters(frames, trust_header_gain=trust_header_gain)
     bundle_id = write_bundle(masters, out_path)
     return masters, bundle_id
 

@@ -100,7 +100,11 @@ def _rows(x: Any, r0: int, r1: int) -> Any:
 
 
 class Calibrator:
-    """Turns raw frames into ``CalibratedFrame``; configure once (bundle, threads), then call per frame."""
+    """Turns raw frames into ``CalibratedFrame``; configure once (bundle, threads), then call per frame.
+
+    One Calibrator serves one caller at a time: its scratch buffers and caches are shared between
+    calls, so a pipeline running frames concurrently gives each worker its own Calibrator.
+    """
 
     def __init__(self, masters: Masters | None, *, bundle_id: str | None = None, threads: int = 1,
                  source: str = "bundle") -> None:

@@ -9,11 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.io import fits
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from calibration import BUNDLE_VERSION, read_bundle
-from calibration.bundle import describe, verify_checksums
+from calibration.bundle import describe, verify_checksums, write_bundle
 from calibration.frames import scan_folder
-from calibration.masters import build_masters
+from calibration.masters import InputRecord, Masters, build_masters
 from edge.errors import BundleIntegrityError
 
 
@@ -93,3 +95,52 @@ def test_truncated_or_missing_bundle_is_a_typed_error(bundle_path: Path, tmp_pat
         read_bundle(cut)
     with pytest.raises(BundleIntegrityError, match=r"absent\.fits"):
         read_bundle(tmp_path / "absent.fits")
+
+
+@st.composite
+def _masters(draw: st.DrawFn) -> Masters:
+    """Small random masters: any shape, with or without darks, one to three filters, a few inputs."""
+    ny = draw(st.integers(2, 12))
+    nx = draw(st.integers(2, 12))
+    seed = draw(st.integers(0, 2**32 - 1))
+    g = np.random.default_rng(seed)
+    with_dark = draw(st.booleans())
+    names = draw(st.lists(st.sampled_from(["", "r", "g", "Halpha", "B 2"]), min_size=1, max_size=3, unique=True))
+    text = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_.-", min_size=1, max_size=40)
+    inputs = tuple(InputRecord(name=draw(text), sha256=f"{g.integers(0, 2**63):064x}", kind=draw(
+        st.sampled_from(["bias", "dark", "flat"])), exposure_s=draw(st.floats(0, 1e4)), filter_name=draw(
+        st.sampled_from(names))) for _ in range(draw(st.integers(0, 4))))
+    return Masters(
+        bias_adu=g.normal(500, 3, (ny, nx)).astype(np.float32), bias_var_adu2=draw(st.floats(0, 100)),
+        dark_adu_per_s=g.random((ny, nx), np.float32) if with_dark else None,
+        dark_var_adu2_per_s2=g.random((ny, nx), np.float32) if with_dark else None,
+        flats={n: g.uniform(0.5, 1.5, (ny, nx)).astype(np.float32) for n in names},
+        flat_rel_var={n: draw(st.floats(0, 1e-3)) for n in names},
+        bad_pixels=g.integers(0, 16, (ny, nx)).astype(np.uint8),
+        gain_e_per_adu=draw(st.floats(0.1, 20)), read_noise_e=draw(st.floats(0, 50)),
+        noise_source=draw(st.sampled_from(["photon_transfer", "header"])),
+        saturate_adu=draw(st.floats(100, 65535)), trimsec=draw(st.sampled_from([None, "[3:14,1:12]"])),
+        biassec=draw(st.sampled_from([None, "[1:2,1:12]"])), raw_shape=(ny, nx + 2), inputs=inputs,
+        n_bias=draw(st.integers(0, 50)), n_dark=draw(st.integers(0, 50)), n_flat={n: 3 for n in names})
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(m=_masters())
+def test_any_masters_survive_a_write_read_round_trip(m: Masters, tmp_path: Path) -> None:
+    """Whatever the masters hold, reading the written bundle gives the same arrays, numbers and inputs."""
+    path = tmp_path / "rt.fits"
+    bundle_id = write_bundle(m, path)
+    back, read_id = read_bundle(path)
+    assert read_id == bundle_id
+    for name in ("bias_adu", "dark_adu_per_s", "dark_var_adu2_per_s2", "bad_pixels"):
+        a, b = getattr(m, name), getattr(back, name)
+        assert (a is None and b is None) or (np.array_equal(a, b) and b.dtype == a.dtype)
+    assert back.flats.keys() == m.flats.keys()
+    for name in m.flats:
+        np.testing.assert_array_equal(back.flats[name], m.flats[name])
+        assert back.flat_rel_var[name] == pytest.approx(m.flat_rel_var[name], rel=1e-10, abs=1e-300)
+    for key in ("gain_e_per_adu", "read_noise_e", "saturate_adu", "bias_var_adu2"):
+        assert getattr(back, key) == pytest.approx(getattr(m, key), rel=1e-12)
+    assert (back.noise_source, back.trimsec, back.biassec, back.raw_shape) == (m.noise_source, m.trimsec,
+                                                                                 m.biassec, m.raw_shape)
+    assert back.inputs == m.inputs
