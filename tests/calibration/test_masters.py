@@ -106,3 +106,21 @@ def test_no_pairs_and_no_header_noise_is_a_typed_error(tmp_path: Path, synth) ->
     synth.write_fits(tmp_path / "b.fits", np.full((32, 32), 300, np.uint16), IMAGETYP="zero", EXPTIME=0.0)
     with pytest.raises(CalibrationInputError, match="photon transfer needs"):
         build_masters(scan_folder(tmp_path))
+
+
+def test_build_logs_the_frames_it_leaves_out(tmp_path: Path, synth) -> None:
+    """A light frame in the calibration folder is left out of the masters and named in one log event."""
+    from structlog.testing import capture_logs
+
+    from calibration import build_bundle
+
+    det = synth.make_detector((32, 32))
+    synth.write_calibration_set(tmp_path / "cal", det, n_bias=2, n_dark=0, n_flat=2)
+    rng = np.random.default_rng(2)
+    synth.write_fits(tmp_path / "cal" / "m31_0001.fits", det.expose_adu(100.0, 5.0, rng), IMAGETYP="Light Frame",
+                     EXPTIME=5.0)
+    with capture_logs() as logs:
+        masters, _ = build_bundle(tmp_path / "cal", tmp_path / "b.fits")
+    skipped = [e for e in logs if e["event"] == "calib.frames_skipped"]
+    assert len(skipped) == 1 and skipped[0]["files"] == ["m31_0001.fits"] and skipped[0]["count"] == 1
+    assert "m31_0001.fits" not in {r.name for r in masters.inputs}
