@@ -1,6 +1,7 @@
 """Spool throughput: records/s made durable by Spool.put against a raw sqlite3 insert loop, same run.
 
-Both write the same records, one transaction per frame of ``--per-frame`` records, into a fresh
+Both write the same records (stamps: the 65 objects of the real NTT frame in
+../shared/data/real/sep-ntt, in turn), one transaction per frame of ``--per-frame`` records, into a fresh
 SQLite file in WAL mode with ``synchronous=FULL`` (one fsync per commit) in a temporary folder on
 the same disk. ``Spool.put`` encodes each record to msgpack, counts, checks the bound and
 commits; the raw loop inserts payloads encoded beforehand into a table with a primary key and
@@ -8,7 +9,7 @@ commits. Rounds alternate between the two so load changes hit both; each figure 
 (the machine is shared), the median is printed beside it. The last line prints the ratio of the
 best rounds.
 
-    .venv/bin/python bench/spool.py [--frames 100] [--per-frame 20] [--rounds 5]
+    .venv/bin/python bench/spool.py [--frames 100] [--per-frame 20] [--rounds 9]
 """
 
 from __future__ import annotations
@@ -19,18 +20,39 @@ import sqlite3
 import statistics
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
+from astropy.io import fits
+from astropy.utils.exceptions import AstropyUserWarning
 
 from edge.log import configure
-from edge.records import DownlinkRecord, compress_stamp, encode_msgpack, record_id
+from edge.records import CompressedStamp, DownlinkRecord, compress_stamp, encode_msgpack, record_id
 from edge.spool import Spool
+from edge.stamps import cut_stamps
+
+
+def real_stamps() -> list[CompressedStamp]:
+    """The compressed 2x32x32 stamps of the 65 catalogued objects of the real NTT frame."""
+    folder = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "sep-ntt"
+    planes = []
+    with warnings.catch_warnings():
+        # the file's non-standard ESO-LOG header cards warn on read; that is the file's, not ours
+        warnings.simplefilter("ignore", AstropyUserWarning)
+        for name in ("image.fits", "back.fits", "rms.fits"):
+            with fits.open(folder / name, memmap=False) as hdul:
+                planes.append(hdul[0].data.astype(np.float32))
+    image, back, rms = planes
+    cat = np.loadtxt(folder / "image.cat", comments="#")
+    stamps = cut_stamps(image - back, rms**2, None, cat[:, 1] - 1.0, cat[:, 2] - 1.0)
+    return [compress_stamp(s) for s in stamps]
 
 
 def make_records(n_frames: int, per_frame: int) -> list[list[DownlinkRecord]]:
-    """Frames of records with real-sized stamps (2x32x32, float16, zstd)."""
+    """Frames of records carrying the real NTT stamps in turn."""
     rng = np.random.default_rng(1)
+    stamps = real_stamps()
     frames = []
     for f in range(n_frames):
         batch = []
@@ -46,7 +68,7 @@ def make_records(n_frames: int, per_frame: int) -> list[list[DownlinkRecord]]:
                 snr=40.0, flux_e=8000.0, flux_err_e=200.0, a_px=2.0, b_px=1.5, theta_rad=0.4,
                 flags=0, new=False, reasons=("uncertain",), priority=float(-np.log10(p)),
                 policy_version=1, engine_id="cnn-1", calibration_id="bundle-1",
-                stamp=compress_stamp(np.arcsinh(rng.normal(size=(2, 32, 32)) * 3))))
+                stamp=stamps[(f * per_frame + i) % len(stamps)]))
         frames.append(batch)
     return frames
 
@@ -80,7 +102,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=100, help="transactions per round (default 100)")
     parser.add_argument("--per-frame", type=int, default=20, help="records per transaction (default 20)")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds per writer (default 5)")
+    parser.add_argument("--rounds", type=int, default=9, help="rounds per writer (default 9)")
     args = parser.parse_args()
     configure(level="warning")  # the spool's start-up lines would drown the figures
     print(f"load average before: {os.getloadavg()[0]:.2f} (cpus: {os.cpu_count()}), "

@@ -277,6 +277,10 @@ class FrameSummary:
 
 
 Message = DownlinkRecord | FrameSummary
+# field names in declaration order, looked up once: to_dict runs for every record spooled
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {
+    cls: tuple(f.name for f in fields(cls)) for cls in (DownlinkRecord, FrameSummary)
+}
 _KINDS: dict[str, type[DownlinkRecord] | type[FrameSummary]] = {
     "record": DownlinkRecord, "frame_summary": FrameSummary,
 }
@@ -284,18 +288,21 @@ _KINDS: dict[str, type[DownlinkRecord] | type[FrameSummary]] = {
 
 def to_dict(msg: Message, *, binary_stamp: bool = True) -> dict[str, Any]:
     """The wire map of a record or summary (``kind`` first); stamp data as bytes or base64 text."""
-    kind = "record" if isinstance(msg, DownlinkRecord) else "frame_summary"
-    out: dict[str, Any] = {"kind": kind}
-    for f in fields(msg):
-        value = getattr(msg, f.name)
-        if isinstance(value, CompressedStamp):
-            data: bytes | str = value.data if binary_stamp else base64.b64encode(value.data).decode("ascii")
-            value = {"codec": value.codec, "shape": list(value.shape), "data": data}
-        elif isinstance(value, tuple):
-            value = list(value)
-        elif isinstance(value, Mapping):
-            value = dict(value)
-        out[f.name] = value
+    is_record = isinstance(msg, DownlinkRecord)
+    out: dict[str, Any] = {"kind": "record" if is_record else "frame_summary"}
+    for name in _FIELD_NAMES[type(msg)]:
+        out[name] = getattr(msg, name)
+    if is_record:
+        out["probs"] = dict(out["probs"])
+        out["reasons"] = list(out["reasons"])
+        stamp = out["stamp"]
+        if stamp is not None:
+            data = stamp.data if binary_stamp else base64.b64encode(stamp.data).decode("ascii")
+            out["stamp"] = {"codec": stamp.codec, "shape": list(stamp.shape), "data": data}
+    else:
+        for name in ("by_class", "sent_by_reason", "timings_ms"):
+            out[name] = dict(out[name])
+        out["dropped_frames"] = list(out["dropped_frames"])
     return out
 
 

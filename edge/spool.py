@@ -33,12 +33,16 @@ log = get_logger(__name__)
 
 KINDS: tuple[str, ...] = ("record", "frame_summary")
 _SCHEMA_VERSION = 1
+# SQLite before 3.32 allows at most 999 parameters in one statement
+_IDS_PER_QUERY = 500
 _COUNTERS = tuple(f"{kind}.{what}" for kind in KINDS
                   for what in ("accepted", "acked", "evicted", "duplicates", "evicted_bytes"))
 
+# seq needs no AUTOINCREMENT: a new row always gets max(seq) + 1, so the order among equal
+# priorities (oldest first) holds even when SQLite reuses the number of a deleted last row
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER PRIMARY KEY,
     id TEXT NOT NULL UNIQUE,
     kind TEXT NOT NULL,
     priority REAL NOT NULL,
@@ -181,17 +185,22 @@ class Spool:
         pending_bytes = self._pending_bytes
         try:
             db.execute("BEGIN IMMEDIATE")
-            for item_id, kind, prio, size, payload in rows:
-                cur = db.execute("INSERT OR IGNORE INTO items (id, kind, priority, size_bytes, payload) "
-                                 "VALUES (?, ?, ?, ?, ?)", (item_id, kind, prio, size, payload))
-                if cur.rowcount == 0:
+            existing = self._existing([r[0] for r in rows])
+            fresh = []
+            for row in rows:
+                item_id, kind, size = row[0], row[1], row[3]
+                if item_id in existing:
                     duplicates.append(item_id)
                     delta[f"{kind}.duplicates"] += 1
                     continue
+                existing.add(item_id)
+                fresh.append(row)
                 accepted.append(item_id)
                 delta[f"{kind}.accepted"] += 1
                 pending_rows[kind] += 1
                 pending_bytes += size
+            db.executemany("INSERT INTO items (id, kind, priority, size_bytes, payload) "
+                           "VALUES (?, ?, ?, ?, ?)", fresh)
             while self._over(pending_rows, pending_bytes):
                 victim = db.execute(
                     "SELECT id, kind, size_bytes FROM items ORDER BY "
@@ -221,6 +230,15 @@ class Spool:
             log.warning("spool.evicted", count=len(evicted), pending_bytes=pending_bytes,
                         max_bytes=self.max_bytes, max_rows=self.max_rows)
         return PutResult(accepted=tuple(accepted), duplicates=tuple(duplicates), evicted=tuple(evicted))
+
+    def _existing(self, ids: list[str]) -> set[str]:
+        """Which of ``ids`` are spooled already (inside the caller's transaction)."""
+        found: set[str] = set()
+        for start in range(0, len(ids), _IDS_PER_QUERY):
+            chunk = ids[start:start + _IDS_PER_QUERY]
+            marks = ",".join("?" * len(chunk))
+            found.update(r[0] for r in self._db.execute(f"SELECT id FROM items WHERE id IN ({marks})", chunk))
+        return found
 
     def _check_open(self) -> None:
         if self._db is None:
