@@ -29,6 +29,12 @@ def build_bundle(folder: Path | str, out_path: Path | str, *, trust_header_gain:
     if skipped:
         log.info("calib.frames_skipped", folder=str(folder), count=len(skipped), files=skipped[:10])
     masters = build_masters(frames, trust_header_gain=trust_header_gain)
+    if trust_header_gain and masters.noise_source != "header":
+        log.warning("calib.header_gain_unavailable", folder=str(folder),
+                    detail="frames disagree on or lack GAIN/RDNOISE; measured by photon transfer instead")
+    elif not trust_header_gain and masters.noise_source == "header":
+        log.warning("calib.photon_transfer_unavailable", folder=str(folder),
+                    detail="fewer than two biases or two flats of one filter and exposure; used GAIN/RDNOISE")
     bundle_id = write_bundle(masters, out_path)
     return masters, bundle_id
 

@@ -106,13 +106,11 @@ class Calibrator:
     calls, so a pipeline running frames concurrently gives each worker its own Calibrator.
     """
 
-    def __init__(self, masters: Masters | None, *, bundle_id: str | None = None, threads: int = 1,
-                 source: str = "bundle") -> None:
+    def __init__(self, masters: Masters | None, *, bundle_id: str | None = None, threads: int = 1) -> None:
         if threads < 1:
             raise CalibrationInputError(f"threads={threads} must be at least 1", where="Calibrator")
         self.masters = masters
         self.bundle_id = bundle_id
-        self.source = source
         self.threads = threads
         self._pool = ThreadPoolExecutor(max_workers=threads) if threads > 1 else None
         self._offsets: OrderedDict[float, NDArray[np.float32]] = OrderedDict()
@@ -143,7 +141,7 @@ class Calibrator:
     @classmethod
     def without_bundle(cls, *, threads: int = 1) -> Calibrator:
         """A Calibrator with no masters: header GAIN/RDNOISE when present, else noise estimated per frame."""
-        return cls(None, threads=threads, source="none")
+        return cls(None, threads=threads)
 
     def close(self) -> None:
         """Stop the worker threads."""
@@ -236,10 +234,14 @@ class Calibrator:
             raise CalibrationInputError(f"frame has {raw.ndim} dimensions; expected a 2-D image", where=where)
         if raw.dtype.kind not in "uif":
             raise CalibrationInputError(f"frame dtype {raw.dtype} is neither integer nor float", where=where)
-        if exposure_s is None or not math.isfinite(float(exposure_s)) or float(exposure_s) < 0:
+        try:
+            seconds = float(exposure_s)
+        except (TypeError, ValueError):
+            seconds = math.nan
+        if not math.isfinite(seconds) or seconds < 0:
             raise CalibrationInputError(f"exposure_s={exposure_s!r} is not a finite, non-negative time; "
                                         "the frame needs EXPTIME", where=where)
-        exposure_s = float(exposure_s)
+        exposure_s = seconds
         if filter_name is None and header is not None:
             filter_name = header_filter(header)
         if self.masters is None:

@@ -163,7 +163,7 @@ def test_frame_of_the_wrong_shape_is_a_typed_error(calibrator, shape) -> None:
         calibrator.calibrate(np.zeros(shape, np.uint16), exposure_s=1.0, filter_name="r")
 
 
-@pytest.mark.parametrize("exposure", [float("nan"), -1.0, None])
+@pytest.mark.parametrize("exposure", [float("nan"), -1.0, None, "thirty"])
 def test_frame_without_a_usable_exposure_is_a_typed_error(calibrator, light, exposure) -> None:
     """A NaN, negative or missing exposure time raises CalibrationInputError asking for EXPTIME."""
     with pytest.raises(CalibrationInputError, match="EXPTIME"):
