@@ -364,3 +364,13 @@ def test_leap_second_and_nanosecond_times_are_accepted(make_frame: Any) -> None:
         msg = decode_message(_reheader(make_frame(), start_utc=t))
         assert isinstance(msg, Frame) and msg.header.start_utc == t
         assert msg.header.start_time.tzinfo is not None
+
+
+def test_package_exports_the_public_names() -> None:
+    """firmware_bridge's __all__ lists the sender, the receiver and every message type, all importable."""
+    import firmware_bridge
+
+    for name in ("FrameSender", "FrameReceiver", "Frame", "FrameHeader", "SeriesStart", "SeriesEnd",
+                 "Heartbeat", "Gap", "decode_message", "encode_frame"):
+        assert name in firmware_bridge.__all__
+    assert all(hasattr(firmware_bridge, name) for name in firmware_bridge.__all__)
