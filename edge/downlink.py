@@ -26,7 +26,7 @@ import zmq
 
 from edge.errors import RecordDecodeError, TransportError
 from edge.log import get_logger
-from edge.spool import Spool
+from edge.spool import Spool, SpooledItem
 
 __all__ = ["ACK", "DATA", "TAG", "Downlink", "DownlinkCounters", "decode_ack", "encode_ack",
            "ground_socket", "node_socket"]
@@ -37,6 +37,7 @@ TAG = b"astro-edge.downlink.1"
 DATA = b"data"
 ACK = b"ack"
 _HWM = 1000
+_FETCH = 32
 
 
 def node_socket(context: zmq.Context[Any], address: str) -> zmq.Socket[Any]:
@@ -210,22 +211,39 @@ class Downlink:
         if room <= 0:
             return 0
         self._refill()
+        total = 0
+        # fetch a few at a time: the budget usually stops the loop long before max_in_flight
+        while room > 0:
+            items = self.spool.pending(min(room, _FETCH))
+            if not items:
+                break
+            sent, stopped = self._send_items(items)
+            if sent:
+                self.spool.mark_in_flight(sent)
+            total += len(sent)
+            room -= len(sent)
+            if stopped:
+                break
+        return total
+
+    def _send_items(self, items: list[SpooledItem]) -> tuple[list[str], bool]:
+        """Send in order until a budget or the socket says stop; the ids sent, and whether it stopped."""
         sock = self._socket()
         sent: list[str] = []
-        for item in self.spool.pending(room):
+        for item in items:
             size = len(item.payload)
             if self._window_left is not None and size > self._window_left:
                 self._n["window_exhausted"] += 1
-                break
+                return sent, True
             # a message larger than the bucket goes when the bucket is full, so nothing starves
             if self._tokens < min(size, self.budget_bytes_per_s):
                 self._n["budget_waits"] += 1
-                break
+                return sent, True
             try:
                 sock.send_multipart([TAG, DATA, item.payload], flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 self._n["send_blocked"] += 1
-                break
+                return sent, True
             self._tokens -= size
             if self._window_left is not None:
                 self._window_left -= size
@@ -236,9 +254,7 @@ class Downlink:
                 self._n["retries"] += 1
             self._deadlines[item.id] = self._clock() + self.ack_timeout_s
             sent.append(item.id)
-        if sent:
-            self.spool.mark_in_flight(sent)
-        return len(sent)
+        return sent, False
 
     def counters(self) -> DownlinkCounters:
         """A snapshot of the counters."""

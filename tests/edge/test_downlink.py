@@ -237,3 +237,18 @@ def test_in_flight_messages_are_bounded(tmp_path: Path, ctx: zmq.Context[Any],
             dl.pump(10)
         receive(sock, 4)
         assert dl.counters().in_flight == 4 and len(spool.pending(100)) == 6
+
+
+def test_one_pump_sends_everything_the_budget_allows(tmp_path: Path, ctx: zmq.Context[Any],
+                                                     raw_ground: tuple[zmq.Socket[Any], str],
+                                                     rng: np.random.Generator) -> None:
+    """With room in the budget and the in-flight bound, a single pump sends the whole backlog in priority order."""
+    sock, address = raw_ground
+    recs = [make_record(1, i, float(rng.random()), rng) for i in range(100)]
+    with Spool(tmp_path / "s.sqlite") as spool, \
+            Downlink(spool, address, context=ctx, budget_bytes_per_s=10_000_000) as dl:
+        spool.put(recs)
+        wait_connected(dl, spool)
+        assert dl.counters().sent == 100
+        got = ids_of(receive(sock, 100))
+    assert got == [r.record_id for r in sorted(recs, key=lambda r: -r.priority)]
