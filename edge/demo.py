@@ -150,7 +150,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         thread.join(30)
         rx.close()
-        ctx.term()
+        if not thread.is_alive():  # a stuck DAQ thread still owns a socket; term() would wait on it
+            ctx.term()
     if errors:
         raise errors[0]
     c = rx.counters
