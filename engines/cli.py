@@ -50,12 +50,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--design", choices=["shared", "independent"], default="shared",
                    help="ensemble design: one trunk with K heads, or K independent members (default: shared)")
     p.add_argument("--members", type=int, default=4, help="ensemble size K (default: 4)")
-    p.add_argument("--frame-size", type=int, default=1024, help="twin frame side in pixels (default: 1024)")
-    p.add_argument("--train-frames", type=int, default=24, help="twin frames for training (default: 24)")
-    p.add_argument("--calib-frames", type=int, default=8,
-                   help="held-out twin frames for temperature, entropy weight and conformal set (default: 8)")
-    p.add_argument("--eval-frames", type=int, default=8, help="fresh twin frames for evaluation (default: 8)")
-    p.add_argument("--epochs", type=int, default=8, help="training epochs (default: 8)")
+    p.add_argument("--frame-size", type=int, default=512, help="twin frame side in pixels (default: 512)")
+    p.add_argument("--train-frames", type=int, default=240, help="twin frames for training (default: 240)")
+    p.add_argument("--calib-frames", type=int, default=80,
+                   help="held-out twin frames for temperature, entropy weight and conformal set (default: 80)")
+    p.add_argument("--eval-frames", type=int, default=80, help="fresh twin frames for evaluation (default: 80)")
+    p.add_argument("--epochs", type=int, default=12, help="training epochs (default: 12)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default: 2)")
     p.add_argument("--no-real", action="store_true", help="skip the real-data confusion in the model card")
     p.set_defaults(func=_train)
