@@ -1,8 +1,9 @@
 """The node's own ``astro-edge`` subcommands: ``ground`` (the ground receiver).
 
 Light on purpose: argparse only at import; the receiver, pyzmq and astropy are imported inside
-the handlers, so ``astro-edge --help`` stays fast. The node's ``run`` and ``process`` subcommands
-register here too, beside ``ground``, each with its own ``_add_*`` function.
+the handlers, so ``astro-edge --help`` stays fast. Each subcommand has its own ``_add_*``
+function, called from :func:`register`, so the node's other subcommands (``run``, ``process``)
+slot in beside ``ground``.
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@ For each batch of messages it decodes every one (a malformed message is counted 
 and not acknowledged), appends the new records to ``OUT/downlink.jsonl`` and the frame summaries to
 ``OUT/frames.jsonl`` with ``received_time`` added, flushes and fsyncs both files, and only then
 acknowledges the batch's ids, duplicates included. Ids already in the files when it starts count
-as seen, so a restarted ground still drops duplicates. ``OUT/downlink.fits`` (astropy table, one
+as seen, so a restarted ground still drops duplicates; a last line a crash left without its
+newline is cut first. A batch that cannot be stored (disk full) is cut back out of the files and
+not acknowledged. ``OUT/downlink.fits`` (astropy table, one
 row per record, stamps only in the JSON lines) is rewritten from ``downlink.jsonl`` every
 ``fits_interval_s`` seconds and when the receiver closes, written to a temporary file and renamed.
 
