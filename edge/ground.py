@@ -6,9 +6,9 @@ and not acknowledged), appends the new records to ``OUT/downlink.jsonl`` and the
 acknowledges the batch's ids, duplicates included. Ids already in the files when it starts count
 as seen, so a restarted ground still drops duplicates; a last line a crash left without its
 newline is cut first. A batch that cannot be stored (disk full) is cut back out of the files and
-not acknowledged. ``OUT/downlink.fits`` (astropy table, one
-row per record, stamps only in the JSON lines) is rewritten from ``downlink.jsonl`` every
-``fits_interval_s`` seconds and when the receiver closes, written to a temporary file and renamed.
+not acknowledged. ``OUT/downlink.fits`` (astropy table, one row per record, stamps only in the
+JSON lines) is rewritten from ``downlink.jsonl`` every ``fits_interval_s`` seconds and when the
+receiver closes, written to a temporary file and renamed.
 
 This module owns the ground's socket and files; it never touches the node's spool.
 """
