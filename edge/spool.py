@@ -35,6 +35,8 @@ KINDS: tuple[str, ...] = ("record", "frame_summary")
 _SCHEMA_VERSION = 1
 # SQLite before 3.32 allows at most 999 parameters in one statement
 _IDS_PER_QUERY = 500
+# victims read per query when the spool is over its bound (one put usually evicts a frame's worth)
+_EVICT_CHUNK = 64
 _COUNTERS = tuple(f"{kind}.{what}" for kind in KINDS
                   for what in ("accepted", "acked", "evicted", "duplicates", "evicted_bytes"))
 
@@ -201,20 +203,26 @@ class Spool:
                 pending_bytes += size
             db.executemany("INSERT INTO items (id, kind, priority, size_bytes, payload) "
                            "VALUES (?, ?, ?, ?, ?)", fresh)
-            while self._over(pending_rows, pending_bytes):
-                victim = db.execute(
-                    "SELECT id, kind, size_bytes FROM items ORDER BY "
-                    "id IN (SELECT id FROM temp.in_flight) ASC, priority ASC, seq DESC LIMIT 1"
-                ).fetchone()
-                if victim is None:
-                    break
-                vid, vkind, vsize = victim
-                db.execute("DELETE FROM items WHERE id = ?", (vid,))
-                evicted.append(vid)
-                delta[f"{vkind}.evicted"] += 1
-                delta[f"{vkind}.evicted_bytes"] += int(vsize)
-                pending_rows[vkind] -= 1
-                pending_bytes -= int(vsize)
+            # messages not in flight go first; in-flight ones only when nothing else is left
+            for clause in ("NOT IN", "IN"):
+                while self._over(pending_rows, pending_bytes):
+                    victims = db.execute(
+                        f"SELECT id, kind, size_bytes FROM items WHERE id {clause} "
+                        "(SELECT id FROM temp.in_flight) ORDER BY priority ASC, seq DESC LIMIT ?",
+                        (_EVICT_CHUNK,)).fetchall()
+                    if not victims:
+                        break
+                    gone = []
+                    for vid, vkind, vsize in victims:
+                        if not self._over(pending_rows, pending_bytes):
+                            break
+                        gone.append((vid,))
+                        evicted.append(vid)
+                        delta[f"{vkind}.evicted"] += 1
+                        delta[f"{vkind}.evicted_bytes"] += int(vsize)
+                        pending_rows[vkind] -= 1
+                        pending_bytes -= int(vsize)
+                    db.executemany("DELETE FROM items WHERE id = ?", gone)
             self._bump(delta)
             db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                            [(f"checkpoint.{k}", str(v)) for k, v in checkpoint.items()])
