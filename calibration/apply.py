@@ -118,6 +118,7 @@ class Calibrator:
         self._filters: dict[str, _FilterTerms] = {}
         self._scratch: dict[tuple[int, int], list[tuple[NDArray[np.float32], NDArray[np.bool_]]]] = {}
         self._trim = self._bsec = None
+        self._strip_bufs: tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_]] | None = None
         if masters is not None:
             if masters.trimsec is not None:
                 self._trim = parse_section(masters.trimsec, where=f"bundle {bundle_id} TRIMSEC")
@@ -224,6 +225,35 @@ class Calibrator:
             self._scratch = {shape: bufs}
         return bufs
 
+    def _overscan_level(self, strip: NDArray[Any]) -> float:
+        """Clipped mean of an overscan strip, in buffers kept between frames (no per-frame allocation).
+
+        A mean, not a median: integer ADU make a median jump in steps of 0.5 ADU. Values more than
+        5 robust sigmas from the median (a cosmic ray in the overscan) are left out first.
+        """
+        bufs = self._strip_bufs
+        if bufs is None or bufs[0].shape != strip.shape:
+            bufs = (np.empty(strip.shape), np.empty(strip.shape), np.empty(strip.shape, bool))
+            self._strip_bufs = bufs
+        values, work, keep = bufs
+        np.copyto(values, strip, casting="unsafe")
+        flat_work = work.reshape(-1)
+        np.copyto(work, values)
+        k = flat_work.size // 2
+        flat_work.partition(k)
+        centre = float(flat_work[k])
+        np.subtract(values, centre, out=work)
+        np.abs(work, out=work)
+        flat_work.partition(k)
+        spread = 1.4826 * float(flat_work[k])
+        if spread == 0.0:
+            spread = float(values.std())
+        np.subtract(values, centre, out=work)
+        np.abs(work, out=work)
+        np.less_equal(work, 5.0 * spread, out=keep)
+        n = int(np.count_nonzero(keep))
+        return float(np.sum(values, where=keep) / n) if n else centre
+
     # the per-frame path ---------------------------------------------------------------------
     def calibrate(self, raw: NDArray[Any], *, exposure_s: float, filter_name: str | None = None,
                   header: Mapping[str, Any] | None = None, out: CalibratedFrame | None = None) -> CalibratedFrame:
@@ -253,7 +283,7 @@ class Calibrator:
         elif raw.shape == m.raw_shape and self._trim is not None:
             view = raw[self._trim]
             if self._bsec is not None:
-                level = float(raw[self._bsec].mean(dtype=np.float64))
+                level = self._overscan_level(raw[self._bsec])
         else:
             raise CalibrationInputError(
                 f"frame shape {raw.shape[0]}x{raw.shape[1]} matches neither the bundle's trimmed "
@@ -284,7 +314,7 @@ class Calibrator:
             if "BIASSEC" in header:
                 bsec = parse_section(str(header["BIASSEC"]), where=f"{where} BIASSEC")
                 check_section_fits(bsec, raw.shape, key="BIASSEC", where=where)
-                level = float(raw[bsec].mean(dtype=np.float64))
+                level = self._overscan_level(raw[bsec])
             else:
                 level = header_float(header, "BIASLEV", where=where) or 0.0
         noise = header_noise(header, where=where)
