@@ -250,3 +250,20 @@ def test_without_header_noise_the_background_noise_is_estimated(rng: np.random.G
     background[115:135, 115:135] = False
     assert abs(float(np.median(f.variance_e2[background])) / sigma ** 2 - 1) < 0.1
     assert f.variance_e2[125, 125] > 5000.0
+
+
+def test_real_m13_frame_without_header_noise_agrees_with_sep_background(real_data: Path) -> None:
+    """On the raw M13 frame (no GAIN/RDNOISE) the estimated background level and noise agree with sep's within 10 %."""
+    import sep
+
+    with fits.open(real_data / "m13-raw" / "M13_blue_0001.fits") as hdul:
+        raw, header = hdul[0].data, hdul[0].header
+    with Calibrator.without_bundle() as cal:
+        f = cal.calibrate(raw, exposure_s=header["EXPTIME"], header=header)
+    peer = sep.Background(raw.astype(np.float32))
+    assert f.noise_model == "estimated" and f.gain_e_per_adu == 1.0
+    assert abs(f.read_noise_e / peer.globalrms - 1) < 0.10
+    background = np.abs(f.image_e - peer.globalback) < 3 * peer.globalrms
+    assert background.mean() > 0.8
+    assert abs(float(np.median(f.variance_e2[background])) / peer.globalrms ** 2 - 1) < 0.2
+    assert not f.mask.any()
