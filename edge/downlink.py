@@ -130,6 +130,8 @@ class Downlink:
         self._window_left: int | None = None
         self.open_window(contact_window_bytes)
         self._deadlines: dict[str, float] = {}
+        # logged once when sends start being refused (no ground connected, queue full) and once when they resume
+        self._blocked = False
         self._timed_out: set[str] = set()
         self._n = dict.fromkeys(("sent", "sent_bytes", "retries", "acked", "ack_unknown", "timeouts",
                                  "budget_waits", "window_exhausted", "send_blocked",
@@ -138,6 +140,7 @@ class Downlink:
     def open_window(self, contact_window_bytes: int) -> None:
         """Start a contact window of ``contact_window_bytes`` (0: no window limit)."""
         self._window_left = None if contact_window_bytes == 0 else int(contact_window_bytes)
+        self._window_logged = False
 
     @property
     def window_left_bytes(self) -> int | None:
@@ -234,6 +237,10 @@ class Downlink:
             size = len(item.payload)
             if self._window_left is not None and size > self._window_left:
                 self._n["window_exhausted"] += 1
+                if not self._window_logged:
+                    self._window_logged = True
+                    log.info("downlink.window_exhausted", window_left_bytes=self._window_left,
+                             pending=len(self.spool))
                 return sent, True
             # a message larger than the bucket goes when the bucket is full, so nothing starves
             if self._tokens < min(size, self.budget_bytes_per_s):
@@ -243,7 +250,13 @@ class Downlink:
                 sock.send_multipart([TAG, DATA, item.payload], flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 self._n["send_blocked"] += 1
+                if not self._blocked:
+                    self._blocked = True
+                    log.warning("downlink.blocked", address=self.address, pending=len(self.spool))
                 return sent, True
+            if self._blocked:
+                self._blocked = False
+                log.info("downlink.unblocked", address=self.address)
             self._tokens -= size
             if self._window_left is not None:
                 self._window_left -= size

@@ -137,10 +137,13 @@ def test_contact_window_caps_the_bytes_until_a_new_window_opens(
         size = len(spool.pending(1)[0].payload)
         with Downlink(spool, address, context=ctx, budget_bytes_per_s=100 * size,
                       contact_window_bytes=2 * size + 10) as dl:
-            wait_connected(dl, spool)
-            receive(sock, 2)
-            dl.pump(0)
-            assert dl.counters().window_exhausted >= 1 and dl.counters().sent == 2
+            with capture_logs() as logs:
+                wait_connected(dl, spool)
+                receive(sock, 2)
+                dl.pump(0)
+                dl.pump(0)
+            assert dl.counters().window_exhausted >= 2 and dl.counters().sent == 2
+            assert [e["event"] for e in logs].count("downlink.window_exhausted") == 1
             assert dl.window_left_bytes is not None and dl.window_left_bytes < size
             dl.open_window(0)
             dl.pump(0)
@@ -190,16 +193,20 @@ def test_dead_ground_keeps_records_spooled_until_it_comes_up(
     recs = [make_record(0, i, float(i), rng) for i in range(10)]
     with Spool(tmp_path / "s.sqlite") as spool, Downlink(spool, address, context=ctx) as dl:
         spool.put(recs)
-        for _ in range(5):
-            dl.pump(10)
+        with capture_logs() as logs:
+            for _ in range(5):
+                dl.pump(10)
         c = dl.counters()
         assert c.sent == 0 and c.send_blocked >= 5 and len(spool) == 10
-        with GroundReceiver(address, tmp_path / "out", context=ctx) as ground:
+        blocked = [e for e in logs if e["event"] == "downlink.blocked"]
+        assert len(blocked) == 1 and blocked[0]["pending"] == 10  # once, not once per pump
+        with GroundReceiver(address, tmp_path / "out", context=ctx) as ground, capture_logs() as logs:
             end = time.monotonic() + 10
             while len(spool) and time.monotonic() < end:
                 dl.pump(5)
                 ground.poll(5)
             assert ground.counters().records == 10
+        assert [e["event"] for e in logs].count("downlink.unblocked") == 1
         assert len(spool) == 0 and spool.counters().acked["record"] == 10
 
 
