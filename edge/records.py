@@ -337,18 +337,16 @@ def from_dict(data: Any) -> Message:
 
 def _from_dict_v1(cls: type[DownlinkRecord] | type[FrameSummary], data: Mapping[str, Any]) -> Message:
     where = str(data.get("record_id") or f"{data.get('kind')} of frame {data.get('frame')!r}")
-    names = {f.name for f in fields(cls)}
-    extra = set(data) - names - {"kind"} - set(GROUND_FIELDS)
+    names = _FIELD_NAMES[cls]
+    extra = set(data) - set(names) - {"kind"} - set(GROUND_FIELDS)
     if extra:
-        raise RecordFieldError(f"unknown fields {sorted(extra)}", where=where)
+        raise RecordFieldError(f"unknown fields {sorted(map(str, extra))}", where=where)
     values = {k: v for k, v in data.items() if k in names}
+    sequence = "reasons" if cls is DownlinkRecord else "dropped_frames"
+    if sequence in values and not isinstance(values[sequence], (list, tuple)):
+        raise RecordFieldError(f"{sequence} must be a list", where=where)
     if cls is DownlinkRecord:
         values["stamp"] = _stamp_from(values.get("stamp"), where)
-        for name in ("reasons",):
-            if name in values and not isinstance(values[name], (list, tuple)):
-                raise RecordFieldError(f"{name} must be a list", where=where)
-    elif "dropped_frames" in values and not isinstance(values["dropped_frames"], (list, tuple)):
-        raise RecordFieldError("dropped_frames must be a list", where=where)
     try:
         return cls(**values)
     except TypeError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import warnings
@@ -16,7 +17,7 @@ from astropy.utils.exceptions import AstropyUserWarning
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.errors import RecordDecodeError, RecordFieldError, RecordVersionError
+from edge.errors import RecordDecodeError, RecordError, RecordFieldError, RecordVersionError
 from edge.records import (
     REASONS,
     DownlinkRecord,
@@ -234,3 +235,28 @@ def test_corrupt_stamp_data_is_a_decode_error(real_data: Path) -> None:
     wrong_shape = type(rec.stamp)(shape=(3, 32, 32), data=rec.stamp.data)
     with pytest.raises(RecordDecodeError):
         wrong_shape.decompress()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_arbitrary_bytes_never_escape_as_untyped_errors(payload: bytes) -> None:
+    """Whatever bytes arrive, decoding either yields a message or raises a RecordError."""
+    with contextlib.suppress(RecordError):
+        decode_msgpack(payload)
+
+
+junk_values = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=5),
+                        st.binary(max_size=5), st.lists(st.integers(), max_size=3),
+                        st.dictionaries(st.text(max_size=3), st.integers(), max_size=3))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_valid_records_with_one_field_spoiled_raise_typed_errors(data: st.DataObject) -> None:
+    """Replacing any field of a valid record with a value of another type gives a RecordError or a valid record."""
+    rec = data.draw(records())
+    wire = to_dict(rec)
+    key = data.draw(st.sampled_from(sorted(wire)))
+    wire[key] = data.draw(junk_values)
+    with contextlib.suppress(RecordError):
+        decode_msgpack(msgpack.packb(wire, use_bin_type=True))
