@@ -57,6 +57,8 @@ NOISE_MODELS: tuple[str, ...] = ("bundle", "header", "estimated")
 GROUND_FIELDS: tuple[str, ...] = ("received_time",)
 STAMP_CODEC = "zstd-float16-le"
 _ZSTD_LEVEL = 3
+# integers travel as int64 (msgpack, SQLite, FITS columns)
+_INT_MAX = 2**63 - 1
 # a stamp larger than this is not a stamp: refuse it before decompressing
 _MAX_STAMP_VALUES = 1 << 20
 
@@ -119,11 +121,15 @@ def _check_finite(obj: Any, names: tuple[str, ...], where: str) -> None:
             raise RecordFieldError(f"{name} must be a finite number, got {value!r}", where=where)
 
 
-def _check_int(obj: Any, names: tuple[str, ...], where: str, minimum: int = 0) -> None:
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _INT_MAX
+
+
+def _check_int(obj: Any, names: tuple[str, ...], where: str) -> None:
     for name in names:
         value = getattr(obj, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise RecordFieldError(f"{name} must be an integer >= {minimum}, got {value!r}", where=where)
+        if not _is_count(value):
+            raise RecordFieldError(f"{name} must be an integer in [0, 2**63), got {value!r}", where=where)
 
 
 def _check_str(obj: Any, names: tuple[str, ...], where: str) -> None:
@@ -249,8 +255,7 @@ class FrameSummary:
         for name in ("by_class", "sent_by_reason"):
             value = getattr(self, name)
             if not isinstance(value, Mapping) or not all(
-                    isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
-                    for k, v in value.items()):
+                    isinstance(k, str) and _is_count(v) for k, v in value.items()):
                 raise RecordFieldError(f"{name} must map names to counts >= 0", where=where)
             object.__setattr__(self, name, dict(value))
         if not isinstance(self.timings_ms, Mapping) or not all(
@@ -258,7 +263,7 @@ class FrameSummary:
                 and math.isfinite(v) for k, v in self.timings_ms.items()):
             raise RecordFieldError("timings_ms must map stage names to finite ms", where=where)
         dropped = tuple(self.dropped_frames)
-        if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in dropped):
+        if not all(_is_count(s) for s in dropped):
             raise RecordFieldError("dropped_frames must be sequence numbers >= 0", where=where)
         if self.version != RECORD_VERSION:
             raise RecordVersionError(f"this class is summary version {RECORD_VERSION}, not {self.version}",

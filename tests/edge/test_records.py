@@ -211,7 +211,7 @@ def test_records_refuse_values_that_break_the_contract(real_data: Path) -> None:
     fields.pop("kind")
     fields["stamp"] = rec.stamp
     for bad in ({"snr": float("nan")}, {"reasons": ("interesting",)}, {"ra": 10.0},
-                {"frame": -1}, {"new": 1}, {"probs": {"star": "high"}}):
+                {"frame": -1}, {"frame": 2**63}, {"new": 1}, {"probs": {"star": "high"}}):
         with pytest.raises(RecordFieldError):
             DownlinkRecord(**{**fields, **bad})
 
@@ -245,9 +245,9 @@ def test_arbitrary_bytes_never_escape_as_untyped_errors(payload: bytes) -> None:
         decode_msgpack(payload)
 
 
-junk_values = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=5),
-                        st.binary(max_size=5), st.lists(st.integers(), max_size=3),
-                        st.dictionaries(st.text(max_size=3), st.integers(), max_size=3))
+junk_values = st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**64 - 1), st.floats(), st.text(max_size=5),
+                        st.binary(max_size=5), st.lists(st.integers(-2**63, 2**64 - 1), max_size=3),
+                        st.dictionaries(st.text(max_size=3), st.integers(-2**63, 2**64 - 1), max_size=3))
 
 
 @settings(max_examples=300, deadline=None)
