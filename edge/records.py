@@ -332,9 +332,9 @@ def from_dict(data: Any) -> Message:
     if not isinstance(data, Mapping):
         raise RecordDecodeError(f"a downlink message is a map, not {type(data).__name__}")
     kind, version = data.get("kind"), data.get("version")
-    if kind not in _KINDS:
+    if not isinstance(kind, str) or kind not in _KINDS:
         raise RecordVersionError(f"unknown kind {kind!r}; this reader speaks {sorted(_KINDS)}")
-    if version != RECORD_VERSION:
+    if type(version) is not int or version != RECORD_VERSION:
         raise RecordVersionError(f"{kind} version {version!r} is not {RECORD_VERSION}; "
                                  "upgrade the reader to read it")
     return _from_dict_v1(_KINDS[kind], data)
