@@ -346,12 +346,15 @@ def _from_dict_v1(cls: type[DownlinkRecord] | type[FrameSummary], data: Mapping[
     extra = set(data) - set(names) - {"kind"} - set(GROUND_FIELDS)
     if extra:
         raise RecordFieldError(f"unknown fields {sorted(map(str, extra))}", where=where)
+    missing = [n for n in names if n not in data]
+    if missing:
+        raise RecordFieldError(f"missing fields {missing}", where=where)
     values = {k: v for k, v in data.items() if k in names}
     sequence = "reasons" if cls is DownlinkRecord else "dropped_frames"
     if sequence in values and not isinstance(values[sequence], (list, tuple)):
         raise RecordFieldError(f"{sequence} must be a list", where=where)
     if cls is DownlinkRecord:
-        values["stamp"] = _stamp_from(values.get("stamp"), where)
+        values["stamp"] = _stamp_from(values["stamp"], where)
     try:
         return cls(**values)
     except TypeError as exc:
