@@ -507,6 +507,7 @@ def classify_real(real_dir: Any, run: Any, constants: ScoringConstants, alpha: f
     from pathlib import Path
 
     from astropy.io import fits
+    from astropy.utils.exceptions import AstropyUserWarning
 
     from edge.stamps import cut_stamps
 
@@ -526,8 +527,9 @@ def classify_real(real_dir: Any, run: Any, constants: ScoringConstants, alpha: f
 
     ntt = real_dir / "sep-ntt"
     with warnings.catch_warnings():
-        # the NTT header's non-standard ESO-LOG cards are the file's, not ours
-        warnings.simplefilter("ignore", fits.verify.VerifyWarning)
+        # the NTT header's non-standard ESO-LOG cards are the file's, not ours (astropy reports
+        # them as a plain AstropyUserWarning)
+        warnings.simplefilter("ignore", AstropyUserWarning)
         image = fits.getdata(ntt / "image.fits").astype(np.float32)
         back = fits.getdata(ntt / "back.fits").astype(np.float32)
         rms = fits.getdata(ntt / "rms.fits").astype(np.float32)

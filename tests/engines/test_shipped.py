@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -11,7 +13,7 @@ from engines.dataset import CLASSES, UNKNOWN, twin_stamp_set
 from engines.manifest import load_manifest
 from engines.runtime import load_engine
 from engines.scoring import auroc, expected_calibration_error, score
-from engines.train import TrainSettings, training_twin_config
+from engines.train import TrainSettings, classify_real, training_twin_config
 from twin import ANOMALY_FAMILIES
 
 #: a seed none of the engine's sets used (they use the training seed + 0 .. 5)
@@ -70,3 +72,14 @@ def test_shipped_engine_reproduces_its_figures_on_a_fresh_twin_set() -> None:
     for family in ANOMALY_FAMILIES:
         area = auroc(s.anomaly_score[known], s.anomaly_score[data.family == family])
         assert area >= max(0.65, reported["families"][family]["auroc"] - 0.06), family
+
+
+def test_real_frame_figures_in_the_manifest_reproduce(real_data: Path) -> None:
+    """Classifying the real NTT objects (FLAGS == 0) and the two GMOS cosmic rays gives what the model card reports."""
+    m = load_manifest(DEFAULT_MODEL_DIR)
+    with load_engine(DEFAULT_MODEL_DIR, backend="onnxruntime", precision="fp32") as engine:
+        result = classify_real(real_data, engine.infer, m.scoring)
+    assert result["sep-ntt"]["n"] == 53 and result["gmos-cr"]["n"] == 2
+    for key in ("sep-ntt", "gmos-cr"):
+        assert result[key]["predicted"] == m.evaluation["real_data"][key]["predicted"]
+        assert result[key]["correct_fraction"] == pytest.approx(m.evaluation["real_data"][key]["correct_fraction"])
