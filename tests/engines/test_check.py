@@ -68,3 +68,12 @@ def test_check_refuses_a_corrupt_engine_file(tmp_path: Path) -> None:
         fh.write(b"\x00\x01\x02\x03")
     with pytest.raises(EngineIntegrityError, match="sha256"):
         check_engine(folder)
+
+
+def test_check_through_the_command_line_passes_on_the_shipped_engine(capsys: pytest.CaptureFixture[str]) -> None:
+    """`astro-edge engines check` exits 0 and prints one passing line per ONNX file of the shipped engine."""
+    from edge.cli import main
+
+    assert main(["engines", "check"]) == 0
+    out = capsys.readouterr().out
+    assert out.count(" pass") == 3 and "FAIL" not in out

@@ -48,3 +48,13 @@ def test_finetune_writes_a_new_verified_engine(tmp_path: Path) -> None:
     assert ft["heldout_n"] == round(0.2 * len(data))
     assert ft["heldout_accuracy"] > 0.8
     assert "## Fine-tuning" in again.path("MODEL_CARD.md").read_text()
+
+
+def test_finetune_command_with_a_missing_labels_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`astro-edge engines finetune` with a labels file that does not exist stops with exit code 2 and names it."""
+    from edge.cli import main
+
+    code = main(["engines", "finetune", "--from", str(DEFAULT_MODEL_DIR / "manifest.json"),
+                 "--labels", str(tmp_path / "none.npz"), "--out", str(tmp_path / "ft")])
+    assert code == 2
+    assert "none.npz" in capsys.readouterr().err

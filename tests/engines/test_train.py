@@ -99,3 +99,12 @@ def test_train_engine_writes_a_verified_engine_folder(tmp_path: Path) -> None:
         assert 0.0 <= m.evaluation[precision]["accuracy_snr10"] <= 1.0
     card = m.path("MODEL_CARD.md").read_text()
     assert f"{m.evaluation['fp32']['accuracy_snr10']:.4f}" in card
+
+
+def test_train_command_refuses_bad_sizes_with_exit_code_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`astro-edge engines train` with a frame too small for stamps stops with exit code 2 and says why."""
+    from edge.cli import main
+
+    assert main(["engines", "train", "--out", str(tmp_path / "e"), "--frame-size", "64"]) == 2
+    assert "--frame-size" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
