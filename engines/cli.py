@@ -57,7 +57,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--eval-frames", type=int, default=80, help="fresh twin frames for evaluation (default: 80)")
     p.add_argument("--epochs", type=int, default=12, help="training epochs (default: 12)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default: 2)")
-    p.add_argument("--no-real", action="store_true", help="skip the real-data confusion in the model card")
+    p.add_argument("--real-data", type=Path, default=None,
+                   help="folder of the real frames to classify for the model card "
+                        "(default: ../shared/data/real beside the checkout, when present)")
+    p.add_argument("--no-real", action="store_true", help="skip the real-frame classification")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("build", help="measure each precision on this device and write a build manifest")

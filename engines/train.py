@@ -659,9 +659,10 @@ def train_command(args: Any) -> int:
     if not args.no_real:
         from pathlib import Path
 
-        real = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "real"
-        if not real.is_dir():
-            real = None
+        beside = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "real"
+        real = args.real_data if args.real_data is not None else (beside if beside.is_dir() else None)
+        if real is not None and not Path(real).is_dir():
+            raise ConfigError(f"{real} is not a folder of real frames", where="--real-data")
     command = "astro-edge " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "astro-edge engines train"
     written = train_engine(args.out, settings, name=args.name, version=args.version, command=command,
                            real_data=real, log=get_logger("engines.train"))
