@@ -55,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--calib-frames", type=int, default=80,
                    help="held-out twin frames for temperature, entropy weight and conformal set (default: 80)")
     p.add_argument("--eval-frames", type=int, default=80, help="fresh twin frames for evaluation (default: 80)")
-    p.add_argument("--epochs", type=int, default=12, help="training epochs (default: 12)")
+    p.add_argument("--epochs", type=int, default=16, help="training epochs (default: 16)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default: 2)")
     p.add_argument("--real-data", type=Path, default=None,
                    help="folder of the real frames to classify for the model card "

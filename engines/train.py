@@ -58,7 +58,7 @@ class TrainSettings:
     n_train_frames: int = 240
     n_calib_frames: int = 80
     n_eval_frames: int = 80
-    epochs: int = 12
+    epochs: int = 16
     batch_size: int = 256
     learning_rate: float = 3e-3
     weight_decay: float = 1e-4
