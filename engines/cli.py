@@ -50,6 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--design", choices=["shared", "independent"], default="shared",
                    help="ensemble design: one trunk with K heads, or K independent members (default: shared)")
     p.add_argument("--members", type=int, default=4, help="ensemble size K (default: 4)")
+    p.add_argument("--widths", default="16,32,64",
+                   help="channels of the three conv blocks, comma-separated (default: 16,32,64)")
     p.add_argument("--frame-size", type=int, default=512, help="twin frame side in pixels (default: 512)")
     p.add_argument("--train-frames", type=int, default=240, help="twin frames for training (default: 240)")
     p.add_argument("--calib-frames", type=int, default=80,

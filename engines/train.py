@@ -648,13 +648,20 @@ def train_command(args: Any) -> int:
 
     if args.members < 1 or args.epochs < 1 or min(args.train_frames, args.calib_frames, args.eval_frames) < 1:
         raise ConfigError("members, epochs and frame counts must be at least 1", where="engines train")
+    try:
+        widths = tuple(int(w) for w in args.widths.split(","))
+    except ValueError:
+        widths = ()
+    if len(widths) != 3 or min(widths) < 1:
+        raise ConfigError(f"--widths {args.widths!r} must be three positive integers like 16,32,64",
+                          where="--widths")
     if args.frame_size < 128:
         raise ConfigError(f"--frame-size {args.frame_size} is too small for 32 px stamps; use >= 128",
                           where="--frame-size")
     settings = TrainSettings(seed=args.seed, frame_size_px=args.frame_size, n_train_frames=args.train_frames,
                              n_calib_frames=args.calib_frames, n_eval_frames=args.eval_frames,
                              epochs=args.epochs, threads=args.threads,
-                             spec=ModelSpec(n_members=args.members, design=args.design))
+                             spec=ModelSpec(n_members=args.members, design=args.design, widths=widths))
     real = None
     if not args.no_real:
         from pathlib import Path
