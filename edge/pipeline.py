@@ -82,7 +82,7 @@ class Pipeline:
         self.seed = seed
         self._clock = clock
         self._now = now
-        self._calibrated: Any = None   # reused output buffers of the calibrator
+        self._outputs: dict[tuple[int, ...], Any] = {}   # calibrator output buffers, by raw frame shape
 
     def process(self, frame: FrameInput, *, dropped_frames: Sequence[int] = ()) -> FrameResult:
         """Run every stage on one frame and return its records and summary."""
@@ -98,7 +98,7 @@ class Pipeline:
         cal = self.calibrator.calibrate(frame.pixels, exposure_s=frame.exposure_s,
                                         filter_name=frame.filter_name, header=frame.header,
                                         out=self._reusable(frame.pixels.shape))
-        self._calibrated = cal
+        self._outputs[frame.pixels.shape] = cal
         lap("calibrate")
         bkg = detect_stage.subtract_background(cal.image_e, cal.mask, self.detect_settings)
         lap("background")
@@ -145,8 +145,8 @@ class Pipeline:
         return np.random.default_rng([self.seed, zlib.crc32(frame.series_id.encode()), frame.seq])
 
     def _reusable(self, shape: tuple[int, ...]) -> Any:
-        cal = self._calibrated
-        return cal if cal is not None and cal.image_e.shape == shape else None
+        # keyed by the raw shape: a frame trimmed by its TRIMSEC has outputs of another shape
+        return self._outputs.get(shape)
 
     def _new(self, wcs: Any, ra: NDArray[np.float64], dec: NDArray[np.float64],
              cands: detect_stage.Candidates, labels: tuple[str, ...]) -> NDArray[np.bool_]:
