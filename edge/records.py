@@ -55,7 +55,13 @@ REASONS: tuple[str, ...] = ("uncertain", "unknown", "unusual", "new", "audit")
 NOISE_MODELS: tuple[str, ...] = ("bundle", "header", "estimated")
 #: keys the ground adds to a record when it writes it; a reader accepts and ignores them
 GROUND_FIELDS: tuple[str, ...] = ("received_time",)
-STAMP_CODEC = "zstd-float16-le"
+#: the codec new stamps use: channel 0 (arcsinh S/N) as int8 in steps of 1/8, channel 1 (the mask)
+#: as packed bits, one zstd frame; about a third of the float16 codec's bytes on noisy stamps
+STAMP_CODEC = "zstd-int8-asinh8-maskbits"
+#: the first codec, still read: every value as little-endian float16
+STAMP_CODEC_FLOAT16 = "zstd-float16-le"
+STAMP_CODECS: tuple[str, ...] = (STAMP_CODEC, STAMP_CODEC_FLOAT16)
+_ASINH_STEP = 8.0
 _ZSTD_LEVEL = 3
 # integers travel as int64 (msgpack, SQLite, FITS columns)
 _INT_MAX = 2**63 - 1
@@ -75,16 +81,19 @@ def summary_id(node_id: str, series_id: str, frame: int) -> str:
 
 @dataclass(frozen=True)
 class CompressedStamp:
-    """A stamp as sent down: little-endian float16 values, C order, zstd-compressed."""
+    """A stamp as sent down, compressed with one of ``STAMP_CODECS`` (see docs/downlink.md)."""
 
     shape: tuple[int, ...]
     data: bytes
     codec: str = STAMP_CODEC
 
     def __post_init__(self) -> None:
-        if self.codec != STAMP_CODEC:
-            raise RecordFieldError(f"stamp codec {self.codec!r} is not {STAMP_CODEC!r}", where="stamp")
+        if self.codec not in STAMP_CODECS:
+            raise RecordFieldError(f"stamp codec {self.codec!r} is not one of {STAMP_CODECS}", where="stamp")
         shape = tuple(self.shape)
+        if self.codec == STAMP_CODEC and len(shape) != 3 or self.codec == STAMP_CODEC and shape[0] != 2:
+            raise RecordFieldError(f"codec {self.codec} needs shape (2, height, width), got {shape}",
+                                   where="stamp")
         if not shape or any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in shape):
             raise RecordFieldError(f"stamp shape {self.shape!r} must be positive integers", where="stamp")
         if math.prod(shape) > _MAX_STAMP_VALUES:
@@ -95,23 +104,42 @@ class CompressedStamp:
         object.__setattr__(self, "shape", shape)
 
     def decompress(self) -> NDArray[np.float32]:
-        """The stamp as float32 (float16 precision: about 3 significant digits)."""
+        """The stamp as float32 (int8 codec: arcsinh S/N to 1/8 and an exact mask; float16: ~3 digits)."""
         n = math.prod(self.shape)
+        if self.codec == STAMP_CODEC:
+            plane = n // 2
+            expected = plane + (plane + 7) // 8
+        else:
+            expected = 2 * n
         try:
-            raw = zstandard.ZstdDecompressor().decompress(self.data, max_output_size=2 * n)
+            raw = zstandard.ZstdDecompressor().decompress(self.data, max_output_size=expected)
         except zstandard.ZstdError as exc:
             raise RecordDecodeError(f"stamp does not decompress: {exc}", where="stamp") from exc
-        if len(raw) != 2 * n:
-            raise RecordDecodeError(f"stamp holds {len(raw)} bytes, shape {self.shape} needs {2 * n}",
+        if len(raw) != expected:
+            raise RecordDecodeError(f"stamp holds {len(raw)} bytes, shape {self.shape} needs {expected}",
                                     where="stamp")
-        return np.frombuffer(raw, dtype="<f2").astype(np.float32).reshape(self.shape)
+        if self.codec == STAMP_CODEC_FLOAT16:
+            return np.frombuffer(raw, dtype="<f2").astype(np.float32).reshape(self.shape)
+        image = np.frombuffer(raw[:plane], dtype=np.int8).astype(np.float32) / _ASINH_STEP
+        mask = np.unpackbits(np.frombuffer(raw[plane:], dtype=np.uint8), count=plane).astype(np.float32)
+        return np.stack([image, mask]).reshape(self.shape)
 
 
 def compress_stamp(stamp: NDArray[Any]) -> CompressedStamp:
-    """Compress one stamp (any shape, e.g. (2, 32, 32)) to float16 + zstd."""
-    arr = np.ascontiguousarray(np.asarray(stamp), dtype="<f2")
-    data = zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(arr.tobytes())
-    return CompressedStamp(shape=tuple(int(n) for n in arr.shape), data=data)
+    """Compress a (2, H, W) node stamp: channel 0 to int8 steps of 1/8, the mask to bits, zstd.
+
+    Any other shape is kept as float16 (codec ``zstd-float16-le``).
+    """
+    arr = np.asarray(stamp)
+    shape = tuple(int(n) for n in arr.shape)
+    if arr.ndim == 3 and shape[0] == 2:
+        image = np.clip(np.rint(np.nan_to_num(arr[0]) * _ASINH_STEP), -128, 127).astype(np.int8)
+        bits = np.packbits(np.asarray(arr[1]) > 0.5, axis=None)
+        data = zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(image.tobytes() + bits.tobytes())
+        return CompressedStamp(shape=shape, data=data)
+    half = np.ascontiguousarray(arr, dtype="<f2")
+    data = zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(half.tobytes())
+    return CompressedStamp(shape=shape, data=data, codec=STAMP_CODEC_FLOAT16)
 
 
 def _check_finite(obj: Any, names: tuple[str, ...], where: str) -> None:

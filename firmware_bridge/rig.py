@@ -397,10 +397,19 @@ def _recall(n_truth: int, n_sent: int) -> dict[str, Any]:
 
 def match_and_score(truth_frame: NDArray[Any], truth_x: NDArray[Any], truth_y: NDArray[Any],
                     truth_label: Sequence[str], truth_family: Sequence[str],
-                    records: Sequence[dict[str, Any]], *, radius_px: float) -> dict[str, Any]:
+                    records: Sequence[dict[str, Any]], *, radius_px: float,
+                    truth_size_px: NDArray[Any] | None = None) -> dict[str, Any]:
     """Match downlinked records to truth one-to-one within ``radius_px`` per frame, nearest
-    pairs first, and summarise recall per label and family, ordinary fraction sent, and latency."""
+    pairs first, and summarise recall per label and family, ordinary fraction sent, and latency.
+
+    With ``truth_size_px`` an extended object (an arc, a comet's tail, a double) matches within
+    ``max(radius_px, size)``: its detection's centroid need not sit on its catalogued centre.
+    """
     truth_frame = np.asarray(truth_frame, dtype=np.int64)
+    radius = np.full(len(truth_frame), float(radius_px))
+    if truth_size_px is not None:
+        size = np.nan_to_num(np.asarray(truth_size_px, dtype=float), nan=0.0)
+        radius = np.maximum(radius, size)
     tx = np.asarray(truth_x, dtype=float)
     ty = np.asarray(truth_y, dtype=float)
     labels = [str(s) for s in truth_label]
@@ -417,10 +426,14 @@ def match_and_score(truth_frame: NDArray[Any], truth_x: NDArray[Any], truth_y: N
         ry = np.array([float(records[i]["y"]) for i in ri])
         d = np.hypot(tx[ti][:, None] - rx[None, :], ty[ti][:, None] - ry[None, :])
         order = np.argsort(d, axis=None, kind="stable")
+        frame_radius = radius[ti]
+        largest = frame_radius.max()
         for flat in order:
             a, b = divmod(int(flat), len(ri))
-            if d[a, b] > radius_px:
+            if d[a, b] > largest:
                 break
+            if d[a, b] > frame_radius[a]:
+                continue
             if not matched[ti[a]] and not rec_matched[ri[b]]:
                 matched[ti[a]] = True
                 rec_matched[ri[b]] = True
@@ -495,7 +508,8 @@ def score_files(truth_path: Path, downlink_path: Path, *, radius_px: float = 3.0
     result = match_and_score(np.asarray(truth["frame"]), np.asarray(truth["x"]),
                              np.asarray(truth["y"]), list(truth["label"]),
                              ["" if f is np.ma.masked else str(f) for f in families],
-                             read_downlink(downlink_path), radius_px=radius_px)
+                             read_downlink(downlink_path), radius_px=radius_px,
+                             truth_size_px=np.asarray(truth["size_px"]) if "size_px" in truth.colnames else None)
     result["truth"] = str(truth_path)
     result["downlink"] = str(downlink_path)
     return result

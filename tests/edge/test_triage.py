@@ -57,7 +57,7 @@ def test_new_is_ignored_when_the_policy_says_so(rng: np.random.Generator) -> Non
 def test_audit_samples_confident_ordinary_detections_at_the_configured_rate() -> None:
     """About audit_rate of confident ordinary detections are sent as audits; flagged ones never carry audit."""
     n = 40_000
-    policy = TriagePolicy(audit_rate=0.01)
+    policy = TriagePolicy(audit_rate=0.01, confidence_min=0.9)
     rng = np.random.default_rng(7)
     conf = np.where(np.arange(n) % 4 == 0, 0.5, 0.99)  # a quarter is uncertain
     result = triage(policy, labels=["star"] * n, confidence=conf, epistemic_nats=np.zeros(n),

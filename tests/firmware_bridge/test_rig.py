@@ -325,3 +325,16 @@ def test_replay_plays_frames_the_twin_wrote(tmp_path: Path, receiver: FrameRecei
         with fits.open(path) as hdul:
             assert np.array_equal(msg.pixels, hdul[0].data) and msg.pixels.shape == (48, 64)
             assert msg.header.keywords["FRAMENUM"] == hdul[0].header["FRAMENUM"]
+
+
+def test_extended_truth_matches_within_its_size() -> None:
+    """An arc whose detection sits 6 px from its catalogued centre matches only when its size is given."""
+    from firmware_bridge.rig import match_and_score
+
+    records = [{"frame": 0, "x": 16.0, "y": 10.0}]
+    args = (np.array([0, 0]), np.array([10.0, 40.0]), np.array([10.0, 40.0]), ["anomaly", "star"],
+            ["lens_arc", "star"], records)
+    assert match_and_score(*args, radius_px=3.0)["n_matched"] == 0
+    sized = match_and_score(*args, radius_px=3.0, truth_size_px=np.array([8.0, 0.0]))
+    assert sized["n_matched"] == 1
+    assert sized["recall_by_family"]["lens_arc"]["recall"] == 1.0
