@@ -27,7 +27,7 @@ log = get_logger(__name__)
 
 #: the demo's sky: a moderately filled field with every anomaly family and some transients
 DEMO_TWIN = {
-    "n_stars": 250, "n_galaxies": 60, "n_anomalies_per_family": 2, "n_transients": 3,
+    "n_stars": 250, "n_galaxies": 60, "n_anomalies_per_family": 1, "n_transients": 2,
     "cosmic_ray_rate_per_s": 0.05, "streak_probability": 0.05,
 }
 #: a detection is "at S/N >= 20" for the recall figures when its truth's expected S/N is
@@ -116,6 +116,14 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
 
     def rig_main() -> None:
         nonlocal bytes_in
+        try:
+            _play()
+        except BaseException as exc:  # noqa: BLE001 - reported on the scoreboard, never a hang
+            stats["rig_error"] = f"{type(exc).__name__}: {exc}"
+            log.error("demo.rig_failed", error=stats["rig_error"])
+
+    def _play() -> None:
+        nonlocal bytes_in
         with FrameSender(node.receiver_endpoint, detector_id="twin-cam", sndhwm=2,
                          send_timeout_ms=120_000) as sender:
             sender.start_series(1, expected_frames=settings.n_frames)
@@ -136,9 +144,18 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     rig.start()
     last = 0.0
     c = node.counters
+    idle_since: float | None = None
     while True:
         node.step()
         done = c.frames_processed + c.frames_rejected + c.frames_dropped
+        # the rig has finished and the node has had nothing to do for 10 s: whatever was not
+        # received by now was lost on the way, and the scoreboard says so
+        if not rig.is_alive() and c.frames_in_flight == 0:
+            idle_since = idle_since or time.monotonic()
+            if time.monotonic() - idle_since > 10.0:
+                break
+        else:
+            idle_since = None
         if settings.progress and time.monotonic() - last > 1.0:
             last = time.monotonic()
             print(f"\r  frames {done}/{settings.n_frames}  detections {c.detections}  "
@@ -170,6 +187,7 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
                        bytes_in=bytes_in, elapsed_s=elapsed, n_frames=settings.n_frames,
                        radius_px=settings.radius_px, match=match_and_score)
     board["out_dir"] = str(work)
+    board["rig"] = stats
     (work / "scoreboard.json").write_text(json.dumps(board, indent=1, default=str), encoding="utf-8")
     return board
 
@@ -182,12 +200,15 @@ def scoreboard(truth: Any, records: list[dict[str, Any]], summaries: Any, status
     special = np.isin(labels, ("anomaly", "transient"))
     bright = special & (np.asarray(truth["snr_expected"], float) >= SNR_FOR_RECALL)
     sel = np.flatnonzero(bright)
+    size = np.asarray(truth["size_px"], float)
     bright_score = match(np.asarray(truth["frame"])[sel], np.asarray(truth["x"])[sel], np.asarray(truth["y"])[sel],
-                         labels[sel], np.asarray(truth["family"]).astype(str)[sel], records, radius_px=radius_px)
+                         labels[sel], np.asarray(truth["family"]).astype(str)[sel], records, radius_px=radius_px,
+                         truth_size_px=size[sel])
     all_special = np.flatnonzero(special)
     special_score = match(np.asarray(truth["frame"])[all_special], np.asarray(truth["x"])[all_special],
                           np.asarray(truth["y"])[all_special], labels[all_special],
-                          np.asarray(truth["family"]).astype(str)[all_special], records, radius_px=radius_px)
+                          np.asarray(truth["family"]).astype(str)[all_special], records, radius_px=radius_px,
+                          truth_size_px=size[all_special])
     n_special_sent = special_score["n_matched"]
     counters = status["counters"]
     detections = counters["detections"]
@@ -222,6 +243,7 @@ def scoreboard(truth: Any, records: list[dict[str, Any]], summaries: Any, status
         "drops": {"frames_dropped": counters["frames_dropped"], "frames_rejected": counters["frames_rejected"],
                   "dropped_seqs": counters["dropped_seqs"]},
         "conserved": counters["conserved"],
+        "frames_received": counters["frames_received"],
         "ground": ground,
     }
 
@@ -248,4 +270,6 @@ def print_scoreboard(board: dict[str, Any], out: Any = sys.stdout) -> None:
           f"{board['drops']['frames_rejected']} rejected", file=out)
     print(f"  records           {board['records_spooled']} spooled, {board['records_unique']} at the ground, "
           f"{board['records_lost']} lost; counters conserved: {board['conserved']}", file=out)
+    if board.get("rig", {}).get("rig_error"):
+        print(f"  rig failed        {board['rig']['rig_error']}", file=out)
     print(f"  output            {board['out_dir']}", file=out)

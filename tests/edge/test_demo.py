@@ -17,7 +17,7 @@ def _demo(argv: list[str]) -> int:
     """Run ``astro-edge demo ...`` through the demo's own parser."""
     parser = argparse.ArgumentParser(prog="astro-edge")
     register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["demo", *argv])
+    args = parser.parse_args(["demo", "--protocol-only", *argv])
     return int(args.func(args))
 
 
