@@ -137,6 +137,8 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
                 sent_at.append(time.monotonic())
                 bytes_in += tf.raw_adu.nbytes
             sender.end_series()
+            # give the frames still queued in ZeroMQ time to leave: closing at once would discard them
+            sender.close(linger_ms=120_000)
             stats["sender"] = dataclasses.asdict(sender.counters)
 
     t0 = time.monotonic()

@@ -33,6 +33,7 @@ def _send(address: str, frames: list[Any], *, timeout_ms: int) -> threading.Thre
                                   keywords={"FILTER": "r", "GAIN": float(tf.header["GAIN"]),
                                             "RDNOISE": float(tf.header["RDNOISE"])})
             sender.end_series()
+            sender.close(linger_ms=30_000)  # queued frames must still leave
 
     thread = threading.Thread(target=main, daemon=True)
     thread.start()

@@ -62,6 +62,7 @@ def _stream(address: str, frames: list[Any], series_id: int) -> threading.Thread
                 sender.send_frame(tf.raw_adu, start_utc=start_utc, exposure_s=exposure_s, wcs=wcs,
                                   keywords=keywords)
             sender.end_series()
+            sender.close(linger_ms=60_000)  # queued frames must still leave
 
     t = threading.Thread(target=main, daemon=True)
     t.start()
