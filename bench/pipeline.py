@@ -14,8 +14,8 @@ node frames/s / sep frames/s: 1.0 means everything beyond sep is hidden by overl
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import dataclasses
+import importlib.util
 import os
 import sys
 import tempfile
