@@ -17,7 +17,7 @@ from typing import Any
 
 import zmq
 
-from edge.errors import ProtocolError, TransportError
+from edge.errors import ProtocolError
 from edge.log import get_logger
 from firmware_bridge.protocol import (
     MAX_FRAME_BYTES,
@@ -30,6 +30,7 @@ from firmware_bridge.protocol import (
     SeriesStart,
     decode_message,
 )
+from firmware_bridge.sockets import open_socket
 
 log = get_logger(__name__)
 
@@ -83,20 +84,7 @@ class FrameReceiver:
         self.gaps: list[Gap] = []
         self._tracker = SequenceTracker()
         self._ctx = context or zmq.Context.instance()
-        self._sock: zmq.Socket[Any] = self._ctx.socket(zmq.PULL)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.RCVHWM, rcvhwm)
-        try:
-            if bind:
-                self._sock.bind(address)
-            else:
-                self._sock.connect(address)
-        except zmq.ZMQError as exc:
-            self._sock.close()
-            raise TransportError(f"cannot {'bind' if bind else 'connect'} PULL socket ({exc}); "
-                                 "check the address and that the port is free",
-                                 where=address) from None
-        self.endpoint: str = self._sock.getsockopt_string(zmq.LAST_ENDPOINT) if bind else address
+        self._sock, self.endpoint = open_socket(self._ctx, zmq.PULL, address, bind=bind, hwm=rcvhwm)
         log.info("receiver.opened", address=self.endpoint, bind=bind)
 
     def recv(self, timeout_ms: int | None = None) -> Message | None:

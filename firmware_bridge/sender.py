@@ -20,7 +20,6 @@ import numpy as np
 import zmq
 from numpy.typing import NDArray
 
-from edge.errors import TransportError
 from edge.log import get_logger
 from firmware_bridge.protocol import (
     Buffer,
@@ -31,6 +30,7 @@ from firmware_bridge.protocol import (
     encode_series_start,
     format_utc,
 )
+from firmware_bridge.sockets import open_socket
 
 log = get_logger(__name__)
 
@@ -86,20 +86,7 @@ class FrameSender:
         self._series_dropped = 0
         self._clock = clock or (lambda: datetime.now(timezone.utc))
         self._ctx = context or zmq.Context.instance()
-        self._sock: zmq.Socket[Any] = self._ctx.socket(zmq.PUSH)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.SNDHWM, sndhwm)
-        try:
-            if bind:
-                self._sock.bind(address)
-            else:
-                self._sock.connect(address)
-        except zmq.ZMQError as exc:
-            self._sock.close()
-            raise TransportError(f"cannot {'bind' if bind else 'connect'} PUSH socket ({exc}); "
-                                 "check the address and that the port is free",
-                                 where=address) from None
-        self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT) if bind else address
+        self._sock, self.endpoint = open_socket(self._ctx, zmq.PUSH, address, bind=bind, hwm=sndhwm)
         log.info("sender.opened", address=self.endpoint, bind=bind, sndhwm=sndhwm)
 
     def _now(self) -> str:

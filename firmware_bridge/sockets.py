@@ -1,0 +1,35 @@
+"""The one place the frame protocol's sockets are made: options, bind or connect, typed errors.
+
+Imports pyzmq and the error tree only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import zmq
+
+from edge.errors import TransportError
+
+_NAMES = {zmq.PUSH: "PUSH", zmq.PULL: "PULL"}
+
+
+def open_socket(context: zmq.Context[Any], kind: int, address: str, *, bind: bool,
+                hwm: int) -> tuple[zmq.Socket[Any], str]:
+    """A PUSH or PULL socket with linger 0 and its high-water mark, bound or connected.
+
+    Returns the socket and its endpoint (the port actually taken when ``address`` asked for any).
+    """
+    sock: zmq.Socket[Any] = context.socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM if kind == zmq.PUSH else zmq.RCVHWM, hwm)
+    try:
+        if bind:
+            sock.bind(address)
+        else:
+            sock.connect(address)
+    except zmq.ZMQError as exc:
+        sock.close()
+        raise TransportError(f"cannot {'bind' if bind else 'connect'} {_NAMES.get(kind, kind)} socket "
+                             f"({exc}); check the address and that the port is free", where=address) from None
+    return sock, sock.getsockopt_string(zmq.LAST_ENDPOINT) if bind else address
