@@ -94,6 +94,7 @@ class NodeDaemon:
         self._downlink_thread: threading.Thread | None = None
         self.downlink_counters: dict[str, Any] = {}
         self.receiver_endpoint = ""
+        self._drain_s = 0.0
 
     # ---- start and stop -------------------------------------------------------------------
     def start(self) -> None:
@@ -218,8 +219,7 @@ class NodeDaemon:
             if w.busy is None:
                 frame, t0 = self._queue.popleft()
                 drops, self._pending_drops = tuple(self._pending_drops), []
-                w.submit(frame, drops)
-                w.received_at = t0  # type: ignore[attr-defined]
+                w.submit(frame, drops, received_at=t0)
 
     def _collect(self, timeout_s: float) -> None:
         busy = [w for w in self.workers if w.busy is not None]
@@ -230,7 +230,7 @@ class NodeDaemon:
         ready = wait([w.connection for w in busy], timeout=timeout_s)
         for w in busy:
             if w.connection in ready:
-                t0 = w.received_at  # type: ignore[attr-defined]
+                t0 = w.received_at
                 self._finish_frame(w.result(), t0)
 
     def _finish_frame(self, result: FrameResult | FrameFailure, t0: float) -> None:
@@ -270,9 +270,8 @@ class NodeDaemon:
                 while not self._stop_downlink.is_set():
                     downlink.pump(poll_ms=50)
                     self.downlink_counters = asdict(downlink.counters())
-                drain_s = getattr(self, "_drain_s", 0.0)
-                if drain_s > 0:
-                    downlink.drain(drain_s)
+                if self._drain_s > 0:
+                    downlink.drain(self._drain_s)
                 self.downlink_counters = asdict(downlink.counters())
         except AstroEdgeError as exc:
             log.error("downlink.failed", reason=exc.reason, error=str(exc))

@@ -109,6 +109,8 @@ class Worker:
         child.close()
         self._slot: SharedMemory | None = None
         self.busy: FrameInput | None = None
+        #: monotonic time the busy frame was received, for the node's latency figures
+        self.received_at = 0.0
         if not self._conn.poll(start_timeout_s):
             self.close()
             raise EngineError(f"worker {index} did not start within {start_timeout_s:.0f} s", where="workers")
@@ -122,7 +124,7 @@ class Worker:
     def connection(self) -> Connection:
         return self._conn
 
-    def submit(self, frame: FrameInput, dropped: tuple[int, ...]) -> None:
+    def submit(self, frame: FrameInput, dropped: tuple[int, ...], *, received_at: float = 0.0) -> None:
         """Copy the frame's pixels into this worker's slot and start it."""
         pixels = np.ascontiguousarray(frame.pixels)
         nbytes = max(pixels.nbytes, 1)
@@ -137,6 +139,7 @@ class Worker:
         meta = replace(frame, pixels=np.empty(0, pixels.dtype))
         self._conn.send(("frame", self._slot.name, pixels.shape, pixels.dtype.str, meta, dropped))
         self.busy = frame
+        self.received_at = received_at
 
     def result(self) -> FrameResult | FrameFailure:
         """The finished frame's result (call when the connection is readable)."""
