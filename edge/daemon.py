@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.config import NodeConfig
+from edge.done import DoneSet
 from edge.downlink import Downlink
 from edge.errors import AstroEdgeError
 from edge.log import get_logger
@@ -95,6 +96,7 @@ class NodeDaemon:
         self.downlink_counters: dict[str, Any] = {}
         self.receiver_endpoint = ""
         self._drain_s = 0.0
+        self._done: dict[str, DoneSet] = {}   # finished frames per series, mirrored in the spool
 
     # ---- start and stop -------------------------------------------------------------------
     def start(self) -> None:
@@ -206,11 +208,15 @@ class NodeDaemon:
         self._queue.append((frame, time.monotonic()))
         self.counters.frames_in_flight += 1
 
-    def _already_spooled(self, frame: FrameInput) -> bool:
-        from edge.records import summary_id
+    def _done_set(self, series_key: str) -> DoneSet:
+        done = self._done.get(series_key)
+        if done is None:
+            stored = self.spool.checkpoint(f"done:{series_key}") if self.spool is not None else None
+            done = self._done[series_key] = DoneSet.from_json(stored)
+        return done
 
-        key = summary_id(self.config.node.id, frame.series_id, frame.seq)
-        return self.spool is not None and self.spool.checkpoint(f"done:{key}") is not None
+    def _already_spooled(self, frame: FrameInput) -> bool:
+        return frame.seq in self._done_set(f"{frame.detector_id}:{frame.series_id}")
 
     def _dispatch(self) -> None:
         for w in self.workers:
@@ -243,11 +249,12 @@ class NodeDaemon:
                       reason=result.reason, error=result.message)
             return
         s = result.summary
-        from edge.records import summary_id
-
-        key = summary_id(s.node_id, s.series_id, s.frame)
-        put = self.spool.put([*result.records, s], checkpoint={f"done:{key}": "1"})  # type: ignore[union-attr]
-        n_dup = sum(1 for i in put.duplicates if i != key)
+        series_key = f"{s.detector_id}:{s.series_id}"
+        done = self._done_set(series_key)
+        done.add(s.frame)
+        put = self.spool.put([*result.records, s],  # type: ignore[union-attr]
+                             checkpoint={f"done:{series_key}": done.to_json()})
+        n_dup = sum(1 for i in put.duplicates if i != s.id)
         c.frames_processed += 1
         c.detections += s.detections
         c.suppressed += s.suppressed
