@@ -135,6 +135,22 @@ class DownlinkSection:
 
 
 @dataclass(frozen=True)
+class ControlSection:
+    """The operators' control channel (docs/operations.md); empty address: no control channel."""
+
+    address: str = ""
+    curve: bool = True
+    server_secret_key: str = ""          # NAME.key_secret of this node
+    allowed_client_keys: tuple[str, ...] = ()   # NAME.key files of the operators allowed in
+
+    def __post_init__(self) -> None:
+        if self.address and self.curve and not self.server_secret_key:
+            raise ValueError("with curve on, server_secret_key must name this node's NAME.key_secret file")
+        if self.address and self.curve and not self.allowed_client_keys:
+            raise ValueError("with curve on, allowed_client_keys must list at least one operator key file")
+
+
+@dataclass(frozen=True)
 class LogSection:
     """Logging: JSON lines in production."""
 
@@ -162,6 +178,7 @@ def _section_types() -> dict[str, type]:
         "catalog": CatalogSection,
         "spool": SpoolSection,
         "downlink": DownlinkSection,
+        "control": ControlSection,
         "log": LogSection,
     }
 
@@ -179,6 +196,7 @@ class NodeConfig:
     catalog: CatalogSection = field(default_factory=CatalogSection)
     spool: SpoolSection = field(default_factory=SpoolSection)
     downlink: DownlinkSection = field(default_factory=DownlinkSection)
+    control: ControlSection = field(default_factory=ControlSection)
     log: LogSection = field(default_factory=LogSection)
 
 

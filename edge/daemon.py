@@ -96,6 +96,11 @@ class NodeDaemon:
         self.downlink_counters: dict[str, Any] = {}
         self.receiver_endpoint = ""
         self._drain_s = 0.0
+        self.policy = config.triage
+        self.control: Any = None
+        self._paused = False
+        self._shutdown_requested = False
+        self._flush = threading.Event()
         self._done: dict[str, DoneSet] = {}   # finished frames per series, mirrored in the spool
 
     # ---- start and stop -------------------------------------------------------------------
@@ -114,6 +119,14 @@ class NodeDaemon:
             self.close()
             raise
         self.receiver_endpoint = self.receiver.endpoint
+        if cfg.control.address:
+            from edge.control import ControlServer
+
+            try:
+                self.control = ControlServer(cfg.control)
+            except BaseException:
+                self.close()
+                raise
         self._downlink_thread = threading.Thread(target=self._downlink_loop, name="downlink", daemon=True)
         self._downlink_thread.start()
         log.info("node.started", node=cfg.node.id, workers=len(self.workers), engine=self.engine_id,
@@ -132,6 +145,9 @@ class NodeDaemon:
         if self.receiver is not None:
             self.receiver.close()
             self.receiver = None
+        if self.control is not None:
+            self.control.close()
+            self.control = None
         if self.spool is not None:
             self.spool.close()
             self.spool = None
@@ -148,7 +164,7 @@ class NodeDaemon:
     def run(self, should_stop: Callable[[], bool], *, status_every_s: float = 1.0) -> NodeCounters:
         """Receive and process until ``should_stop()``; then finish every accepted frame."""
         next_status = time.monotonic() + status_every_s
-        while not should_stop():
+        while not should_stop() and not self._shutdown_requested:
             self.step()
             if time.monotonic() >= next_status:
                 self._write_status()
@@ -159,9 +175,14 @@ class NodeDaemon:
 
     def step(self, timeout_ms: int = 20) -> None:
         """One turn: take what arrived, hand frames to idle workers, spool what they finished."""
+        if self.control is not None:
+            for req in self.control.poll():
+                self.control.reply(req.identity, self.handle_command(req.user, req.command, req.args))
         block = self.config.receive.queue_policy == "block"
         room = len(self._queue) < self.config.receive.queue_frames
-        if room or not block:
+        if self._paused:
+            time.sleep(timeout_ms / 1000)
+        elif room or not block:
             self._receive(timeout_ms if not self._busy() else 0)
         self._dispatch()
         self._collect(0 if room or not block else timeout_ms / 1000)
@@ -267,6 +288,51 @@ class NodeDaemon:
                  sent=s.sent, suppressed=s.suppressed, noise_model=s.noise_model,
                  ms=round(c.latency_ms[-1], 1))
 
+    # ---- control -----------------------------------------------------------------------------
+    def handle_command(self, user: str, command: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Carry out one operator command; the answer says what changed or what was wrong."""
+        log.info("control.command", user=user, command=command, args=args)
+        if command == "status":
+            return {"ok": True, "status": self.status()}
+        if command == "set":
+            return self._set_policy(user, args)
+        if command in ("pause", "resume"):
+            self._paused = command == "pause"
+            log.warning(f"node.{command}d", user=user)
+            return {"ok": True, "paused": self._paused}
+        if command == "flush":
+            self._flush.set()
+            return {"ok": True, "flush": "a new contact window is open"}
+        if command == "shutdown":
+            self._shutdown_requested = True
+            log.warning("node.shutdown_requested", user=user)
+            return {"ok": True, "shutdown": "after the accepted frames are spooled"}
+        from edge.control import COMMANDS
+
+        return {"ok": False, "error": f"unknown command {command!r}; known: {', '.join(COMMANDS)}"}
+
+    def _set_policy(self, user: str, changes: dict[str, Any]) -> dict[str, Any]:
+        import dataclasses
+
+        from edge.config import build_section
+        from edge.triage import TriagePolicy
+
+        if "version" in changes or not changes:
+            return {"ok": False, "error": "give one or more triage settings; the version is bumped by the node"}
+        problems: list[str] = []
+        merged = {**{f.name: getattr(self.policy, f.name) for f in dataclasses.fields(TriagePolicy)},
+                  **changes, "version": self.policy.version + 1}
+        merged["classes_of_interest"] = list(merged["classes_of_interest"])
+        new = build_section(TriagePolicy, merged, "triage", problems)
+        if problems:
+            return {"ok": False, "error": "; ".join(problems)}
+        old, self.policy = self.policy, new
+        for w in self.workers:
+            w.set_policy(new)
+        changed = {k: [getattr(old, k), getattr(new, k)] for k in changes}
+        log.warning("policy.changed", user=user, version=new.version, changed=changed)
+        return {"ok": True, "policy_version": new.version, "changed": changed}
+
     # ---- downlink thread --------------------------------------------------------------------
     def _downlink_loop(self) -> None:
         cfg = self.config.downlink
@@ -275,6 +341,9 @@ class NodeDaemon:
                           contact_window_bytes=cfg.contact_window_bytes,
                           ack_timeout_s=cfg.ack_timeout_s) as downlink:
                 while not self._stop_downlink.is_set():
+                    if self._flush.is_set():
+                        self._flush.clear()
+                        downlink.open_window(cfg.contact_window_bytes)
                     downlink.pump(poll_ms=50)
                     self.downlink_counters = asdict(downlink.counters())
                 if self._drain_s > 0:
@@ -290,7 +359,8 @@ class NodeDaemon:
         return {
             "node": self.config.node.id,
             "engine_id": self.engine_id,
-            "policy_version": self.config.triage.version,
+            "policy_version": self.policy.version,
+            "paused": self._paused,
             "queue_depth": len(self._queue),
             "counters": self.counters.snapshot(),
             "receiver": self.receiver.counters.as_dict() if self.receiver is not None else None,

@@ -39,6 +39,28 @@ def register(subparsers: Any) -> None:
     proc.add_argument("--calibration", help="calibration bundle (overrides [calibration] bundle)")
     proc.set_defaults(func=_process)
 
+    ctl = subparsers.add_parser(
+        "ctl", help="send one command to a node's control channel",
+        description="Send a command to a running node and print its JSON answer: status; "
+                    "set KEY=VALUE ... (triage settings; values are JSON, e.g. alpha=0.02 "
+                    "classes_of_interest='[\"streak\"]'; each set bumps the policy version); pause; "
+                    "resume; flush (open a new contact window); shutdown. Exit 1 on a refused command, "
+                    "3 when no answer came (wrong key, dead node). docs/operations.md.")
+    ctl.add_argument("address", help="the node's [control] address, e.g. tcp://node:5557")
+    ctl.add_argument("command", help="status | set | pause | resume | flush | shutdown")
+    ctl.add_argument("settings", nargs="*", help="KEY=VALUE pairs for set")
+    ctl.add_argument("--server-key", help="the node's public key file (NAME.key); turns CURVE on")
+    ctl.add_argument("--client-key", help="your secret key file (NAME.key_secret)")
+    ctl.add_argument("--timeout-ms", type=int, default=5000, help="how long to wait for the answer (default 5000)")
+    ctl.set_defaults(func=_ctl)
+
+    keys = subparsers.add_parser("keys", help="CURVE key pairs for the control and downlink channels")
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    new = keys_sub.add_parser("new", help="write NAME.key (public) and NAME.key_secret (secret, mode 0600)")
+    new.add_argument("--out", type=Path, required=True, help="folder for the key files")
+    new.add_argument("--name", required=True, help="name of the key pair, e.g. node-1 or operator-anna")
+    new.set_defaults(func=_keys_new)
+
 
 def _run(args: argparse.Namespace) -> int:
     from edge.config import load_config
@@ -75,3 +97,35 @@ def _process(args: argparse.Namespace) -> int:
                "failed": list(report.failed), "out": str(report.out_dir)}, sys.stdout, indent=1)
     print()
     return 1 if report.failed else 0
+
+
+def _ctl(args: argparse.Namespace) -> int:
+    from edge.control import request
+    from edge.errors import ConfigError
+
+    settings: dict[str, Any] = {}
+    for item in args.settings:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{item!r} is not KEY=VALUE", where="ctl")
+        try:
+            settings[key] = json.loads(value)
+        except ValueError:
+            settings[key] = value
+    answer = request(args.address, args.command, settings, timeout_ms=args.timeout_ms,
+                     server_public_key=args.server_key, client_secret_key=args.client_key)
+    if answer is None:
+        print(f"no answer from {args.address} within {args.timeout_ms} ms (wrong key, or the node is down)",
+              file=sys.stderr)
+        return 3
+    json.dump(answer, sys.stdout, indent=1)
+    print()
+    return 0 if answer.get("ok") else 1
+
+
+def _keys_new(args: argparse.Namespace) -> int:
+    from edge.keys import new_keypair
+
+    public, secret = new_keypair(args.out, args.name)
+    print(f"public key (hand out): {public}\nsecret key (keep): {secret}")
+    return 0

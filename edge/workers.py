@@ -58,6 +58,10 @@ def _worker_main(conn: Connection, build: Any, build_args: tuple[Any, ...]) -> N
         kind = msg[0]
         if kind == "stop":
             break
+        if kind == "policy":
+            # a new triage policy: frames sent after this message use it (no reply)
+            pipeline.policy = msg[1]
+            continue
         if kind == "engine":
             new_engine = msg[1]
             try:
@@ -148,6 +152,10 @@ class Worker:
             raise EngineError(f"worker {self.index} answered {kind!r} where a result was due", where="workers")
         self.busy = None
         return payload
+
+    def set_policy(self, policy: Any) -> None:
+        """Frames submitted after this call are triaged with ``policy``."""
+        self._conn.send(("policy", policy))
 
     def swap_engine(self, engine_spec: tuple[Any, ...], timeout_s: float = 120.0) -> str:
         """Load another engine in this (idle) worker; returns the new engine id or raises."""
