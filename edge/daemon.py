@@ -32,7 +32,7 @@ from edge.done import DoneSet
 from edge.downlink import Downlink
 from edge.errors import AstroEdgeError
 from edge.log import get_logger
-from edge.node import build_pipeline
+from edge.node import build_pipeline, engine_dir
 from edge.pipeline import FrameInput, FrameResult
 from edge.spool import Spool
 from edge.workers import FrameFailure, Worker
@@ -101,6 +101,8 @@ class NodeDaemon:
         self._paused = False
         self._shutdown_requested = False
         self._flush = threading.Event()
+        self._engine_path = ""            # the folder the workers run now
+        self._engine_history: list[str] = []
         self._done: dict[str, DoneSet] = {}   # finished frames per series, mirrored in the spool
 
     # ---- start and stop -------------------------------------------------------------------
@@ -113,6 +115,7 @@ class NodeDaemon:
         try:
             self.workers = [Worker(i, self._build, (cfg, self._bundle)) for i in range(cfg.node.workers)]
             self.engine_id = self.workers[0].engine_id
+            self._engine_path = str(engine_dir(cfg))
             self.receiver = FrameReceiver(cfg.receive.address, bind=cfg.receive.bind,
                                           rcvhwm=max(2, cfg.receive.queue_frames))
         except BaseException:
@@ -303,6 +306,10 @@ class NodeDaemon:
         if command == "flush":
             self._flush.set()
             return {"ok": True, "flush": "a new contact window is open"}
+        if command == "engine.load":
+            return self._engine_load(user, args)
+        if command == "engine.rollback":
+            return self._engine_rollback(user)
         if command == "shutdown":
             self._shutdown_requested = True
             log.warning("node.shutdown_requested", user=user)
@@ -310,6 +317,65 @@ class NodeDaemon:
         from edge.control import COMMANDS
 
         return {"ok": False, "error": f"unknown command {command!r}; known: {', '.join(COMMANDS)}"}
+
+    def _engine_spec(self, path: str) -> tuple[Any, ...]:
+        e = self.config.engine
+        return (path, e.backend, e.precision, e.threads, e.batch_size)
+
+    def _engine_load(self, user: str, args: dict[str, Any]) -> dict[str, Any]:
+        from edge.node import verify_engine
+
+        path, sha = args.get("path"), args.get("sha256")
+        if not isinstance(path, str) or not isinstance(sha, str):
+            return {"ok": False, "error": "engine.load needs path and sha256 (of the folder's manifest.json)"}
+        try:
+            new_id = verify_engine(path, sha, self.config.engine)
+            self._swap_workers(self._engine_spec(path))
+        except AstroEdgeError as exc:
+            log.error("engine.refused", user=user, path=path, reason=exc.reason, error=str(exc),
+                      running=self.engine_id)
+            return {"ok": False, "error": str(exc), "reason": exc.reason, "engine_id": self.engine_id}
+        self._engine_history.append(self._engine_path)
+        self._engine_path = path
+        log.warning("engine.swapped", user=user, path=path, engine_id=new_id,
+                    previous=self._engine_history[-1])
+        return {"ok": True, "engine_id": self.engine_id}
+
+    def _engine_rollback(self, user: str) -> dict[str, Any]:
+        if not self._engine_history:
+            return {"ok": False, "error": "no previous engine to roll back to", "engine_id": self.engine_id}
+        previous = self._engine_history[-1]
+        try:
+            self._swap_workers(self._engine_spec(previous))
+        except AstroEdgeError as exc:
+            log.error("engine.rollback_failed", user=user, reason=exc.reason, error=str(exc))
+            return {"ok": False, "error": str(exc), "engine_id": self.engine_id}
+        self._engine_history.pop()
+        self._engine_path = previous
+        log.warning("engine.rolled_back", user=user, path=previous, engine_id=self.engine_id)
+        return {"ok": True, "engine_id": self.engine_id}
+
+    def _swap_workers(self, spec: tuple[Any, ...]) -> None:
+        """Switch every worker to ``spec`` between two frames: frames handed out before run on the
+        old engine, frames handed out after on the new one; any failure puts the old one back."""
+        while self._busy():
+            self._collect(0.05)
+        old = self._engine_spec(self._engine_path)
+        for w in self.workers:
+            w.begin_swap(spec)
+        done, failure = [], None
+        for w in self.workers:
+            try:
+                w.finish_swap()
+                done.append(w)
+            except AstroEdgeError as exc:
+                failure = failure or exc
+        if failure is not None:
+            for w in done:
+                w.begin_swap(old)
+                w.finish_swap()
+            raise failure
+        self.engine_id = self.workers[0].engine_id
 
     def _set_policy(self, user: str, changes: dict[str, Any]) -> dict[str, Any]:
         import dataclasses

@@ -45,6 +45,40 @@ def open_engine(path: str | Path, backend: str = "auto", precision: str = "auto"
     return engine
 
 
+def verify_engine(path: str | Path, sha256: str, section: Any) -> str:
+    """Check an engine folder before a hot swap; returns its engine id or raises a typed error.
+
+    In order: the folder's manifest.json has this sha256; the manifest and every file it lists
+    verify; its stamps are the node's; a backend of this device can run it (TensorRT version and
+    compute capability included); on its golden stamps every model file runnable here reproduces
+    the manifest's outputs within tolerance.
+    """
+    from edge.errors import EngineCompatibilityError, EngineIntegrityError
+    from edge.stamps import NORMALISATION, STAMP_SIZE
+    from engines.check import check_engine
+    from engines.manifest import load_manifest, sha256_file
+    from engines.runtime import load_engine
+
+    folder = Path(path)
+    manifest_file = folder / "manifest.json"
+    if not manifest_file.is_file():
+        raise EngineIntegrityError("no manifest.json here", where=str(folder))
+    actual = sha256_file(manifest_file)
+    if actual != sha256.strip().lower():
+        raise EngineIntegrityError(f"manifest.json has sha256 {actual}, not the {sha256} given", where=str(folder))
+    manifest = load_manifest(folder)
+    manifest.check_normalisation(NORMALISATION)
+    if tuple(manifest.input.shape[1:]) != (2, STAMP_SIZE, STAMP_SIZE):
+        raise EngineCompatibilityError(f"the engine takes stamps of shape {list(manifest.input.shape)}; this "
+                                       f"node cuts [-1, 2, {STAMP_SIZE}, {STAMP_SIZE}]", where=str(folder))
+    engine = load_engine(folder, backend=section.backend, precision=section.precision, threads=section.threads)
+    failed = [r for r in check_engine(folder, threads=section.threads) if r.skipped is None and not r.passed]
+    if failed:
+        names = ", ".join(f"{r.file} ({r.backend} {r.precision})" for r in failed)
+        raise EngineIntegrityError(f"self-test on the golden stamps failed for {names}", where=str(folder))
+    return str(engine.engine_id)
+
+
 def open_calibrator(bundle: str | Path | None, threads: int = 1) -> Any:
     """A Calibrator from a bundle, or the header/estimated noise model without one."""
     from calibration import Calibrator

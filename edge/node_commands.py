@@ -44,11 +44,13 @@ def register(subparsers: Any) -> None:
         description="Send a command to a running node and print its JSON answer: status; "
                     "set KEY=VALUE ... (triage settings; values are JSON, e.g. alpha=0.02 "
                     "classes_of_interest='[\"streak\"]'; each set bumps the policy version); pause; "
-                    "resume; flush (open a new contact window); shutdown. Exit 1 on a refused command, "
+                    "resume; flush (open a new contact window); engine load PATH SHA256 (hot swap after "
+                    "checks and a golden-stamp self-test; SHA256 of the folder's manifest.json); "
+                    "engine rollback; shutdown. Exit 1 on a refused command, "
                     "3 when no answer came (wrong key, dead node). docs/operations.md.")
     ctl.add_argument("address", help="the node's [control] address, e.g. tcp://node:5557")
-    ctl.add_argument("command", help="status | set | pause | resume | flush | shutdown")
-    ctl.add_argument("settings", nargs="*", help="KEY=VALUE pairs for set")
+    ctl.add_argument("command", help="status | set | pause | resume | flush | engine | shutdown")
+    ctl.add_argument("settings", nargs="*", help="KEY=VALUE pairs for set; load PATH SHA256 or rollback for engine")
     ctl.add_argument("--server-key", help="the node's public key file (NAME.key); turns CURVE on")
     ctl.add_argument("--client-key", help="your secret key file (NAME.key_secret)")
     ctl.add_argument("--timeout-ms", type=int, default=5000, help="how long to wait for the answer (default 5000)")
@@ -103,8 +105,16 @@ def _ctl(args: argparse.Namespace) -> int:
     from edge.control import request
     from edge.errors import ConfigError
 
-    settings: dict[str, Any] = {}
-    for item in args.settings:
+    command, settings = args.command, {}
+    if command == "engine":
+        words = list(args.settings)
+        if words[:1] == ["load"] and len(words) == 3:
+            command, settings = "engine.load", {"path": words[1], "sha256": words[2]}
+        elif words == ["rollback"]:
+            command = "engine.rollback"
+        else:
+            raise ConfigError("use `engine load PATH SHA256` or `engine rollback`", where="ctl")
+    for item in args.settings if command == args.command else ():
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"{item!r} is not KEY=VALUE", where="ctl")
@@ -112,7 +122,7 @@ def _ctl(args: argparse.Namespace) -> int:
             settings[key] = json.loads(value)
         except ValueError:
             settings[key] = value
-    answer = request(args.address, args.command, settings, timeout_ms=args.timeout_ms,
+    answer = request(args.address, command, settings, timeout_ms=args.timeout_ms,
                      server_public_key=args.server_key, client_secret_key=args.client_key)
     if answer is None:
         print(f"no answer from {args.address} within {args.timeout_ms} ms (wrong key, or the node is down)",

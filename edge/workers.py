@@ -92,8 +92,10 @@ def _worker_main(conn: Connection, build: Any, build_args: tuple[Any, ...]) -> N
 
 def _swap(pipeline: Any, engine_spec: Any) -> Any:
     from edge.node import open_engine
+    from edge.stamps import NORMALISATION
 
     engine = open_engine(*engine_spec)
+    engine.manifest.check_normalisation(NORMALISATION)
     old = pipeline.engine
     pipeline.engine = engine
     old.deactivate()
@@ -157,16 +159,21 @@ class Worker:
         """Frames submitted after this call are triaged with ``policy``."""
         self._conn.send(("policy", policy))
 
-    def swap_engine(self, engine_spec: tuple[Any, ...], timeout_s: float = 120.0) -> str:
-        """Load another engine in this (idle) worker; returns the new engine id or raises."""
+    def begin_swap(self, engine_spec: tuple[Any, ...]) -> None:
+        """Ask this idle worker to load another engine (it keeps the old one if that fails)."""
+        if self.busy is not None:
+            raise EngineError(f"worker {self.index} is busy; swap engines between frames", where="workers")
         self._conn.send(("engine", engine_spec))
+
+    def finish_swap(self, timeout_s: float = 120.0) -> str:
+        """Wait for the swap begun by :meth:`begin_swap`; the new engine id, or EngineError."""
         if not self._conn.poll(timeout_s):
             raise EngineError(f"worker {self.index} did not load the engine within {timeout_s:.0f} s", where="workers")
         kind, detail = self._conn.recv()
         if kind != "engine_ok":
             raise EngineError(f"worker {self.index} refused the engine: {detail}", where="workers")
         self.engine_id = detail
-        return detail
+        return str(detail)
 
     def alive(self) -> bool:
         return self._proc.is_alive()

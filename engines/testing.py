@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from engines.manifest import BuildInfo, EngineManifest, file_entry, write_manifest
+from engines.manifest import BuildInfo, EngineManifest, GoldenSpec, file_entry, write_manifest
 from engines.scoring import ScoringConstants
 
 CLASSES = ("star", "galaxy", "cosmic_ray", "hot_pixel", "streak", "bogus")
@@ -71,7 +71,7 @@ def tiny_scoring() -> ScoringConstants:
 def write_tiny_engine(folder: Path, *, plans: dict[str, dict[str, Any]] | None = None,
                       build: BuildInfo | None = None, ensemble_size: int = K,
                       name: str = "tiny", version: str = "0.1") -> Path:
-    """An engine folder with the tiny ONNX as fp32, a stand-in QDQ file and optional stand-in plans."""
+    """An engine folder with the tiny ONNX as fp32, a stand-in QDQ file, golden stamps and optional stand-in plans."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     write_tiny_onnx(folder / "model_fp32.onnx")
@@ -83,8 +83,15 @@ def write_tiny_engine(folder: Path, *, plans: dict[str, dict[str, Any]] | None =
         (folder / rel).write_bytes(b"FAKEPLAN" + rel.encode())
         precision = fields.pop("precision")
         files[rel] = file_entry(folder / rel, precision, "tensorrt-plan", **fields)
+    stamps = np.random.default_rng(5).normal(size=(16, 2, 32, 32)).astype(np.float32)
+    logits, embedding = tiny_reference(stamps)
+    np.savez(folder / "golden.npz", stamps=stamps, logits=logits.astype(np.float32),
+             embedding=embedding.astype(np.float32))
+    files["golden.npz"] = file_entry(folder / "golden.npz", "none", "npz")
+    limits = {"logits_max_abs": 1e-3, "embedding_max_abs": 1e-3, "top1_agreement_min": 1.0}
+    golden = GoldenSpec(file="golden.npz", tolerance={"fp32": dict(limits), "int8": dict(limits)})
     manifest = EngineManifest(name=name, version=version, classes=CLASSES, ensemble_size=ensemble_size,
                               embedding_dim=D, normalisation=NORMALISATION,
-                              scoring=tiny_scoring(), files=files, build=build)
+                              scoring=tiny_scoring(), files=files, build=build, golden=golden)
     write_manifest(manifest, folder)
     return folder

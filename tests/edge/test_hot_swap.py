@@ -1,0 +1,114 @@
+"""Engine hot swap under load: every frame exactly once, the engine id switching at one frame
+boundary, corrupt or foreign engines refused with the reason while the stream goes on, rollback."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge.daemon import NodeDaemon
+from engines.manifest import InputSpec, read_manifest, sha256_file, write_manifest
+from engines.testing import write_tiny_engine
+from firmware_bridge import FrameSender
+from firmware_bridge.rig import header_fields
+from twin import simulate_frame
+
+from .conftest import Ground
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+
+def _sha(folder: Path) -> str:
+    return sha256_file(folder / "manifest.json")
+
+
+def _stream(address: str, frames: list[Any]) -> threading.Thread:
+    def main() -> None:
+        with FrameSender(address, sndhwm=1, send_timeout_ms=60_000) as sender:
+            sender.start_series(1)
+            for tf in frames:
+                start, exposure_s, wcs, keywords = header_fields(tf.header, fallback_utc="")
+                sender.send_frame(tf.raw_adu, start_utc=start, exposure_s=exposure_s, wcs=wcs, keywords=keywords)
+            sender.end_series()
+            sender.close(linger_ms=60_000)
+
+    t = threading.Thread(target=main, daemon=True)
+    t.start()
+    return t
+
+
+def _bad_engines(tmp_path: Path, good: Path) -> dict[str, tuple[Path, str, str]]:
+    """name -> (folder, sha256 to give, reason expected)."""
+    out = {"wrong sha256": (good, "0" * 64, "engine_integrity")}
+    truncated = tmp_path / "truncated"
+    shutil.copytree(good, truncated)
+    model = truncated / "model_fp32.onnx"
+    model.write_bytes(model.read_bytes()[:1000])
+    out["truncated file"] = (truncated, _sha(truncated), "engine_integrity")
+    shape = tmp_path / "shape"
+    shutil.copytree(good, shape)
+    m = read_manifest(shape)
+    write_manifest(dataclasses.replace(m, input=InputSpec(shape=(-1, 2, 16, 16))), shape)
+    out["wrong input shape"] = (shape, _sha(shape), "engine_compatibility")
+    trt = write_tiny_engine(tmp_path / "trt9", plans={"model_fp16.plan": {
+        "precision": "fp16", "tensorrt_version": "9.2.0", "compute_capability": "8.7", "batch_profile": (1, 64, 256)}})
+    data = json.loads((trt / "manifest.json").read_text())
+    for rel in ("model_fp32.onnx", "model_int8_qdq.onnx"):
+        data["files"].pop(rel)
+        (trt / rel).unlink()
+    (trt / "manifest.json").write_text(json.dumps(data))
+    out["plan for another TensorRT"] = (trt, _sha(trt), "engine_compatibility")
+    return out
+
+
+def test_swap_under_load_switches_at_one_frame_boundary(node_config_factory, small_twin, tmp_path: Path) -> None:
+    """While frames stream, bad engines are refused with their reason and a good one is swapped in
+    between two frames; every frame is summarised once and the engine id changes once; rollback returns."""
+    ground = Ground(tmp_path / "ground")
+    cfg = node_config_factory(node={"workers": 2}, receive={"queue_policy": "block"},
+                              downlink={"address": ground.address})
+    new = write_tiny_engine(tmp_path / "tiny-0.2", version="0.2")
+    bad = _bad_engines(tmp_path, new)
+    frames = [simulate_frame(small_twin, i % 3, 4) for i in range(10)]
+    node = NodeDaemon(cfg)
+    node.start()
+    old_id = node.engine_id
+    answers: dict[str, Any] = {}
+    try:
+        sender = _stream(node.receiver_endpoint, frames)
+        c = node.counters
+        while c.frames_processed < 3:
+            node.step()
+        for name, (folder, sha, _) in bad.items():
+            answers[name] = node.handle_command("operator", "engine.load", {"path": str(folder), "sha256": sha})
+        while c.frames_processed < 5:
+            node.step()
+        answers["good"] = node.handle_command("operator", "engine.load", {"path": str(new), "sha256": _sha(new)})
+        while c.frames_processed < len(frames):
+            node.step()
+        sender.join(30)
+        answers["rollback"] = node.handle_command("operator", "engine.rollback", {})
+        while len(node.spool) > 0:
+            node.step()
+    finally:
+        node.close()
+        ground.close()
+    for name, (_, _, reason) in bad.items():
+        assert not answers[name]["ok"] and answers[name]["reason"] == reason, (name, answers[name])
+        assert answers[name]["engine_id"] == old_id
+    assert answers["good"]["ok"] and answers["good"]["engine_id"].startswith("tiny:0.2:")
+    assert answers["rollback"] == {"ok": True, "engine_id": old_id}
+    summaries = sorted(ground.summaries(), key=lambda s: s.frame)
+    assert [s.frame for s in summaries] == list(range(len(frames)))
+    ids = [s.engine_id for s in summaries]
+    switch = ids.index(answers["good"]["engine_id"])
+    assert 5 <= switch and set(ids[:switch]) == {old_id} and set(ids[switch:]) == {answers["good"]["engine_id"]}
+    by_frame = {s.frame: s.engine_id for s in summaries}
+    assert all(r.engine_id == by_frame[r.frame] for r in ground.records())
+    assert c.conserved()
