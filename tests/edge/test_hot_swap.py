@@ -108,7 +108,7 @@ def test_swap_under_load_switches_at_one_frame_boundary(node_config_factory, sma
     assert [s.frame for s in summaries] == list(range(len(frames)))
     ids = [s.engine_id for s in summaries]
     switch = ids.index(answers["good"]["engine_id"])
-    assert 5 <= switch and set(ids[:switch]) == {old_id} and set(ids[switch:]) == {answers["good"]["engine_id"]}
+    assert switch >= 5 and set(ids[:switch]) == {old_id} and set(ids[switch:]) == {answers["good"]["engine_id"]}
     by_frame = {s.frame: s.engine_id for s in summaries}
     assert all(r.engine_id == by_frame[r.frame] for r in ground.records())
     assert c.conserved()
