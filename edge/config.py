@@ -248,13 +248,14 @@ def build_section(cls: type, table: Any, name: str, problems: list[str]) -> Any:
             ok = False
             continue
         values[key] = _convert(value, hints[key])
-    if not ok:
-        return cls()
+    # the well-typed values are still checked by the section's validator, so one pass names
+    # every problem, not only the unknown keys
     try:
-        return cls(**values)
+        section = cls(**values)
     except (ValueError, TypeError) as exc:
         problems.append(f"[{name}]: {exc}")
         return cls()
+    return section if ok else cls()
 
 
 def _type_name(annotation: Any) -> str:

@@ -151,10 +151,10 @@ class NodeDaemon:
         if self.control is not None:
             self.control.close()
             self.control = None
+        self._write_status()   # the final figures, spool included
         if self.spool is not None:
             self.spool.close()
             self.spool = None
-        self._write_status()
 
     def __enter__(self) -> NodeDaemon:
         self.start()
