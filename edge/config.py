@@ -151,6 +151,21 @@ class ControlSection:
 
 
 @dataclass(frozen=True)
+class HousekeepingSection:
+    """The housekeeping PUB socket and the Prometheus endpoint; empty: off."""
+
+    address: str = ""
+    interval_s: float = 5.0
+    prometheus_address: str = ""     # host:port, e.g. "127.0.0.1:9108"
+
+    def __post_init__(self) -> None:
+        if not self.interval_s > 0:
+            raise ValueError("interval_s must be > 0")
+        if self.prometheus_address and not self.prometheus_address.rpartition(":")[2].isdigit():
+            raise ValueError(f"prometheus_address must be host:port, not {self.prometheus_address!r}")
+
+
+@dataclass(frozen=True)
 class LogSection:
     """Logging: JSON lines in production."""
 
@@ -179,6 +194,7 @@ def _section_types() -> dict[str, type]:
         "spool": SpoolSection,
         "downlink": DownlinkSection,
         "control": ControlSection,
+        "housekeeping": HousekeepingSection,
         "log": LogSection,
     }
 
@@ -197,6 +213,7 @@ class NodeConfig:
     spool: SpoolSection = field(default_factory=SpoolSection)
     downlink: DownlinkSection = field(default_factory=DownlinkSection)
     control: ControlSection = field(default_factory=ControlSection)
+    housekeeping: HousekeepingSection = field(default_factory=HousekeepingSection)
     log: LogSection = field(default_factory=LogSection)
 
 

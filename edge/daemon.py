@@ -27,14 +27,18 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edge.config import NodeConfig
 from edge.done import DoneSet
 from edge.downlink import Downlink
 from edge.errors import AstroEdgeError
+from edge.housekeeping import Housekeeping
 from edge.log import get_logger
 from edge.node import build_pipeline, engine_dir
 from edge.pipeline import FrameInput, FrameResult
 from edge.spool import Spool
+from edge.supervision import SystemdNotifier, process_figures
 from edge.workers import FrameFailure, Worker
 
 log = get_logger(__name__)
@@ -79,7 +83,8 @@ class NodeDaemon:
     """The live node; ``run(should_stop)`` until told to stop, then drain what was accepted."""
 
     def __init__(self, config: NodeConfig, *, bundle_override: str | None = None,
-                 build: Callable[..., Any] = build_pipeline, status_path: str | Path | None = None) -> None:
+                 build: Callable[..., Any] = build_pipeline, status_path: str | Path | None = None,
+                 notifier: SystemdNotifier | None = None) -> None:
         self.config = config
         self.counters = NodeCounters()
         self.status_path = Path(status_path) if status_path else None
@@ -101,6 +106,10 @@ class NodeDaemon:
         self._paused = False
         self._shutdown_requested = False
         self._flush = threading.Event()
+        self.notifier = notifier or SystemdNotifier(None)
+        self.housekeeping: Housekeeping | None = None
+        self._stage_ms: dict[str, deque[float]] = {}
+        self._last_ping = (0.0, -1)        # (monotonic time, frames finished) at the last watchdog ping
         self._engine_path = ""            # the folder the workers run now
         self._engine_history: list[str] = []
         self._done: dict[str, DoneSet] = {}   # finished frames per series, mirrored in the spool
@@ -130,6 +139,13 @@ class NodeDaemon:
             except BaseException:
                 self.close()
                 raise
+        hk = cfg.housekeeping
+        if hk.address or hk.prometheus_address:
+            try:
+                self.housekeeping = Housekeeping(hk.address, hk.prometheus_address)
+            except BaseException:
+                self.close()
+                raise
         self._downlink_thread = threading.Thread(target=self._downlink_loop, name="downlink", daemon=True)
         self._downlink_thread.start()
         log.info("node.started", node=cfg.node.id, workers=len(self.workers), engine=self.engine_id,
@@ -151,6 +167,10 @@ class NodeDaemon:
         if self.control is not None:
             self.control.close()
             self.control = None
+        if self.housekeeping is not None:
+            self.housekeeping.close()
+            self.housekeeping = None
+        self.notifier.close()
         self._write_status()   # the final figures, spool included
         if self.spool is not None:
             self.spool.close()
@@ -166,15 +186,58 @@ class NodeDaemon:
     # ---- the loop ---------------------------------------------------------------------------
     def run(self, should_stop: Callable[[], bool], *, status_every_s: float = 1.0) -> NodeCounters:
         """Receive and process until ``should_stop()``; then finish every accepted frame."""
-        next_status = time.monotonic() + status_every_s
+        now = time.monotonic()
+        next_status = now + status_every_s
+        next_hk = now + self.config.housekeeping.interval_s
+        self.notifier.notify("READY=1", f"STATUS=receiving on {self.receiver_endpoint}, engine {self.engine_id}")
         while not should_stop() and not self._shutdown_requested:
             self.step()
-            if time.monotonic() >= next_status:
+            now = time.monotonic()
+            if now >= next_status:
                 self._write_status()
-                next_status = time.monotonic() + status_every_s
+                self._watchdog(now)
+                next_status = now + status_every_s
+            if self.housekeeping is not None and now >= next_hk:
+                self.housekeeping.publish(self.housekeeping_figures())
+                next_hk = now + self.config.housekeeping.interval_s
+        self.notifier.notify("STOPPING=1", "STATUS=finishing the accepted frames")
         self.finish()
         log.info("node.stopped", **{k: v for k, v in self.counters.snapshot().items() if k != "dropped_seqs"})
         return self.counters
+
+    def _watchdog(self, now: float) -> None:
+        """Ping systemd's watchdog only when frames were finished since the last ping, or when the
+        node has nothing to do; a pipeline holding frames without finishing any gets no ping."""
+        c = self.counters
+        finished = c.frames_processed + c.frames_rejected
+        idle = not self._queue and not self._busy()
+        if finished != self._last_ping[1] or idle:
+            self.notifier.notify("WATCHDOG=1", f"STATUS=frames {finished} finished, {c.frames_dropped} dropped, "
+                                 f"queue {len(self._queue)}, engine {self.engine_id}, policy {self.policy.version}")
+            self._last_ping = (now, finished)
+
+    def housekeeping_figures(self) -> dict[str, Any]:
+        """status() plus per-stage latency p50/p99, spool age and the process's CPU, memory and GPU figures."""
+        figures = self.status()
+        figures["stage_latency_ms"] = {
+            stage: {"p50": float(np.percentile(v, 50)), "p99": float(np.percentile(v, 99))}
+            for stage, v in self._stage_ms.items() if v}
+        figures["spool_oldest_age_s"] = self._spool_oldest_age_s()
+        figures["process"] = process_figures()
+        return figures
+
+    def _spool_oldest_age_s(self) -> float | None:
+        from datetime import datetime, timezone
+
+        from edge.records import DownlinkRecord, decode_msgpack
+
+        item = self.spool.oldest() if self.spool is not None else None
+        if item is None:
+            return None
+        msg = decode_msgpack(item.payload)
+        stamp = msg.processed_time if isinstance(msg, DownlinkRecord) else msg.frame_time
+        then = datetime.strptime(stamp.rstrip("Z")[:26], "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=timezone.utc)
+        return (datetime.now(timezone.utc) - then).total_seconds()
 
     def step(self, timeout_ms: int = 20) -> None:
         """One turn: take what arrived, hand frames to idle workers, spool what they finished."""
@@ -286,6 +349,8 @@ class NodeDaemon:
         c.spool_duplicates += n_dup
         c.evicted += len(put.evicted)
         c.latency_ms.append((time.monotonic() - t0) * 1000.0)
+        for stage, ms in s.timings_ms.items():
+            self._stage_ms.setdefault(stage, deque(maxlen=1000)).append(ms)
         del c.latency_ms[:-1000]
         log.info("frame.processed", series=s.series_id, seq=s.frame, detections=s.detections,
                  sent=s.sent, suppressed=s.suppressed, noise_model=s.noise_model,

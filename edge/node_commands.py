@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -78,7 +79,12 @@ def _run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    daemon = NodeDaemon(config, bundle_override=args.calibration, status_path=args.status_file)
+    from edge.supervision import SystemdNotifier
+
+    # systemd's notify socket and watchdog period are read here, at the shell, and passed down
+    notifier = SystemdNotifier(os.environ.get("NOTIFY_SOCKET"), os.environ.get("WATCHDOG_USEC"))
+    daemon = NodeDaemon(config, bundle_override=args.calibration, status_path=args.status_file,
+                        notifier=notifier)
     daemon.start()
     try:
         daemon.run(lambda: stop["now"])

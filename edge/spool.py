@@ -312,6 +312,13 @@ class Spool:
                 "(SELECT id FROM temp.in_flight) ORDER BY priority DESC, seq ASC LIMIT ?", (limit,))
             return [SpooledItem(id=i, kind=k, priority=float(p), payload=bytes(b)) for i, k, p, b in cur]
 
+    def oldest(self) -> SpooledItem | None:
+        """The message that has waited longest in the spool (in flight or not), or None when empty."""
+        with self._lock:
+            self._check_open()
+            row = self._db.execute("SELECT id, kind, priority, payload FROM items ORDER BY seq ASC LIMIT 1").fetchone()
+        return None if row is None else SpooledItem(id=row[0], kind=row[1], priority=float(row[2]), payload=bytes(row[3]))
+
     def get(self, item_id: str) -> SpooledItem | None:
         """One spooled message by id, or None when it has left the spool."""
         with self._lock:
