@@ -36,6 +36,10 @@ def _add_ground(subparsers: Any) -> None:
     p.add_argument("--out", required=True, help="output folder (created if absent)")
     p.add_argument("--fits-interval-s", type=float, default=60.0,
                    help="rewrite downlink.fits every this many seconds (default 60; 0: only at exit)")
+    p.add_argument("--curve-secret-key", default=None,
+                   help="this ground's NAME.key_secret: turns CURVE on (then give --allow-key)")
+    p.add_argument("--allow-key", action="append", default=[],
+                   help="a node's NAME.key allowed to downlink (repeat for several); with CURVE only")
     p.add_argument("--duration-s", type=float, default=0.0,
                    help="stop after this many seconds (default 0: run until stopped)")
     p.set_defaults(func=_ground)
@@ -47,7 +51,12 @@ def _ground(args: argparse.Namespace) -> int:
 
     if args.fits_interval_s < 0 or args.duration_s < 0:
         raise ConfigError("--fits-interval-s and --duration-s must be >= 0", where="ground")
+    if bool(args.curve_secret_key) != bool(args.allow_key):
+        raise ConfigError("CURVE needs both --curve-secret-key and at least one --allow-key", where="ground")
     log = get_logger(__name__)
+    curve = (args.curve_secret_key, args.allow_key) if args.curve_secret_key else None
+    if curve is None:
+        log.warning("ground.insecure", detail="CURVE is off: any node that reaches this address can downlink")
     stop = {"now": False}
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -56,7 +65,7 @@ def _ground(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, on_signal)
     end = time.monotonic() + args.duration_s if args.duration_s > 0 else None
     try:
-        with GroundReceiver(args.bind, args.out, fits_interval_s=args.fits_interval_s) as ground:
+        with GroundReceiver(args.bind, args.out, fits_interval_s=args.fits_interval_s, curve=curve) as ground:
             print(f"astro-edge ground: listening on {ground.address}, writing {ground.out_dir}",
                   flush=True)
             # Ctrl-C is the normal way to stop: fall through to write the FITS table

@@ -124,8 +124,12 @@ class DownlinkSection:
     budget_bytes_per_s: int = 1_000_000
     contact_window_bytes: int = 0
     ack_timeout_s: float = 5.0
+    curve_client_secret_key: str = ""   # this node's NAME.key_secret
+    curve_server_public_key: str = ""   # the ground's NAME.key
 
     def __post_init__(self) -> None:
+        if bool(self.curve_client_secret_key) != bool(self.curve_server_public_key):
+            raise ValueError("CURVE on the downlink needs both curve_client_secret_key and curve_server_public_key")
         if self.budget_bytes_per_s <= 0:
             raise ValueError("budget_bytes_per_s must be > 0")
         if self.contact_window_bytes < 0:

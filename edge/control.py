@@ -17,8 +17,8 @@ from typing import Any
 import zmq
 
 from edge.config import ControlSection
+from edge.curve import make_curve_client, make_curve_server
 from edge.errors import TransportError
-from edge.keys import load_keypair, load_public_key
 from edge.log import get_logger
 
 log = get_logger(__name__)
@@ -36,20 +36,6 @@ class ControlRequest:
     args: dict[str, Any]
 
 
-class _AllowedKeys:
-    """ZAP callback: a client may connect when its public key is listed."""
-
-    def __init__(self, keys: set[bytes]) -> None:
-        self.keys = keys
-
-    def callback(self, domain: str, key: bytes) -> bool:
-        # pyzmq hands the client's key Z85-encoded, as key files hold it
-        allowed = key in self.keys
-        if not allowed:
-            log.warning("control.refused", client=key.decode("ascii", "replace"))
-        return allowed
-
-
 class ControlServer:
     """Owns the control ROUTER socket (and, with CURVE, its authenticator thread)."""
 
@@ -60,16 +46,8 @@ class ControlServer:
         self._sock.setsockopt(zmq.LINGER, 0)
         try:
             if section.curve:
-                from zmq.auth.thread import ThreadAuthenticator
-
-                public, secret = load_keypair(section.server_secret_key)
-                allowed = {load_public_key(p) for p in section.allowed_client_keys}
-                self._auth = ThreadAuthenticator(self._ctx)
-                self._auth.start()
-                self._auth.configure_curve_callback(domain="*", credentials_provider=_AllowedKeys(allowed))
-                self._sock.curve_server = True
-                self._sock.curve_publickey = public
-                self._sock.curve_secretkey = secret
+                self._auth = make_curve_server(self._ctx, self._sock, section.server_secret_key,
+                                               section.allowed_client_keys, "control")
             self._sock.bind(section.address)
         except zmq.ZMQError as exc:
             self.close()
@@ -79,7 +57,8 @@ class ControlServer:
             raise
         self.endpoint: str = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
         if section.curve:
-            log.info("control.opened", address=self.endpoint, curve=True, allowed_clients=len(allowed))
+            log.info("control.opened", address=self.endpoint, curve=True,
+                     allowed_clients=len(section.allowed_client_keys))
         else:
             log.warning("control.insecure", address=self.endpoint,
                         detail="CURVE is off: anyone who can reach this address can command the node")
@@ -139,10 +118,7 @@ def request(address: str, command: str, args: dict[str, Any] | None = None, *, t
             if not (server_public_key and client_secret_key):
                 raise TransportError("CURVE needs both the node's public key and your secret key file",
                                      where=address)
-            public, secret = load_keypair(client_secret_key)
-            sock.curve_publickey = public
-            sock.curve_secretkey = secret
-            sock.curve_serverkey = load_public_key(server_public_key)
+            make_curve_client(sock, client_secret_key, server_public_key)
         sock.connect(address)
         sock.send_multipart([command.encode("ascii"), json.dumps(args or {}).encode()])
         if not sock.poll(timeout_ms, zmq.POLLIN):

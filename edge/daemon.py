@@ -148,6 +148,9 @@ class NodeDaemon:
                 raise
         self._downlink_thread = threading.Thread(target=self._downlink_loop, name="downlink", daemon=True)
         self._downlink_thread.start()
+        if not cfg.downlink.curve_client_secret_key:
+            log.warning("downlink.insecure", address=cfg.downlink.address,
+                        detail="CURVE is off on the downlink: records leave unencrypted and unauthenticated")
         log.info("node.started", node=cfg.node.id, workers=len(self.workers), engine=self.engine_id,
                  receive=self.receiver_endpoint, downlink=cfg.downlink.address, spool=str(cfg.spool.path),
                  queue_policy=cfg.receive.queue_policy)
@@ -468,9 +471,11 @@ class NodeDaemon:
     def _downlink_loop(self) -> None:
         cfg = self.config.downlink
         try:
+            curve = ((cfg.curve_client_secret_key, cfg.curve_server_public_key)
+                     if cfg.curve_client_secret_key else None)
             with Downlink(self.spool, cfg.address, budget_bytes_per_s=cfg.budget_bytes_per_s,  # type: ignore[arg-type]
                           contact_window_bytes=cfg.contact_window_bytes,
-                          ack_timeout_s=cfg.ack_timeout_s) as downlink:
+                          ack_timeout_s=cfg.ack_timeout_s, curve=curve) as downlink:
                 while not self._stop_downlink.is_set():
                     if self._flush.is_set():
                         self._flush.clear()

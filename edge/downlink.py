@@ -16,7 +16,7 @@ writes files; one :class:`Downlink` owns its socket and is used from one thread.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -24,6 +24,7 @@ from typing import Any
 import msgpack
 import zmq
 
+from edge.curve import make_curve_client, make_curve_server
 from edge.errors import RecordDecodeError, TransportError
 from edge.log import get_logger
 from edge.spool import Spool, SpooledItem
@@ -40,10 +41,16 @@ _HWM = 1000
 _FETCH = 32
 
 
-def node_socket(context: zmq.Context[Any], address: str) -> zmq.Socket[Any]:
-    """The node's end of the downlink: a DEALER connected to ``address``, linger 0."""
+def node_socket(context: zmq.Context[Any], address: str,
+                curve: tuple[str, str] | None = None) -> zmq.Socket[Any]:
+    """The node's end of the downlink: a DEALER connected to ``address``, linger 0.
+
+    ``curve`` = (this node's NAME.key_secret, the ground's NAME.key) makes it a CURVE client.
+    """
     sock = context.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    if curve is not None:
+        make_curve_client(sock, curve[0], curve[1])
     # queue only on live connections: with no ground, send() refuses and the spool keeps the record
     sock.setsockopt(zmq.IMMEDIATE, 1)
     sock.setsockopt(zmq.SNDHWM, _HWM)
@@ -56,18 +63,28 @@ def node_socket(context: zmq.Context[Any], address: str) -> zmq.Socket[Any]:
     return sock
 
 
-def ground_socket(context: zmq.Context[Any], address: str) -> zmq.Socket[Any]:
-    """The ground's end of the downlink: a ROUTER bound to ``address``, linger 0."""
+def ground_socket(context: zmq.Context[Any], address: str,
+                  curve: tuple[str, Sequence[str]] | None = None) -> tuple[zmq.Socket[Any], Any]:
+    """The ground's end of the downlink: a ROUTER bound to ``address``, linger 0.
+
+    ``curve`` = (the ground's NAME.key_secret, the nodes' NAME.key files allowed in) makes it a
+    CURVE server; the authenticator thread comes back with the socket (None without CURVE).
+    """
     sock = context.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVHWM, _HWM)
+    auth = None
     try:
+        if curve is not None:
+            auth = make_curve_server(context, sock, curve[0], curve[1], "ground")
         sock.bind(address)
     except zmq.ZMQError as exc:
         sock.close()
+        if auth is not None:
+            auth.stop()
         raise TransportError(f"cannot bind the ground receiver: {exc}; is the port in use?",
                              where=address) from exc
-    return sock
+    return sock, auth
 
 
 def encode_ack(ids: list[str]) -> list[bytes]:
@@ -111,7 +128,7 @@ class Downlink:
     def __init__(self, spool: Spool, address: str, *, budget_bytes_per_s: int = 1_000_000,
                  contact_window_bytes: int = 0, ack_timeout_s: float = 5.0, max_in_flight: int = 512,
                  clock: Callable[[], float] = time.monotonic,
-                 context: zmq.Context[Any] | None = None) -> None:
+                 context: zmq.Context[Any] | None = None, curve: tuple[str, str] | None = None) -> None:
         if budget_bytes_per_s <= 0 or contact_window_bytes < 0 or ack_timeout_s <= 0 or max_in_flight < 1:
             raise ValueError("budget_bytes_per_s, ack_timeout_s and max_in_flight must be > 0, "
                              "contact_window_bytes >= 0")
@@ -123,7 +140,7 @@ class Downlink:
         self._clock = clock
         self._own_context = context is None
         self._context = zmq.Context() if context is None else context
-        self._sock: zmq.Socket[Any] | None = node_socket(self._context, address)
+        self._sock: zmq.Socket[Any] | None = node_socket(self._context, address, curve)
         # token bucket: at most one second's budget may be saved up
         self._tokens = float(self.budget_bytes_per_s)
         self._refilled_at = clock()

@@ -19,7 +19,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -69,7 +69,9 @@ class GroundReceiver:
     def __init__(self, bind: str, out_dir: str | Path, *, fits_interval_s: float = 60.0,
                  context: zmq.Context[Any] | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 utc_now: Callable[[], str] = _utc_now) -> None:
+                 utc_now: Callable[[], str] = _utc_now,
+                 curve: tuple[str, Sequence[str]] | None = None) -> None:
+        """``curve`` = (the ground's NAME.key_secret, the NAME.key files of the nodes allowed in)."""
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.fits_interval_s = float(fits_interval_s)
@@ -92,7 +94,8 @@ class GroundReceiver:
         self._own_context = context is None
         self._context = zmq.Context() if context is None else context
         try:
-            self._sock: zmq.Socket[Any] | None = ground_socket(self._context, bind)
+            self._sock: zmq.Socket[Any] | None
+            self._sock, self._auth = ground_socket(self._context, bind, curve)
         except BaseException:
             self._close_files()
             raise
@@ -236,6 +239,9 @@ class GroundReceiver:
         finally:
             self._sock.close(linger=0)
             self._sock = None
+            if self._auth is not None:
+                self._auth.stop()
+                self._auth = None
             self._close_files()
             if self._own_context:
                 self._context.term()

@@ -259,3 +259,37 @@ def test_one_pump_sends_everything_the_budget_allows(tmp_path: Path, ctx: zmq.Co
         assert dl.counters().sent == 100
         got = ids_of(receive(sock, 100))
     assert got == [r.record_id for r in sorted(recs, key=lambda r: -r.priority)]
+
+
+def test_curve_downlink_delivers_to_a_known_node_and_nothing_from_a_stranger(
+        tmp_path: Path, rng: np.random.Generator) -> None:
+    """With CURVE on the ground, the listed node's records arrive and are acked; a node with
+    another key delivers nothing, and its records stay spooled."""
+    from edge.ground import GroundReceiver
+    from edge.keys import new_keypair
+
+    keys = tmp_path / "keys"
+    ground_pub, ground_sec = new_keypair(keys, "ground")
+    node_pub, node_sec = new_keypair(keys, "node")
+    _, stranger_sec = new_keypair(keys, "stranger")
+    ctx = zmq.Context()
+    try:
+        with GroundReceiver("tcp://127.0.0.1:0", tmp_path / "g", fits_interval_s=0, context=ctx,
+                            curve=(str(ground_sec), [str(node_pub)])) as ground, \
+                Spool(tmp_path / "good.sqlite") as good, Spool(tmp_path / "bad.sqlite") as bad:
+            good.put([make_record(0, i, float(i), rng) for i in range(3)])
+            bad.put([make_record(1, i, float(i), rng) for i in range(3)])
+            with Downlink(good, ground.address, context=ctx, curve=(str(node_sec), str(ground_pub))) as ok_link, \
+                    Downlink(bad, ground.address, context=ctx, curve=(str(stranger_sec), str(ground_pub))) as bad_link:
+                end = time.monotonic() + 10
+                while len(good) and time.monotonic() < end:
+                    ok_link.pump(10)
+                    bad_link.pump(0)
+                    ground.poll(10)
+                for _ in range(20):
+                    bad_link.pump(10)
+                    ground.poll(10)
+            assert len(good) == 0 and ground.counters().records == 3
+            assert len(bad) == 3
+    finally:
+        ctx.term()
