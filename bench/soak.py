@@ -1,0 +1,133 @@
+"""Soak: stream twin frames into a node for a set time and watch its memory.
+
+A node (2 worker processes, the shipped engine, drop_oldest queue) receives 2048x2048 twin
+frames at --rate-hz from a FrameSender thread and downlinks to an in-process ground, for
+--seconds (600 by default; not run in CI). Memory is the resident set of the node's main process
+plus its workers (/proc), sampled every 10 s after a warm-up minute. The reference is the memory
+after warm-up; the last line prints end / reference (1.00 means no growth) and the bound.
+
+    .venv/bin/python bench/soak.py [--seconds 600] [--rate-hz 2] [--size 2048]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+#: the growth the node may show over a soak, beyond its memory after warm-up
+BOUND_MB = 64.0
+
+
+def rss_mb(pids: list[int]) -> float:
+    import os
+
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/statm", encoding="ascii") as fh:
+                total += int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError):
+            continue
+    return total / 2**20
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=600.0)
+    p.add_argument("--warmup-s", type=float, default=60.0)
+    p.add_argument("--rate-hz", type=float, default=2.0)
+    p.add_argument("--size", type=int, default=2048)
+    args = p.parse_args()
+
+    from edge.config import config_from_mapping
+    from edge.daemon import NodeDaemon
+    from edge.log import configure
+    from edge.node_demo import twin_config
+    from firmware_bridge import FrameSender
+    from firmware_bridge.rig import header_fields
+    from twin import simulate_frame
+
+    configure(json=True, level="warning", stream=sys.stderr)
+    import os
+
+    from edge.ground import GroundReceiver
+
+    frames = [simulate_frame(twin_config(args.size), i, 7) for i in range(4)]
+    with tempfile.TemporaryDirectory() as tmp:
+        stop_ground = threading.Event()
+        ready = threading.Event()
+        box: dict[str, str] = {}
+
+        def ground_main() -> None:
+            with GroundReceiver("tcp://127.0.0.1:0", Path(tmp) / "ground", fits_interval_s=0) as g:
+                box["address"] = g.address
+                ready.set()
+                g.serve(stop_ground.is_set, timeout_ms=50)
+
+        threading.Thread(target=ground_main, daemon=True).start()
+        ready.wait(10)
+        cfg = config_from_mapping({
+            "node": {"id": "soak", "workers": 2},
+            "receive": {"address": "tcp://127.0.0.1:0", "queue_policy": "drop_oldest", "queue_frames": 4},
+            "spool": {"path": str(Path(tmp) / "spool.sqlite")},
+            "downlink": {"address": box["address"], "budget_bytes_per_s": 10_000_000},
+            "log": {"level": "warning"},
+        })
+        node = NodeDaemon(cfg)
+        node.start()
+        pids = [os.getpid(), *(w._proc.pid for w in node.workers)]
+        stop = threading.Event()
+
+        def rig() -> None:
+            with FrameSender(node.receiver_endpoint, sndhwm=4) as sender:
+                sender.start_series(1)
+                i, t0 = 0, time.monotonic()
+                while not stop.is_set():
+                    tf = frames[i % len(frames)]
+                    start, exposure_s, wcs, keywords = header_fields(tf.header, fallback_utc="")
+                    sender.send_frame(tf.raw_adu, start_utc=start, exposure_s=exposure_s, wcs=wcs, keywords=keywords)
+                    i += 1
+                    delay = t0 + i / args.rate_hz - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                sender.end_series()
+                box["sender"] = str(dataclasses.asdict(sender.counters))
+
+        threading.Thread(target=rig, daemon=True).start()
+        t_start = time.monotonic()
+        samples: list[tuple[float, float]] = []
+        next_sample = t_start + args.warmup_s
+        while time.monotonic() - t_start < args.seconds:
+            node.step()
+            if time.monotonic() >= next_sample:
+                samples.append((time.monotonic() - t_start, rss_mb(pids)))
+                next_sample += 10.0
+        stop.set()
+        time.sleep(0.5)
+        node.finish()
+        c = node.counters
+        status = node.status()
+        node.close(drain_s=5)
+        stop_ground.set()
+    ref, end = samples[0][1], samples[-1][1]
+    peak = max(m for _, m in samples)
+    print(f"soak {args.seconds:.0f} s at {args.rate_hz} Hz, {args.size}x{args.size}, 2 workers; "
+          f"memory sampled {len(samples)} times after {args.warmup_s:.0f} s warm-up")
+    print(f"frames received {c.frames_received}, processed {c.frames_processed}, dropped {c.frames_dropped}, "
+          f"rejected {c.frames_rejected}; detections {c.detections}, records spooled {c.spooled}, "
+          f"acked {status['spool']['acked']['record'] if status['spool'] else 'n/a'}; conserved {c.conserved()}")
+    print(f"memory (main + workers): after warm-up {ref:.1f} MB, end {end:.1f} MB, peak {peak:.1f} MB; "
+          f"bound: growth <= {BOUND_MB:.0f} MB")
+    print(f"ratio end/after-warm-up = {end / ref:.3f}; growth {end - ref:+.1f} MB "
+          f"({'within' if end - ref <= BOUND_MB else 'BEYOND'} the bound)")
+
+
+if __name__ == "__main__":
+    main()
