@@ -112,6 +112,7 @@ class NodeDaemon:
         self._last_ping = (0.0, -1)        # (monotonic time, frames finished) at the last watchdog ping
         self._engine_path = ""            # the folder the workers run now
         self._engine_history: list[str] = []
+        self._shadow: dict[str, Any] | None = None   # the last shadow run and its agreement
         self._done: dict[str, DoneSet] = {}   # finished frames per series, mirrored in the spool
 
     # ---- start and stop -------------------------------------------------------------------
@@ -346,6 +347,7 @@ class NodeDaemon:
                              checkpoint={f"done:{series_key}": done.to_json()})
         n_dup = sum(1 for i in put.duplicates if i != s.id)
         c.frames_processed += 1
+        self._note_shadow(result.shadow)
         c.detections += s.detections
         c.suppressed += s.suppressed
         c.spooled += s.sent
@@ -376,6 +378,8 @@ class NodeDaemon:
             return {"ok": True, "flush": "a new contact window is open"}
         if command == "engine.load":
             return self._engine_load(user, args)
+        if command == "engine.shadow":
+            return self._engine_shadow(user, args)
         if command == "engine.rollback":
             return self._engine_rollback(user)
         if command == "shutdown":
@@ -409,6 +413,41 @@ class NodeDaemon:
                     previous=self._engine_history[-1])
         return {"ok": True, "engine_id": self.engine_id}
 
+    def _engine_shadow(self, user: str, args: dict[str, Any]) -> dict[str, Any]:
+        from edge.node import verify_engine
+
+        path, sha, frames = args.get("path"), args.get("sha256"), args.get("frames", 10)
+        if (not isinstance(path, str) or not isinstance(sha, str) or isinstance(frames, bool)
+                or not isinstance(frames, int) or frames < 1):
+            return {"ok": False, "error": "engine.shadow needs path, sha256 and frames (an integer >= 1)"}
+        if self._shadow is not None and not self._shadow["done"]:
+            return {"ok": False, "error": f"a shadow run of {self._shadow['engine_id']} is under way"}
+        try:
+            verify_engine(path, sha, self.config.engine)
+            shadow_id = self._swap_workers(self._engine_spec(path), shadow=True)
+        except AstroEdgeError as exc:
+            log.error("engine.refused", user=user, path=path, reason=exc.reason, error=str(exc), shadow=True)
+            return {"ok": False, "error": str(exc), "reason": exc.reason, "engine_id": self.engine_id}
+        self._shadow = {"engine_id": shadow_id, "path": path, "frames_wanted": frames, "frames": 0,
+                        "agree": 0, "detections": 0, "agreement": None, "done": False}
+        log.info("engine.shadow_started", user=user, path=path, engine_id=shadow_id, frames=frames)
+        return {"ok": True, "shadow": dict(self._shadow)}
+
+    def _note_shadow(self, shadow: tuple[int, int] | None) -> None:
+        run = self._shadow
+        if run is None or shadow is None or run["done"]:
+            return
+        run["frames"] += 1
+        run["agree"] += shadow[0]
+        run["detections"] += shadow[1]
+        run["agreement"] = run["agree"] / run["detections"] if run["detections"] else None
+        if run["frames"] >= run["frames_wanted"]:
+            run["done"] = True
+            for w in self.workers:
+                w.drop_shadow()
+            log.info("engine.shadow_finished", engine_id=run["engine_id"], frames=run["frames"],
+                     agreement=run["agreement"])
+
     def _engine_rollback(self, user: str) -> dict[str, Any]:
         if not self._engine_history:
             return {"ok": False, "error": "no previous engine to roll back to", "engine_id": self.engine_id}
@@ -423,27 +462,35 @@ class NodeDaemon:
         log.warning("engine.rolled_back", user=user, path=previous, engine_id=self.engine_id)
         return {"ok": True, "engine_id": self.engine_id}
 
-    def _swap_workers(self, spec: tuple[Any, ...]) -> None:
+    def _swap_workers(self, spec: tuple[Any, ...], *, shadow: bool = False) -> str:
         """Switch every worker to ``spec`` between two frames: frames handed out before run on the
-        old engine, frames handed out after on the new one; any failure puts the old one back."""
+        old engine, frames handed out after on the new one; any failure puts the old one back.
+        With ``shadow`` the workers load ``spec`` beside the live engine instead."""
         while self._busy():
             self._collect(0.05)
         old = self._engine_spec(self._engine_path)
         for w in self.workers:
-            w.begin_swap(spec)
-        done, failure = [], None
+            w.begin_swap(spec, shadow=shadow)
+        done, failure, new_id = [], None, ""
         for w in self.workers:
             try:
-                w.finish_swap()
+                new_id = w.finish_swap()
                 done.append(w)
             except AstroEdgeError as exc:
                 failure = failure or exc
         if failure is not None:
             for w in done:
-                w.begin_swap(old)
-                w.finish_swap()
+                if shadow:
+                    w.drop_shadow()
+                else:
+                    w.begin_swap(old)
+                    w.finish_swap()
             raise failure
-        self.engine_id = self.workers[0].engine_id
+        if not shadow:
+            self.engine_id = new_id
+            for w in self.workers:
+                w.engine_id = new_id
+        return new_id
 
     def _set_policy(self, user: str, changes: dict[str, Any]) -> dict[str, Any]:
         import dataclasses
@@ -497,6 +544,7 @@ class NodeDaemon:
             "engine_id": self.engine_id,
             "policy_version": self.policy.version,
             "paused": self._paused,
+            "shadow": dict(self._shadow) if self._shadow is not None else None,
             "queue_depth": len(self._queue),
             "counters": self.counters.snapshot(),
             "receiver": self.receiver.counters.as_dict() if self.receiver is not None else None,

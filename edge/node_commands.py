@@ -47,11 +47,12 @@ def register(subparsers: Any) -> None:
                     "classes_of_interest='[\"streak\"]'; each set bumps the policy version); pause; "
                     "resume; flush (open a new contact window); engine load PATH SHA256 (hot swap after "
                     "checks and a golden-stamp self-test; SHA256 of the folder's manifest.json); "
-                    "engine rollback; shutdown. Exit 1 on a refused command, "
+                    "engine shadow PATH SHA256 [FRAMES] (run it beside the live engine on the next frames "
+                    "and report top-1 agreement in status); engine rollback; shutdown. Exit 1 on a refused command, "
                     "3 when no answer came (wrong key, dead node). docs/operations.md.")
     ctl.add_argument("address", help="the node's [control] address, e.g. tcp://node:5557")
     ctl.add_argument("command", help="status | set | pause | resume | flush | engine | shutdown")
-    ctl.add_argument("settings", nargs="*", help="KEY=VALUE pairs for set; load PATH SHA256 or rollback for engine")
+    ctl.add_argument("settings", nargs="*", help="KEY=VALUE pairs for set; load PATH SHA256, shadow PATH SHA256 [FRAMES] or rollback for engine")
     ctl.add_argument("--server-key", help="the node's public key file (NAME.key); turns CURVE on")
     ctl.add_argument("--client-key", help="your secret key file (NAME.key_secret)")
     ctl.add_argument("--timeout-ms", type=int, default=5000, help="how long to wait for the answer (default 5000)")
@@ -116,10 +117,14 @@ def _ctl(args: argparse.Namespace) -> int:
         words = list(args.settings)
         if words[:1] == ["load"] and len(words) == 3:
             command, settings = "engine.load", {"path": words[1], "sha256": words[2]}
+        elif words[:1] == ["shadow"] and len(words) in (3, 4):
+            command = "engine.shadow"
+            settings = {"path": words[1], "sha256": words[2], "frames": int(words[3]) if len(words) == 4 else 10}
         elif words == ["rollback"]:
             command = "engine.rollback"
         else:
-            raise ConfigError("use `engine load PATH SHA256` or `engine rollback`", where="ctl")
+            raise ConfigError("use `engine load PATH SHA256`, `engine shadow PATH SHA256 [FRAMES]` "
+                              "or `engine rollback`", where="ctl")
     for item in args.settings if command == args.command else ():
         key, sep, value = item.partition("=")
         if not sep or not key:

@@ -62,6 +62,8 @@ class FrameResult:
     records: tuple[DownlinkRecord, ...]
     summary: FrameSummary
     labels: tuple[str, ...]            # the label of every detection, sent or not
+    #: with a shadow engine: (detections where its top-1 class agrees with the live engine's, detections)
+    shadow: tuple[int, int] | None = None
 
 
 class Pipeline:
@@ -83,6 +85,8 @@ class Pipeline:
         self._clock = clock
         self._now = now
         self._outputs: dict[tuple[int, ...], Any] = {}   # calibrator output buffers, by raw frame shape
+        #: an engine run beside the live one on the same stamps, only to measure agreement
+        self.shadow: Any = None
 
     def process(self, frame: FrameInput, *, dropped_frames: Sequence[int] = ()) -> FrameResult:
         """Run every stage on one frame and return its records and summary."""
@@ -108,6 +112,12 @@ class Pipeline:
         lap("stamps")
         logits, embedding = self.engine.infer(stamps)
         lap("infer")
+        shadow = None
+        if self.shadow is not None:
+            shadow_logits, _ = self.shadow.infer(stamps)
+            agree = shadow_logits.mean(axis=1).argmax(axis=1) == logits.mean(axis=1).argmax(axis=1)
+            shadow = (int(agree.sum()), len(stamps))
+            lap("shadow")
         scores = score(logits, embedding, self.engine.manifest.scoring)
         lap("score")
         classes = self.engine.manifest.classes
@@ -137,7 +147,7 @@ class Pipeline:
             noise_model=cal.noise_model, timings_ms=timings, engine_id=engine_id,
             policy_version=self.policy.version,
         )
-        return FrameResult(records=records, summary=summary, labels=labels)
+        return FrameResult(records=records, summary=summary, labels=labels, shadow=shadow)
 
     def frame_rng(self, frame: FrameInput) -> np.random.Generator:
         """The audit sample's generator for this frame: the same frame always draws the same sample,

@@ -62,6 +62,24 @@ def _worker_main(conn: Connection, build: Any, build_args: tuple[Any, ...]) -> N
             # a new triage policy: frames sent after this message use it (no reply)
             pipeline.policy = msg[1]
             continue
+        if kind == "shadow":
+            # load an engine to run beside the live one (answered), or drop it (None: no answer)
+            if msg[1] is None:
+                if pipeline.shadow is not None:
+                    pipeline.shadow.deactivate()
+                pipeline.shadow = None
+                continue
+            try:
+                from edge.node import open_engine
+                from edge.stamps import NORMALISATION
+
+                shadow = open_engine(*msg[1])
+                shadow.manifest.check_normalisation(NORMALISATION)
+                pipeline.shadow = shadow
+                conn.send(("engine_ok", shadow.engine_id))
+            except Exception as exc:  # noqa: BLE001 - the live engine is untouched
+                conn.send(("engine_failed", f"{type(exc).__name__}: {exc}"))
+            continue
         if kind == "engine":
             new_engine = msg[1]
             try:
@@ -159,11 +177,16 @@ class Worker:
         """Frames submitted after this call are triaged with ``policy``."""
         self._conn.send(("policy", policy))
 
-    def begin_swap(self, engine_spec: tuple[Any, ...]) -> None:
-        """Ask this idle worker to load another engine (it keeps the old one if that fails)."""
+    def begin_swap(self, engine_spec: tuple[Any, ...], *, shadow: bool = False) -> None:
+        """Ask this idle worker to load another engine (it keeps the old one if that fails); with
+        ``shadow`` the new engine runs beside the live one instead of replacing it."""
         if self.busy is not None:
             raise EngineError(f"worker {self.index} is busy; swap engines between frames", where="workers")
-        self._conn.send(("engine", engine_spec))
+        self._conn.send(("shadow" if shadow else "engine", engine_spec))
+
+    def drop_shadow(self) -> None:
+        """Frames submitted after this call run without the shadow engine (no answer comes)."""
+        self._conn.send(("shadow", None))
 
     def finish_swap(self, timeout_s: float = 120.0) -> str:
         """Wait for the swap begun by :meth:`begin_swap`; the new engine id, or EngineError."""
@@ -172,7 +195,6 @@ class Worker:
         kind, detail = self._conn.recv()
         if kind != "engine_ok":
             raise EngineError(f"worker {self.index} refused the engine: {detail}", where="workers")
-        self.engine_id = detail
         return str(detail)
 
     def alive(self) -> bool:

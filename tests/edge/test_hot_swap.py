@@ -28,11 +28,15 @@ def _sha(folder: Path) -> str:
     return sha256_file(folder / "manifest.json")
 
 
-def _stream(address: str, frames: list[Any]) -> threading.Thread:
+def _stream(address: str, frames: list[Any], gates: list[threading.Event]) -> threading.Thread:
+    """Send ``frames`` as one series in len(gates) + 1 equal batches, each after its gate opens."""
     def main() -> None:
+        n = len(frames) // (len(gates) + 1)
         with FrameSender(address, sndhwm=1, send_timeout_ms=60_000) as sender:
             sender.start_series(1)
-            for tf in frames:
+            for i, tf in enumerate(frames):
+                if i and i % n == 0 and i // n <= len(gates):
+                    gates[i // n - 1].wait(60)
                 start, exposure_s, wcs, keywords = header_fields(tf.header, fallback_utc="")
                 sender.send_frame(tf.raw_adu, start_utc=start, exposure_s=exposure_s, wcs=wcs, keywords=keywords)
             sender.end_series()
@@ -68,28 +72,38 @@ def _bad_engines(tmp_path: Path, good: Path) -> dict[str, tuple[Path, str, str]]
 
 
 def test_swap_under_load_switches_at_one_frame_boundary(node_config_factory, small_twin, tmp_path: Path) -> None:
-    """While frames stream, bad engines are refused with their reason and a good one is swapped in
-    between two frames; every frame is summarised once and the engine id changes once; rollback returns."""
+    """While frames stream, bad engines are refused with their reason, a good one runs in shadow and
+    agrees, then is swapped in between two frames; every frame is summarised once, the engine id
+    changes once, and rollback returns."""
     ground = Ground(tmp_path / "ground")
     cfg = node_config_factory(node={"workers": 2}, receive={"queue_policy": "block"},
                               downlink={"address": ground.address})
     new = write_tiny_engine(tmp_path / "tiny-0.2", version="0.2")
     bad = _bad_engines(tmp_path, new)
-    frames = [simulate_frame(small_twin, i % 3, 4) for i in range(10)]
+    frames = [simulate_frame(small_twin, i % 3, 4) for i in range(12)]
     node = NodeDaemon(cfg)
     node.start()
     old_id = node.engine_id
     answers: dict[str, Any] = {}
     try:
-        sender = _stream(node.receiver_endpoint, frames)
+        gates = [threading.Event(), threading.Event()]
+        sender = _stream(node.receiver_endpoint, frames, gates)
         c = node.counters
-        while c.frames_processed < 3:
+        while c.frames_processed < 4:          # the first batch, on the old engine
             node.step()
         for name, (folder, sha, _) in bad.items():
             answers[name] = node.handle_command("operator", "engine.load", {"path": str(folder), "sha256": sha})
-        while c.frames_processed < 5:
+        answers["shadow"] = node.handle_command("operator", "engine.shadow",
+                                                {"path": str(new), "sha256": _sha(new), "frames": 2})
+        gates[0].set()                          # the second batch runs with the shadow beside
+        while not node.status()["shadow"]["done"]:
             node.step()
+        answers["shadow_status"] = node.status()["shadow"]
+        while c.frames_processed < 8:
+            node.step()
+        before_swap = c.frames_processed
         answers["good"] = node.handle_command("operator", "engine.load", {"path": str(new), "sha256": _sha(new)})
+        gates[1].set()                          # the third batch, on the new engine
         while c.frames_processed < len(frames):
             node.step()
         sender.join(30)
@@ -102,13 +116,17 @@ def test_swap_under_load_switches_at_one_frame_boundary(node_config_factory, sma
     for name, (_, _, reason) in bad.items():
         assert not answers[name]["ok"] and answers[name]["reason"] == reason, (name, answers[name])
         assert answers[name]["engine_id"] == old_id
+    assert answers["shadow"]["ok"] and answers["shadow"]["shadow"]["engine_id"].startswith("tiny:0.2:")
+    shadow = answers["shadow_status"]
+    # the same weights under another version: the shadow agrees on every detection of its 2 frames
+    assert shadow["done"] and shadow["frames"] == 2 and shadow["agreement"] == 1.0 and shadow["detections"] > 0
     assert answers["good"]["ok"] and answers["good"]["engine_id"].startswith("tiny:0.2:")
     assert answers["rollback"] == {"ok": True, "engine_id": old_id}
     summaries = sorted(ground.summaries(), key=lambda s: s.frame)
     assert [s.frame for s in summaries] == list(range(len(frames)))
     ids = [s.engine_id for s in summaries]
     switch = ids.index(answers["good"]["engine_id"])
-    assert switch >= 5 and set(ids[:switch]) == {old_id} and set(ids[switch:]) == {answers["good"]["engine_id"]}
+    assert switch == before_swap == 8 and set(ids[:switch]) == {old_id} and set(ids[switch:]) == {answers["good"]["engine_id"]}
     by_frame = {s.frame: s.engine_id for s in summaries}
     assert all(r.engine_id == by_frame[r.frame] for r in ground.records())
     assert c.conserved()
