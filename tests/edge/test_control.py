@@ -3,6 +3,8 @@ the triage policy and the next records carry the new policy version; pause, resu
 
 from __future__ import annotations
 
+import json
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -128,3 +130,28 @@ def test_curve_off_is_said_loudly_and_pause_resume_shutdown_work(node_config_fac
         assert answer.get("ok") is True and counters.conserved()
     finally:
         node.close()
+
+
+def test_ctl_command_prints_answers_and_exit_codes(node_config_factory, capsys) -> None:
+    """`astro-edge ctl` sends set with JSON values, prints the answer, and exits 0, 1 or 3."""
+    from edge.cli import main
+    from edge.log import configure
+
+    configure(json=True, stream=sys.stderr)   # keep the node's own log lines off stdout
+    cfg = node_config_factory(control={"address": "tcp://127.0.0.1:0", "curve": False})
+    node = NodeDaemon(cfg)
+    node.start()
+    stop = threading.Event()
+    loop = _serve(node, stop)
+    try:
+        address = node.control.endpoint
+        assert main(["ctl", address, "set", "alpha=0.05", 'classes_of_interest=["streak", "galaxy"]']) == 0
+        answer = json.loads(capsys.readouterr().out)
+        assert answer["policy_version"] == 2 and node.policy.classes_of_interest == ("streak", "galaxy")
+        assert main(["ctl", address, "engine", "rollback"]) == 1
+        assert "no previous engine" in json.loads(capsys.readouterr().out)["error"]
+    finally:
+        stop.set()
+        loop.join(30)
+        node.close()
+    assert main(["ctl", address, "status", "--timeout-ms", "300"]) == 3
