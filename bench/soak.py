@@ -104,11 +104,14 @@ def main() -> None:
         t_start = time.monotonic()
         samples: list[tuple[float, float]] = []
         next_sample = t_start + args.warmup_s
+        first_split: list[float] = []
         while time.monotonic() - t_start < args.seconds:
             node.step()
             if time.monotonic() >= next_sample:
                 samples.append((time.monotonic() - t_start, rss_mb(pids)))
+                first_split = first_split or [rss_mb([pid]) for pid in pids]
                 next_sample += 10.0
+        end_split = [rss_mb([pid]) for pid in pids]
         stop.set()
         time.sleep(0.5)
         node.finish()
@@ -125,6 +128,9 @@ def main() -> None:
           f"acked {status['spool']['acked']['record'] if status['spool'] else 'n/a'}; conserved {c.conserved()}")
     print(f"memory (main + workers): after warm-up {ref:.1f} MB, end {end:.1f} MB, peak {peak:.1f} MB; "
           f"bound: growth <= {BOUND_MB:.0f} MB")
+    print("memory by minute (s: MB): " + ", ".join(f"{t:.0f}: {m:.1f}" for t, m in samples if int(t) % 60 < 10))
+    print("per process (main, workers...), MB after warm-up -> end: "
+          + ", ".join(f"{a:.1f} -> {b:.1f}" for a, b in zip(first_split, end_split, strict=True)))
     print(f"ratio end/after-warm-up = {end / ref:.3f}; growth {end - ref:+.1f} MB "
           f"({'within' if end - ref <= BOUND_MB else 'BEYOND'} the bound)")
 
