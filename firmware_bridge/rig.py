@@ -26,10 +26,11 @@ import numpy as np
 import zmq
 from numpy.typing import NDArray
 
-from edge.errors import ConfigError, TransportError
+from edge.errors import ConfigError
 from edge.log import get_logger
 from firmware_bridge.protocol import MAX_KEYWORDS, MAX_STRING_VALUE_CHARS, format_utc
 from firmware_bridge.sender import FrameSender
+from firmware_bridge.sockets import open_socket
 
 log = get_logger(__name__)
 
@@ -120,18 +121,8 @@ def record(address: str, out: Path, *, bind: bool = True, count: int | None = No
     ``ready`` is called with the bound endpoint once the socket listens (for tests and scripts).
     """
     ctx = context or zmq.Context.instance()
-    sock: zmq.Socket[Any] = ctx.socket(zmq.PULL)
-    sock.setsockopt(zmq.LINGER, 0)
-    try:
-        if bind:
-            sock.bind(address)
-        else:
-            sock.connect(address)
-    except zmq.ZMQError as exc:
-        sock.close()
-        raise TransportError(f"cannot {'bind' if bind else 'connect'} the recorder ({exc})",
-                             where=address) from None
-    endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT) if bind else address
+    # ZeroMQ's default high-water mark: the recorder keeps up by writing, not by dropping
+    sock, endpoint = open_socket(ctx, zmq.PULL, address, bind=bind, hwm=1000)
     log.info("rig.recording", address=endpoint, out=str(out))
     if ready is not None:
         ready(endpoint)
