@@ -293,8 +293,11 @@ def test_a_failed_write_is_not_acknowledged_and_leaves_no_trace(
     with monkeypatch.context() as patch, capture_logs() as logs:
         patch.setattr(os, "fsync", no_space)
         assert exchange(ground, node, [data(r) for r in recs[1:]]) == []
-    assert ground.counters().write_failures == 1 and ground.counters().records == 1
-    assert [e["log_level"] for e in logs if e["event"] == "ground.write_failed"] == ["error"]
+    # The two messages may reach the ground in one batch or in two; each refused batch is counted
+    # and logged once, and none of them is stored or acknowledged.
+    failed = [e["log_level"] for e in logs if e["event"] == "ground.write_failed"]
+    assert failed and set(failed) == {"error"}
+    assert ground.counters().write_failures == len(failed) and ground.counters().records == 1
     assert read_jsonl(ground.out_dir / "downlink.jsonl").messages == (recs[0],)
     assert exchange(ground, node, [data(r) for r in recs]) == [r.record_id for r in recs]
     assert read_jsonl(ground.out_dir / "downlink.jsonl").messages == tuple(recs)
