@@ -106,6 +106,12 @@ class OnnxRuntimeEngine(Engine):
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        # The node's batches change size every frame. With memory patterns on, ONNX Runtime plans
+        # and keeps one allocation pattern per input shape, so a process's memory creeps up with
+        # each new batch size it meets (59 MB over 1500 random batches of 1-512 stamps, against
+        # 17 MB with patterns off), at no measurable speed gain for this small graph (20.2k vs
+        # 20.9k stamps/s, patterns on vs off): see docs/benchmarks.md, soak.
+        options.enable_mem_pattern = False
         try:
             session = ort.InferenceSession(str(self.model_path), sess_options=options,
                                            providers=[name for name, _ in chosen],
