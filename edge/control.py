@@ -11,6 +11,7 @@ and the authenticator; what a command does is the daemon's business.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,8 +121,18 @@ def request(address: str, command: str, args: dict[str, Any] | None = None, *, t
                                      where=address)
             make_curve_client(sock, client_secret_key, server_public_key)
         sock.connect(address)
-        sock.send_multipart([command.encode("ascii"), json.dumps(args or {}).encode()])
-        if not sock.poll(timeout_ms, zmq.POLLIN):
+        deadline = time.monotonic() + timeout_ms / 1000
+        # A DEALER with no live connection blocks on send. That happens when the node refuses our
+        # CURVE key before the command is queued (the connection is torn down at once) or when
+        # nothing listens yet, so the send waits for room only until the same deadline.
+        if not sock.poll(timeout_ms, zmq.POLLOUT):
+            return None
+        try:
+            sock.send_multipart([command.encode("ascii"), json.dumps(args or {}).encode()], flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return None
+        left_ms = max(0, int((deadline - time.monotonic()) * 1000))
+        if not sock.poll(left_ms, zmq.POLLIN):
             return None
         answer: dict[str, Any] = json.loads(sock.recv())
         return answer

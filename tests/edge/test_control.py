@@ -6,13 +6,17 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import zmq
 from structlog.testing import capture_logs
+from zmq.utils.monitor import recv_monitor_message
 
-from edge.control import request
+from edge.config import ControlSection
+from edge.control import ControlServer, request
 from edge.daemon import NodeDaemon
 from edge.keys import new_keypair
 from firmware_bridge import FrameSender
@@ -104,6 +108,52 @@ def test_unknown_key_gets_nothing_and_a_known_key_changes_the_policy(
     for rec in ground.records():
         by_series.setdefault(rec.series_id, set()).add(rec.policy_version)
     assert by_series == {"1": {1}, "2": {2}}
+
+
+class _RefusedFirst(zmq.Socket):  # type: ignore[type-arg]
+    """A client socket whose connect returns only once the server has refused its CURVE key, so
+    the command is sent on a connection that is already gone (what a slow client meets)."""
+
+    def connect(self, addr: str) -> Any:  # type: ignore[override]
+        if self.type != zmq.DEALER:  # the monitor's own PAIR socket connects plainly
+            return super().connect(addr)
+        monitor = self.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_DISCONNECTED)
+        out = super().connect(addr)
+        try:
+            seen = []
+            while zmq.EVENT_DISCONNECTED not in seen:  # the refusal, then the connection torn down
+                assert monitor.poll(10_000), f"the server never refused the key (events {seen})"
+                seen.append(recv_monitor_message(monitor)["event"])
+            assert seen[0] == zmq.EVENT_HANDSHAKE_FAILED_AUTH, seen
+            # let the socket take in the pipe's termination, as a client that is slow to send would
+            deadline = time.monotonic() + 2.0
+            while self.getsockopt(zmq.EVENTS) & zmq.POLLOUT and time.monotonic() < deadline:
+                time.sleep(0.01)
+        finally:
+            self.disable_monitor()
+            monitor.close(linger=0)
+        return out
+
+
+class _RefusedFirstContext(zmq.Context):  # type: ignore[type-arg]
+    _socket_class = _RefusedFirst
+
+
+@pytest.mark.timeout(30)
+def test_a_refused_key_never_hangs_the_client(keys: dict[str, Path]) -> None:
+    """When the node has already torn down the connection of a refused key, request() still
+    answers None within its timeout instead of blocking on send."""
+    ctx = _RefusedFirstContext()
+    server = ControlServer(ControlSection(address="tcp://127.0.0.1:*", server_secret_key=str(keys["node_secret"]),
+                                          allowed_client_keys=(str(keys["operator"]),)))
+    try:
+        answer = request(server.endpoint, "status", timeout_ms=500, context=ctx,
+                         server_public_key=str(keys["node"]), client_secret_key=str(keys["stranger_secret"]))
+        assert answer is None
+        assert server.poll() == []
+    finally:
+        server.close()
+        ctx.term()
 
 
 def test_curve_off_is_said_loudly_and_pause_resume_shutdown_work(node_config_factory) -> None:
