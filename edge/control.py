@@ -122,9 +122,9 @@ def request(address: str, command: str, args: dict[str, Any] | None = None, *, t
             make_curve_client(sock, client_secret_key, server_public_key)
         sock.connect(address)
         deadline = time.monotonic() + timeout_ms / 1000
-        # A DEALER with no live connection blocks on send. That happens when the node refuses our
-        # CURVE key before the command is queued (the connection is torn down at once) or when
-        # nothing listens yet, so the send waits for room only until the same deadline.
+        # A DEALER with no connection blocks on send. That happens when the node refuses our CURVE
+        # key before the command is queued (ZeroMQ then tears the connection down and does not
+        # retry), so the send waits for room only until the request's deadline.
         if not sock.poll(timeout_ms, zmq.POLLOUT):
             return None
         try:
