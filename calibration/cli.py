@@ -8,6 +8,7 @@ inside the handlers so ``astro-edge --help`` stays fast. Handlers return an exit
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,11 @@ def register(subparsers: Any) -> None:
     show.add_argument("bundle", type=Path, help="bundle file")
     show.set_defaults(func=_show)
 
-    over = sub.add_parser("overscan", help="overscan level and read noise of a raw frame's BIASSEC strip")
+    over = sub.add_parser("overscan", help="overscan level and read noise of a raw frame's BIASSEC strip, "
+                          "and the gain its sky implies",
+                          description="Level and read noise of a raw frame's BIASSEC strip (ADU, and e- "
+                          "with a gain); with TRIMSEC, the trimmed shape and the gain implied by the "
+                          "sky's shot noise against its level (light frames).")
     over.add_argument("frame", type=Path, help="raw FITS frame with a BIASSEC keyword")
     over.add_argument("--gain", type=float, default=None,
                       help="e-/ADU for the electron figures (default: the frame's GAIN keyword)")
@@ -72,7 +77,13 @@ def _show(args: argparse.Namespace) -> int:
 def _overscan(args: argparse.Namespace) -> int:
     from astropy.io import fits
 
-    from calibration.frames import check_section_fits, header_float, overscan_stats, parse_section
+    from calibration.frames import (
+        check_section_fits,
+        header_float,
+        overscan_stats,
+        parse_section,
+        sky_gain,
+    )
     from edge.errors import CalibrationInputError
 
     where = str(args.frame)
@@ -96,6 +107,18 @@ def _overscan(args: argparse.Namespace) -> int:
     if "RDNOISE" in header:
         print(f"  header RDNOISE {header['RDNOISE']} e-")
     if "TRIMSEC" in header:
-        rows, cols = parse_section(str(header["TRIMSEC"]), where=f"{where} TRIMSEC")
+        tsec = parse_section(str(header["TRIMSEC"]), where=f"{where} TRIMSEC")
+        check_section_fits(tsec, data.shape, key="TRIMSEC", where=where)
+        rows, cols = tsec
         print(f"  trimmed shape {rows.stop - rows.start}x{cols.stop - cols.start} (TRIMSEC {header['TRIMSEC'].strip()})")
+        sky = sky_gain(data[tsec].astype(float) - s.level_adu, s.read_noise_adu,
+                       read_noise_err_adu=s.read_noise_err_adu)
+        if sky is None:
+            print("  sky         too faint against the read noise for a gain check")
+        else:
+            print(f"  sky         {sky.level_adu:.2f} ADU above the overscan, {sky.variance_adu2:.2f} ADU^2 "
+                  f"per pixel ({sky.n_pairs} source-free pixel pairs)")
+            print(f"  gain from the sky {sky.gain_e_per_adu:.3f} +- {sky.gain_err_e_per_adu:.3f} e-/ADU; "
+                  f"read noise at that gain {s.read_noise_adu * sky.gain_e_per_adu:.3f} +- "
+                  f"{math.hypot(s.read_noise_err_adu * sky.gain_e_per_adu, s.read_noise_adu * sky.gain_err_e_per_adu):.3f} e-")
     return 0

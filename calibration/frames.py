@@ -1,4 +1,4 @@
-"""Reading calibration and science FITS frames: frame kinds, FITS sections, overscan.
+"""Reading calibration and science FITS frames: frame kinds, FITS sections, overscan, sky gain.
 
 This module is the file edge of calibration: it turns FITS files into arrays in ADU with the
 overscan level removed and the frame trimmed, and into the few header values calibration needs
@@ -116,6 +116,87 @@ def overscan_stats(data: NDArray[Any], biassec: Section, *, gain_e_per_adu: floa
     err = std / math.sqrt(2.0 * max(n - 1, 1))
     return OverscanStats(level_adu=level, read_noise_adu=std, read_noise_err_adu=err, n_pixels=n,
                          gain_e_per_adu=gain_e_per_adu)
+
+
+@dataclass(frozen=True)
+class SkyGain:
+    """Gain measured from a light frame's own sky: shot variance against sky level.
+
+    ``variance_adu2`` is the per-pixel variance of source-free sky (half the variance of the
+    difference of vertically adjacent pixels, so column patterns and smooth gradients cancel);
+    ``gain = level / (variance - read_noise^2)``. Flat-field structure between neighbouring
+    pixels (PRNU p) adds ``(p * level)^2`` to the variance and biases the gain low by that share.
+    """
+
+    level_adu: float
+    variance_adu2: float
+    read_noise_adu: float
+    gain_e_per_adu: float
+    gain_err_e_per_adu: float  # 1-sigma statistical error (pairs and the read noise's own error)
+    n_pairs: int
+
+
+def _grow(mask: NDArray[np.bool_], px: int) -> NDArray[np.bool_]:
+    """``mask`` dilated by a (2 px + 1)-square box, separably, without frame-sized temporaries per step."""
+    out = mask.copy()
+    for axis in (0, 1):
+        src = out.copy()
+        for s in range(1, px + 1):
+            if axis == 0:
+                out[s:] |= src[:-s]
+                out[:-s] |= src[s:]
+            else:
+                out[:, s:] |= src[:, :-s]
+                out[:, :-s] |= src[:, s:]
+    return out
+
+
+def _box_mean(x: NDArray[np.float64], r: int) -> NDArray[np.float64]:
+    """Mean over the (2 r + 1)-square box around each pixel (edges: the part inside the frame)."""
+    c = np.zeros((x.shape[0] + 1, x.shape[1] + 1))
+    c[1:, 1:] = x.cumsum(0).cumsum(1)
+    ny, nx = x.shape
+    y0, y1 = np.clip(np.arange(ny) - r, 0, ny), np.clip(np.arange(ny) + r + 1, 0, ny)
+    x0, x1 = np.clip(np.arange(nx) - r, 0, nx), np.clip(np.arange(nx) + r + 1, 0, nx)
+    total = c[y1][:, x1] - c[y0][:, x1] - c[y1][:, x0] + c[y0][:, x0]
+    return total / np.outer(y1 - y0, x1 - x0)
+
+
+def sky_gain(image_adu: NDArray[Any], read_noise_adu: float, *, read_noise_err_adu: float = 0.0,
+             source_sigma: float = 4.0, grow_px: int = 4) -> SkyGain | None:
+    """The gain from a trimmed, overscan-subtracted light frame's sky, or None when the sky's shot
+    noise is too small against the read noise to measure (under 3 sigma of its own error).
+
+    Where the 5x5 box mean lies more than ``source_sigma`` of its own noise above the median
+    (sources), or a pixel 5 robust sigmas below it (defects), grown by ``grow_px``, is left out;
+    the pairs' differences are then clipped at 4 sigma.
+    """
+    x = np.asarray(image_adu, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 4:
+        raise CalibrationInputError(f"sky gain needs a 2-D image of at least 4 rows, got shape {x.shape}")
+    finite = np.isfinite(x)
+    centre = float(np.median(x[finite]))
+    sigma = 1.4826 * float(np.median(np.abs(x[finite] - centre)))
+    # sources are found on a 5x5 box mean, whose noise is sigma / 5: thresholding single pixels
+    # would cut the sky's own noise tail and bias the variance low
+    smooth = _box_mean(np.where(finite, x, centre), 2)
+    bad = ~finite | (smooth > centre + source_sigma * sigma / 5.0) | (x < centre - 5.0 * sigma)
+    bad = _grow(bad, grow_px)
+    n = x.shape[0] // 2 * 2
+    top, bottom = x[0:n:2], x[1:n:2]
+    keep = ~(bad[0:n:2] | bad[1:n:2])
+    _, std_diff, n_pairs = clipped_mean_std((top - bottom)[keep])
+    level, _, _ = clipped_mean_std(0.5 * (top + bottom)[keep])
+    if n_pairs < 100 or not math.isfinite(std_diff):
+        return None
+    variance = std_diff**2 / 2.0
+    shot = variance - read_noise_adu**2
+    shot_err = math.hypot(variance * math.sqrt(2.0 / (n_pairs - 1)), 2.0 * read_noise_adu * read_noise_err_adu)
+    if level <= 0 or shot <= 3.0 * shot_err:
+        return None
+    gain = level / shot
+    return SkyGain(level_adu=level, variance_adu2=variance, read_noise_adu=read_noise_adu,
+                   gain_e_per_adu=gain, gain_err_e_per_adu=gain * shot_err / shot, n_pairs=n_pairs)
 
 
 @dataclass(frozen=True)

@@ -68,3 +68,5 @@ def test_overscan_reports_saao_level_and_read_noise_in_adu_and_electrons(real_da
     assert 205 < level < 225
     assert rn_e == pytest.approx(rn_adu * 1.9, abs=0.01)
     assert "gain 1.9" in out and "trimmed shape 520x512" in out and "header RDNOISE 5.0" in out
+    sky_gain = float(out.split("gain from the sky")[1].split("+-")[0])
+    assert sky_gain == pytest.approx(1.9, rel=0.03)
