@@ -175,6 +175,8 @@ def sky_gain(image_adu: NDArray[Any], read_noise_adu: float, *, read_noise_err_a
     if x.ndim != 2 or x.shape[0] < 4:
         raise CalibrationInputError(f"sky gain needs a 2-D image of at least 4 rows, got shape {x.shape}")
     finite = np.isfinite(x)
+    if finite.sum() < 200:
+        return None
     centre = float(np.median(x[finite]))
     sigma = 1.4826 * float(np.median(np.abs(x[finite] - centre)))
     # sources are found on a 5x5 box mean, whose noise is sigma / 5: thresholding single pixels
