@@ -61,9 +61,11 @@ def _canonical(a: NDArray[Any]) -> bytes:
 def content_hash(m: Masters) -> str:
     """sha256 (first 16 hex digits) of the masters' pixels and the numbers the Calibrator uses."""
     h = hashlib.sha256()
-    # 12 significant digits: what a FITS card keeps of a float even beside a long comment
+
+    # the number as a FITS card writes it and reads it back, then 12 significant digits: hashing
+    # the in-memory float instead gave a different id when the card's rounding crossed a 12th digit
     def num(x: float) -> str:
-        return f"{x:.12g}"
+        return f"{float(fits.Card.fromstring(fits.Card('X', float(x)).image).value):.12g}"
 
     scalars = {"gain": num(m.gain_e_per_adu), "rn": num(m.read_noise_e), "sat": num(m.saturate_adu),
                "biasvar": num(m.bias_var_adu2), "trim": m.trimsec, "bsec": m.biassec, "raw": list(m.raw_shape),
