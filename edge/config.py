@@ -126,8 +126,13 @@ class DownlinkSection:
     ack_timeout_s: float = 5.0
     curve_client_secret_key: str = ""   # this node's NAME.key_secret
     curve_server_public_key: str = ""   # the ground's NAME.key
+    compression: str = "zstd-dict-1"    # "none" or a dictionary of edge.zdict
 
     def __post_init__(self) -> None:
+        from edge.zdict import COMPRESSIONS
+
+        if self.compression not in COMPRESSIONS:
+            raise ValueError(f"compression must be one of {list(COMPRESSIONS)}, not {self.compression!r}")
         if bool(self.curve_client_secret_key) != bool(self.curve_server_public_key):
             raise ValueError("CURVE on the downlink needs both curve_client_secret_key and curve_server_public_key")
         if self.budget_bytes_per_s <= 0:

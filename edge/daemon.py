@@ -522,7 +522,8 @@ class NodeDaemon:
                      if cfg.curve_client_secret_key else None)
             with Downlink(self.spool, cfg.address, budget_bytes_per_s=cfg.budget_bytes_per_s,  # type: ignore[arg-type]
                           contact_window_bytes=cfg.contact_window_bytes,
-                          ack_timeout_s=cfg.ack_timeout_s, curve=curve) as downlink:
+                          ack_timeout_s=cfg.ack_timeout_s, curve=curve,
+                          compression=cfg.compression) as downlink:
                 while not self._stop_downlink.is_set():
                     if self._flush.is_set():
                         self._flush.clear()

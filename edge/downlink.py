@@ -1,7 +1,8 @@
 """The downlink: sends spooled messages to the ground over ZeroMQ, within its byte budgets, until acked.
 
 The node's DEALER connects to the ground's ROUTER. Each message is three parts
-``[TAG, DATA, msgpack payload]``; the ground answers ``[TAG, ACK, msgpack list of ids]`` once
+``[TAG, DATA, msgpack payload]``, or ``[TAG, ZDATA, zstd frame of it]`` when the downlink
+compresses with a shipped dictionary (``edge.zdict``); the ground answers ``[TAG, ACK, msgpack list of ids]`` once
 those ids are durable on its side (duplicates included). :class:`Downlink` sends the spool's
 pending messages in priority order while the per-second token bucket and the contact window
 allow, marks them in flight, and makes them pending again when no ack came within
@@ -28,14 +29,16 @@ from edge.curve import make_curve_client, make_curve_server
 from edge.errors import RecordDecodeError, TransportError
 from edge.log import get_logger
 from edge.spool import Spool, SpooledItem
+from edge.zdict import compressor
 
-__all__ = ["ACK", "DATA", "TAG", "Downlink", "DownlinkCounters", "decode_ack", "encode_ack",
+__all__ = ["ACK", "DATA", "TAG", "ZDATA", "Downlink", "DownlinkCounters", "decode_ack", "encode_ack",
            "ground_socket", "node_socket"]
 
 log = get_logger(__name__)
 
 TAG = b"astro-edge.downlink.1"
 DATA = b"data"
+ZDATA = b"zdata"
 ACK = b"ack"
 _HWM = 1000
 _FETCH = 32
@@ -128,12 +131,17 @@ class Downlink:
     def __init__(self, spool: Spool, address: str, *, budget_bytes_per_s: int = 1_000_000,
                  contact_window_bytes: int = 0, ack_timeout_s: float = 5.0, max_in_flight: int = 512,
                  clock: Callable[[], float] = time.monotonic,
-                 context: zmq.Context[Any] | None = None, curve: tuple[str, str] | None = None) -> None:
+                 context: zmq.Context[Any] | None = None, curve: tuple[str, str] | None = None,
+                 compression: str = "none") -> None:
         if budget_bytes_per_s <= 0 or contact_window_bytes < 0 or ack_timeout_s <= 0 or max_in_flight < 1:
             raise ValueError("budget_bytes_per_s, ack_timeout_s and max_in_flight must be > 0, "
                              "contact_window_bytes >= 0")
         self.spool = spool
         self.address = address
+        # "none" sends the spooled msgpack as it is; a dictionary name compresses each message
+        self.compression = compression
+        self._compress = compressor(compression)
+        self._kind = DATA if compression == "none" else ZDATA
         self.budget_bytes_per_s = int(budget_bytes_per_s)
         self.ack_timeout_s = float(ack_timeout_s)
         self.max_in_flight = int(max_in_flight)
@@ -251,7 +259,8 @@ class Downlink:
         sock = self._socket()
         sent: list[str] = []
         for item in items:
-            size = len(item.payload)
+            payload = self._compress(item.payload)
+            size = len(payload)
             if self._window_left is not None and size > self._window_left:
                 self._n["window_exhausted"] += 1
                 if not self._window_logged:
@@ -264,7 +273,7 @@ class Downlink:
                 self._n["budget_waits"] += 1
                 return sent, True
             try:
-                sock.send_multipart([TAG, DATA, item.payload], flags=zmq.NOBLOCK, copy=False)
+                sock.send_multipart([TAG, self._kind, payload], flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 self._n["send_blocked"] += 1
                 if not self._blocked:

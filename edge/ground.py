@@ -29,10 +29,11 @@ from typing import IO, Any
 import numpy as np
 import zmq
 
-from edge.downlink import DATA, TAG, encode_ack, ground_socket
+from edge.downlink import DATA, TAG, ZDATA, encode_ack, ground_socket
 from edge.errors import RecordDecodeError, RecordError
 from edge.log import get_logger
 from edge.records import DownlinkRecord, FrameSummary, decode_msgpack, read_jsonl, to_json_line
+from edge.zdict import decompress
 
 __all__ = ["FITS_NAME", "FRAMES_NAME", "RECORDS_NAME", "GroundCounters", "GroundReceiver",
            "records_table", "write_fits"]
@@ -204,10 +205,10 @@ class GroundReceiver:
 
     @staticmethod
     def _decode(parts: list[bytes]) -> DownlinkRecord | FrameSummary:
-        if len(parts) != 4 or parts[1] != TAG or parts[2] != DATA:
+        if len(parts) != 4 or parts[1] != TAG or parts[2] not in (DATA, ZDATA):
             raise RecordDecodeError(f"not a downlink data message ({len(parts)} parts; expected "
-                                    f"identity, {TAG!r}, {DATA!r}, payload)", where="ground")
-        return decode_msgpack(parts[3])
+                                    f"identity, {TAG!r}, {DATA!r} or {ZDATA!r}, payload)", where="ground")
+        return decode_msgpack(parts[3] if parts[2] == DATA else decompress(parts[3]))
 
     def write_fits(self) -> Path:
         """Rewrite ``downlink.fits`` from ``downlink.jsonl`` (temporary file, then rename)."""

@@ -55,6 +55,15 @@ def test_refused_value_is_explained() -> None:
         config_from_mapping({"receive": {"queue_policy": "lose_everything"}})
 
 
+def test_downlink_compression_is_a_shipped_dictionary_or_none() -> None:
+    """The node compresses with the shipped dictionary by default; "none" turns it off; anything
+    else is refused with the names it could be."""
+    assert config_from_mapping({}).downlink.compression == "zstd-dict-1"
+    assert config_from_mapping({"downlink": {"compression": "none"}}).downlink.compression == "none"
+    with pytest.raises(ConfigError, match=r"compression must be one of \['none', 'zstd-dict-1'\]"):
+        config_from_mapping({"downlink": {"compression": "gzip"}})
+
+
 def test_unreadable_and_invalid_files_are_config_errors(tmp_path) -> None:
     """A missing file and a file that is not TOML give a ConfigError naming the file."""
     with pytest.raises(ConfigError, match="cannot read"):

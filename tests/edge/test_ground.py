@@ -21,7 +21,7 @@ import zmq
 from astropy.table import Table
 from structlog.testing import capture_logs
 
-from edge.downlink import DATA, TAG, Downlink, decode_ack
+from edge.downlink import DATA, TAG, ZDATA, Downlink, decode_ack
 from edge.errors import TransportError
 from edge.ground import GroundReceiver
 from edge.records import (
@@ -169,6 +169,46 @@ def test_malformed_messages_are_counted_logged_and_not_acknowledged(
     assert c.records == 1
     events = [e for e in logs if e["event"] == "ground.malformed"]
     assert len(events) == 5 and all(e["log_level"] == "warning" for e in events)
+
+
+def test_compressed_payloads_it_cannot_read_are_refused_and_not_acknowledged(
+        real_data: Path, ground: GroundReceiver, node: zmq.Socket[Any]) -> None:
+    """A zdata payload that is not zstd, uses an unknown dictionary, hides its size, or claims more
+    than a message may hold is a record_decode error; a good one (and plain data) still passes."""
+    import zstandard
+
+    from edge.zdict import MAX_MESSAGE_BYTES, compressor
+
+    rec, other = ntt_records(real_data)[:2]
+    plain = encode_msgpack(rec)
+    foreign = zstandard.ZstdCompressor(dict_data=zstandard.ZstdCompressionDict(
+        zstandard.train_dictionary(1024, [plain + bytes([i]) * 40 for i in range(64)], dict_id=0x12345678).as_bytes()))
+    sizeless = zstandard.ZstdCompressor(write_content_size=False).compress(plain)
+    bomb = zstandard.ZstdCompressor().compress(b"\0" * (MAX_MESSAGE_BYTES + 1))
+    junk = [[TAG, ZDATA, b"not zstd at all"], [TAG, ZDATA, foreign.compress(plain)], [TAG, ZDATA, sizeless],
+            [TAG, ZDATA, bomb], [TAG, ZDATA, compressor("zstd-dict-1")(plain)[:-6]]]
+    with capture_logs() as logs:
+        acked = exchange(ground, node, [*junk, [TAG, ZDATA, compressor("zstd-dict-1")(plain)], data(other)])
+    assert acked == [rec.record_id, other.record_id]
+    assert ground.counters().malformed == {"record_decode": 5}
+    assert read_jsonl(ground.out_dir / "downlink.jsonl").messages == (rec, other)
+    reasons = [e["error"] for e in logs if e["event"] == "ground.malformed"]
+    assert any("not a zstd frame" in r for r in reasons) and any("dictionary id 0x12345678" in r for r in reasons)
+
+
+def test_the_shipped_dictionary_shrinks_real_records_by_a_third(real_data: Path) -> None:
+    """The 65 records of the real NTT frame (real stamps) and a summary compress to under 70 % of
+    their msgpack with the shipped dictionary and come back byte for byte; plain zstd gains little."""
+    import zstandard
+
+    from edge.zdict import compressor, decompress
+
+    plain = [encode_msgpack(m) for m in [*ntt_records(real_data), summary(7)]]
+    packed = [compressor("zstd-dict-1")(p) for p in plain]
+    assert [decompress(z) for z in packed] == plain
+    assert sum(map(len, packed)) < 0.7 * sum(map(len, plain))
+    no_dict = zstandard.ZstdCompressor(level=3)
+    assert sum(map(len, packed)) < 0.8 * sum(len(no_dict.compress(p)) for p in plain)
 
 
 def test_a_restarted_ground_still_drops_duplicates(real_data: Path, tmp_path: Path,
