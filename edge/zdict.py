@@ -48,15 +48,19 @@ def _dictionary(name: str) -> zstandard.ZstdCompressionDict:
     return zdict
 
 
+def _compressor(zdict: zstandard.ZstdCompressionDict) -> zstandard.ZstdCompressor:
+    # the frame carries its size, a checksum and the dictionary id: what decompress() insists on
+    return zstandard.ZstdCompressor(level=LEVEL, dict_data=zdict, write_checksum=True,
+                                    write_content_size=True, write_dict_id=True)
+
+
 def compressor(name: str) -> Callable[[bytes], bytes]:
     """A function that compresses one message with the named dictionary (``"none"``: unchanged)."""
     if name == "none":
         return bytes
     if name not in DICTIONARIES:
         raise ValueError(f"unknown downlink compression {name!r}; known: {list(COMPRESSIONS)}")
-    cctx = zstandard.ZstdCompressor(level=LEVEL, dict_data=_dictionary(name), write_checksum=True,
-                                    write_content_size=True, write_dict_id=True)
-    return cctx.compress
+    return _compressor(_dictionary(name)).compress
 
 
 @functools.cache
@@ -118,9 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = train(messages, args.dict_id)
     args.out.write_bytes(data)
     plain = sum(map(len, messages))
-    cctx = zstandard.ZstdCompressor(level=LEVEL, dict_data=zstandard.ZstdCompressionDict(data),
-                                    write_checksum=True, write_content_size=True, write_dict_id=True)
-    packed = sum(len(cctx.compress(m)) for m in messages)
+    packed = sum(len(_compressor(zstandard.ZstdCompressionDict(data)).compress(m)) for m in messages)
     print(f"wrote {args.out}: {len(data)} bytes, id {args.dict_id:#x}, sha256 {hashlib.sha256(data).hexdigest()[:16]}; "
           f"{len(messages)} messages, {plain} -> {packed} bytes ({packed / plain:.3f})")
     return 0

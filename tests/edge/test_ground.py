@@ -211,6 +211,31 @@ def test_the_shipped_dictionary_shrinks_real_records_by_a_third(real_data: Path)
     assert sum(map(len, packed)) < 0.8 * sum(len(no_dict.compress(p)) for p in plain)
 
 
+def test_a_dictionary_trained_from_a_ground_folder_compresses_what_it_saw(real_data: Path, tmp_path: Path,
+                                                                         capsys) -> None:
+    """`python -m edge.zdict` trains a dictionary with the asked id from a ground's JSON lines; it
+    beats plain zstd on those messages, and training the same folder again gives the same bytes."""
+    import zstandard
+
+    from edge.zdict import main as zdict_main
+
+    out = tmp_path / "ground"
+    out.mkdir()
+    recs = ntt_records(real_data)
+    (out / "downlink.jsonl").write_text("".join(to_json_line(r) + "\n" for r in recs))
+    (out / "frames.jsonl").write_text("".join(to_json_line(summary(f)) + "\n" for f in range(5)))
+    assert zdict_main([str(out), "--out", str(tmp_path / "a.zdict"), "--dict-id", "0x41459999"]) == 0
+    assert "70 messages" in capsys.readouterr().out
+    assert zdict_main([str(out), "--out", str(tmp_path / "b.zdict"), "--dict-id", "0x41459999"]) == 0
+    data = (tmp_path / "a.zdict").read_bytes()
+    assert data == (tmp_path / "b.zdict").read_bytes()
+    zdict = zstandard.ZstdCompressionDict(data)
+    assert zdict.dict_id() == 0x41459999
+    plain = [encode_msgpack(r) for r in recs]
+    with_dict = zstandard.ZstdCompressor(dict_data=zdict)
+    assert sum(len(with_dict.compress(p)) for p in plain) < 0.6 * sum(map(len, plain))
+
+
 def test_a_restarted_ground_still_drops_duplicates(real_data: Path, tmp_path: Path,
                                                    ctx: zmq.Context[Any]) -> None:
     """Ids already in the output folder count as seen after a restart, so a re-sent record is not written twice."""
