@@ -196,21 +196,6 @@ def test_compressed_payloads_it_cannot_read_are_refused_and_not_acknowledged(
     assert any("not a zstd frame" in r for r in reasons) and any("dictionary id 0x12345678" in r for r in reasons)
 
 
-def test_the_shipped_dictionary_shrinks_real_records_by_a_third(real_data: Path) -> None:
-    """The 65 records of the real NTT frame (real stamps) and a summary compress to under 70 % of
-    their msgpack with the shipped dictionary and come back byte for byte; plain zstd gains little."""
-    import zstandard
-
-    from edge.zdict import compressor, decompress
-
-    plain = [encode_msgpack(m) for m in [*ntt_records(real_data), summary(7)]]
-    packed = [compressor("zstd-dict-1")(p) for p in plain]
-    assert [decompress(z) for z in packed] == plain
-    assert sum(map(len, packed)) < 0.7 * sum(map(len, plain))
-    no_dict = zstandard.ZstdCompressor(level=3)
-    assert sum(map(len, packed)) < 0.8 * sum(len(no_dict.compress(p)) for p in plain)
-
-
 def test_a_dictionary_trained_from_a_ground_folder_compresses_what_it_saw(real_data: Path, tmp_path: Path,
                                                                          capsys) -> None:
     """`python -m edge.zdict` trains a dictionary with the asked id from a ground's JSON lines; it

@@ -270,3 +270,19 @@ def test_valid_records_with_one_field_spoiled_raise_typed_errors(data: st.DataOb
     wire[key] = data.draw(junk_values)
     with contextlib.suppress(RecordError):
         decode_msgpack(msgpack.packb(wire, use_bin_type=True))
+
+
+def test_the_shipped_dictionary_shrinks_real_records_by_a_quarter_or_more(real_data: Path) -> None:
+    """The 65 records of the real NTT frame, each with its real stamp, and a summary compress to
+    under 75 % of their msgpack with the shipped dictionary and come back byte for byte; plain zstd
+    at the same level saves under 10 % (the stamps are already zstd)."""
+    import zstandard
+
+    from edge.zdict import LEVEL, compressor, decompress
+
+    plain = [encode_msgpack(m) for m in [*ntt_records(real_data, 65), summary()]]
+    packed = [compressor("zstd-dict-1")(p) for p in plain]
+    assert [decompress(z) for z in packed] == plain
+    assert sum(map(len, packed)) < 0.75 * sum(map(len, plain))
+    no_dict = zstandard.ZstdCompressor(level=LEVEL)
+    assert sum(len(no_dict.compress(p)) for p in plain) > 0.9 * sum(map(len, plain))
