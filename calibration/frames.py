@@ -137,7 +137,7 @@ class SkyGain:
 
 
 def _grow(mask: NDArray[np.bool_], px: int) -> NDArray[np.bool_]:
-    """``mask`` dilated by a (2 px + 1)-square box, separably, without frame-sized temporaries per step."""
+    """``mask`` dilated by a (2 px + 1)-square box: shifted ORs along rows, then along columns."""
     out = mask.copy()
     for axis in (0, 1):
         src = out.copy()
