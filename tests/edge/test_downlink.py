@@ -85,6 +85,18 @@ def wait_connected(dl: Downlink, spool: Spool, timeout_s: float = 5.0) -> None:
         dl.pump(10)
 
 
+def deliver(recs: list[DownlinkRecord], spool: Spool, dl: Downlink,
+            ground: GroundReceiver) -> tuple[Any, Any]:
+    """Spool ``recs``, pump the downlink and the ground until the spool is empty (10 s at most),
+    and return both sides' counters."""
+    spool.put(recs)
+    end = time.monotonic() + 10
+    while len(spool) and time.monotonic() < end:
+        dl.pump(5)
+        ground.poll(5)
+    return dl.counters(), ground.counters()
+
+
 def test_everything_reaches_the_ground_exactly_once_and_leaves_the_spool(
         tmp_path: Path, ctx: zmq.Context[Any], rng: np.random.Generator) -> None:
     """With a live ground every spooled record is stored once, acked, and removed from the spool."""
@@ -92,12 +104,7 @@ def test_everything_reaches_the_ground_exactly_once_and_leaves_the_spool(
     with GroundReceiver("tcp://127.0.0.1:*", tmp_path / "out", context=ctx) as ground, \
             Spool(tmp_path / "s.sqlite") as spool, \
             Downlink(spool, ground.address, context=ctx, budget_bytes_per_s=10_000_000) as dl:
-        spool.put(recs)
-        end = time.monotonic() + 10
-        while len(spool) and time.monotonic() < end:
-            dl.pump(5)
-            ground.poll(5)
-        c, g = dl.counters(), ground.counters()
+        c, g = deliver(recs, spool, dl, ground)
     stored = read_jsonl(tmp_path / "out" / "downlink.jsonl").messages
     assert sorted(m.id for m in stored) == sorted(r.record_id for r in recs)
     assert set(stored) == set(recs) and g.records == len(recs) and g.duplicates == 0
@@ -116,12 +123,7 @@ def test_compressed_downlink_delivers_the_same_records_in_fewer_bytes(
             Spool(tmp_path / "s.sqlite") as spool, \
             Downlink(spool, ground.address, context=ctx, budget_bytes_per_s=10_000_000,
                      compression="zstd-dict-1") as dl:
-        spool.put(recs)
-        end = time.monotonic() + 10
-        while len(spool) and time.monotonic() < end:
-            dl.pump(5)
-            ground.poll(5)
-        c, g = dl.counters(), ground.counters()
+        c, g = deliver(recs, spool, dl, ground)
     stored = read_jsonl(tmp_path / "out" / "downlink.jsonl").messages
     assert sorted(m.id for m in stored) == sorted(r.record_id for r in recs) and set(stored) == set(recs)
     assert c.acked == len(recs) and g.malformed == {} and c.retries == 0
