@@ -43,6 +43,10 @@ from edge.workers import FrameFailure, Worker
 
 log = get_logger(__name__)
 
+#: how many of the most recent dropped sequence numbers the counters (and so every status and
+#: housekeeping message) carry; every drop is also in the next frame summary's ``dropped_frames``
+DROPPED_SEQS_KEPT = 1000
+
 
 @dataclass
 class NodeCounters:
@@ -54,7 +58,8 @@ class NodeCounters:
     frames_dropped: int = 0       # frames the ingest queue let go (drop_oldest)
     frames_in_flight: int = 0     # queued or in a worker
     frames_duplicate: int = 0     # frames already in the spool (a DAQ re-sent them): not processed again
-    dropped_seqs: list[int] = field(default_factory=list)
+    #: the most recent DROPPED_SEQS_KEPT of them: a long overload must not grow the node's memory
+    dropped_seqs: deque[int] = field(default_factory=lambda: deque(maxlen=DROPPED_SEQS_KEPT))
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
     detections: int = 0
     suppressed: int = 0
@@ -73,6 +78,7 @@ class NodeCounters:
         """A JSON-ready copy (latencies summarised)."""
         out = asdict(self)
         lat = sorted(out.pop("latency_ms"))
+        out["dropped_seqs"] = list(self.dropped_seqs)
         out["latency_p50_ms"] = lat[len(lat) // 2] if lat else None
         out["latency_p99_ms"] = lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else None
         out["conserved"] = self.conserved()

@@ -4,6 +4,7 @@ counters that conserve frames and detections, and bounded queues under overload.
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from edge.daemon import NodeDaemon
+from edge.daemon import DROPPED_SEQS_KEPT, NodeCounters, NodeDaemon
 from firmware_bridge import FrameSender
 from twin import simulate_frame
 
@@ -76,6 +77,22 @@ def test_streamed_frames_reach_the_ground_exactly_once(node_config_factory, smal
     assert len(records) == len({r.record_id for r in records}) == c.spooled
     assert sum(s.detections for s in ground.summaries()) == c.detections
     assert {r.engine_id for r in records} == {node.engine_id}
+
+
+def test_a_long_overload_keeps_the_status_small() -> None:
+    """Days of drops must not grow the node's memory or its status messages: the counters keep
+    the most recent sequence numbers and count every drop."""
+    c = NodeCounters()
+    n = 3 * DROPPED_SEQS_KEPT + 17
+    for seq in range(n):
+        c.frames_received += 1
+        c.frames_dropped += 1
+        c.dropped_seqs.append(seq)
+    snap = c.snapshot()
+    assert snap["frames_dropped"] == n
+    assert snap["dropped_seqs"] == list(range(n - DROPPED_SEQS_KEPT, n))
+    assert snap["conserved"]
+    json.dumps(snap)  # the status and housekeeping messages are JSON
 
 
 def test_overload_drops_are_counted_with_their_sequence_numbers(node_config_factory, small_twin,
