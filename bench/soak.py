@@ -1,9 +1,11 @@
 """Soak: stream twin frames into a node for a set time and watch its memory.
 
 A node (2 worker processes, the shipped engine, drop_oldest queue) receives 2048x2048 twin
-frames at --rate-hz from a FrameSender thread and downlinks to an in-process ground, for
---seconds (600 by default; not run in CI). Memory is the resident set of the node's main process
-plus its workers (/proc), sampled every 10 s after a warm-up minute. The reference is the memory
+frames at --rate-hz from a FrameSender thread and downlinks to a ground receiver, for
+--seconds (600 by default; not run in CI). The ground runs in a process of its own: its memory
+(the ids it has seen, to drop duplicates) is the ground station's, not the node's. Memory is the
+resident set of the node's main process plus its workers (/proc), sampled every 10 s after a
+warm-up minute. The reference is the memory
 after warm-up; the last line prints end / reference (1.00 means no growth) and the bound.
 
     .venv/bin/python bench/soak.py [--seconds 600] [--rate-hz 2] [--size 2048]
@@ -18,6 +20,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
@@ -38,6 +41,17 @@ def rss_mb(pids: list[int]) -> float:
     return total / 2**20
 
 
+def ground_main(out_dir: str, addresses: Any, stop: Any) -> None:
+    """The ground station, in its own process: receive and acknowledge until told to stop."""
+    from edge.ground import GroundReceiver
+    from edge.log import configure
+
+    configure(json=True, level="warning", stream=sys.stderr)
+    with GroundReceiver("tcp://127.0.0.1:0", out_dir, fits_interval_s=0) as g:
+        addresses.put(g.address)
+        g.serve(stop.is_set, timeout_ms=50)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=600.0)
@@ -55,24 +69,17 @@ def main() -> None:
     from twin import simulate_frame
 
     configure(json=True, level="warning", stream=sys.stderr)
+    import multiprocessing as mp
     import os
-
-    from edge.ground import GroundReceiver
 
     frames = [simulate_frame(twin_config(args.size), i, 7) for i in range(4)]
     with tempfile.TemporaryDirectory() as tmp:
-        stop_ground = threading.Event()
-        ready = threading.Event()
-        box: dict[str, str] = {}
-
-        def ground_main() -> None:
-            with GroundReceiver("tcp://127.0.0.1:0", Path(tmp) / "ground", fits_interval_s=0) as g:
-                box["address"] = g.address
-                ready.set()
-                g.serve(stop_ground.is_set, timeout_ms=50)
-
-        threading.Thread(target=ground_main, daemon=True).start()
-        ready.wait(10)
+        spawn = mp.get_context("spawn")
+        stop_ground = spawn.Event()
+        addresses = spawn.Queue()
+        ground = spawn.Process(target=ground_main, args=(str(Path(tmp) / "ground"), addresses, stop_ground))
+        ground.start()
+        box: dict[str, str] = {"address": addresses.get(timeout=60)}
         cfg = config_from_mapping({
             "node": {"id": "soak", "workers": 2},
             "receive": {"address": "tcp://127.0.0.1:0", "queue_policy": "drop_oldest", "queue_frames": 4},
@@ -119,6 +126,7 @@ def main() -> None:
         status = node.status()
         node.close(drain_s=5)
         stop_ground.set()
+        ground.join(30)
     ref, end = samples[0][1], samples[-1][1]
     peak = max(m for _, m in samples)
     print(f"soak {args.seconds:.0f} s at {args.rate_hz} Hz, {args.size}x{args.size}, 2 workers; "
