@@ -36,12 +36,17 @@ class NodeSection:
     seed: int = 0
     #: pipeline worker processes (frames overlap across cores; sep holds the GIL)
     workers: int = 2
+    #: the node's processes map every C block of at least this many KiB and give it back on free
+    #: (glibc; see edge/heap.py); 0 keeps the C library's moving threshold
+    mmap_threshold_kib: int = 4096
 
     def __post_init__(self) -> None:
         if not self.id:
             raise ValueError("id must not be empty")
         if self.workers < 1:
             raise ValueError("workers must be >= 1")
+        if not 0 <= self.mmap_threshold_kib <= 32768:
+            raise ValueError("mmap_threshold_kib must be 0 (the C library's default) to 32768 (32 MiB)")
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from edge.config import NodeConfig
 from edge.done import DoneSet
 from edge.downlink import Downlink
 from edge.errors import AstroEdgeError
+from edge.heap import fix_mmap_threshold
 from edge.housekeeping import Housekeeping
 from edge.log import get_logger
 from edge.node import build_pipeline, engine_dir
@@ -127,9 +128,12 @@ class NodeDaemon:
         from firmware_bridge import FrameReceiver
 
         cfg = self.config
+        mmap_threshold = cfg.node.mmap_threshold_kib * 1024
+        fix_mmap_threshold(mmap_threshold)
         self.spool = Spool(cfg.spool.path, max_bytes=cfg.spool.max_bytes)
         try:
-            self.workers = [Worker(i, self._build, (cfg, self._bundle)) for i in range(cfg.node.workers)]
+            self.workers = [Worker(i, self._build, (cfg, self._bundle), mmap_threshold=mmap_threshold)
+                            for i in range(cfg.node.workers)]
             self.engine_id = self.workers[0].engine_id
             self._engine_path = str(engine_dir(cfg))
             self.receiver = FrameReceiver(cfg.receive.address, bind=cfg.receive.bind,

@@ -41,11 +41,13 @@ def _attach(name: str) -> SharedMemory:
     return SharedMemory(name=name)
 
 
-def _worker_main(conn: Connection, build: Any, build_args: tuple[Any, ...]) -> None:
+def _worker_main(conn: Connection, build: Any, build_args: tuple[Any, ...], mmap_threshold: int = 0) -> None:
     """Run in the child: build the pipeline once, then process frames until told to stop."""
+    from edge.heap import fix_mmap_threshold
     from edge.log import configure
 
     configure(json=True, level="warning")
+    fix_mmap_threshold(mmap_threshold)
     try:
         pipeline = build(*build_args)
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which refuses to start
@@ -123,11 +125,12 @@ def _swap(pipeline: Any, engine_spec: Any) -> Any:
 class Worker:
     """One pipeline process, its pipe and its shared-memory slot; one frame in flight at most."""
 
-    def __init__(self, index: int, build: Any, build_args: tuple[Any, ...], *, start_timeout_s: float = 120.0) -> None:
+    def __init__(self, index: int, build: Any, build_args: tuple[Any, ...], *, start_timeout_s: float = 120.0,
+                 mmap_threshold: int = 0) -> None:
         ctx = mp.get_context("spawn")
         self.index = index
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_worker_main, args=(child, build, build_args),
+        self._proc = ctx.Process(target=_worker_main, args=(child, build, build_args, mmap_threshold),
                                  name=f"astro-edge-worker-{index}", daemon=True)
         self._proc.start()
         child.close()

@@ -73,3 +73,12 @@ def test_unreadable_and_invalid_files_are_config_errors(tmp_path) -> None:
     with pytest.raises(ConfigError, match="not valid TOML") as exc:
         load_config(bad)
     assert str(bad) in str(exc.value)
+
+
+def test_the_mmap_threshold_is_on_by_default_and_bounded() -> None:
+    """Frame-sized blocks are given back by default; 0 keeps the C library's own behaviour; a
+    threshold glibc would refuse is a config error, not a surprise at start."""
+    assert config_from_mapping({}).node.mmap_threshold_kib == 4096
+    assert config_from_mapping({"node": {"mmap_threshold_kib": 0}}).node.mmap_threshold_kib == 0
+    with pytest.raises(ConfigError, match="mmap_threshold_kib must be 0"):
+        config_from_mapping({"node": {"mmap_threshold_kib": 65536}})
