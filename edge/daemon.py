@@ -121,6 +121,7 @@ class NodeDaemon:
         self._engine_history: list[str] = []
         self._shadow: dict[str, Any] | None = None   # the last shadow run and its agreement
         self._done: dict[str, DoneSet] = {}   # finished frames per series, mirrored in the spool
+        self._turn = 0                        # the worker that is offered the next frame first
 
     # ---- start and stop -------------------------------------------------------------------
     def start(self) -> None:
@@ -320,13 +321,19 @@ class NodeDaemon:
         return frame.seq in self._done_set(f"{frame.detector_id}:{frame.series_id}")
 
     def _dispatch(self) -> None:
-        for w in self.workers:
+        # idle workers take frames in turn, so each meets every kind of frame early (and grows to
+        # its full size during warm-up) instead of the first worker taking nearly all at low rates
+        n = len(self.workers)
+        for k in range(n):
             if not self._queue:
                 return
+            i = (self._turn + k) % n
+            w = self.workers[i]
             if w.busy is None:
                 frame, t0 = self._queue.popleft()
                 drops, self._pending_drops = tuple(self._pending_drops), []
                 w.submit(frame, drops, received_at=t0)
+                self._turn = (i + 1) % n
 
     def _collect(self, timeout_s: float) -> None:
         busy = [w for w in self.workers if w.busy is not None]
@@ -557,6 +564,7 @@ class NodeDaemon:
             "paused": self._paused,
             "shadow": dict(self._shadow) if self._shadow is not None else None,
             "queue_depth": len(self._queue),
+            "worker_frames": [w.frames_submitted for w in self.workers],
             "counters": self.counters.snapshot(),
             "receiver": self.receiver.counters.as_dict() if self.receiver is not None else None,
             "spool": asdict(spool) if spool is not None else None,

@@ -136,6 +136,8 @@ class Worker:
         child.close()
         self._slot: SharedMemory | None = None
         self.busy: FrameInput | None = None
+        #: frames handed to this worker since it started
+        self.frames_submitted = 0
         #: monotonic time the busy frame was received, for the node's latency figures
         self.received_at = 0.0
         if not self._conn.poll(start_timeout_s):
@@ -167,6 +169,7 @@ class Worker:
         self._conn.send(("frame", self._slot.name, pixels.shape, pixels.dtype.str, meta, dropped))
         self.busy = frame
         self.received_at = received_at
+        self.frames_submitted += 1
 
     def result(self) -> FrameResult | FrameFailure:
         """The finished frame's result (call when the connection is readable)."""

@@ -79,6 +79,29 @@ def test_streamed_frames_reach_the_ground_exactly_once(node_config_factory, smal
     assert {r.engine_id for r in records} == {node.engine_id}
 
 
+def test_idle_workers_take_frames_in_turn(node_config_factory, small_twin, ground: Ground) -> None:
+    """At a low frame rate, when every worker is idle for each frame, the frames still go to every
+    worker in turn: each meets the node's frames early and reaches its full size during warm-up,
+    not hours later (bench/soak.py)."""
+    cfg = node_config_factory(node={"workers": 2}, downlink={"address": ground.address})
+    frames = _twin_frames(small_twin, 2)
+    node = NodeDaemon(cfg)
+    node.start()
+    try:
+        with FrameSender(node.receiver_endpoint, detector_id="twin-cam", sndhwm=1,
+                         send_timeout_ms=30_000) as sender:
+            sender.start_series(3)
+            for i in range(6):
+                tf = frames[i % 2]
+                sender.send_frame(tf.raw_adu, exposure_s=float(tf.header["EXPTIME"]))
+                _run_until(node, lambda n=i + 1: node.counters.frames_processed == n)
+            sender.end_series()
+        status = node.status()
+    finally:
+        node.close()
+    assert status["worker_frames"] == [3, 3]
+
+
 def test_a_long_overload_keeps_the_status_small() -> None:
     """Days of drops must not grow the node's memory or its status messages: the counters keep
     the most recent sequence numbers and count every drop."""
