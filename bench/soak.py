@@ -4,11 +4,12 @@ A node (2 worker processes, the shipped engine, drop_oldest queue) receives 2048
 frames at --rate-hz from a FrameSender thread and downlinks to a ground receiver, for
 --seconds (600 by default; not run in CI). The ground runs in a process of its own: its memory
 (the ids it has seen, to drop duplicates) is the ground station's, not the node's. Memory is the
-resident set of the node's main process plus its workers (/proc), sampled every second after a
-warm-up minute. A worker's resident set swings between idle and mid-frame by the size of a
-frame's temporaries, so each whole minute is summarised by its floor (least) and peak (most);
-the reference is the first minute after warm-up, and the last line prints how far the last
-minute's floor and peak are above it, against the bound.
+resident set of the node's main process plus its workers (/proc), sampled about every second
+(at random intervals of 0.5 to 1.5 s) after a warm-up minute. A worker's resident set swings
+between idle and mid-frame by the size of a frame's temporaries, so each whole minute is
+summarised by its floor (least) and peak (most); the reference is the first minute after
+warm-up, and the last line prints how far the last minute's floor and peak are above it,
+against the bound.
 
     .venv/bin/python bench/soak.py [--seconds 600] [--rate-hz 2] [--size 2048]
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import random
 import sys
 import tempfile
 import threading
@@ -113,16 +115,19 @@ def main() -> None:
 
         threading.Thread(target=rig, daemon=True).start()
         t_start = time.monotonic()
-        # every second, each process's resident set; a worker's memory swings by the size of a
+        # about every second, each process's resident set; a worker's memory swings by the size of a
         # frame's temporaries between idle and mid-frame, so minutes are summarised by their
         # floor (the least seen) and their peak (the most)
         samples: list[tuple[float, list[float]]] = []
+        jitter = random.Random(0)
         next_sample = t_start + args.warmup_s
         while time.monotonic() - t_start < args.seconds:
             node.step()
             if time.monotonic() >= next_sample:
                 samples.append((time.monotonic() - t_start, [rss_mb([pid]) for pid in pids]))
-                next_sample += 1.0
+                # a random interval: a fixed one, locked to the frame rate, would see each worker
+                # at the same point of its frame every time
+                next_sample += jitter.uniform(0.5, 1.5)
         stop.set()
         time.sleep(0.5)
         node.finish()
@@ -136,7 +141,7 @@ def main() -> None:
     floor_growth = last["floor"] - first["floor"]
     peak_growth = last["peak"] - first["peak"]
     print(f"soak {args.seconds:.0f} s at {args.rate_hz} Hz, {args.size}x{args.size}, 2 workers; "
-          f"memory sampled {len(samples)} times (every second) after {args.warmup_s:.0f} s warm-up")
+          f"memory sampled {len(samples)} times (about every second) after {args.warmup_s:.0f} s warm-up")
     print(f"frames received {c.frames_received}, processed {c.frames_processed}, dropped {c.frames_dropped}, "
           f"rejected {c.frames_rejected}; detections {c.detections}, records spooled {c.spooled}, "
           f"acked {status['spool']['acked']['record'] if status['spool'] else 'n/a'}; conserved {c.conserved()}")
