@@ -42,6 +42,8 @@ ZDATA = b"zdata"
 ACK = b"ack"
 _HWM = 1000
 _FETCH = 32
+#: timed-out ids held before the first sweep against the spool
+_SWEEP_MIN = 4096
 
 
 def node_socket(context: zmq.Context[Any], address: str,
@@ -157,7 +159,10 @@ class Downlink:
         self._deadlines: dict[str, float] = {}
         # logged once when sends start being refused (no ground connected, queue full) and once when they resume
         self._blocked = False
+        # ids whose ack timed out, to count their next send as a retry; one that the spool then
+        # evicts is never sent again, so the set is swept of ids the spool no longer holds
         self._timed_out: set[str] = set()
+        self._sweep_at = _SWEEP_MIN
         self._n = dict.fromkeys(("sent", "sent_bytes", "retries", "acked", "ack_unknown", "timeouts",
                                  "budget_waits", "window_exhausted", "send_blocked",
                                  "malformed_acks"), 0)
@@ -224,6 +229,9 @@ class Downlink:
         for i in late:
             del self._deadlines[i]
         self._timed_out.update(late)
+        if len(self._timed_out) > self._sweep_at:
+            self._timed_out = self.spool.holding(self._timed_out)
+            self._sweep_at = max(_SWEEP_MIN, 2 * len(self._timed_out))
         self.spool.release(late)
         self._n["timeouts"] += len(late)
         log.info("downlink.ack_timeout", count=len(late), ack_timeout_s=self.ack_timeout_s)

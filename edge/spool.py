@@ -319,6 +319,12 @@ class Spool:
             row = self._db.execute("SELECT id, kind, priority, payload FROM items ORDER BY seq ASC LIMIT 1").fetchone()
         return None if row is None else SpooledItem(id=row[0], kind=row[1], priority=float(row[2]), payload=bytes(row[3]))
 
+    def holding(self, ids: Iterable[str]) -> set[str]:
+        """Which of ``ids`` are still in the spool."""
+        with self._lock:
+            self._check_open()
+            return self._existing(list(ids))
+
     def get(self, item_id: str) -> SpooledItem | None:
         """One spooled message by id, or None when it has left the spool."""
         with self._lock:

@@ -211,6 +211,39 @@ def test_unacked_messages_are_sent_again_after_the_ack_timeout(
             assert len(spool) == 0 and c.acked == 3 and c.ack_unknown == 1 and c.in_flight == 0
 
 
+def test_timed_out_records_the_spool_evicted_are_forgotten(
+        tmp_path: Path, ctx: zmq.Context[Any], raw_ground: tuple[zmq.Socket[Any], str],
+        rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ground that takes records but never acknowledges them (its disk is full), a closed
+    contact window, and a full spool that evicts what timed out: the downlink's memory of timed-out
+    records must not keep the evicted ones for the life of the node."""
+    import edge.downlink
+
+    monkeypatch.setattr(edge.downlink, "_SWEEP_MIN", 8)  # sweep at 8 ids instead of 4096
+    sock, address = raw_ground
+    clock = Clock()
+    with Spool(tmp_path / "s.sqlite", max_rows=6) as spool:
+        old = [make_record(0, i, 1.0, rng) for i in range(6)]
+        spool.put(old)
+        with Downlink(spool, address, context=ctx, clock=clock, ack_timeout_s=2.0) as dl:
+            wait_connected(dl, spool)
+            receive(sock, 6)
+            dl.open_window(1)  # the contact window closes: nothing more leaves
+            clock.t += 3.0
+            dl.pump(0)
+            assert dl.counters().timeouts == 6
+            new = [make_record(1, i, 5.0, rng) for i in range(6)]
+            assert len(spool.put(new).evicted) == 6  # the timed-out records make room
+            dl.open_window(0)
+            dl.pump(0)
+            receive(sock, 6)
+            dl.open_window(1)
+            clock.t += 3.0
+            dl.pump(0)
+            assert dl.counters().timeouts == 12
+            assert dl._timed_out == {r.record_id for r in new}
+
+
 def test_dead_ground_keeps_records_spooled_until_it_comes_up(
         tmp_path: Path, ctx: zmq.Context[Any], rng: np.random.Generator) -> None:
     """With no ground listening nothing is lost: sends are refused and counted; a ground that starts later gets everything."""
