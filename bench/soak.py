@@ -11,7 +11,7 @@ summarised by its floor (least) and peak (most); the reference is the first minu
 warm-up, and the last line prints how far the last minute's floor and peak are above it,
 against the bound.
 
-    .venv/bin/python bench/soak.py [--seconds 600] [--rate-hz 2] [--size 2048]
+    .venv/bin/python bench/soak.py [--seconds 600] [--rate-hz 2] [--size 2048] [--mmap-threshold-kib 4096]
 """
 
 from __future__ import annotations
@@ -62,6 +62,8 @@ def main() -> None:
     p.add_argument("--warmup-s", type=float, default=60.0)
     p.add_argument("--rate-hz", type=float, default=2.0)
     p.add_argument("--size", type=int, default=2048)
+    p.add_argument("--mmap-threshold-kib", type=int, default=4096,
+                   help="[node] mmap_threshold_kib (default 4096; 0: glibc's moving threshold)")
     args = p.parse_args()
 
     from edge.config import config_from_mapping
@@ -87,7 +89,7 @@ def main() -> None:
         ground.start()
         box: dict[str, str] = {"address": addresses.get(timeout=60)}
         cfg = config_from_mapping({
-            "node": {"id": "soak", "workers": 2},
+            "node": {"id": "soak", "workers": 2, "mmap_threshold_kib": args.mmap_threshold_kib},
             "receive": {"address": "tcp://127.0.0.1:0", "queue_policy": "drop_oldest", "queue_frames": 4},
             "spool": {"path": str(Path(tmp) / "spool.sqlite")},
             "downlink": {"address": box["address"], "budget_bytes_per_s": 10_000_000},
@@ -140,7 +142,8 @@ def main() -> None:
     first, last = minutes[0], minutes[-1]
     floor_growth = last["floor"] - first["floor"]
     peak_growth = last["peak"] - first["peak"]
-    print(f"soak {args.seconds:.0f} s at {args.rate_hz} Hz, {args.size}x{args.size}, 2 workers; "
+    print(f"soak {args.seconds:.0f} s at {args.rate_hz} Hz, {args.size}x{args.size}, 2 workers, "
+          f"mmap_threshold_kib {args.mmap_threshold_kib}; "
           f"memory sampled {len(samples)} times (about every second) after {args.warmup_s:.0f} s warm-up")
     print(f"frames received {c.frames_received}, processed {c.frames_processed}, dropped {c.frames_dropped}, "
           f"rejected {c.frames_rejected}; detections {c.detections}, records spooled {c.spooled}, "
