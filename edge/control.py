@@ -64,6 +64,11 @@ class ControlServer:
             log.warning("control.insecure", address=self.endpoint,
                         detail="CURVE is off: anyone who can reach this address can command the node")
 
+    @property
+    def socket(self) -> zmq.Socket[Any]:
+        """The ROUTER socket, for a caller that waits on it beside other things (``zmq.Poller``)."""
+        return self._sock
+
     def poll(self) -> list[ControlRequest]:
         """Every request waiting now (never blocks); malformed ones get an error reply at once."""
         out = []

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zmq
 
 from edge.config import NodeConfig
 from edge.done import DoneSet
@@ -264,9 +265,24 @@ class NodeDaemon:
         if self._paused:
             time.sleep(timeout_ms / 1000)
         elif room or not block:
-            self._receive(timeout_ms if not self._busy() else 0)
+            if self._busy():
+                # sleep until a frame or a command arrives or a worker finishes, not in a spin
+                self._wait_any(timeout_ms)
+                self._receive(0)
+            else:
+                self._receive(timeout_ms)
         self._dispatch()
         self._collect(0 if room or not block else timeout_ms / 1000)
+
+    def _wait_any(self, timeout_ms: int) -> None:
+        poller = zmq.Poller()
+        poller.register(self.receiver.socket, zmq.POLLIN)
+        if self.control is not None:
+            poller.register(self.control.socket, zmq.POLLIN)
+        for w in self.workers:
+            if w.busy is not None:
+                poller.register(w.connection.fileno(), zmq.POLLIN)
+        poller.poll(timeout_ms)
 
     def finish(self) -> None:
         """Process every frame already accepted (queue and workers) and spool its records."""

@@ -104,6 +104,12 @@ class FrameReceiver:
             if message is not None:
                 return message
 
+    @property
+    def socket(self) -> zmq.Socket[Any]:
+        """The PULL socket, for a caller that waits on it beside other things (``zmq.Poller``);
+        read it only through :meth:`recv`."""
+        return self._sock
+
     def accept(self, parts: list[Any]) -> Message | None:
         """Validate one received multipart message, count it, and return it or None if rejected."""
         c = self.counters
