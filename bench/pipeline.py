@@ -9,6 +9,7 @@ node would run it with nothing else) on the same frames after calibration. The l
 node frames/s / sep frames/s: 1.0 means everything beyond sep is hidden by overlap.
 
     .venv/bin/python bench/pipeline.py [--frames 8] [--size 4096] [--workers 2] [--engine DIR]
+                                       [--mmap-threshold-kib 4096]
 """
 
 from __future__ import annotations
@@ -41,14 +42,15 @@ def twin_frames(n: int, size: int, seed: int) -> list:
     return [simulate_frame(cfg, i, seed) for i in range(n)]
 
 
-def node_fps(frames: list, workers: int, engine: str, work: Path) -> tuple[float, dict]:
+def node_fps(frames: list, workers: int, engine: str, work: Path,
+             mmap_threshold_kib: int = 4096) -> tuple[float, dict]:
     from edge.config import config_from_mapping
     from edge.daemon import NodeDaemon
     from firmware_bridge import FrameSender
     from firmware_bridge.rig import header_fields
 
     cfg = config_from_mapping({
-        "node": {"id": "bench", "workers": workers},
+        "node": {"id": "bench", "workers": workers, "mmap_threshold_kib": mmap_threshold_kib},
         "receive": {"address": "tcp://127.0.0.1:0", "queue_policy": "block", "queue_frames": 2},
         "engine": {"path": engine},
         "spool": {"path": str(work / "spool.sqlite"), "max_bytes": 1 << 30},
@@ -113,6 +115,8 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--engine", default="", help="engine folder (default: the shipped engine)")
     p.add_argument("--seed", type=int, default=11)
+    p.add_argument("--mmap-threshold-kib", type=int, default=4096,
+                   help="[node] mmap_threshold_kib for the node (default 4096; 0: glibc's moving threshold)")
     args = p.parse_args()
     from edge.log import configure
 
@@ -122,7 +126,7 @@ def main() -> None:
     print(f"made {len(frames)} twin frames {args.size}x{args.size} in {time.perf_counter() - t:.1f} s; "
           f"cores {os.cpu_count()}, workers {args.workers}")
     with tempfile.TemporaryDirectory() as tmp:
-        node, snap = node_fps(frames, args.workers, args.engine, Path(tmp))
+        node, snap = node_fps(frames, args.workers, args.engine, Path(tmp), args.mmap_threshold_kib)
     print(f"node: {node:.3f} frames/s (ingest to spool), {snap['detections']} detections, "
           f"{snap['spooled']} records spooled, p50 latency {snap['latency_p50_ms']:.0f} ms")
     ref = sep_fps(frames[args.workers:])
