@@ -6,7 +6,7 @@ By default the threshold moves: each time a mapped block is freed, the threshold
 block's size (up to 32 MiB). After a node's first frames every frame-sized temporary (the raw
 frame, the calibrated image, its variance, the background) therefore comes from the heap, and
 what is freed between them is kept. A worker's memory then rises in steps whenever a frame
-arranges its temporaries differently, and creeps. A fixed threshold turns the moving one off:
+arranges its temporaries differently. A fixed threshold turns the moving one off:
 blocks above it are always mapped and always given back, at the cost of fresh page faults on
 each one.
 
