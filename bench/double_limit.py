@@ -138,12 +138,12 @@ def main() -> None:
     fwhm = float(config.fwhm_px)
     star_excess: list[float] = []
     n_stars = n_pairs = 0
+    settings = DetectSettings()
     for i in range(args.frames):
         seed = frame_seed(args.seed, i)
         draw = next(d for d in draw_anomalies(config, seed, draw_scene(config, seed)) if d.family == "close_double")
         frame = simulate_frame(config, i, seed)
         image_e, variance_e2, mask = calibrate_twin_frame(frame, config)
-        settings = DetectSettings()
         sub = subtract_background(image_e, mask, settings).sub_e
         cands = detect(sub, variance_e2, mask, settings)
         cx, cy, snr = np.asarray(cands.x), np.asarray(cands.y), np.asarray(cands.snr, float)

@@ -96,13 +96,10 @@ def main() -> None:
     samples = []
     for i in range(args.frames):
         fi = replace(inputs[i % 5], seq=i)
+        cal, bkg, cands, stamps = pre[i % 5] if pre else (None, None, None, None)
         if args.part == "full":
             pipe.process(fi)
-            if i % 50 == 49:
-                samples.append(rss_mb())
-            continue
-        cal, bkg, cands, stamps = pre[i % 5]
-        if args.part in ("pre", "calibrate"):
+        elif args.part in ("pre", "calibrate"):
             cal = pipe.calibrator.calibrate(fi.pixels, exposure_s=fi.exposure_s, filter_name=fi.filter_name,
                                             header=fi.header, out=cal)
             if args.part == "pre":
