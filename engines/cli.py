@@ -1,4 +1,4 @@
-"""``astro-edge engines train|build|check|finetune``: the engine commands.
+"""``astro-edge engines train|evaluate|build|check|finetune``: the engine commands.
 
 This module only declares the arguments; each handler imports its heavy module (torch, onnx,
 onnxruntime, tensorrt) when it runs, so ``astro-edge --help`` stays fast and the node never pulls
@@ -17,6 +17,12 @@ def _train(args: argparse.Namespace) -> int:
     from engines.train import train_command
 
     return train_command(args)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from engines.evaluation import evaluate_command
+
+    return evaluate_command(args)
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -39,7 +45,7 @@ def _finetune(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``engines`` command group."""
-    parser = subparsers.add_parser("engines", help="train, build, check and fine-tune neural engines")
+    parser = subparsers.add_parser("engines", help="train, evaluate, build, check and fine-tune neural engines")
     sub = parser.add_subparsers(dest="engines_command", metavar="ACTION", required=True)
 
     p = sub.add_parser("train", help="train an engine on twin frames and write its folder (needs the train extra)")
@@ -64,6 +70,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                         "(default: ../shared/data/real beside the checkout, when present)")
     p.add_argument("--no-real", action="store_true", help="skip the real-frame classification")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="measure an engine again on its fresh twin set (needs the twin extra)")
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="engine folder (default: the shipped engine)")
+    p.add_argument("--frames", type=int, default=None,
+                   help="evaluation frames (default: as many as the engine was evaluated on)")
+    p.add_argument("--threads", type=int, default=2, help="intra-op threads for ONNX Runtime (default: 2)")
+    p.add_argument("--write", action="store_true",
+                   help="store the figures in the manifest and regenerate the model card (model files unchanged)")
+    p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("build", help="measure each precision on this device and write a build manifest")
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="engine folder (default: the shipped engine)")

@@ -8,7 +8,14 @@ frames, without the bad-pixel map so that hot pixels reach the engine; then
 matching it to the twin's truth table: the nearest true object within a matching radius gives the
 label (streaks match anywhere along their track), and a candidate with no true object is
 ``bogus``. Anomalies and transients get label ``-1`` and their family name, so that training can
-leave them out and evaluation can score them.
+leave them out and evaluation can score them. Where the twin also gives each family's noise-free
+light (frames with anomalies or transients), a candidate belongs to an anomaly or transient only
+when that object's light makes at least half of the source light at the candidate
+(``UNKNOWN_LIGHT_SHARE``): an ordinary star that happens to lie on a faint ghost's donut, a comet's
+tail or near an arc is a star, and a candidate made of anomaly light is the anomaly's however far
+from its centre. A candidate within an anomaly's reach that is not made of its light (a star on a
+ghost's donut) is neither: it keeps label ``-1`` with the family ``near_<family>``
+(``NEAR_PREFIX``), so that it counts neither as a find nor as an ordinary detection.
 
 Outlier exposure (:func:`outlier_stamps`) is a separate generator of generic random multi-blob
 shapes; it never draws any of the twin's anomaly families. This module is training-side only: the
@@ -28,6 +35,7 @@ from edge.stamps import STAMP_SIZE, cut_stamps
 
 __all__ = [
     "CLASSES",
+    "NEAR_PREFIX",
     "StampSet",
     "calibrate_twin_frame",
     "concat",
@@ -50,6 +58,14 @@ STREAK_MATCH_PX = 3.0
 #: about the radius of light each family spreads (a ghost's donut, a comet's tail, an arc)
 ANOMALY_REACH_PX = {"lens_arc": 12.0, "comet": 20.0, "lobster_psf": 12.0, "close_double": 5.0,
                     "ghost": 30.0}
+#: with the light of each family known, a candidate is an anomaly's or a transient's when that
+#: family's light is at least this share of all source light (sky excluded) in the 3x3 pixels at
+#: the candidate's centre pixel
+UNKNOWN_LIGHT_SHARE = 0.5
+#: family prefix of candidates within an anomaly's reach that are not made of its light
+NEAR_PREFIX = "near_"
+#: truth labels that never enter training
+_UNKNOWN_LABELS = ("anomaly", "transient")
 
 
 @dataclass(frozen=True)
@@ -113,20 +129,31 @@ def calibrate_twin_frame(frame: Any, config: Any, bundle: bool = True) -> tuple[
     return image_e.astype(np.float32), variance_e2.astype(np.float32), mask
 
 
-def label_candidates(x: NDArray[Any], y: NDArray[Any], truth: Any) -> tuple[NDArray[np.int64], NDArray[np.str_]]:
+def label_candidates(x: NDArray[Any], y: NDArray[Any], truth: Any,
+                     light: dict[str, NDArray[Any]] | None = None) -> tuple[NDArray[np.int64], NDArray[np.str_]]:
     """Label candidates at (x, y) from one frame's truth rows: (label index, family name).
 
     Distances are to each truth row's segment (``x0, y0`` to ``x1, y1``: a track for streaks and
     cosmic rays, a point otherwise). A track matches within ``STREAK_MATCH_PX``; any other object
     within ``MATCH_RADIUS_PX`` plus its size (``size_px``, at most 8 px, or the family's
-    ``ANOMALY_REACH_PX``). Anomalies and transients
-    win over ordinary matches, because they are what must be found; otherwise the nearest wins.
+    ``ANOMALY_REACH_PX``).
+
+    Without ``light``, anomalies and transients win over ordinary matches, because they are what
+    must be found; otherwise the nearest wins. With ``light`` (the frame's noise-free light per
+    truth family, ``TwinFrame.light_e``), light decides instead of distance for them: a candidate is
+    the anomaly's or transient's whose light is the larger share of the source light in the 3x3
+    pixels at the candidate, when that share is at least ``UNKNOWN_LIGHT_SHARE``; a candidate that
+    the distance rule would give to one but that is not made of its light gets ``UNKNOWN`` and the
+    family ``NEAR_PREFIX + family`` (neither a find nor an ordinary detection); every other
+    candidate takes the nearest ordinary match, as if no anomaly were there.
     """
     n = len(x)
     labels = np.full(n, BOGUS, np.int64)
-    family = np.full(n, "bogus", "<U16")
+    family = np.full(n, "bogus", "<U24")
     if n == 0 or len(truth) == 0:
         return labels, family
+    if light is not None:
+        return _label_by_light(np.asarray(x, float), np.asarray(y, float), truth, light)
     x = np.asarray(x, float)[:, None]
     y = np.asarray(y, float)[:, None]
     x0, y0 = np.asarray(truth["x0"], float)[None], np.asarray(truth["y0"], float)[None]
@@ -152,6 +179,47 @@ def label_candidates(x: NDArray[Any], y: NDArray[Any], truth: Any) -> tuple[NDAr
     return labels, family
 
 
+def _label_by_light(x: NDArray[np.float64], y: NDArray[np.float64], truth: Any,
+                    light: dict[str, NDArray[Any]]) -> tuple[NDArray[np.int64], NDArray[np.str_]]:
+    """label_candidates with the light of each family known (see there)."""
+    tlabel = np.asarray(truth["label"]).astype(str)
+    unknown_rows = np.isin(tlabel, _UNKNOWN_LABELS)
+    labels, family = label_candidates(x, y, truth[~unknown_rows])
+    unknown_families = sorted(set(np.asarray(truth["family"]).astype(str)[unknown_rows].tolist()))
+    sources = [k for k in light if k != "sky"]
+    if not unknown_families or not sources:
+        return labels, family
+    by_distance, near_family = label_candidates(x, y, truth)
+    shape = light[sources[0]].shape
+    rows = np.clip(np.floor(y + 0.5).astype(np.int64), 1, shape[0] - 2)
+    cols = np.clip(np.floor(x + 0.5).astype(np.int64), 1, shape[1] - 2)
+
+    def box_sum(image: NDArray[Any]) -> NDArray[np.float64]:
+        img = np.asarray(image, np.float64)
+        return sum(img[rows + dy, cols + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1))  # type: ignore[return-value]
+
+    total = np.zeros(len(x))
+    share = {}
+    for k in sources:
+        part = box_sum(light[k])
+        total += part
+        if k in unknown_families:
+            share[k] = part
+    if not share:
+        return labels, family
+    names = list(share)
+    stacked = np.stack([share[k] for k in names])
+    best = stacked.argmax(axis=0)
+    best_light = stacked[best, np.arange(len(x))]
+    mine = (best_light > 0) & (best_light >= UNKNOWN_LIGHT_SHARE * total)
+    near = (by_distance == UNKNOWN) & ~mine
+    labels[near] = UNKNOWN
+    family[near] = np.char.add(NEAR_PREFIX, near_family[near])
+    labels[mine] = UNKNOWN
+    family[mine] = np.asarray(names)[best[mine]]
+    return labels, family
+
+
 def stamps_from_frame(frame: Any, config: Any, settings: DetectSettings | None = None,
                       bundle: bool = True) -> StampSet:
     """Run the node's detection and stamp cutting on one twin frame and label every candidate."""
@@ -163,7 +231,8 @@ def stamps_from_frame(frame: Any, config: Any, settings: DetectSettings | None =
     truth = frame.truth
     if "frame" in truth.colnames:
         truth = truth[np.asarray(truth["frame"]) == frame.index]
-    labels, family = label_candidates(np.asarray(cands.x), np.asarray(cands.y), truth)
+    labels, family = label_candidates(np.asarray(cands.x), np.asarray(cands.y), truth,
+                                     getattr(frame, "light_e", None))
     return StampSet(stamps, labels, family, np.asarray(cands.snr, float),
                     np.full(len(labels), frame.index, np.int64))
 
@@ -181,7 +250,10 @@ def twin_stamp_set(config: Any, n_frames: int, seed: int, settings: DetectSettin
     without the bad-pixel map, so its hot pixels become candidates (see calibrate_twin_frame)."""
     from twin import simulate_frame
 
-    return concat([stamps_from_frame(simulate_frame(config, i, frame_seed(seed, i)), config, settings,
+    # frames with anomalies or transients carry each family's light, so labels follow the light
+    light = bool(config.anomalies) or config.n_transients > 0
+    return concat([stamps_from_frame(simulate_frame(config, i, frame_seed(seed, i), light_by_family=light),
+                                     config, settings,
                                      bundle=not (unmasked_every and i % unmasked_every == 0))
                    for i in range(n_frames)])
 

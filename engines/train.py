@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from engines.dataset import CLASSES, UNKNOWN, StampSet
+from engines.dataset import CLASSES, NEAR_PREFIX, UNKNOWN, StampSet
 from engines.model import ModelSpec
 from engines.scoring import (
     ScoringConstants,
@@ -38,6 +38,8 @@ __all__ = [
     "ENTROPY_WEIGHTS",
     "TrainSettings",
     "evaluate",
+    "evaluate_precisions",
+    "evaluation_set",
     "fit_model",
     "fit_scoring",
     "predict",
@@ -249,7 +251,10 @@ def evaluate(outputs: tuple[NDArray[Any], NDArray[Any]], data: StampSet, constan
             "recall_snr10": float((s.label_index[sel] == c).mean()) if sel.any() else None,
         }
     neg = s.anomaly_score[known]
-    for fam in sorted(set(data.family[~known].tolist())):
+    near = np.char.startswith(data.family.astype(str), NEAR_PREFIX)
+    figures["near_anomaly"] = {"n": int(near.sum()),
+                               "flagged_at_alpha": float((s.anomaly_pvalue[near] <= alpha).mean()) if near.any() else None}
+    for fam in sorted(set(data.family[~known & ~near].tolist())):
         sel = data.family == fam
         strong = sel & (data.snr >= 20.0)
         figures["families"][fam] = {
@@ -312,6 +317,34 @@ def compare_precisions(reference: dict[str, Any], outputs: tuple[NDArray[Any], N
     return figures
 
 
+def evaluate_precisions(run: Any, test: StampSet, constants: ScoringConstants) -> dict[str, Any]:
+    """The evaluation of every precision on one labelled set, as the manifest stores it.
+
+    ``run(precision, stamps)`` gives (logits, embedding) of that precision's model file; FP32 is
+    the reference the others are compared with.
+    """
+    ref_outputs = run("fp32", test.stamps)
+    evaluation: dict[str, Any] = {"fp32": evaluate(ref_outputs, test, constants)}
+    for precision in ("fp16", "int8"):
+        evaluation[precision] = compare_precisions(evaluation["fp32"], run(precision, test.stamps),
+                                                   ref_outputs, test, constants)
+    bright = (test.labels != UNKNOWN) & (test.snr >= 10)
+    evaluation["confusion_snr10_fp32"] = confusion(
+        score(ref_outputs[0][bright], ref_outputs[1][bright], constants).label_index, test.labels[bright])
+    return evaluation
+
+
+def evaluation_set(settings: TrainSettings, n_frames: int | None = None) -> tuple[StampSet, dict[str, Any]]:
+    """The fresh evaluation set of an engine trained with ``settings`` (seed + 2, every anomaly
+    family), and its twin configuration summary."""
+    from engines.dataset import twin_stamp_set
+    from twin import ANOMALY_FAMILIES
+
+    config = training_twin_config(settings.frame_size_px, anomalies=ANOMALY_FAMILIES)
+    n = settings.n_eval_frames if n_frames is None else n_frames
+    return twin_stamp_set(config, n, settings.seed + 2), _config_summary(config)
+
+
 @dataclass(frozen=True)
 class TwinSets:
     """The labelled sets an engine is made from (see the module docstring for their seeds)."""
@@ -327,19 +360,17 @@ class TwinSets:
 def make_twin_sets(settings: TrainSettings) -> TwinSets:
     """Simulate and label the training, calibration and evaluation sets, and the outlier stamps."""
     from engines.dataset import outlier_stamps, twin_stamp_set
-    from twin import ANOMALY_FAMILIES
 
     config = training_twin_config(settings.frame_size_px)
-    eval_config = training_twin_config(settings.frame_size_px, anomalies=ANOMALY_FAMILIES)
     seed = settings.seed
     train = twin_stamp_set(config, settings.n_train_frames, seed, unmasked_every=settings.unmasked_every)
     calib = twin_stamp_set(config, settings.n_calib_frames, seed + 1, unmasked_every=settings.unmasked_every)
-    test = twin_stamp_set(eval_config, settings.n_eval_frames, seed + 2)
+    test, eval_summary = evaluation_set(settings)
     oe_rng = np.random.default_rng(seed + 3)
     return TwinSets(train=train.select(train.labels != UNKNOWN), calib=calib.select(calib.labels != UNKNOWN),
                     test=test, oe_train=outlier_stamps(int(len(train) * settings.oe_fraction), oe_rng),
                     oe_val=outlier_stamps(1000, oe_rng),
-                    configs={"train": _config_summary(config), "evaluation": _config_summary(eval_config),
+                    configs={"train": _config_summary(config), "evaluation": eval_summary,
                              "seeds": {"train": seed, "calibration": seed + 1, "evaluation": seed + 2,
                                        "outlier_exposure": seed + 3}})
 
@@ -392,14 +423,7 @@ def package_engine(out_dir: Any, model: Any, settings: TrainSettings, sets: Twin
                                     run("fp32", sets.calib.stamps), sets.calib.labels,
                                     run("fp32", sets.oe_val), seed)
     test = sets.test
-    ref_outputs = run("fp32", test.stamps)
-    evaluation: dict[str, Any] = {"fp32": evaluate(ref_outputs, test, constants)}
-    for precision in ("fp16", "int8"):
-        evaluation[precision] = compare_precisions(evaluation["fp32"], run(precision, test.stamps),
-                                                   ref_outputs, test, constants)
-    bright = (test.labels != UNKNOWN) & (test.snr >= 10)
-    evaluation["confusion_snr10_fp32"] = confusion(
-        score(ref_outputs[0][bright], ref_outputs[1][bright], constants).label_index, test.labels[bright])
+    evaluation = evaluate_precisions(run, test, constants)
     evaluation["scoring_fit"] = choice
     if extra_evaluation:
         evaluation.update(extra_evaluation)
@@ -581,7 +605,8 @@ def write_model_card(out_dir: Any, m: Any) -> None:
         f"- command: `{tr.get('command')}` (seed {tr.get('seed')}, {tr.get('date')})",
         f"- software: {', '.join(f'{k} {v}' for k, v in tr.get('software', {}).items())}",
         f"- data: twin frames of {st['frame_size_px']}x{st['frame_size_px']} px, detected with edge.detect and cut "
-        "with edge.stamps exactly as the node does, labelled by truth matching; "
+        "with edge.stamps exactly as the node does, labelled by truth matching (an anomaly's candidates are "
+        "those made mostly of its light); "
         f"training {sizes.get('train')} stamps ({st['n_train_frames']} frames), held-out calibration "
         f"{sizes.get('calibration')} ({st['n_calib_frames']} frames), evaluation {sizes.get('evaluation')} "
         f"({st['n_eval_frames']} frames with every anomaly family, seed never used in training), outlier "
@@ -606,6 +631,11 @@ def write_model_card(out_dir: Any, m: Any) -> None:
         q = ev.get("int8", {}).get("families", {}).get(fam, {})
         lines.append(f"| {fam} | {f['n']} | {_fmt(f['auroc'], 4)} | {_fmt(q.get('auroc'), 4)} | "
                      f"{_fmt(f['recall_snr20_at_alpha'])} | {_fmt(q.get('recall_snr20_at_alpha'))} |")
+    near = ev["fp32"].get("near_anomaly")
+    if near and near.get("n"):
+        lines += ["", f"Candidates within an anomaly's reach but not made of its light (a star on a ghost's donut, "
+                  f"a galaxy beside an arc): {near['n']}, counted neither as finds nor as ordinary detections; "
+                  f"{_fmt(near['flagged_at_alpha'])} of them are flagged at alpha = 0.01."]
     lines += ["", "Per class (FP32, S/N >= 10):", "", "| class | n | recall |", "|---|---|---|"]
     for c, f in ev["fp32"]["per_class"].items():
         lines.append(f"| {c} | {f['n_snr10']} | {_fmt(f['recall_snr10'])} |")

@@ -3,7 +3,9 @@
 ``simulate_frame`` strings the stages together: scene (from the sequence seed), sky background,
 stars, galaxies, transients, anomalies, cosmic rays and streaks (into ``expected_e``), then the
 detector (flat, dark, noise, bleed, ADU). ``write_frames`` is the thin I/O shell around it.
-Same config and seed give identical bytes.
+Same config and seed give identical bytes. Asked for (``light_by_family=True``), a frame also
+carries the noise-free light of each truth family as its own image, so that labelling can ask
+whose light a detection is made of.
 """
 
 from __future__ import annotations
@@ -49,6 +51,10 @@ class TwinFrame:
     truth: Table
     expected_e: NDArray[np.float32]  # noise-free electrons before flat response; no dark, no bias
     wcs: WCS
+    #: with ``simulate_frame(..., light_by_family=True)``: noise-free electrons of each truth family
+    #: present ("star", "galaxy", "transient", each anomaly family, "cosmic_ray", "streak") and of
+    #: the "sky", each a frame-sized float32 image; they sum to ``expected_e``. None otherwise.
+    light_e: dict[str, NDArray[np.float32]] | None = None
 
 
 def frame_rng(seed: int, index: int) -> np.random.Generator:
@@ -68,8 +74,12 @@ def _flux_inside_and_area(config: TwinConfig, groups: list[Rendered], n: int,
     return flux * inside, nea
 
 
-def simulate_frame(config: TwinConfig, index: int, seed: int) -> TwinFrame:
-    """Simulate frame ``index`` of the sequence ``seed``: raw ADU, header, truth, expected electrons, WCS."""
+def simulate_frame(config: TwinConfig, index: int, seed: int, *, light_by_family: bool = False) -> TwinFrame:
+    """Simulate frame ``index`` of the sequence ``seed``: raw ADU, header, truth, expected electrons, WCS.
+
+    ``light_by_family`` also returns each truth family's noise-free light (``TwinFrame.light_e``);
+    it costs one frame-sized image per family and changes nothing else in the frame.
+    """
     if index < 0 or seed < 0:
         raise TwinError(f"frame index and seed must be >= 0, got index={index}, seed={seed}", where="simulate_frame")
     det = config.detector
@@ -77,6 +87,7 @@ def simulate_frame(config: TwinConfig, index: int, seed: int) -> TwinFrame:
     scene = draw_scene(config, seed)
     wcs = make_wcs(config)
     expected, phi = sky_background_e(config, rng)
+    light: dict[str, NDArray[np.float32]] | None = {"sky": expected.copy()} if light_by_family else None
     truth = TruthBuilder(index)
     dark_e = det.dark_e_per_s * config.exposure_s
     rn = det.read_noise_e
@@ -89,6 +100,8 @@ def simulate_frame(config: TwinConfig, index: int, seed: int) -> TwinFrame:
                     size_px: NDArray[np.float64] | float = 0.0) -> None:
         for grp in groups:
             grp.add_to(expected)
+            if light is not None:
+                grp.add_to(light.setdefault(family, np.zeros_like(expected)))
         flux = flux_e(config, mag)
         f_in, nea = _flux_inside_and_area(config, groups, len(x), flux)
         keep = f_in > 0
@@ -120,8 +133,11 @@ def simulate_frame(config: TwinConfig, index: int, seed: int) -> TwinFrame:
         add_sources("anomaly", draw.family, draw.x, draw.y, draw.mag, [render_anomalies(config, draw)], ids,
                     draw.size_px)
 
-    for label, dep in (("cosmic_ray", add_cosmic_rays(expected, config, rng)),
-                       ("streak", add_streaks(expected, config, rng))):
+    for label, add in (("cosmic_ray", add_cosmic_rays), ("streak", add_streaks)):
+        before = expected.copy() if light is not None else None
+        dep = add(expected, config, rng)
+        if light is not None and before is not None and len(dep.x):
+            light[label] = expected - before
         truth.add(label, label, dep.x, dep.y, dep.flux_e,
                   snr_expected=snr_expected(dep.flux_e, dep.noise_area_px, background(dep.x, dep.y), rn),
                   fwhm_px=psf_at(config, dep.x, dep.y).fwhm_px if label == "streak" else 0.0,
@@ -139,7 +155,8 @@ def simulate_frame(config: TwinConfig, index: int, seed: int) -> TwinFrame:
     table["dec_deg"] = dec
     raw, _saturated = expose(expected, det, config.exposure_s, rng)
     header = light_header(config, index, seed, wcs)
-    return TwinFrame(index=index, raw_adu=raw, header=header, truth=table, expected_e=expected, wcs=wcs)
+    return TwinFrame(index=index, raw_adu=raw, header=header, truth=table, expected_e=expected, wcs=wcs,
+                     light_e=light)
 
 
 def reference_catalog(config: TwinConfig, seed: int) -> Table:

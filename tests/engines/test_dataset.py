@@ -9,7 +9,9 @@ from astropy.table import Table
 from engines.dataset import (
     BOGUS,
     CLASSES,
+    NEAR_PREFIX,
     UNKNOWN,
+    UNKNOWN_LIGHT_SHARE,
     calibrate_twin_frame,
     frame_seed,
     label_candidates,
@@ -50,6 +52,30 @@ def test_anomaly_wins_over_a_nearer_ordinary_object() -> None:
     assert family.tolist() == ["ghost"]
 
 
+def test_with_light_known_an_anomaly_is_what_its_light_makes() -> None:
+    """With each family's light known, a star lying on a ghost's donut is neither a star nor the
+    ghost, a candidate made of the donut's light is the ghost's however far from its centre, and a
+    star away from it is a star."""
+    truth = _truth([
+        (20.0, 20.0, "star", "star", 20.0, 20.0, 20.0, 20.0, 0.0),
+        (90.0, 90.0, "star", "star", 90.0, 90.0, 90.0, 90.0, 0.0),
+        (28.0, 20.0, "anomaly", "ghost", 28.0, 20.0, 28.0, 20.0, 0.0),
+    ])
+    yy, xx = np.mgrid[0:120, 0:120].astype(np.float32)
+    star = 500.0 * (np.exp(-((xx - 20) ** 2 + (yy - 20) ** 2) / 4.0) + np.exp(-((xx - 90) ** 2 + (yy - 90) ** 2) / 4.0))
+    r = np.hypot(xx - 28, yy - 20)
+    ghost = np.where((r >= 8) & (r <= 45), 5.0, 0.0).astype(np.float32)
+    light = {"sky": np.full((120, 120), 100.0, np.float32), "star": star.astype(np.float32), "ghost": ghost}
+    x = np.array([20.3, 28.0, 66.0, 90.2])
+    y = np.array([20.1, 32.0, 20.0, 89.8])
+    labels, family = label_candidates(x, y, truth, light)
+    assert labels.tolist() == [UNKNOWN, UNKNOWN, UNKNOWN, CLASSES.index("star")]
+    assert family.tolist() == [NEAR_PREFIX + "ghost", "ghost", "ghost", "star"]
+    # without light, distance decides: the star on the donut is the ghost's, the far donut bogus
+    labels, family = label_candidates(x, y, truth)
+    assert family.tolist() == ["ghost", "ghost", "bogus", "star"]
+
+
 def test_no_truth_means_every_candidate_is_bogus() -> None:
     """With an empty truth table every candidate is bogus."""
     labels, _ = label_candidates(np.array([1.0, 2.0]), np.array([1.0, 2.0]), _truth([]))
@@ -60,7 +86,7 @@ def test_no_truth_means_every_candidate_is_bogus() -> None:
 def small_frame() -> tuple[object, object]:
     """A 256 x 256 twin frame of the training mix with every anomaly family switched on."""
     config = training_twin_config(256, anomalies=ANOMALY_FAMILIES)
-    return config, simulate_frame(config, 0, frame_seed(99, 0))
+    return config, simulate_frame(config, 0, frame_seed(99, 0), light_by_family=True)
 
 
 def test_bundle_calibration_masks_hot_pixels_and_bare_calibration_keeps_them(small_frame: tuple[object, object]) -> None:
@@ -84,8 +110,28 @@ def test_frame_stamps_are_labelled_and_mostly_real_sources(small_frame: tuple[ob
     assert len(data) > 20
     assert (data.labels == BOGUS).mean() < 0.1
     assert (data.labels == CLASSES.index("star")).sum() > 10
-    assert set(data.family[data.labels == UNKNOWN]) <= set(ANOMALY_FAMILIES)
-    assert (data.labels == UNKNOWN).sum() >= 3
+    members = (data.labels == UNKNOWN) & ~np.char.startswith(data.family.astype(str), NEAR_PREFIX)
+    assert set(data.family[members]) <= set(ANOMALY_FAMILIES)
+    assert set(data.family[(data.labels == UNKNOWN) & ~members]) <= {NEAR_PREFIX + f for f in ANOMALY_FAMILIES}
+    assert members.sum() >= 3
+    # every anomaly member is made mostly of its family's light (3x3 pixels at its centre pixel)
+    light = frame.light_e
+    sources = sum(v for k, v in light.items() if k != "sky")
+    cands_x, cands_y = _centres(frame, config)
+    for k in np.flatnonzero(members):
+        iy, ix = int(np.floor(cands_y[k] + 0.5)), int(np.floor(cands_x[k] + 0.5))
+        box = np.s_[iy - 1:iy + 2, ix - 1:ix + 2]
+        assert light[data.family[k]][box].sum() >= UNKNOWN_LIGHT_SHARE * sources[box].sum()
+
+
+def _centres(frame: object, config: object) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate centres of a frame, found as stamps_from_frame finds them."""
+    from edge.detect import DetectSettings, detect, subtract_background
+
+    image, variance, mask = calibrate_twin_frame(frame, config)
+    settings = DetectSettings()
+    cands = detect(subtract_background(image, mask, settings).sub_e, variance, mask, settings)
+    return np.asarray(cands.x), np.asarray(cands.y)
 
 
 def test_frame_seeds_differ_between_frames_and_sets() -> None:

@@ -58,16 +58,22 @@ def test_evaluate_separates_a_far_anomaly_family(rng: np.random.Generator) -> No
     constants, _ = fit_scoring(_outputs(rng, y), y, _outputs(rng, y), y,
                                (rng.normal(0, 0.3, (200, 4, C)).astype(np.float32),
                                 rng.normal(0, 3.0, (200, 8)).astype(np.float32)), seed=2)
-    y_test = np.concatenate([rng.integers(0, C, 1000), np.full(100, UNKNOWN)])
+    y_test = np.concatenate([rng.integers(0, C, 1000), np.full(150, UNKNOWN)])
     logits, embedding = _outputs(rng, np.where(y_test < 0, 0, y_test))
     embedding[y_test < 0] += 20.0
-    family = np.array([CLASSES[i] if i >= 0 else "ghost" for i in y_test])
-    data = StampSet(np.zeros((1100, 2, 32, 32), np.float32), y_test, family, np.full(1100, 30.0),
-                    np.zeros(1100, np.int64))
+    family = np.array([CLASSES[i] if i >= 0 else "ghost" for i in y_test], dtype="<U24")
+    family[1100:] = "near_ghost"   # near the ghost, not made of its light: on neither side
+    embedding[1100:] -= 40.0
+    data = StampSet(np.zeros((1150, 2, 32, 32), np.float32), y_test, family, np.full(1150, 30.0),
+                    np.zeros(1150, np.int64))
     figures = evaluate((logits, embedding), data, constants)
     assert figures["accuracy_snr10"] == 1.0
+    assert set(figures["families"]) == {"ghost"}
+    assert figures["families"]["ghost"]["n"] == 100
     assert figures["families"]["ghost"]["auroc"] > 0.99
     assert figures["families"]["ghost"]["recall_snr20_at_alpha"] > 0.95
+    assert figures["near_anomaly"]["n"] == 50 and figures["near_anomaly"]["flagged_at_alpha"] == 1.0
+    assert figures["flagged_ordinary_at_alpha"] < 0.05
 
 
 def test_training_is_reproducible_with_a_fixed_seed() -> None:

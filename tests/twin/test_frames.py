@@ -54,6 +54,28 @@ def test_truth_fluxes_add_up_to_the_expected_electrons(small_config: TwinConfig)
     assert frame.expected_e.sum(dtype=np.float64) == pytest.approx(float(np.sum(deposited["flux_e"])), rel=1e-4)
 
 
+def test_light_by_family_splits_the_expected_electrons(small_config: TwinConfig) -> None:
+    """Asked for, a frame carries each family's noise-free light; the parts add up to the expected
+    electrons, each lies where its truth rows are, and asking changes nothing in the frame itself."""
+    cfg = small_config.with_(anomalies=("ghost", "close_double"), n_transients=2, cosmic_ray_rate_per_s=2.0)
+    plain = simulate_frame(cfg, 0, 5)
+    frame = simulate_frame(cfg, 0, 5, light_by_family=True)
+    assert plain.light_e is None
+    np.testing.assert_array_equal(frame.raw_adu, plain.raw_adu)
+    light = frame.light_e
+    assert light is not None
+    assert {"sky", "star", "ghost", "close_double", "transient", "cosmic_ray"} <= set(light)
+    total = sum(light.values())
+    np.testing.assert_allclose(total, frame.expected_e, rtol=1e-5, atol=1e-2)
+    for fam in ("ghost", "close_double", "transient"):
+        rows = frame.truth[frame.truth["family"] == fam]
+        assert len(rows)
+        assert light[fam].sum(dtype=np.float64) == pytest.approx(float(np.sum(rows["flux_e"])), rel=1e-4)
+        if fam != "ghost":  # a ghost is a ring: its centre is dark
+            iy, ix = np.rint(rows["y"]).astype(int), np.rint(rows["x"]).astype(int)
+            assert (light[fam][iy, ix] > 0).all()
+
+
 def test_truth_rows_have_labels_positions_and_snr(small_frame: TwinFrame, small_config: TwinConfig) -> None:
     """Every row has a known label, its family, a position inside the frame, positive flux and S/N."""
     t = small_frame.truth
