@@ -28,14 +28,15 @@ def _add_ground(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "ground", help="receive, store and acknowledge downlinked records",
         description="The ground receiver: writes OUT/downlink.jsonl (records), OUT/frames.jsonl "
-                    "(frame summaries) and OUT/downlink.fits (records as a FITS table), "
-                    "acknowledges what it stored and drops duplicates by record id. "
-                    "Stops on Ctrl-C or SIGTERM, after writing the FITS table.")
+                    "(frame summaries) and OUT/downlink-YYYYMMDD.fits (the records received on "
+                    "that UTC day as a FITS table), acknowledges what it stored and drops "
+                    "duplicates by record id. Stops on Ctrl-C or SIGTERM, after writing the FITS tables.")
     p.add_argument("--bind", default=DEFAULT_GROUND_BIND,
                    help=f"address to bind the ROUTER socket to (default {DEFAULT_GROUND_BIND})")
     p.add_argument("--out", required=True, help="output folder (created if absent)")
     p.add_argument("--fits-interval-s", type=float, default=60.0,
-                   help="rewrite downlink.fits every this many seconds (default 60; 0: only at exit)")
+                   help="rewrite the day's FITS table every this many seconds when records arrived "
+                        "(default 60; 0: only at exit)")
     p.add_argument("--curve-secret-key", default=None,
                    help="this ground's NAME.key_secret: turns CURVE on (then give --allow-key)")
     p.add_argument("--allow-key", action="append", default=[],

@@ -6,9 +6,16 @@ and not acknowledged), appends the new records to ``OUT/downlink.jsonl`` and the
 acknowledges the batch's ids, duplicates included. Ids already in the files when it starts count
 as seen, so a restarted ground still drops duplicates; a last line a crash left without its
 newline is cut first. A batch that cannot be stored (disk full) is cut back out of the files and
-not acknowledged. ``OUT/downlink.fits`` (astropy table, one row per record, stamps only in the
-JSON lines) is rewritten from ``downlink.jsonl`` every ``fits_interval_s`` seconds and when the
-receiver closes, written to a temporary file and renamed.
+not acknowledged.
+
+The records are also written as FITS tables (astropy, one row per record, stamps only in the JSON
+lines), one file per UTC day of receipt: ``OUT/downlink-YYYYMMDD.fits``. The receiver keeps the
+rows of the days it still has to write in memory, built from the records as they arrive, and
+rewrites a day's file every ``fits_interval_s`` seconds while records for it come in and when the
+receiver closes (temporary file, then rename); a finished day is written once more and dropped
+from memory. So the cost of a rewrite and the memory held follow one day's records, not the
+mission's. At start, a day whose file is missing or holds another number of rows than the JSON
+lines (a crash between a batch and the next rewrite) is rebuilt from them.
 
 This module owns the ground's socket and files; it never touches the node's spool.
 """
@@ -32,18 +39,34 @@ import zmq
 from edge.downlink import DATA, TAG, ZDATA, encode_ack, ground_socket
 from edge.errors import RecordDecodeError, RecordError
 from edge.log import get_logger
-from edge.records import DownlinkRecord, FrameSummary, decode_msgpack, read_jsonl, to_json_line
+from edge.records import (
+    DownlinkRecord,
+    FrameSummary,
+    decode_msgpack,
+    from_dict,
+    read_jsonl,
+    summary_id,
+    to_json_line,
+)
 from edge.zdict import decompress
 
-__all__ = ["FITS_NAME", "FRAMES_NAME", "RECORDS_NAME", "GroundCounters", "GroundReceiver",
-           "records_table", "write_fits"]
+__all__ = ["FITS_PATTERN", "FRAMES_NAME", "RECORDS_NAME", "GroundCounters", "GroundReceiver",
+           "fits_day", "records_table", "write_fits"]
 
 log = get_logger(__name__)
 
 RECORDS_NAME = "downlink.jsonl"
 FRAMES_NAME = "frames.jsonl"
-FITS_NAME = "downlink.fits"
+#: the FITS table of the records received on one UTC day (``day`` is YYYYMMDD)
+FITS_PATTERN = "downlink-{day}.fits"
 _BATCH = 512
+
+
+def fits_day(utc_time: str | None) -> str:
+    """YYYYMMDD of an ISO 8601 UTC time (the ground's ``received_time``); "unknown" when absent."""
+    if not utc_time or len(utc_time) < 10:
+        return "unknown"
+    return utc_time[:4] + utc_time[5:7] + utc_time[8:10]
 
 
 def _utc_now() -> str:
@@ -61,7 +84,7 @@ class GroundCounters:
     malformed: dict[str, int]     # reason -> messages that could not be read (not acknowledged)
     acks_sent: int                # ack messages sent
     write_failures: int           # batches that could not be stored (not acknowledged)
-    fits_writes: int              # times downlink.fits was rewritten
+    fits_writes: int              # FITS files (re)written
 
 
 class GroundReceiver:
@@ -79,11 +102,23 @@ class GroundReceiver:
         self._clock = clock
         self._utc_now = utc_now
         self._seen: set[str] = set()
+        per_day: dict[str, int] = {}
         for name in (RECORDS_NAME, FRAMES_NAME):
             path = self.out_dir / name
             if path.exists():
                 _drop_partial_line(path)
-                self._seen.update(m.id for m in read_jsonl(path).messages)
+                for msg_id, day in _scan_ids(path):
+                    self._seen.add(msg_id)
+                    if day is not None:
+                        per_day[day] = per_day.get(day, 0) + 1
+        # rows of the days whose FITS file is still to be written, and which of them changed
+        self._rows: dict[str, list[Any]] = {}
+        self._dirty_days: set[str] = set()
+        today = fits_day(utc_now())
+        stale = {d for d, n in per_day.items() if _fits_rows(self.out_dir / FITS_PATTERN.format(day=d)) != n}
+        if stale or today in per_day:
+            self._rows.update(_rows_by_day(self.out_dir / RECORDS_NAME, stale | {today}))
+        self._dirty_days |= stale
         self._records_fh: IO[str] = (self.out_dir / RECORDS_NAME).open("a", encoding="utf-8")
         self._frames_fh: IO[str] = (self.out_dir / FRAMES_NAME).open("a", encoding="utf-8")
         # the files' directory entries must be durable too before the first ack
@@ -102,11 +137,11 @@ class GroundReceiver:
             raise
         self.address = self._sock.getsockopt(zmq.LAST_ENDPOINT).decode()
         self._fits_due = clock() + self.fits_interval_s
-        self._dirty = True
         self._n = dict.fromkeys(("received", "records", "summaries", "duplicates", "acks_sent",
                                  "write_failures", "fits_writes"), 0)
         self._malformed: dict[str, int] = {}
-        log.info("ground.started", address=self.address, out=str(self.out_dir), seen=len(self._seen))
+        log.info("ground.started", address=self.address, out=str(self.out_dir), seen=len(self._seen),
+                 fits_days_to_rebuild=sorted(stale))
 
     def poll(self, timeout_ms: int = 100) -> int:
         """Handle what arrives within ``timeout_ms``; returns the number of messages taken."""
@@ -140,6 +175,7 @@ class GroundReceiver:
         received = self._utc_now()
         lines: dict[str, list[str]] = {RECORDS_NAME: [], FRAMES_NAME: []}
         new_ids: set[str] = set()
+        new_records: list[DownlinkRecord] = []
         duplicates = 0
         for parts in batch:
             self._n["received"] += 1
@@ -156,10 +192,16 @@ class GroundReceiver:
                 name = RECORDS_NAME if isinstance(msg, DownlinkRecord) else FRAMES_NAME
                 lines[name].append(to_json_line(msg, received_time=received) + "\n")
                 new_ids.add(msg.id)
+                if isinstance(msg, DownlinkRecord):
+                    new_records.append(msg)
             acks.setdefault(peer, []).append(msg.id)
         if new_ids and not self._append(lines):
             return  # nothing of this batch is acknowledged: the node sends it again
         self._seen.update(new_ids)
+        if new_records:
+            day = fits_day(received)
+            self._rows.setdefault(day, []).append(_rows_table([(r, received) for r in new_records]))
+            self._dirty_days.add(day)
         self._n["records"] += len(lines[RECORDS_NAME])
         self._n["summaries"] += len(lines[FRAMES_NAME])
         self._n["duplicates"] += duplicates
@@ -189,7 +231,6 @@ class GroundReceiver:
                       out=str(self.out_dir))
             self._reopen(sizes)
             return False
-        self._dirty = True
         return True
 
     def _reopen(self, sizes: dict[str, int]) -> None:
@@ -210,18 +251,26 @@ class GroundReceiver:
                                     f"identity, {TAG!r}, {DATA!r} or {ZDATA!r}, payload)", where="ground")
         return decode_msgpack(parts[3] if parts[2] == DATA else decompress(parts[3]))
 
-    def write_fits(self) -> Path:
-        """Rewrite ``downlink.fits`` from ``downlink.jsonl`` (temporary file, then rename)."""
+    def write_fits(self) -> list[Path]:
+        """Rewrite the FITS file of every day with new records (temporary file, then rename) and
+        drop the rows of finished days from memory; returns the files written."""
+        from astropy.table import vstack
+
         self._fits_due = self._clock() + self.fits_interval_s
-        path = self.out_dir / FITS_NAME
-        if not self._dirty and path.exists():
-            return path
-        for fh in (self._records_fh, self._frames_fh):
-            fh.flush()
-        write_fits(self.out_dir / RECORDS_NAME, path)
-        self._dirty = False
-        self._n["fits_writes"] += 1
-        return path
+        today = fits_day(self._utc_now())
+        written = []
+        for day in sorted(self._dirty_days):
+            parts = self._rows.get(day, [])
+            table = vstack(parts, metadata_conflicts="silent") if len(parts) > 1 else parts[0]
+            self._rows[day] = [table]
+            path = self.out_dir / FITS_PATTERN.format(day=day)
+            _write_table(table, path)
+            written.append(path)
+            self._n["fits_writes"] += 1
+        self._dirty_days.clear()
+        for day in [d for d in self._rows if d != today]:
+            del self._rows[day]
+        return written
 
     def counters(self) -> GroundCounters:
         """A snapshot of the counters."""
@@ -299,13 +348,61 @@ _COLUMNS: tuple[tuple[str, str | None, str | None], ...] = (
 )
 
 
-def records_table(path: str | Path) -> Any:
-    """The records of a ``downlink.jsonl`` as an astropy Table (ra/dec NaN where None; probs as JSON)."""
+def _scan_ids(path: Path) -> list[tuple[str, str | None]]:
+    """(id, day of receipt for records, None for summaries) of every readable line, without
+    decoding stamps: a restart reads a long mission's files in seconds."""
+    out: list[tuple[str, str | None]] = []
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                data = json.loads(line)
+                kind = data["kind"]
+                if kind == "record":
+                    out.append((str(data["record_id"]), fits_day(data.get("received_time"))))
+                elif kind == "frame_summary":
+                    out.append((summary_id(data["node_id"], data["series_id"], data["frame"]), None))
+            except (ValueError, KeyError, TypeError):
+                continue  # the full reader skips and counts these lines too
+    return out
+
+
+def _fits_rows(path: Path) -> int | None:
+    """Rows of a FITS table written here, or None when it is missing or unreadable."""
+    from astropy.io import fits
+
+    try:
+        return int(fits.getheader(path, 1)["NAXIS2"])
+    except (OSError, KeyError, IndexError, ValueError):
+        return None
+
+
+def _rows_by_day(jsonl_path: Path, days: set[str]) -> dict[str, list[Any]]:
+    """The FITS rows of the records received on ``days``, read from the JSON lines (only those
+    lines are decoded in full)."""
+    grouped: dict[str, list[tuple[DownlinkRecord, str | None]]] = {}
+    if not jsonl_path.exists():
+        return {}
+    with jsonl_path.open(encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                data = json.loads(line)
+                received = data.get("received_time")
+                day = fits_day(received if isinstance(received, str) else None)
+                if data.get("kind") != "record" or day not in days:
+                    continue
+                msg = from_dict(data)
+            except (ValueError, AttributeError, RecordError):
+                continue  # read_jsonl skips and counts these lines too
+            if isinstance(msg, DownlinkRecord):
+                grouped.setdefault(day, []).append((msg, received))
+    return {day: [_rows_table(rows)] for day, rows in grouped.items()}
+
+
+def _rows_table(rows: Sequence[tuple[DownlinkRecord, str | None]]) -> Any:
+    """FITS rows of (record, received_time) pairs as an astropy Table (ra/dec NaN where None;
+    probs as JSON; reasons comma-separated)."""
     from astropy.table import Table
 
-    result = read_jsonl(path)
-    rows = [(m, t) for m, t in zip(result.messages, result.received_times, strict=True)
-            if isinstance(m, DownlinkRecord)]
     table = Table()
     for name, dtype, unit in _COLUMNS:
         values: list[Any] = []
@@ -328,10 +425,20 @@ def records_table(path: str | Path) -> Any:
     return table
 
 
-def write_fits(jsonl_path: str | Path, fits_path: str | Path) -> None:
-    """Write the records of ``jsonl_path`` to ``fits_path`` as a binary table, atomically."""
-    fits_path = Path(fits_path)
-    table = records_table(jsonl_path)
+def records_table(path: str | Path) -> Any:
+    """Every record of a ``downlink.jsonl`` as one astropy Table (the columns of the ground's FITS files)."""
+    result = read_jsonl(path)
+    return _rows_table([(m, t) for m, t in zip(result.messages, result.received_times, strict=True)
+                        if isinstance(m, DownlinkRecord)])
+
+
+def _write_table(table: Any, fits_path: Path) -> None:
     tmp = fits_path.with_name(fits_path.name + ".tmp")
     table.write(tmp, format="fits", overwrite=True)
     os.replace(tmp, fits_path)
+
+
+def write_fits(jsonl_path: str | Path, fits_path: str | Path) -> None:
+    """Write every record of ``jsonl_path`` to ``fits_path`` as one binary table, atomically
+    (the whole file at once, e.g. to rebuild one table of a mission offline)."""
+    _write_table(records_table(jsonl_path), Path(fits_path))

@@ -1,4 +1,4 @@
-"""The ground receiver: JSON lines and a FITS table, acks after fsync, duplicates, malformed input, the CLI."""
+"""The ground receiver: JSON lines and daily FITS tables, acks after fsync, duplicates, malformed input, the CLI."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from structlog.testing import capture_logs
 
 from edge.downlink import DATA, TAG, ZDATA, Downlink, decode_ack
 from edge.errors import TransportError
-from edge.ground import GroundReceiver
+from edge.ground import FITS_PATTERN, GroundReceiver, fits_day
 from edge.records import (
     DownlinkRecord,
     FrameSummary,
@@ -129,7 +129,9 @@ def test_records_land_in_json_lines_and_a_fits_table(real_data: Path, ground: Gr
     read = read_jsonl(out / "downlink.jsonl")
     assert read.messages == tuple(recs) and all(t and t.endswith("Z") for t in read.received_times)
     assert read_jsonl(out / "frames.jsonl").messages == (summary(7),)
-    table = Table.read(ground.write_fits())
+    [path] = ground.write_fits()
+    assert path.name == FITS_PATTERN.format(day=fits_day(read.received_times[0]))
+    table = Table.read(path)
     cat = np.loadtxt(real_data / "sep-ntt" / "image.cat", comments="#")
     assert len(table) == len(cat) == 65
     np.testing.assert_allclose(table["x"], cat[:, 1] - 1)
@@ -238,28 +240,116 @@ def test_a_restarted_ground_still_drops_duplicates(real_data: Path, tmp_path: Pa
     assert len(read_jsonl(tmp_path / "out" / "downlink.jsonl").messages) == 3
 
 
+class UtcNow:
+    """A UTC clock the test sets by hand (ISO 8601 with Z)."""
+
+    def __init__(self, day: str) -> None:
+        self.day = day
+
+    def __call__(self) -> str:
+        return f"{self.day}T12:00:00.000000Z"
+
+
 def test_fits_table_is_rewritten_periodically(real_data: Path, tmp_path: Path, ctx: zmq.Context[Any]) -> None:
-    """With fits_interval_s set, downlink.fits follows the JSON lines once the interval has passed."""
+    """With fits_interval_s set, the day's FITS table follows the JSON lines once the interval has passed."""
     clock = Clock()
     recs = ntt_records(real_data)
+    fits_file = tmp_path / "out" / "downlink-20261129.fits"
     with GroundReceiver("tcp://127.0.0.1:*", tmp_path / "out", context=ctx, fits_interval_s=10,
-                        clock=clock) as g:
+                        clock=clock, utc_now=UtcNow("2026-11-29")) as g:
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(g.address)
         try:
             exchange(g, sock, [data(r) for r in recs[:5]])
-            assert not (g.out_dir / "downlink.fits").exists()
+            assert not fits_file.exists()
             clock.t += 10
             g.poll(0)
-            assert len(Table.read(g.out_dir / "downlink.fits")) == 5
+            assert len(Table.read(fits_file)) == 5
             exchange(g, sock, [data(r) for r in recs[5:9]])
-            assert len(Table.read(g.out_dir / "downlink.fits")) == 5
+            assert len(Table.read(fits_file)) == 5
             clock.t += 10
             g.poll(0)
-            assert len(Table.read(g.out_dir / "downlink.fits")) == 9 and g.counters().fits_writes == 2
+            assert len(Table.read(fits_file)) == 9 and g.counters().fits_writes == 2
+            clock.t += 10
+            g.poll(0)
+            assert g.counters().fits_writes == 2, "nothing new: the file is not written again"
         finally:
             sock.close()
+
+
+def test_each_utc_day_has_its_own_fits_table(real_data: Path, tmp_path: Path, ctx: zmq.Context[Any]) -> None:
+    """Records go to the table of the day they arrive; after midnight the finished day is written
+    once more and then left alone, and the new day's table holds only the new day's records."""
+    clock, utc = Clock(), UtcNow("2026-11-29")
+    recs = ntt_records(real_data)
+    out = tmp_path / "out"
+    with GroundReceiver("tcp://127.0.0.1:*", out, context=ctx, fits_interval_s=10, clock=clock,
+                        utc_now=utc) as g:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(g.address)
+        try:
+            exchange(g, sock, [data(r) for r in recs[:6]])
+            clock.t += 10
+            g.poll(0)
+            exchange(g, sock, [data(r) for r in recs[6:10]])
+            utc.day = "2026-11-30"
+            exchange(g, sock, [data(r) for r in recs[10:13]])
+            clock.t += 10
+            g.poll(0)
+            assert g.counters().fits_writes == 3
+            first = Table.read(out / "downlink-20261129.fits")
+            second = Table.read(out / "downlink-20261130.fits")
+            assert list(first["record_id"]) == [r.record_id for r in recs[:10]]
+            assert list(second["record_id"]) == [r.record_id for r in recs[10:13]]
+            before = (out / "downlink-20261129.fits").stat().st_mtime_ns
+            exchange(g, sock, [data(r) for r in recs[13:15]])
+            clock.t += 10
+            g.poll(0)
+            assert (out / "downlink-20261129.fits").stat().st_mtime_ns == before
+            assert len(Table.read(out / "downlink-20261130.fits")) == 5
+        finally:
+            sock.close()
+    assert sorted(p.name for p in out.glob("downlink-*.fits")) == ["downlink-20261129.fits", "downlink-20261130.fits"]
+
+
+def test_a_restarted_ground_rebuilds_a_day_table_the_crash_left_behind(
+        real_data: Path, tmp_path: Path, ctx: zmq.Context[Any]) -> None:
+    """A day whose FITS table lacks rows the JSON lines hold (the ground died between a batch and
+    the next rewrite) is rebuilt at the next start; a complete day is not touched, and ids of
+    both days still count as seen."""
+    recs = ntt_records(real_data)
+    out = tmp_path / "out"
+    utc = UtcNow("2026-11-29")
+    with GroundReceiver("tcp://127.0.0.1:*", out, context=ctx, fits_interval_s=0, utc_now=utc) as g:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(g.address)
+        try:
+            exchange(g, sock, [data(r) for r in recs[:8]])
+            utc.day = "2026-11-30"
+            exchange(g, sock, [data(r) for r in recs[8:20]])
+        finally:
+            sock.close()
+    complete = out / "downlink-20261129.fits"
+    stamp = complete.stat().st_mtime_ns
+    crashed = out / "downlink-20261130.fits"
+    Table.read(crashed)[:5].write(crashed, overwrite=True)   # the rewrite before the crash saw 5
+    with GroundReceiver("tcp://127.0.0.1:*", out, context=ctx, fits_interval_s=0,
+                        utc_now=UtcNow("2026-12-01")) as g:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(g.address)
+        try:
+            acked = exchange(g, sock, [data(r) for r in (recs[3], recs[15])])
+            assert acked == [recs[3].record_id, recs[15].record_id]
+            assert g.counters().duplicates == 2 and g.counters().records == 0
+        finally:
+            sock.close()
+    assert list(Table.read(crashed)["record_id"]) == [r.record_id for r in recs[8:20]]
+    assert complete.stat().st_mtime_ns == stamp
+    assert not (out / "downlink-20261201.fits").exists()
 
 
 def test_a_taken_address_is_a_transport_error(tmp_path: Path, ground: GroundReceiver,
@@ -294,7 +384,8 @@ def test_ground_command_receives_until_sigterm_then_writes_fits(
             proc.communicate()
     assert proc.returncode == 0, stderr
     assert "10 records" in stdout
-    assert len(Table.read(out / "downlink.fits")) == 10
+    [fits_file] = out.glob("downlink-*.fits")
+    assert len(Table.read(fits_file)) == 10
     assert read_jsonl(out / "downlink.jsonl").messages == tuple(recs)
 
 
