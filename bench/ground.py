@@ -5,8 +5,8 @@ the ground writes them; the last day is "today"). Then, in one process:
 
 1. a GroundReceiver starts on it with no FITS tables yet (it rebuilds every day's table) and
    closes: "first start + rebuild";
-2. a GroundReceiver starts again on the complete folder: "restart" (ids of every record, today's
-   rows);
+2. a GroundReceiver starts again on the complete folder: "restart" (its id index is up to date;
+   today's rows are decoded for today's table);
 3. --batch new records arrive over a real socket, and ``write_fits()`` rewrites today's table:
    "interval rewrite", what the ground pays every --fits-interval-s while records come in;
 4. references in the same run: astropy's ``Table.write`` of today's rows alone ("bare write", the

@@ -3,7 +3,7 @@
 A node (2 worker processes, the shipped engine, drop_oldest queue) receives 2048x2048 twin
 frames at --rate-hz from a FrameSender thread and downlinks to a ground receiver, for
 --seconds (600 by default; not run in CI). The ground runs in a process of its own: its memory
-(the ids it has seen, to drop duplicates) is the ground station's, not the node's. Memory is the
+and files are the ground station's, not the node's. Memory is the
 resident set of the node's main process plus its workers (/proc), sampled about every second
 (at random intervals of 0.5 to 1.5 s) after a warm-up minute. A worker's resident set swings
 between idle and mid-frame by the size of a frame's temporaries, so each whole minute is

@@ -28,6 +28,7 @@ nothing of the project.
      |    +-- EngineIntegrityError              file missing, truncated, sha256 mismatch
      |    +-- EngineCompatibilityError          manifest does not fit this device or backend
      +-- SpoolError (OSError)                   the store-and-forward spool cannot be used
+     +-- GroundStoreError (OSError)             the ground's output folder or id index cannot be used
      +-- RecordError (ValueError)               a downlink record or frame summary cannot be accepted
           +-- RecordDecodeError                 bytes are not msgpack / JSON, or message parts are wrong
           +-- RecordFieldError                  a field is missing, has the wrong type or a bad value
@@ -170,6 +171,12 @@ class SpoolError(AstroEdgeError, OSError):
     reason = "spool"
 
 
+class GroundStoreError(AstroEdgeError, OSError):
+    """The ground receiver's output folder or its index cannot be used."""
+
+    reason = "ground_store"
+
+
 class RecordError(AstroEdgeError, ValueError):
     """A downlink record or frame summary cannot be encoded, decoded or accepted."""
 
@@ -206,6 +213,7 @@ __all__ = [
     "EngineCompatibilityError",
     "EngineError",
     "EngineIntegrityError",
+    "GroundStoreError",
     "HeaderDecodeError",
     "HeaderFieldError",
     "MissingMasterError",

@@ -3,10 +3,12 @@
 For each batch of messages it decodes every one (a malformed message is counted by reason, logged
 and not acknowledged), appends the new records to ``OUT/downlink.jsonl`` and the frame summaries to
 ``OUT/frames.jsonl`` with ``received_time`` added, flushes and fsyncs both files, and only then
-acknowledges the batch's ids, duplicates included. Ids already in the files when it starts count
-as seen, so a restarted ground still drops duplicates; a last line a crash left without its
-newline is cut first. A batch that cannot be stored (disk full) is cut back out of the files and
-not acknowledged.
+acknowledges the batch's ids, duplicates included. The ids it stored are looked up in an SQLite
+index beside the files (:mod:`edge.ground_index`), written after the fsync and before the ack, so
+a restarted ground still drops duplicates without holding a mission's ids in memory or reading
+every line again; lines the index missed (a crash between fsync and index) are indexed at the next
+start. A last line a crash left without its newline is cut first. A batch that cannot be stored
+(disk full) is cut back out of the files and not acknowledged.
 
 The records are also written as FITS tables (astropy, one row per record, stamps only in the JSON
 lines), one file per UTC day of receipt: ``OUT/downlink-YYYYMMDD.fits``. The receiver keeps the
@@ -25,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,6 +41,7 @@ import zmq
 
 from edge.downlink import DATA, TAG, ZDATA, encode_ack, ground_socket
 from edge.errors import RecordDecodeError, RecordError
+from edge.ground_index import INDEX_NAME, GroundIndex, IndexEntry, fits_day, scan_lines
 from edge.log import get_logger
 from edge.records import (
     DownlinkRecord,
@@ -45,12 +49,11 @@ from edge.records import (
     decode_msgpack,
     from_dict,
     read_jsonl,
-    summary_id,
     to_json_line,
 )
 from edge.zdict import decompress
 
-__all__ = ["FITS_PATTERN", "FRAMES_NAME", "RECORDS_NAME", "GroundCounters", "GroundReceiver",
+__all__ = ["FITS_PATTERN", "FRAMES_NAME", "INDEX_NAME", "RECORDS_NAME", "GroundCounters", "GroundReceiver",
            "fits_day", "records_table", "write_fits"]
 
 log = get_logger(__name__)
@@ -60,13 +63,6 @@ FRAMES_NAME = "frames.jsonl"
 #: the FITS table of the records received on one UTC day (``day`` is YYYYMMDD)
 FITS_PATTERN = "downlink-{day}.fits"
 _BATCH = 512
-
-
-def fits_day(utc_time: str | None) -> str:
-    """YYYYMMDD of an ISO 8601 UTC time (the ground's ``received_time``); "unknown" when absent."""
-    if not utc_time or len(utc_time) < 10:
-        return "unknown"
-    return utc_time[:4] + utc_time[5:7] + utc_time[8:10]
 
 
 def _utc_now() -> str:
@@ -101,23 +97,29 @@ class GroundReceiver:
         self.fits_interval_s = float(fits_interval_s)
         self._clock = clock
         self._utc_now = utc_now
-        self._seen: set[str] = set()
-        per_day: dict[str, int] = {}
         for name in (RECORDS_NAME, FRAMES_NAME):
             path = self.out_dir / name
             if path.exists():
                 _drop_partial_line(path)
-                for msg_id, day in _scan_ids(path):
-                    self._seen.add(msg_id)
-                    if day is not None:
-                        per_day[day] = per_day.get(day, 0) + 1
+        self._index = GroundIndex(self.out_dir / INDEX_NAME)
+        try:
+            caught_up = self._index.catch_up(self.out_dir, (RECORDS_NAME, FRAMES_NAME))
+            per_day = self._index.days()
+        except BaseException:
+            self._index.close()
+            raise
+        # index entries of stored lines whose index write failed: retried with the next batch
+        self._index_pending: list[IndexEntry] = []
         # rows of the days whose FITS file is still to be written, and which of them changed
         self._rows: dict[str, list[Any]] = {}
         self._dirty_days: set[str] = set()
         today = fits_day(utc_now())
-        stale = {d for d, n in per_day.items() if _fits_rows(self.out_dir / FITS_PATTERN.format(day=d)) != n}
-        if stale or today in per_day:
-            self._rows.update(_rows_by_day(self.out_dir / RECORDS_NAME, stale | {today}))
+        stale = {d for d, (n, _) in per_day.items()
+                 if _fits_rows(self.out_dir / FITS_PATTERN.format(day=d)) != n}
+        load = {d for d in stale | {today} if d in per_day}
+        if load:
+            self._rows.update(_rows_by_day(self.out_dir / RECORDS_NAME, load,
+                                           start=min(per_day[d][1] for d in load)))
         self._dirty_days |= stale
         self._records_fh: IO[str] = (self.out_dir / RECORDS_NAME).open("a", encoding="utf-8")
         self._frames_fh: IO[str] = (self.out_dir / FRAMES_NAME).open("a", encoding="utf-8")
@@ -140,8 +142,8 @@ class GroundReceiver:
         self._n = dict.fromkeys(("received", "records", "summaries", "duplicates", "acks_sent",
                                  "write_failures", "fits_writes"), 0)
         self._malformed: dict[str, int] = {}
-        log.info("ground.started", address=self.address, out=str(self.out_dir), seen=len(self._seen),
-                 fits_days_to_rebuild=sorted(stale))
+        log.info("ground.started", address=self.address, out=str(self.out_dir), seen=self._index.count(),
+                 indexed_at_start=caught_up, fits_days_to_rebuild=sorted(stale))
 
     def poll(self, timeout_ms: int = 100) -> int:
         """Handle what arrives within ``timeout_ms``; returns the number of messages taken."""
@@ -173,33 +175,40 @@ class GroundReceiver:
     def _handle(self, batch: list[list[bytes]]) -> None:
         acks: dict[bytes, list[str]] = {}
         received = self._utc_now()
-        lines: dict[str, list[str]] = {RECORDS_NAME: [], FRAMES_NAME: []}
-        new_ids: set[str] = set()
-        new_records: list[DownlinkRecord] = []
-        duplicates = 0
+        decoded: list[tuple[bytes, DownlinkRecord | FrameSummary]] = []
         for parts in batch:
             self._n["received"] += 1
             peer = parts[0] if parts else b""
             try:
-                msg = self._decode(parts)
+                decoded.append((peer, self._decode(parts)))
             except RecordError as exc:
                 self._malformed[exc.reason] = self._malformed.get(exc.reason, 0) + 1
                 log.warning("ground.malformed", reason=exc.reason, error=str(exc), parts=len(parts))
-                continue
-            if msg.id in self._seen or msg.id in new_ids:
+        stored = self._known({msg.id for _, msg in decoded})
+        lines: dict[str, list[str]] = {RECORDS_NAME: [], FRAMES_NAME: []}
+        new: dict[str, list[tuple[str, str | None]]] = {RECORDS_NAME: [], FRAMES_NAME: []}
+        new_ids: set[str] = set()
+        new_records: list[DownlinkRecord] = []
+        duplicates = 0
+        day = fits_day(received)
+        for peer, msg in decoded:
+            if msg.id in stored or msg.id in new_ids:
                 duplicates += 1
             else:
-                name = RECORDS_NAME if isinstance(msg, DownlinkRecord) else FRAMES_NAME
+                is_record = isinstance(msg, DownlinkRecord)
+                name = RECORDS_NAME if is_record else FRAMES_NAME
                 lines[name].append(to_json_line(msg, received_time=received) + "\n")
+                new[name].append((msg.id, day if is_record else None))
                 new_ids.add(msg.id)
                 if isinstance(msg, DownlinkRecord):
                     new_records.append(msg)
             acks.setdefault(peer, []).append(msg.id)
-        if new_ids and not self._append(lines):
-            return  # nothing of this batch is acknowledged: the node sends it again
-        self._seen.update(new_ids)
+        if new_ids:
+            before = self._append(lines)
+            if before is None:
+                return  # nothing of this batch is acknowledged: the node sends it again
+            self._index_batch(lines, new, before)
         if new_records:
-            day = fits_day(received)
             self._rows.setdefault(day, []).append(_rows_table([(r, received) for r in new_records]))
             self._dirty_days.add(day)
         self._n["records"] += len(lines[RECORDS_NAME])
@@ -214,8 +223,34 @@ class GroundReceiver:
                 # the node did not get its ack: it retries after its timeout and we ack the duplicate
                 log.warning("ground.ack_failed", count=len(ids), error=str(exc))
 
-    def _append(self, lines: dict[str, list[str]]) -> bool:
-        """Append and fsync; on failure (disk full, I/O error) cut the files back and say False."""
+    def _known(self, ids: set[str]) -> set[str]:
+        """The ids among ``ids`` already stored (in the index, or stored but not yet indexed)."""
+        pending = {entry[0] for entry in self._index_pending}
+        return (ids & pending) | self._index.known(ids - pending)
+
+    def _index_batch(self, lines: dict[str, list[str]], new: dict[str, list[tuple[str, str | None]]],
+                     before: dict[str, int]) -> None:
+        """Index a stored batch (and any entries an earlier failure left); the lines are durable
+        already, so a failure here is logged and retried, never a reason to withhold the ack."""
+        entries = list(self._index_pending)
+        covered = {}
+        for name, rows in new.items():
+            offset = before[name]
+            for (msg_id, day), line in zip(rows, lines[name], strict=True):
+                entries.append((msg_id, day, offset))
+                offset += len(line.encode("utf-8"))
+            covered[name] = offset
+        try:
+            self._index.add(entries, covered)
+        except sqlite3.Error as exc:
+            self._index_pending = entries
+            log.error("ground.index_failed", error=str(exc), pending=len(entries), index=str(self._index.path))
+        else:
+            self._index_pending = []
+
+    def _append(self, lines: dict[str, list[str]]) -> dict[str, int] | None:
+        """Append and fsync; returns each file's size before the append, or None on failure (disk
+        full, I/O error), after cutting the files back."""
         handles = {RECORDS_NAME: self._records_fh, FRAMES_NAME: self._frames_fh}
         sizes = {name: os.fstat(fh.fileno()).st_size for name, fh in handles.items()}
         try:
@@ -230,8 +265,8 @@ class GroundReceiver:
             log.error("ground.write_failed", error=str(exc), messages=sum(map(len, lines.values())),
                       out=str(self.out_dir))
             self._reopen(sizes)
-            return False
-        return True
+            return None
+        return sizes
 
     def _reopen(self, sizes: dict[str, int]) -> None:
         # a failed write may leave bytes in the file and in the text buffer: drop both
@@ -279,6 +314,7 @@ class GroundReceiver:
     def _close_files(self) -> None:
         for fh in (self._records_fh, self._frames_fh):
             fh.close()
+        self._index.close()
 
     def close(self) -> None:
         """Write the FITS table, close files and socket; safe to call twice."""
@@ -348,24 +384,6 @@ _COLUMNS: tuple[tuple[str, str | None, str | None], ...] = (
 )
 
 
-def _scan_ids(path: Path) -> list[tuple[str, str | None]]:
-    """(id, day of receipt for records, None for summaries) of every readable line, without
-    decoding stamps: a restart reads a long mission's files in seconds."""
-    out: list[tuple[str, str | None]] = []
-    with path.open(encoding="utf-8") as fh:
-        for line in fh:
-            try:
-                data = json.loads(line)
-                kind = data["kind"]
-                if kind == "record":
-                    out.append((str(data["record_id"]), fits_day(data.get("received_time"))))
-                elif kind == "frame_summary":
-                    out.append((summary_id(data["node_id"], data["series_id"], data["frame"]), None))
-            except (ValueError, KeyError, TypeError):
-                continue  # the full reader skips and counts these lines too
-    return out
-
-
 def _fits_rows(path: Path) -> int | None:
     """Rows of a FITS table written here, or None when it is missing or unreadable."""
     from astropy.io import fits
@@ -376,25 +394,21 @@ def _fits_rows(path: Path) -> int | None:
         return None
 
 
-def _rows_by_day(jsonl_path: Path, days: set[str]) -> dict[str, list[Any]]:
-    """The FITS rows of the records received on ``days``, read from the JSON lines (only those
-    lines are decoded in full)."""
+def _rows_by_day(jsonl_path: Path, days: set[str], start: int = 0) -> dict[str, list[Any]]:
+    """The FITS rows of the records received on ``days``, read from the JSON lines from byte
+    ``start`` on (only those days' lines are decoded in full)."""
     grouped: dict[str, list[tuple[DownlinkRecord, str | None]]] = {}
     if not jsonl_path.exists():
         return {}
-    with jsonl_path.open(encoding="utf-8") as fh:
-        for line in fh:
-            try:
-                data = json.loads(line)
-                received = data.get("received_time")
-                day = fits_day(received if isinstance(received, str) else None)
-                if data.get("kind") != "record" or day not in days:
-                    continue
-                msg = from_dict(data)
-            except (ValueError, AttributeError, RecordError):
-                continue  # read_jsonl skips and counts these lines too
-            if isinstance(msg, DownlinkRecord):
-                grouped.setdefault(day, []).append((msg, received))
+    for (_, day, _), data, _ in scan_lines(jsonl_path, start):
+        if day not in days:
+            continue
+        try:
+            msg = from_dict(data)
+        except RecordError:
+            continue  # read_jsonl skips and counts these lines too
+        if isinstance(msg, DownlinkRecord):
+            grouped.setdefault(day, []).append((msg, data.get("received_time")))
     return {day: [_rows_table(rows)] for day, rows in grouped.items()}
 
 

@@ -443,3 +443,134 @@ def test_a_failed_write_is_not_acknowledged_and_leaves_no_trace(
     assert exchange(ground, node, [data(r) for r in recs]) == [r.record_id for r in recs]
     assert read_jsonl(ground.out_dir / "downlink.jsonl").messages == tuple(recs)
     assert ground.counters().duplicates == 1
+
+
+def _node(ctx: zmq.Context[Any], g: GroundReceiver) -> zmq.Socket[Any]:
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(g.address)
+    return sock
+
+
+def test_lines_stored_but_not_indexed_are_indexed_at_the_next_start(
+        real_data: Path, tmp_path: Path, ctx: zmq.Context[Any]) -> None:
+    """A ground that died between the fsync and the index write left lines the index does not
+    know: the next start indexes them, so their ids are duplicates, and counts them in the log."""
+    recs = ntt_records(real_data)
+    out = tmp_path / "out"
+    with GroundReceiver("tcp://127.0.0.1:*", out, context=ctx, fits_interval_s=0) as g:
+        sock = _node(ctx, g)
+        try:
+            exchange(g, sock, [data(r) for r in recs[:4]])
+        finally:
+            sock.close()
+    with (out / "downlink.jsonl").open("a", encoding="utf-8") as fh:
+        fh.write(to_json_line(recs[4], received_time="2026-11-29T12:00:00.000000Z") + "\n")
+    with capture_logs() as logs:
+        g = GroundReceiver("tcp://127.0.0.1:*", out, context=ctx, fits_interval_s=0)
+    with g:
+        started = [e for e in logs if e["event"] == "ground.started"]
+        assert started[0]["indexed_at_start"] == 1 and started[0]["seen"] == 5
+        sock = _node(ctx, g)
+        try:
+            acked = exchange(g, sock, [data(r) for r in recs[3:6]])
+        finally:
+            sock.close()
+        assert acked == [r.record_id for r in recs[3:6]]
+        assert g.counters().duplicates == 2 and g.counters().records == 1
+    assert [m.id for m in read_jsonl(out / "downlink.jsonl").messages] == [r.record_id for r in recs[:6]]
+
+
+def test_a_replaced_json_lines_file_makes_the_index_start_again(
+        real_data: Path, tmp_path: Path, ctx: zmq.Context[Any]) -> None:
+    """When downlink.jsonl is shorter than the index covers (cut back by hand), the index is built
+    again from the files: ids no longer in them are stored anew, the others stay duplicates."""
+    recs = ntt_records(real_data)
+    out = tmp_path / "out"
+    with GroundReceiver("tcp://127.0.0.1:*", out, context=ctx, fits_interval_s=0) as g:
+        sock = _node(ctx, g)
+        try:
+            exchange(g, sock, [data(r) for r in recs[:6]])
+        finally:
+            sock.close()
+    lines = (out / "downlink.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    (out / "downlink.jsonl").write_text("".join(lines[:3]), encoding="utf-8")
+    with capture_logs() as logs:
+        g = GroundReceiver("tcp://127.0.0.1:*", out, context=ctx, fits_interval_s=0)
+    with g:
+        assert any(e["event"] == "ground.index_reset" for e in logs)
+        sock = _node(ctx, g)
+        try:
+            exchange(g, sock, [data(r) for r in recs[:6]])
+        finally:
+            sock.close()
+        assert g.counters().duplicates == 3 and g.counters().records == 3
+    assert [m.id for m in read_jsonl(out / "downlink.jsonl").messages] == [r.record_id for r in recs[:6]]
+
+
+def test_an_index_write_failure_still_acks_and_is_retried(
+        real_data: Path, tmp_path: Path, ctx: zmq.Context[Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lines are durable before the index is written: when the index write fails the batch is
+    still acknowledged, its ids still count as stored, and the next batch indexes them too."""
+    import sqlite3
+
+    from edge.ground_index import GroundIndex
+
+    recs = ntt_records(real_data)
+    out = tmp_path / "out"
+    real_add = GroundIndex.add
+    calls = {"n": 0}
+
+    def flaky_add(self: GroundIndex, entries: Any, covered: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise sqlite3.OperationalError("database or disk is full")
+        real_add(self, entries, covered)
+
+    monkeypatch.setattr(GroundIndex, "add", flaky_add)
+    with GroundReceiver("tcp://127.0.0.1:*", out, context=ctx, fits_interval_s=0) as g:
+        sock = _node(ctx, g)
+        try:
+            with capture_logs() as logs:
+                assert exchange(g, sock, [data(r) for r in recs[:3]]) == [r.record_id for r in recs[:3]]
+            assert [e["pending"] for e in logs if e["event"] == "ground.index_failed"] == [3]
+            assert exchange(g, sock, [data(r) for r in recs[2:5]]) == [r.record_id for r in recs[2:5]]
+            assert g.counters().duplicates == 1 and g.counters().records == 5
+        finally:
+            sock.close()
+    monkeypatch.setattr(GroundIndex, "add", real_add)
+    with capture_logs() as logs:
+        g = GroundReceiver("tcp://127.0.0.1:*", out, context=ctx, fits_interval_s=0)
+    with g:
+        started = [e for e in logs if e["event"] == "ground.started"][0]
+        assert started["seen"] == 5 and started["indexed_at_start"] == 0
+
+
+def test_an_unreadable_index_is_refused_and_rebuilt_once_removed(
+        real_data: Path, tmp_path: Path, ctx: zmq.Context[Any]) -> None:
+    """A ground index that is not SQLite stops the ground with a GroundStoreError that says what to
+    do; removed, it is rebuilt from the JSON lines and duplicates are still dropped."""
+    from edge.errors import GroundStoreError
+    from edge.ground import INDEX_NAME
+
+    recs = ntt_records(real_data)
+    out = tmp_path / "out"
+    with GroundReceiver("tcp://127.0.0.1:*", out, context=ctx, fits_interval_s=0) as g:
+        sock = _node(ctx, g)
+        try:
+            exchange(g, sock, [data(r) for r in recs[:4]])
+        finally:
+            sock.close()
+    for extra in out.glob(INDEX_NAME + "-*"):
+        extra.unlink()
+    (out / INDEX_NAME).write_bytes(b"not a database at all" * 100)
+    with pytest.raises(GroundStoreError, match="delete it to have it rebuilt"):
+        GroundReceiver("tcp://127.0.0.1:*", out, context=ctx, fits_interval_s=0)
+    (out / INDEX_NAME).unlink()
+    with GroundReceiver("tcp://127.0.0.1:*", out, context=ctx, fits_interval_s=0) as g:
+        sock = _node(ctx, g)
+        try:
+            exchange(g, sock, [data(r) for r in recs[:5]])
+        finally:
+            sock.close()
+        assert g.counters().duplicates == 4 and g.counters().records == 1
