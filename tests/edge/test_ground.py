@@ -119,6 +119,23 @@ def data(msg: DownlinkRecord | FrameSummary) -> list[bytes]:
     return [TAG, DATA, encode_msgpack(msg)]
 
 
+def _send(ctx: zmq.Context[Any], g: GroundReceiver, recs: list[DownlinkRecord]) -> list[str]:
+    """Send records from a fresh DEALER, let the ground handle them, return the ids acked."""
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(g.address)
+    try:
+        return exchange(g, sock, [data(r) for r in recs])
+    finally:
+        sock.close()
+
+
+def _store(ctx: zmq.Context[Any], out: Path, recs: list[DownlinkRecord]) -> None:
+    """Run a ground on ``out`` just long enough to store ``recs``."""
+    with GroundReceiver("tcp://127.0.0.1:*", out, context=ctx, fits_interval_s=0) as g:
+        _send(ctx, g, recs)
+
+
 def test_records_land_in_json_lines_and_a_fits_table(real_data: Path, ground: GroundReceiver,
                                                      node: zmq.Socket[Any]) -> None:
     """Each record becomes one JSON line with received_time and one FITS row with its units; summaries go to frames.jsonl."""
@@ -323,30 +340,17 @@ def test_a_restarted_ground_rebuilds_a_day_table_the_crash_left_behind(
     out = tmp_path / "out"
     utc = UtcNow("2026-11-29")
     with GroundReceiver("tcp://127.0.0.1:*", out, context=ctx, fits_interval_s=0, utc_now=utc) as g:
-        sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(g.address)
-        try:
-            exchange(g, sock, [data(r) for r in recs[:8]])
-            utc.day = "2026-11-30"
-            exchange(g, sock, [data(r) for r in recs[8:20]])
-        finally:
-            sock.close()
+        _send(ctx, g, recs[:8])
+        utc.day = "2026-11-30"
+        _send(ctx, g, recs[8:20])
     complete = out / "downlink-20261129.fits"
     stamp = complete.stat().st_mtime_ns
     crashed = out / "downlink-20261130.fits"
     Table.read(crashed)[:5].write(crashed, overwrite=True)   # the rewrite before the crash saw 5
     with GroundReceiver("tcp://127.0.0.1:*", out, context=ctx, fits_interval_s=0,
                         utc_now=UtcNow("2026-12-01")) as g:
-        sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(g.address)
-        try:
-            acked = exchange(g, sock, [data(r) for r in (recs[3], recs[15])])
-            assert acked == [recs[3].record_id, recs[15].record_id]
-            assert g.counters().duplicates == 2 and g.counters().records == 0
-        finally:
-            sock.close()
+        assert _send(ctx, g, [recs[3], recs[15]]) == [recs[3].record_id, recs[15].record_id]
+        assert g.counters().duplicates == 2 and g.counters().records == 0
     assert list(Table.read(crashed)["record_id"]) == [r.record_id for r in recs[8:20]]
     assert complete.stat().st_mtime_ns == stamp
     assert not (out / "downlink-20261201.fits").exists()
@@ -445,25 +449,13 @@ def test_a_failed_write_is_not_acknowledged_and_leaves_no_trace(
     assert ground.counters().duplicates == 1
 
 
-def _node(ctx: zmq.Context[Any], g: GroundReceiver) -> zmq.Socket[Any]:
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(g.address)
-    return sock
-
-
 def test_lines_stored_but_not_indexed_are_indexed_at_the_next_start(
         real_data: Path, tmp_path: Path, ctx: zmq.Context[Any]) -> None:
     """A ground that died between the fsync and the index write left lines the index does not
     know: the next start indexes them, so their ids are duplicates, and counts them in the log."""
     recs = ntt_records(real_data)
     out = tmp_path / "out"
-    with GroundReceiver("tcp://127.0.0.1:*", out, context=ctx, fits_interval_s=0) as g:
-        sock = _node(ctx, g)
-        try:
-            exchange(g, sock, [data(r) for r in recs[:4]])
-        finally:
-            sock.close()
+    _store(ctx, out, recs[:4])
     with (out / "downlink.jsonl").open("a", encoding="utf-8") as fh:
         fh.write(to_json_line(recs[4], received_time="2026-11-29T12:00:00.000000Z") + "\n")
     with capture_logs() as logs:
@@ -471,11 +463,7 @@ def test_lines_stored_but_not_indexed_are_indexed_at_the_next_start(
     with g:
         started = [e for e in logs if e["event"] == "ground.started"]
         assert started[0]["indexed_at_start"] == 1 and started[0]["seen"] == 5
-        sock = _node(ctx, g)
-        try:
-            acked = exchange(g, sock, [data(r) for r in recs[3:6]])
-        finally:
-            sock.close()
+        acked = _send(ctx, g, recs[3:6])
         assert acked == [r.record_id for r in recs[3:6]]
         assert g.counters().duplicates == 2 and g.counters().records == 1
     assert [m.id for m in read_jsonl(out / "downlink.jsonl").messages] == [r.record_id for r in recs[:6]]
@@ -487,23 +475,14 @@ def test_a_replaced_json_lines_file_makes_the_index_start_again(
     again from the files: ids no longer in them are stored anew, the others stay duplicates."""
     recs = ntt_records(real_data)
     out = tmp_path / "out"
-    with GroundReceiver("tcp://127.0.0.1:*", out, context=ctx, fits_interval_s=0) as g:
-        sock = _node(ctx, g)
-        try:
-            exchange(g, sock, [data(r) for r in recs[:6]])
-        finally:
-            sock.close()
+    _store(ctx, out, recs[:6])
     lines = (out / "downlink.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
     (out / "downlink.jsonl").write_text("".join(lines[:3]), encoding="utf-8")
     with capture_logs() as logs:
         g = GroundReceiver("tcp://127.0.0.1:*", out, context=ctx, fits_interval_s=0)
     with g:
         assert any(e["event"] == "ground.index_reset" for e in logs)
-        sock = _node(ctx, g)
-        try:
-            exchange(g, sock, [data(r) for r in recs[:6]])
-        finally:
-            sock.close()
+        _send(ctx, g, recs[:6])
         assert g.counters().duplicates == 3 and g.counters().records == 3
     assert [m.id for m in read_jsonl(out / "downlink.jsonl").messages] == [r.record_id for r in recs[:6]]
 
@@ -529,15 +508,11 @@ def test_an_index_write_failure_still_acks_and_is_retried(
 
     monkeypatch.setattr(GroundIndex, "add", flaky_add)
     with GroundReceiver("tcp://127.0.0.1:*", out, context=ctx, fits_interval_s=0) as g:
-        sock = _node(ctx, g)
-        try:
-            with capture_logs() as logs:
-                assert exchange(g, sock, [data(r) for r in recs[:3]]) == [r.record_id for r in recs[:3]]
-            assert [e["pending"] for e in logs if e["event"] == "ground.index_failed"] == [3]
-            assert exchange(g, sock, [data(r) for r in recs[2:5]]) == [r.record_id for r in recs[2:5]]
-            assert g.counters().duplicates == 1 and g.counters().records == 5
-        finally:
-            sock.close()
+        with capture_logs() as logs:
+            assert _send(ctx, g, recs[:3]) == [r.record_id for r in recs[:3]]
+        assert [e["pending"] for e in logs if e["event"] == "ground.index_failed"] == [3]
+        assert _send(ctx, g, recs[2:5]) == [r.record_id for r in recs[2:5]]
+        assert g.counters().duplicates == 1 and g.counters().records == 5
     monkeypatch.setattr(GroundIndex, "add", real_add)
     with capture_logs() as logs:
         g = GroundReceiver("tcp://127.0.0.1:*", out, context=ctx, fits_interval_s=0)
@@ -555,12 +530,7 @@ def test_an_unreadable_index_is_refused_and_rebuilt_once_removed(
 
     recs = ntt_records(real_data)
     out = tmp_path / "out"
-    with GroundReceiver("tcp://127.0.0.1:*", out, context=ctx, fits_interval_s=0) as g:
-        sock = _node(ctx, g)
-        try:
-            exchange(g, sock, [data(r) for r in recs[:4]])
-        finally:
-            sock.close()
+    _store(ctx, out, recs[:4])
     for extra in out.glob(INDEX_NAME + "-*"):
         extra.unlink()
     (out / INDEX_NAME).write_bytes(b"not a database at all" * 100)
@@ -568,9 +538,5 @@ def test_an_unreadable_index_is_refused_and_rebuilt_once_removed(
         GroundReceiver("tcp://127.0.0.1:*", out, context=ctx, fits_interval_s=0)
     (out / INDEX_NAME).unlink()
     with GroundReceiver("tcp://127.0.0.1:*", out, context=ctx, fits_interval_s=0) as g:
-        sock = _node(ctx, g)
-        try:
-            exchange(g, sock, [data(r) for r in recs[:5]])
-        finally:
-            sock.close()
+        _send(ctx, g, recs[:5])
         assert g.counters().duplicates == 4 and g.counters().records == 1
