@@ -60,11 +60,15 @@ def run_node_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from edge.errors import ConfigError
-    from edge.node_demo import DemoSettings, print_scoreboard, run_demo
+    from edge.log import configure
+    from edge.node_demo import DEMO_LOG_LEVEL, DemoSettings, print_scoreboard, run_demo
 
     n = 50 if args.n is None else args.n
     if n < 1 or not 256 <= args.size <= 8192 or args.workers < 1:
         raise ConfigError("--n must be >= 1, --size in [256, 8192] and --workers >= 1 for the node demo")
+    # as `astro-edge run` does, the node logs at its config's level: the embedded config's is
+    # warning, so one line per frame does not bury the progress line
+    configure(json=args.log_json, level=DEMO_LOG_LEVEL)
     board = run_demo(DemoSettings(n_frames=n, size_px=args.size, seed=2026 if args.seed is None else args.seed,
                                   workers=args.workers, out_dir=Path(args.out) if args.out else None))
     print_scoreboard(board)

@@ -30,6 +30,9 @@ DEMO_TWIN = {
     "n_stars": 250, "n_galaxies": 60, "n_anomalies_per_family": 1, "n_transients": 2,
     "cosmic_ray_rate_per_s": 0.05, "streak_probability": 0.05,
 }
+#: the demo node's log level (its embedded config's ``[log] level``): warnings and errors only, so
+#: that the progress line and the scoreboard are what the terminal shows
+DEMO_LOG_LEVEL = "warning"
 #: a detection is "at S/N >= 20" for the recall figures when its truth's expected S/N is
 SNR_FOR_RECALL = 20.0
 
@@ -68,7 +71,7 @@ def node_config(work: Path, receive: str, downlink: str, catalog: Path, workers:
         "engine": {"path": engine_path},
         "spool": {"path": str(work / "spool.sqlite")},
         "downlink": {"address": downlink, "budget_bytes_per_s": 10_000_000},
-        "log": {"json": True, "level": "warning"},
+        "log": {"json": True, "level": DEMO_LOG_LEVEL},
     }, where="embedded demo config")
 
 
