@@ -39,12 +39,18 @@ class NodeSection:
     #: the node's processes map every C block of at least this many KiB and give it back on free
     #: (glibc; see edge/heap.py); 0 keeps the C library's moving threshold
     mmap_threshold_kib: int = 4096
+    #: a worker that has taken this many frames is replaced by a fresh process (started beside it,
+    #: switched in between two frames), so that the slow growth of a long-lived native heap stays
+    #: bounded however long the node runs; 0 keeps workers for the node's lifetime
+    worker_max_frames: int = 20000
 
     def __post_init__(self) -> None:
         if not self.id:
             raise ValueError("id must not be empty")
         if self.workers < 1:
             raise ValueError("workers must be >= 1")
+        if self.worker_max_frames < 0:
+            raise ValueError("worker_max_frames must be >= 0 (0: never replace a worker)")
         if not 0 <= self.mmap_threshold_kib <= 32768:
             raise ValueError("mmap_threshold_kib must be 0 (the C library's default) to 32768 (32 MiB)")
 

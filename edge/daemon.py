@@ -69,6 +69,8 @@ class NodeCounters:
     spool_duplicates: int = 0
     evicted: int = 0
     latency_ms: list[float] = field(default_factory=list)   # receive -> spooled, last 1000 frames
+    workers_recycled: int = 0     # workers replaced after [node] worker_max_frames frames
+    workers_died: int = 0         # worker processes that ended on their own (and were replaced)
 
     def conserved(self) -> bool:
         """Both conservation laws hold."""
@@ -123,6 +125,9 @@ class NodeDaemon:
         self._shadow: dict[str, Any] | None = None   # the last shadow run and its agreement
         self._done: dict[str, DoneSet] = {}   # finished frames per series, mirrored in the spool
         self._turn = 0                        # the worker that is offered the next frame first
+        self._replacements: dict[int, Worker] = {}   # worker index -> its successor, starting
+        self._recycle_at: dict[int, int] = {}        # worker index -> frames at which to replace it
+        self._mmap_threshold = 0
 
     # ---- start and stop -------------------------------------------------------------------
     def start(self) -> None:
@@ -130,7 +135,7 @@ class NodeDaemon:
         from firmware_bridge import FrameReceiver
 
         cfg = self.config
-        mmap_threshold = cfg.node.mmap_threshold_kib * 1024
+        mmap_threshold = self._mmap_threshold = cfg.node.mmap_threshold_kib * 1024
         fix_mmap_threshold(mmap_threshold)
         self.spool = Spool(cfg.spool.path, max_bytes=cfg.spool.max_bytes)
         try:
@@ -174,9 +179,10 @@ class NodeDaemon:
         self._stop_downlink.set()
         if self._downlink_thread is not None:
             self._downlink_thread.join(drain_s + 10.0)
-        for w in self.workers:
+        for w in [*self.workers, *self._replacements.values()]:
             w.close()
         self.workers = []
+        self._replacements = {}
         if self.receiver is not None:
             self.receiver.close()
             self.receiver = None
@@ -273,6 +279,7 @@ class NodeDaemon:
                 self._receive(timeout_ms)
         self._dispatch()
         self._collect(0 if room or not block else timeout_ms / 1000)
+        self._maintain_workers()
 
     def _wait_any(self, timeout_ms: int) -> None:
         poller = zmq.Poller()
@@ -289,6 +296,7 @@ class NodeDaemon:
         while self._queue or self._busy():
             self._dispatch()
             self._collect(0.05)
+            self._maintain_workers()
 
     def _busy(self) -> bool:
         return any(w.busy is not None for w in self.workers)
@@ -345,7 +353,8 @@ class NodeDaemon:
                 return
             i = (self._turn + k) % n
             w = self.workers[i]
-            if w.busy is None:
+            successor = self._replacements.get(i)
+            if w.busy is None and not (successor is not None and successor.ready) and w.alive():
                 frame, t0 = self._queue.popleft()
                 drops, self._pending_drops = tuple(self._pending_drops), []
                 w.submit(frame, drops, received_at=t0)
@@ -361,7 +370,93 @@ class NodeDaemon:
         for w in busy:
             if w.connection in ready:
                 t0 = w.received_at
-                self._finish_frame(w.result(), t0)
+                try:
+                    result: FrameResult | FrameFailure = w.result()
+                except (EOFError, OSError):
+                    result = self._worker_died(w)
+                self._finish_frame(result, t0)
+
+    # ---- worker lifecycle -----------------------------------------------------------------
+    def _worker_config(self) -> NodeConfig:
+        """The config a new worker is built with: the engine and policy the node runs now."""
+        import dataclasses
+
+        cfg = self.config
+        return dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, path=self._engine_path),
+                                   triage=self.policy)
+
+    def _new_worker(self, index: int, *, wait: bool) -> Worker:
+        return Worker(index, self._build, (self._worker_config(), self._bundle),
+                      mmap_threshold=self._mmap_threshold, wait=wait)
+
+    def _worker_died(self, w: Worker) -> FrameFailure:
+        """A worker process ended with a frame in it: replace it, and reject that frame."""
+        frame = w.busy
+        assert frame is not None
+        detail = f"worker {w.index} (pid {w.pid}) ended with exit code {w.exitcode} while processing the frame"
+        self._replace_dead(w, seq=frame.seq, series=frame.series_id)
+        return FrameFailure(frame.seq, frame.series_id, "worker_died", detail)
+
+    def _replace_dead(self, w: Worker, **context: Any) -> None:
+        self.counters.workers_died += 1
+        log.error("worker.died", worker=w.index, pid=w.pid, exitcode=w.exitcode, **context)
+        w.busy = None
+        w.close()
+        successor = self._replacements.pop(w.index, None)
+        if successor is not None:
+            successor.close()
+        i = self.workers.index(w)
+        try:
+            self.workers[i] = self._new_worker(w.index, wait=True)
+        except AstroEdgeError as exc:
+            del self.workers[i]
+            self._turn = 0
+            log.error("worker.restart_failed", worker=w.index, error=str(exc), workers_left=len(self.workers))
+            if not self.workers:
+                raise
+            return
+        self._recycle_at.pop(w.index, None)
+        log.warning("worker.restarted", worker=w.index, pid=self.workers[i].pid)
+
+    def _maintain_workers(self) -> None:
+        """Replace dead idle workers; replace workers past [node] worker_max_frames by a fresh
+        process started beside them and switched in between two frames."""
+        limit = self.config.node.worker_max_frames
+        shadow_running = self._shadow is not None and not self._shadow["done"]
+        for w in list(self.workers):
+            if w.busy is None and not w.alive():
+                self._replace_dead(w)
+                continue
+            successor = self._replacements.get(w.index)
+            if successor is None:
+                due = self._recycle_at.setdefault(w.index, limit)
+                if limit and not shadow_running and w.frames_submitted >= due:
+                    self._replacements[w.index] = self._new_worker(w.index, wait=False)
+                    log.info("worker.recycling", worker=w.index, pid=w.pid, frames=w.frames_submitted)
+                continue
+            try:
+                ready = successor.poll_ready()
+            except AstroEdgeError as exc:
+                # the old worker goes on; try again after another limit's worth of frames
+                del self._replacements[w.index]
+                self._recycle_at[w.index] = w.frames_submitted + limit
+                log.error("worker.recycle_failed", worker=w.index, error=str(exc))
+                continue
+            if ready and w.busy is None:
+                i = self.workers.index(w)
+                self.workers[i] = successor
+                del self._replacements[w.index]
+                self._recycle_at.pop(w.index, None)
+                w.close()
+                self.counters.workers_recycled += 1
+                log.info("worker.recycled", worker=w.index, old_pid=w.pid, pid=successor.pid,
+                         frames=w.frames_submitted)
+
+    def _cancel_replacements(self) -> None:
+        """Drop successors still starting: they were built for an engine or policy that is changing."""
+        for successor in self._replacements.values():
+            successor.close()
+        self._replacements.clear()
 
     def _finish_frame(self, result: FrameResult | FrameFailure, t0: float) -> None:
         c = self.counters
@@ -501,6 +596,7 @@ class NodeDaemon:
         With ``shadow`` the workers load ``spec`` beside the live engine instead."""
         while self._busy():
             self._collect(0.05)
+        self._cancel_replacements()
         old = self._engine_spec(self._engine_path)
         for w in self.workers:
             w.begin_swap(spec, shadow=shadow)
@@ -541,6 +637,7 @@ class NodeDaemon:
         if problems:
             return {"ok": False, "error": "; ".join(problems)}
         old, self.policy = self.policy, new
+        self._cancel_replacements()
         for w in self.workers:
             w.set_policy(new)
         changed = {k: [getattr(old, k), getattr(new, k)] for k in changes}

@@ -126,7 +126,9 @@ class Worker:
     """One pipeline process, its pipe and its shared-memory slot; one frame in flight at most."""
 
     def __init__(self, index: int, build: Any, build_args: tuple[Any, ...], *, start_timeout_s: float = 120.0,
-                 mmap_threshold: int = 0) -> None:
+                 mmap_threshold: int = 0, wait: bool = True) -> None:
+        """Start the process; with ``wait`` (the default) return once it has built its pipeline,
+        otherwise at once (then :meth:`poll_ready` says when it is ready)."""
         ctx = mp.get_context("spawn")
         self.index = index
         self._conn, child = ctx.Pipe()
@@ -140,14 +142,48 @@ class Worker:
         self.frames_submitted = 0
         #: monotonic time the busy frame was received, for the node's latency figures
         self.received_at = 0.0
-        if not self._conn.poll(start_timeout_s):
+        self.engine_id = ""
+        self.ready = False
+        if wait:
+            if not self._conn.poll(start_timeout_s):
+                self.close()
+                raise EngineError(f"worker {index} did not start within {start_timeout_s:.0f} s", where="workers")
+            self._take_ready()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid
+
+    @property
+    def exitcode(self) -> int | None:
+        return self._proc.exitcode
+
+    def poll_ready(self) -> bool:
+        """Whether a worker started with ``wait=False`` has built its pipeline; EngineError (and
+        the worker closed) when it could not or its process ended."""
+        if self.ready:
+            return True
+        if self._conn.poll(0):
+            self._take_ready()
+            return True
+        if not self._proc.is_alive():
             self.close()
-            raise EngineError(f"worker {index} did not start within {start_timeout_s:.0f} s", where="workers")
-        status, detail = self._conn.recv()
+            raise EngineError(f"worker {self.index} exited (code {self._proc.exitcode}) before it was ready",
+                              where="workers")
+        return False
+
+    def _take_ready(self) -> None:
+        try:
+            status, detail = self._conn.recv()
+        except (EOFError, OSError):
+            self.close()
+            raise EngineError(f"worker {self.index} exited (code {self._proc.exitcode}) before it was ready",
+                              where="workers") from None
         if status != "ready":
             self.close()
-            raise EngineError(f"worker {index} could not build the pipeline: {detail}", where="workers")
-        self.engine_id: str = detail
+            raise EngineError(f"worker {self.index} could not build the pipeline: {detail}", where="workers")
+        self.engine_id = str(detail)
+        self.ready = True
 
     @property
     def connection(self) -> Connection:

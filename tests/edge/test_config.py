@@ -82,3 +82,12 @@ def test_the_mmap_threshold_is_on_by_default_and_bounded() -> None:
     assert config_from_mapping({"node": {"mmap_threshold_kib": 0}}).node.mmap_threshold_kib == 0
     with pytest.raises(ConfigError, match="mmap_threshold_kib must be 0"):
         config_from_mapping({"node": {"mmap_threshold_kib": 65536}})
+
+
+def test_workers_are_replaced_after_a_bounded_number_of_frames_by_default() -> None:
+    """Workers are recycled by default; 0 keeps them for the node's lifetime; a negative limit is
+    a config error naming the key."""
+    assert config_from_mapping({}).node.worker_max_frames == 20000
+    assert config_from_mapping({"node": {"worker_max_frames": 0}}).node.worker_max_frames == 0
+    with pytest.raises(ConfigError, match="worker_max_frames must be >= 0"):
+        config_from_mapping({"node": {"worker_max_frames": -1}})

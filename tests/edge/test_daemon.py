@@ -150,3 +150,70 @@ def test_overload_drops_are_counted_with_their_sequence_numbers(node_config_fact
     reported = [seq for s in summaries for seq in s.dropped_frames]
     # drops after the last processed frame have no later summary to ride in
     assert set(reported) == {d for d in c.dropped_seqs if d < max(processed)}
+
+
+def test_workers_past_their_frame_limit_are_replaced_between_frames(node_config_factory, small_twin,
+                                                                   ground: Ground) -> None:
+    """With [node] worker_max_frames, each worker is replaced by a fresh process once it has taken
+    that many frames: every frame is still processed exactly once, the counters conserve at every
+    step, and the new processes run the node's current policy and engine."""
+    cfg = node_config_factory(node={"workers": 2, "worker_max_frames": 2},
+                              receive={"queue_policy": "block", "queue_frames": 2},
+                              downlink={"address": ground.address, "ack_timeout_s": 2.0})
+    frames = _twin_frames(small_twin, 9)
+    node = NodeDaemon(cfg)
+    node.start()
+    try:
+        first_pids = {w.pid for w in node.workers}
+        answer = node.handle_command("test", "set", {"audit_rate": 0.5})
+        assert answer["ok"] and node.policy.version == 2
+        sender = _send(node.receiver_endpoint, frames, timeout_ms=30_000)
+        c = node.counters
+        _run_until(node, lambda: c.frames_processed == len(frames) and c.workers_recycled >= 2)
+        sender.join(10)
+        _run_until(node, lambda: len(node.spool) == 0, timeout_s=60)
+        pids = {w.pid for w in node.workers}
+        engine_ids = {w.engine_id for w in node.workers}
+    finally:
+        node.close()
+    assert c.frames_rejected == 0 and c.frames_dropped == 0 and c.workers_died == 0
+    assert not pids & first_pids
+    assert engine_ids == {node.engine_id}
+    assert sorted(s.frame for s in ground.summaries()) == list(range(len(frames)))
+    assert {s.policy_version for s in ground.summaries()} == {2}
+    records = ground.records()
+    assert len(records) == len({r.record_id for r in records}) == c.spooled
+
+
+def test_a_worker_killed_mid_frame_is_replaced_and_its_frame_counted_rejected(
+        node_config_factory, small_twin, ground: Ground) -> None:
+    """A worker process killed while it holds a frame does not take the node down: that frame is
+    counted rejected (reason worker_died), a new worker takes the next frames, and a worker killed
+    while idle is replaced without losing anything."""
+    import os
+    import signal
+
+    cfg = node_config_factory(node={"workers": 1}, receive={"queue_policy": "block", "queue_frames": 4},
+                              downlink={"address": ground.address})
+    frames = _twin_frames(small_twin, 4)
+    node = NodeDaemon(cfg)
+    node.start()
+    try:
+        sender = _send(node.receiver_endpoint, frames, timeout_ms=30_000)
+        c = node.counters
+        _run_until(node, lambda: node.workers[0].busy is not None)
+        victim = node.workers[0].pid
+        os.kill(victim, signal.SIGKILL)
+        _run_until(node, lambda: c.frames_processed + c.frames_rejected == len(frames))
+        sender.join(10)
+        assert c.frames_rejected == 1 and c.rejected_by_reason == {"worker_died": 1}
+        assert c.frames_processed == len(frames) - 1 and c.workers_died == 1
+        assert node.workers[0].pid != victim
+        idle = node.workers[0].pid
+        os.kill(idle, signal.SIGKILL)
+        node.workers[0]._proc.join(10)
+        _run_until(node, lambda: c.workers_died == 2)
+        assert node.workers[0].pid not in (victim, idle) and node.workers[0].alive()
+    finally:
+        node.close()
+    assert c.frames_received == len(frames) and c.conserved()
