@@ -13,6 +13,11 @@ warm-up, and the last line prints how far the last minute's floor and peak are a
 against the bound.
 
     .venv/bin/python bench/soak.py [--seconds 600] [--rate-hz 2] [--size 2048] [--mmap-threshold-kib 4096]
+                                   [--worker-max-frames 20000]
+
+With --worker-max-frames small enough for workers to be replaced during the soak, each worker
+slot's memory is that of the process in the slot at the sample (plus its successor while one is
+starting), and CPU per frame per process is not printed (the processes change).
 """
 
 from __future__ import annotations
@@ -57,6 +62,17 @@ def ground_main(out_dir: str, addresses: Any, stop: Any) -> None:
         g.serve(stop.is_set, timeout_ms=50)
 
 
+def slot_rss(node: Any) -> list[float]:
+    """Resident MB of the main process and of each worker slot (with its successor while one starts)."""
+    import os
+
+    out = [rss_mb([os.getpid()])]
+    for w in node.workers:
+        successor = node._replacements.get(w.index)
+        out.append(rss_mb([p for p in (w.pid, successor.pid if successor else None) if p]))
+    return out
+
+
 def cpu_s(pid: int) -> float:
     """CPU seconds (user + system) a process has used, all its threads."""
     import os
@@ -72,6 +88,8 @@ def main() -> None:
     p.add_argument("--warmup-s", type=float, default=60.0)
     p.add_argument("--rate-hz", type=float, default=2.0)
     p.add_argument("--size", type=int, default=2048)
+    p.add_argument("--worker-max-frames", type=int, default=20000,
+                   help="[node] worker_max_frames (default 20000; 0: workers live as long as the node)")
     p.add_argument("--mmap-threshold-kib", type=int, default=4096,
                    help="[node] mmap_threshold_kib (default 4096; 0: glibc's moving threshold)")
     args = p.parse_args()
@@ -99,7 +117,8 @@ def main() -> None:
         ground.start()
         box: dict[str, str] = {"address": addresses.get(timeout=60)}
         cfg = config_from_mapping({
-            "node": {"id": "soak", "workers": 2, "mmap_threshold_kib": args.mmap_threshold_kib},
+            "node": {"id": "soak", "workers": 2, "mmap_threshold_kib": args.mmap_threshold_kib,
+                     "worker_max_frames": args.worker_max_frames},
             "receive": {"address": "tcp://127.0.0.1:0", "queue_policy": "drop_oldest", "queue_frames": 4},
             "spool": {"path": str(Path(tmp) / "spool.sqlite")},
             "downlink": {"address": box["address"], "budget_bytes_per_s": 10_000_000},
@@ -138,12 +157,13 @@ def main() -> None:
             if time.monotonic() >= next_sample:
                 if not samples:
                     cpu_start, frames_start = [cpu_s(pid) for pid in pids], node.counters.frames_processed
-                samples.append((time.monotonic() - t_start, [rss_mb([pid]) for pid in pids]))
+                samples.append((time.monotonic() - t_start, slot_rss(node)))
                 # a random interval: a fixed one, locked to the frame rate, would see each worker
                 # at the same point of its frame every time
                 next_sample += jitter.uniform(0.5, 1.5)
-        cpu_ms = [(cpu_s(pid) - c0) * 1000 / max(1, node.counters.frames_processed - frames_start)
-                  for pid, c0 in zip(pids, cpu_start, strict=True)]
+        recycled = node.counters.workers_recycled + node.counters.workers_died
+        cpu_ms = [] if recycled else [(cpu_s(pid) - c0) * 1000 / max(1, node.counters.frames_processed - frames_start)
+                                      for pid, c0 in zip(pids, cpu_start, strict=True)]
         stop.set()
         time.sleep(0.5)
         node.finish()
@@ -157,7 +177,7 @@ def main() -> None:
     floor_growth = last["floor"] - first["floor"]
     peak_growth = last["peak"] - first["peak"]
     print(f"soak {args.seconds:.0f} s at {args.rate_hz} Hz, {args.size}x{args.size}, 2 workers, "
-          f"mmap_threshold_kib {args.mmap_threshold_kib}; "
+          f"mmap_threshold_kib {args.mmap_threshold_kib}, worker_max_frames {args.worker_max_frames}; "
           f"memory sampled {len(samples)} times (about every second) after {args.warmup_s:.0f} s warm-up")
     print(f"frames received {c.frames_received}, processed {c.frames_processed}, dropped {c.frames_dropped}, "
           f"rejected {c.frames_rejected}; detections {c.detections}, records spooled {c.spooled}, "
@@ -169,8 +189,10 @@ def main() -> None:
         f"{m['minute']}: {m['floor']:.1f}/{m['peak']:.1f}" for m in minutes[::step] + minutes[-1:]))
     print("per-process floor (main, workers...), first minute -> last minute, MB: " + ", ".join(
         f"{a:.1f} -> {b:.1f}" for a, b in zip(first["floors"], last["floors"], strict=True)))
+    print(f"workers replaced: {c.workers_recycled} after worker_max_frames {args.worker_max_frames}, "
+          f"{c.workers_died} died")
     print("CPU ms per frame the node processed, after warm-up (main with the rig's sender thread, workers...): "
-          + ", ".join(f"{ms:.0f}" for ms in cpu_ms))
+          + (", ".join(f"{ms:.0f}" for ms in cpu_ms) if cpu_ms else "n/a (the worker processes changed)"))
     worst = max(floor_growth, peak_growth)
     print(f"growth: floor {floor_growth:+.1f} MB, peak {peak_growth:+.1f} MB "
           f"({'within' if worst <= BOUND_MB else 'BEYOND'} the bound)")
