@@ -7,6 +7,7 @@ import dataclasses
 import json
 import shutil
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -71,13 +72,23 @@ def _bad_engines(tmp_path: Path, good: Path) -> dict[str, tuple[Path, str, str]]
     return out
 
 
-def test_swap_under_load_switches_at_one_frame_boundary(node_config_factory, small_twin, tmp_path: Path) -> None:
+def _step_until(node: NodeDaemon, done: Any, timeout_s: float = 60.0) -> None:
+    end = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < end, node.counters.snapshot()
+        node.step()
+
+
+@pytest.mark.parametrize("worker_max_frames", [20000, 2], ids=["workers-kept", "workers-replaced"])
+def test_swap_under_load_switches_at_one_frame_boundary(node_config_factory, small_twin, tmp_path: Path,
+                                                        worker_max_frames: int) -> None:
     """While frames stream, bad engines are refused with their reason, a good one runs in shadow and
     agrees, then is swapped in between two frames; every frame is summarised once, the engine id
-    changes once, and rollback returns."""
+    changes once, and rollback returns. The same holds when workers are replaced every few frames
+    (a replacement started for the old engine is dropped; later ones run the new engine)."""
     ground = Ground(tmp_path / "ground")
-    cfg = node_config_factory(node={"workers": 2}, receive={"queue_policy": "block"},
-                              downlink={"address": ground.address})
+    cfg = node_config_factory(node={"workers": 2, "worker_max_frames": worker_max_frames},
+                              receive={"queue_policy": "block"}, downlink={"address": ground.address})
     new = write_tiny_engine(tmp_path / "tiny-0.2", version="0.2")
     bad = _bad_engines(tmp_path, new)
     frames = [simulate_frame(small_twin, i % 3, 4) for i in range(12)]
@@ -91,6 +102,10 @@ def test_swap_under_load_switches_at_one_frame_boundary(node_config_factory, sma
         c = node.counters
         while c.frames_processed < 4:          # the first batch, on the old engine
             node.step()
+        replaced = worker_max_frames < len(frames)
+        if replaced:                            # each worker took 2 frames: both are replaced
+            _step_until(node, lambda: c.workers_recycled >= 2)
+            answers["engines_after_first_replacements"] = {w.engine_id for w in node.workers}
         for name, (folder, sha, _) in bad.items():
             answers[name] = node.handle_command("operator", "engine.load", {"path": str(folder), "sha256": sha})
         answers["shadow"] = node.handle_command("operator", "engine.shadow",
@@ -107,6 +122,9 @@ def test_swap_under_load_switches_at_one_frame_boundary(node_config_factory, sma
         while c.frames_processed < len(frames):
             node.step()
         sender.join(30)
+        if replaced:                            # replacements after the swap load the new engine
+            _step_until(node, lambda: c.workers_recycled >= 4)
+            answers["engines_after_swap_and_replacements"] = {w.engine_id for w in node.workers}
         answers["rollback"] = node.handle_command("operator", "engine.rollback", {})
         while len(node.spool) > 0:
             node.step()
@@ -130,3 +148,6 @@ def test_swap_under_load_switches_at_one_frame_boundary(node_config_factory, sma
     by_frame = {s.frame: s.engine_id for s in summaries}
     assert all(r.engine_id == by_frame[r.frame] for r in ground.records())
     assert c.conserved()
+    if worker_max_frames < len(frames):
+        assert answers["engines_after_first_replacements"] == {old_id}
+        assert answers["engines_after_swap_and_replacements"] == {answers["good"]["engine_id"]}
