@@ -63,6 +63,8 @@ FRAMES_NAME = "frames.jsonl"
 #: the FITS table of the records received on one UTC day (``day`` is YYYYMMDD)
 FITS_PATTERN = "downlink-{day}.fits"
 _BATCH = 512
+#: batches' row tables held for one day before they are stacked into one
+_MAX_PARTS = 256
 
 
 def _utc_now() -> str:
@@ -209,7 +211,12 @@ class GroundReceiver:
                 return  # nothing of this batch is acknowledged: the node sends it again
             self._index_batch(lines, new, before)
         if new_records:
-            self._rows.setdefault(day, []).append(_rows_table([(r, received) for r in new_records]))
+            parts = self._rows.setdefault(day, [])
+            parts.append(_rows_table([(r, received) for r in new_records]))
+            if len(parts) > _MAX_PARTS:
+                # many small batches between rewrites (or no rewrite before exit): one table each
+                # would cost more than its rows, so stack them as they come
+                self._rows[day] = [_stack(parts)]
             self._dirty_days.add(day)
         self._n["records"] += len(lines[RECORDS_NAME])
         self._n["summaries"] += len(lines[FRAMES_NAME])
@@ -289,14 +296,11 @@ class GroundReceiver:
     def write_fits(self) -> list[Path]:
         """Rewrite the FITS file of every day with new records (temporary file, then rename) and
         drop the rows of finished days from memory; returns the files written."""
-        from astropy.table import vstack
-
         self._fits_due = self._clock() + self.fits_interval_s
         today = fits_day(self._utc_now())
         written = []
         for day in sorted(self._dirty_days):
-            parts = self._rows.get(day, [])
-            table = vstack(parts, metadata_conflicts="silent") if len(parts) > 1 else parts[0]
+            table = _stack(self._rows.get(day, []))
             self._rows[day] = [table]
             path = self.out_dir / FITS_PATTERN.format(day=day)
             _write_table(table, path)
@@ -444,6 +448,13 @@ def records_table(path: str | Path) -> Any:
     result = read_jsonl(path)
     return _rows_table([(m, t) for m, t in zip(result.messages, result.received_times, strict=True)
                         if isinstance(m, DownlinkRecord)])
+
+
+def _stack(parts: list[Any]) -> Any:
+    """One table of a day's row tables."""
+    from astropy.table import vstack
+
+    return vstack(parts, metadata_conflicts="silent") if len(parts) > 1 else parts[0]
 
 
 def _write_table(table: Any, fits_path: Path) -> None:

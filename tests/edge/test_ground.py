@@ -540,3 +540,20 @@ def test_an_unreadable_index_is_refused_and_rebuilt_once_removed(
     with GroundReceiver("tcp://127.0.0.1:*", out, context=ctx, fits_interval_s=0) as g:
         _send(ctx, g, recs[:5])
         assert g.counters().duplicates == 4 and g.counters().records == 1
+
+
+def test_many_small_batches_are_stacked_as_they_come(real_data: Path, tmp_path: Path, ctx: zmq.Context[Any],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows of many small batches between rewrites are stacked into one table as they come, and
+    the day's table still holds every record once, in the order received."""
+    import edge.ground
+
+    monkeypatch.setattr(edge.ground, "_MAX_PARTS", 2)
+    recs = ntt_records(real_data)
+    out = tmp_path / "out"
+    with GroundReceiver("tcp://127.0.0.1:*", out, context=ctx, fits_interval_s=0,
+                        utc_now=UtcNow("2026-11-29")) as g:
+        for r in recs[:5]:
+            _send(ctx, g, [r])
+        assert max(len(parts) for parts in g._rows.values()) <= 2
+    assert list(Table.read(out / "downlink-20261129.fits")["record_id"]) == [r.record_id for r in recs[:5]]
