@@ -353,7 +353,8 @@ class NodeDaemon:
                 return
             i = (self._turn + k) % n
             w = self.workers[i]
-            successor = self._replacements.get(i)
+            successor = self._replacements.get(w.index)
+            # a worker whose successor is ready takes no more frames: it is switched out when idle
             if w.busy is None and not (successor is not None and successor.ready) and w.alive():
                 frame, t0 = self._queue.popleft()
                 drops, self._pending_drops = tuple(self._pending_drops), []

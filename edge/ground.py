@@ -300,7 +300,10 @@ class GroundReceiver:
         today = fits_day(self._utc_now())
         written = []
         for day in sorted(self._dirty_days):
-            table = _stack(self._rows.get(day, []))
+            parts = self._rows.get(day)
+            if not parts:
+                continue  # a day whose lines could not be read back: nothing to write
+            table = _stack(parts)
             self._rows[day] = [table]
             path = self.out_dir / FITS_PATTERN.format(day=day)
             _write_table(table, path)
