@@ -197,13 +197,14 @@ class GroundReceiver:
             if msg.id in stored or msg.id in new_ids:
                 duplicates += 1
             else:
-                is_record = isinstance(msg, DownlinkRecord)
-                name = RECORDS_NAME if is_record else FRAMES_NAME
-                lines[name].append(to_json_line(msg, received_time=received) + "\n")
-                new[name].append((msg.id, day if is_record else None))
-                new_ids.add(msg.id)
                 if isinstance(msg, DownlinkRecord):
+                    name, msg_day = RECORDS_NAME, day
                     new_records.append(msg)
+                else:
+                    name, msg_day = FRAMES_NAME, None
+                lines[name].append(to_json_line(msg, received_time=received) + "\n")
+                new[name].append((msg.id, msg_day))
+                new_ids.add(msg.id)
             acks.setdefault(peer, []).append(msg.id)
         if new_ids:
             before = self._append(lines)

@@ -37,6 +37,7 @@ def reevaluate(model_dir: Path | str, *, n_frames: int | None = None, threads: i
         TrainSettings,
         evaluate_precisions,
         evaluation_set,
+        per_family_counts,
         write_model_card,
     )
 
@@ -55,7 +56,7 @@ def reevaluate(model_dir: Path | str, *, n_frames: int | None = None, threads: i
     if write:
         sizes = dict(m.training.get("dataset_sizes", {}))
         sizes["evaluation"] = len(test)
-        sizes["evaluation_per_family"] = {f: int((test.family == f).sum()) for f in sorted(set(test.family.tolist()))}
+        sizes["evaluation_per_family"] = per_family_counts(test)
         updated = replace(m, evaluation=evaluation, training={**m.training, "dataset_sizes": sizes})
         directory = Path(model_dir)
         manifest.write_manifest(updated, directory)

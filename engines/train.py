@@ -42,6 +42,7 @@ __all__ = [
     "evaluation_set",
     "fit_model",
     "fit_scoring",
+    "per_family_counts",
     "predict",
     "training_twin_config",
 ]
@@ -380,8 +381,12 @@ def set_sizes(sets: TwinSets) -> dict[str, Any]:
     return {"train": len(sets.train), "calibration": len(sets.calib), "evaluation": len(sets.test),
             "outlier_exposure": len(sets.oe_train), "outlier_validation": len(sets.oe_val),
             "train_per_class": {c: int((sets.train.labels == i).sum()) for i, c in enumerate(CLASSES)},
-            "evaluation_per_family": {f: int((sets.test.family == f).sum())
-                                      for f in sorted(set(sets.test.family.tolist()))}}
+            "evaluation_per_family": per_family_counts(sets.test)}
+
+
+def per_family_counts(data: StampSet) -> dict[str, int]:
+    """Candidates per family name (classes, anomaly families, ``near_`` ones) of a labelled set."""
+    return {f: int((data.family == f).sum()) for f in sorted(set(data.family.tolist()))}
 
 
 def save_weights(model: Any, path: Any) -> None:
