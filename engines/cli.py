@@ -65,6 +65,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--eval-frames", type=int, default=80, help="fresh twin frames for evaluation (default: 80)")
     p.add_argument("--epochs", type=int, default=16, help="training epochs (default: 16)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default: 2)")
+    p.add_argument("--deformed-oe", type=float, default=0.0, metavar="SHARE",
+                   help="share of the outlier-exposure stamps made by deforming twin stars and galaxies "
+                        "(engines/deform.py; the shipped engine: 0, blob shapes only) (default: 0)")
     p.add_argument("--real-data", type=Path, default=None,
                    help="folder of the real frames to classify for the model card "
                         "(default: ../shared/data/real beside the checkout, when present)")

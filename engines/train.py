@@ -3,7 +3,8 @@
 The pieces, each usable alone (tests run them small):
 
 - :func:`fit_model`: the torch loop (cross-entropy per member with an online Poisson bootstrap,
-  plus outlier exposure pushing generic multi-blob stamps toward a uniform prediction);
+  plus outlier exposure pushing generic multi-blob stamps, and optionally deformed stars and
+  galaxies (:mod:`engines.deform`), toward a uniform prediction);
 - :func:`fit_scoring`: temperature, class Gaussians, entropy weight (measured on held-out stamps
   and outlier-exposure stamps, never on an anomaly family) and the conformal set;
 - :func:`evaluate`: the figures of the issue's bars on a labelled set (accuracy and ECE at
@@ -11,7 +12,8 @@ The pieces, each usable alone (tests run them small):
 
 Seeds: training frames use ``seed``, the held-out calibration frames ``seed + 1``, evaluation
 frames ``seed + 2`` (never seen by training or by the scoring fit), outlier exposure
-``seed + 3``. torch is imported here; the node never imports this module.
+``seed + 3``, and deformed-object outliers (``oe_deformed_share`` > 0) ``seed + 4`` (training) and
+``seed + 5`` (the held-out ones that pick the entropy weight). torch is imported here; the node never imports this module.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ __all__ = [
 #: candidate entropy weights of the anomaly score; the fit keeps the best on held-out data
 ENTROPY_WEIGHTS: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
 ALPHA = 0.01
+#: held-out outlier-exposure stamps that pick the entropy weight
+OE_VALIDATION_STAMPS = 1000
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,9 @@ class TrainSettings:
     oe_weight: float = 0.5
     #: outlier-exposure stamps per training stamp
     oe_fraction: float = 0.25
+    #: share of the outlier-exposure stamps made by deforming twin stars and galaxies
+    #: (engines.deform); the rest are the generic blob shapes of engines.dataset.outlier_stamps
+    oe_deformed_share: float = 0.0
     threads: int = 2
     #: every n-th training and calibration frame is calibrated without the bad-pixel map, so that
     #: hot pixels are seen (evaluation frames are always calibrated as the node does)
@@ -361,6 +368,7 @@ class TwinSets:
 def make_twin_sets(settings: TrainSettings) -> TwinSets:
     """Simulate and label the training, calibration and evaluation sets, and the outlier stamps."""
     from engines.dataset import outlier_stamps, twin_stamp_set
+    from engines.deform import deformed_stamps
 
     config = training_twin_config(settings.frame_size_px)
     seed = settings.seed
@@ -368,12 +376,17 @@ def make_twin_sets(settings: TrainSettings) -> TwinSets:
     calib = twin_stamp_set(config, settings.n_calib_frames, seed + 1, unmasked_every=settings.unmasked_every)
     test, eval_summary = evaluation_set(settings)
     oe_rng = np.random.default_rng(seed + 3)
+    n_oe, n_val = int(len(train) * settings.oe_fraction), OE_VALIDATION_STAMPS
+    n_def, n_val_def = (int(round(k * settings.oe_deformed_share)) for k in (n_oe, n_val))
+    # blobs first, from the same generator as always: a share of 0 gives the engine it always gave
+    oe_train = np.concatenate([outlier_stamps(n_oe - n_def, oe_rng), deformed_stamps(config, n_def, seed + 4)])
+    oe_val = np.concatenate([outlier_stamps(n_val - n_val_def, oe_rng), deformed_stamps(config, n_val_def, seed + 5)])
     return TwinSets(train=train.select(train.labels != UNKNOWN), calib=calib.select(calib.labels != UNKNOWN),
-                    test=test, oe_train=outlier_stamps(int(len(train) * settings.oe_fraction), oe_rng),
-                    oe_val=outlier_stamps(1000, oe_rng),
+                    test=test, oe_train=oe_train, oe_val=oe_val,
                     configs={"train": _config_summary(config), "evaluation": eval_summary,
                              "seeds": {"train": seed, "calibration": seed + 1, "evaluation": seed + 2,
-                                       "outlier_exposure": seed + 3}})
+                                       "outlier_exposure": seed + 3, "deformed_outliers": seed + 4,
+                                       "deformed_outliers_validation": seed + 5}})
 
 
 def set_sizes(sets: TwinSets) -> dict[str, Any]:
@@ -690,12 +703,14 @@ def train_command(args: Any) -> int:
     if len(widths) != 3 or min(widths) < 1:
         raise ConfigError(f"--widths {args.widths!r} must be three positive integers like 16,32,64",
                           where="--widths")
+    if not 0.0 <= args.deformed_oe <= 1.0:
+        raise ConfigError(f"--deformed-oe {args.deformed_oe} must lie in [0, 1]", where="--deformed-oe")
     if args.frame_size < 128:
         raise ConfigError(f"--frame-size {args.frame_size} is too small for 32 px stamps; use >= 128",
                           where="--frame-size")
     settings = TrainSettings(seed=args.seed, frame_size_px=args.frame_size, n_train_frames=args.train_frames,
                              n_calib_frames=args.calib_frames, n_eval_frames=args.eval_frames,
-                             epochs=args.epochs, threads=args.threads,
+                             epochs=args.epochs, threads=args.threads, oe_deformed_share=args.deformed_oe,
                              spec=ModelSpec(n_members=args.members, design=args.design, widths=widths))
     real = None
     if not args.no_real:
