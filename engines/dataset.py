@@ -221,13 +221,16 @@ def _label_by_light(x: NDArray[np.float64], y: NDArray[np.float64], truth: Any,
 
 
 def stamps_from_frame(frame: Any, config: Any, settings: DetectSettings | None = None,
-                      bundle: bool = True) -> StampSet:
-    """Run the node's detection and stamp cutting on one twin frame and label every candidate."""
+                      bundle: bool = True, stamp_size: int = STAMP_SIZE) -> StampSet:
+    """Run the node's detection and stamp cutting on one twin frame and label every candidate.
+
+    ``stamp_size`` other than the node's 32 px is for probes only (no engine reads other sizes).
+    """
     settings = settings or DetectSettings()
     image_e, variance_e2, mask = calibrate_twin_frame(frame, config, bundle)
     background = subtract_background(image_e, mask, settings)
     cands = detect(background.sub_e, variance_e2, mask, settings)
-    stamps = cut_stamps(background.sub_e, variance_e2, mask, cands.x, cands.y)
+    stamps = cut_stamps(background.sub_e, variance_e2, mask, cands.x, cands.y, stamp_size)
     truth = frame.truth
     if "frame" in truth.colnames:
         truth = truth[np.asarray(truth["frame"]) == frame.index]
@@ -244,7 +247,7 @@ def frame_seed(seed: int, index: int) -> int:
 
 
 def twin_stamp_set(config: Any, n_frames: int, seed: int, settings: DetectSettings | None = None,
-                   unmasked_every: int = 0) -> StampSet:
+                   unmasked_every: int = 0, stamp_size: int = STAMP_SIZE) -> StampSet:
     """Simulate ``n_frames`` twin frames, each with its own scene drawn from ``seed``, and return
     all their labelled candidates. Every ``unmasked_every``-th frame (0: none) is calibrated
     without the bad-pixel map, so its hot pixels become candidates (see calibrate_twin_frame)."""
@@ -254,7 +257,8 @@ def twin_stamp_set(config: Any, n_frames: int, seed: int, settings: DetectSettin
     light = bool(config.anomalies) or config.n_transients > 0
     return concat([stamps_from_frame(simulate_frame(config, i, frame_seed(seed, i), light_by_family=light),
                                      config, settings,
-                                     bundle=not (unmasked_every and i % unmasked_every == 0))
+                                     bundle=not (unmasked_every and i % unmasked_every == 0),
+                                     stamp_size=stamp_size)
                    for i in range(n_frames)])
 
 
