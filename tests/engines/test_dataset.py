@@ -124,6 +124,16 @@ def test_frame_stamps_are_labelled_and_mostly_real_sources(small_frame: tuple[ob
         assert light[data.family[k]][box].sum() >= UNKNOWN_LIGHT_SHARE * sources[box].sum()
 
 
+def test_a_probe_stamp_size_cuts_wider_stamps_around_the_same_candidates(small_frame: tuple[object, object]) -> None:
+    """48 px stamps hold the 32 px stamps in their centre, with the same labels."""
+    config, frame = small_frame
+    small = stamps_from_frame(frame, config)
+    wide = stamps_from_frame(frame, config, stamp_size=48)
+    assert wide.stamps.shape == (len(small), 2, 48, 48)
+    np.testing.assert_array_equal(wide.labels, small.labels)
+    np.testing.assert_array_equal(wide.stamps[:, :, 8:40, 8:40], small.stamps)
+
+
 def _centres(frame: object, config: object) -> tuple[np.ndarray, np.ndarray]:
     """Candidate centres of a frame, found as stamps_from_frame finds them."""
     from edge.detect import DetectSettings, detect, subtract_background
