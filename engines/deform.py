@@ -28,6 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge.detect import DetectSettings, detect, subtract_background
+from edge.errors import ConfigError
 from edge.stamps import STAMP_SIZE, cut_stamps
 
 __all__ = ["STRETCH", "deformed_stamps", "stretch_stars", "warp_galaxies"]
@@ -142,9 +143,10 @@ def deformed_stamps(config: Any, n: int, seed: int, per_frame: int = 30,
     out: list[NDArray[np.float32]] = []
     have, index = 0, 0
     while have < n:
-        if index > 50 + 10 * n:
-            raise RuntimeError(f"twin frames hold too few bright stars and galaxies to deform {n} "
-                               f"(found {have} in {index} frames)")
+        if (index >= 20 and have == 0) or index > 50 + 10 * n:
+            raise ConfigError(f"the twin frames hold too few bright stars and galaxies to deform {n} "
+                              f"(found {have} in {index} frames); use larger or denser frames",
+                              where="deformed_stamps")
         frame_seed_i = frame_seed(seed, index)
         frame = simulate_frame(config, index, frame_seed_i)
         scene = draw_scene(config, frame_seed_i)

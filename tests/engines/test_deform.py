@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge.errors import ConfigError
 from engines.deform import STRETCH, deformed_stamps, stretch_stars, warp_galaxies
 from engines.train import TrainSettings, make_twin_sets, training_twin_config
 from twin.sky import Sources, draw_scene, flux_e, render_point_sources
@@ -70,6 +71,12 @@ def test_deformed_stamps_are_bright_reproducible_and_as_many_as_asked() -> None:
     snr = np.sinh(a[:, 0])
     assert (snr[:, 12:19, 12:19].sum(axis=(1, 2)) / 7.0 > 5.0).all()
     assert deformed_stamps(config, 0, seed=11).shape == (0, 2, 32, 32)
+
+
+def test_frames_without_stars_or_galaxies_are_refused_with_a_reason() -> None:
+    empty = dataclasses.replace(training_twin_config(128), n_stars=0, n_galaxies=0)
+    with pytest.raises(ConfigError, match="too few bright stars and galaxies"):
+        deformed_stamps(empty, 5, seed=1)
 
 
 def test_a_deformed_share_replaces_that_share_of_the_blob_stamps_and_zero_changes_nothing() -> None:
