@@ -17,7 +17,7 @@ cannot find is beyond these stamps and this network size; a family it finds and 
 not is a matter of the training signal (what the engine is taught to call "unlike the ordinary").
 
     .venv/bin/python bench/anomaly_ceiling.py [--train-frames 200] [--double-frames 200] [--epochs 14]
-                                              [--stamp-size 32]
+                                              [--stamp-size 32] [--widths 16,32,64]
 
 Needs the train extra (torch). About 5 minutes on two cores.
 """
@@ -60,6 +60,7 @@ def main() -> int:
                         help="extra frames with 16 close doubles each (default: 200)")
     parser.add_argument("--epochs", type=int, default=14)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--widths", default="16,32,64", help="channels of the three blocks (default: the engine's 16,32,64)")
     parser.add_argument("--stamp-size", type=int, default=32,
                         help="stamp side in px for the probe (default: the node's 32; the engine's figures stay 32 px)")
     args = parser.parse_args()
@@ -87,7 +88,8 @@ def main() -> int:
     print(f"training stamps per class: {dict(zip(CLASSES + FAMILIES, np.bincount(y[keep], minlength=11).tolist(), strict=True))} "
           f"({time.perf_counter() - started:.0f} s)")
     probe = TrainSettings(seed=settings.seed, epochs=args.epochs, threads=args.threads, oe_fraction=0.0,
-                          spec=ModelSpec(n_classes=len(CLASSES) + len(FAMILIES), stamp_size_px=side))
+                          spec=ModelSpec(n_classes=len(CLASSES) + len(FAMILIES), stamp_size_px=side,
+                                         widths=tuple(int(w) for w in args.widths.split(","))))
     model = fit_model(train.stamps[keep], y[keep], np.zeros((0, 2, side, side), np.float32), probe)
 
     def anomaly_probability(stamps: np.ndarray) -> np.ndarray:
