@@ -44,7 +44,8 @@ SWIRL_RADIUS_PX = (2.0, 6.0)
 MIN_FLUX_SKY_SIGMAS = 15.0
 #: objects brighter than this (electrons) saturate and are left alone
 MAX_FLUX_E = 3e5
-#: deformed objects stay this far (px) from the frame edge; the star redraw box has this half-size
+#: deformed objects stay this far (px) from the frame edge; a star is redrawn in a box of at least
+#: this half-size (px), and of the twin's own box for it where that is larger
 MARGIN_PX = 22
 STAR_HALF_PX = 20
 #: a candidate within this distance (px) of a deformed object's centre is its stamp
@@ -63,26 +64,29 @@ def _pick(x: NDArray[np.float64], y: NDArray[np.float64], flux: NDArray[np.float
 def stretch_stars(config: Any, stars: Any, idx: NDArray[np.int64], expected_e: NDArray[np.float32],
                   rng: np.random.Generator) -> None:
     """Replace stars ``idx`` in ``expected_e`` by their PSF stretched along a random axis (in place)."""
-    from twin.psf import add_stamps, moffat_from_offsets, offsets, psf_at
-    from twin.sky import flux_e
+    from twin.psf import add_stamps, moffat_from_offsets, offsets, psf_at, stamp_half_px
+    from twin.sky import flux_e, render_point_sources
 
     if idx.size == 0:
         return
     f32 = np.float32
     x, y = stars.x[idx], stars.y[idx]
-    flux = flux_e(config, stars.mag[idx]).astype(f32)[:, None, None]
+    flux_e_star = flux_e(config, stars.mag[idx])
+    flux = flux_e_star.astype(f32)[:, None, None]
     psf = psf_at(config, x, y)
-    dy, dx = np.broadcast_arrays(*offsets(x, y, STAR_HALF_PX))
+    # at least the box the twin drew each star in, so that none of its wing is left behind
+    half = max(STAR_HALF_PX, int(stamp_half_px(config, flux_e_star).max()))
+    dy, dx = np.broadcast_arrays(*offsets(x, y, half))
     factor = rng.uniform(*STRETCH, idx.size).astype(f32)[:, None, None]
     phi = rng.uniform(0.0, np.pi, idx.size)
     c, s = np.cos(phi).astype(f32)[:, None, None], np.sin(phi).astype(f32)[:, None, None]
     # the stretched image at offset d is the PSF at the offset the stretch maps onto d
     u, v = (c * dx + s * dy) / factor, -s * dx + c * dy
-    original = moffat_from_offsets(dy, dx, psf) * flux
     stretched = moffat_from_offsets(s * u + c * v, c * u - s * v, psf) * flux
-    corner_y = np.rint(y).astype(np.int64) - STAR_HALF_PX
-    corner_x = np.rint(x).astype(np.int64) - STAR_HALF_PX
-    add_stamps(expected_e, stretched - original, corner_y, corner_x)
+    # take away each star exactly as the twin drew it (its own box and normalisation), then add
+    for group in render_point_sources(config, x, y, flux_e_star):
+        add_stamps(expected_e, -group.stamps, group.iy0, group.ix0)
+    add_stamps(expected_e, stretched, np.rint(y).astype(np.int64) - half, np.rint(x).astype(np.int64) - half)
 
 
 def warp_galaxies(config: Any, galaxies: Any, idx: NDArray[np.int64], expected_e: NDArray[np.float32],

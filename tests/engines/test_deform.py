@@ -40,7 +40,8 @@ def test_a_stretched_star_keeps_its_flux_and_is_elongated() -> None:
     assert ratio_before < 1.02
     assert STRETCH[0] * 0.85 < ratio_after < STRETCH[1] * 1.15
     assert total_after == pytest.approx(total_before, rel=2e-3)
-    assert (after > -1e-3 * after.max()).all()  # the original star is removed, not left as a hole
+    # the star is taken away exactly as the twin drew it: no negative ring where its box ended
+    assert after.min() >= 0.0
 
 
 def test_a_warped_galaxy_keeps_its_flux_and_changes_shape() -> None:
