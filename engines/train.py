@@ -13,7 +13,8 @@ The pieces, each usable alone (tests run them small):
 Seeds: training frames use ``seed``, the held-out calibration frames ``seed + 1``, evaluation
 frames ``seed + 2`` (never seen by training or by the scoring fit), outlier exposure
 ``seed + 3``, and deformed-object outliers (``oe_deformed_share`` > 0) ``seed + 4`` (training) and
-``seed + 5`` (the held-out ones that pick the entropy weight). torch is imported here; the node never imports this module.
+``seed + 5`` (the held-out ones that pick the entropy weight). torch is imported here; the node
+never imports this module.
 """
 
 from __future__ import annotations
