@@ -28,6 +28,7 @@ from typing import Any
 from edge.errors import GroundStoreError
 from edge.log import get_logger
 from edge.records import summary_id
+from edge.sqlite_ids import ids_present
 
 __all__ = ["INDEX_NAME", "GroundIndex", "IndexEntry", "fits_day", "scan_lines"]
 
@@ -36,7 +37,6 @@ log = get_logger(__name__)
 INDEX_NAME = "ground_index.sqlite"
 #: (id, UTC day of receipt for a record or None for a summary, byte offset of its line)
 IndexEntry = tuple[str, "str | None", int]
-_QUERY_CHUNK = 500
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS ids (id TEXT PRIMARY KEY) WITHOUT ROWID",
@@ -115,13 +115,7 @@ class GroundIndex:
 
     def known(self, ids: Iterable[str]) -> set[str]:
         """The ids among ``ids`` that the index holds."""
-        wanted = list(dict.fromkeys(ids))
-        found: set[str] = set()
-        for i in range(0, len(wanted), _QUERY_CHUNK):
-            chunk = wanted[i:i + _QUERY_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            found.update(r[0] for r in self._db.execute(f"SELECT id FROM ids WHERE id IN ({marks})", chunk))
-        return found
+        return ids_present(self._db, "ids", list(dict.fromkeys(ids)))
 
     def add(self, entries: Iterable[IndexEntry], covered: dict[str, int]) -> None:
         """Index the lines of one batch (ids, records per day) and move the files' covered offsets,

@@ -26,6 +26,7 @@ from types import TracebackType
 from edge.errors import SpoolError
 from edge.log import get_logger
 from edge.records import DownlinkRecord, FrameSummary, encode_msgpack
+from edge.sqlite_ids import ids_present
 
 __all__ = ["KINDS", "PutResult", "SpoolCounters", "Spool", "SpooledItem"]
 
@@ -33,8 +34,6 @@ log = get_logger(__name__)
 
 KINDS: tuple[str, ...] = ("record", "frame_summary")
 _SCHEMA_VERSION = 1
-# SQLite before 3.32 allows at most 999 parameters in one statement
-_IDS_PER_QUERY = 500
 # victims read per query when the spool is over its bound (one put usually evicts a frame's worth)
 _EVICT_CHUNK = 64
 _COUNTERS = tuple(f"{kind}.{what}" for kind in KINDS
@@ -241,12 +240,7 @@ class Spool:
 
     def _existing(self, ids: list[str]) -> set[str]:
         """Which of ``ids`` are spooled already (inside the caller's transaction)."""
-        found: set[str] = set()
-        for start in range(0, len(ids), _IDS_PER_QUERY):
-            chunk = ids[start:start + _IDS_PER_QUERY]
-            marks = ",".join("?" * len(chunk))
-            found.update(r[0] for r in self._db.execute(f"SELECT id FROM items WHERE id IN ({marks})", chunk))
-        return found
+        return ids_present(self._db, "items", ids)
 
     def _check_open(self) -> None:
         if self._db is None:
