@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import sep
 from astropy.io import fits
-from astropy.utils.exceptions import AstropyUserWarning
 
 from edge.detect import (
     FLAG_MASKED,
@@ -46,23 +44,6 @@ def _match(cx: np.ndarray, cy: np.ndarray, tx: np.ndarray, ty: np.ndarray) -> tu
         return np.zeros(tx.size, dtype=int), np.full(tx.size, np.inf)
     dist = np.hypot(cx[None, :] - tx[:, None], cy[None, :] - ty[:, None])
     return dist.argmin(axis=1), dist.min(axis=1)
-
-
-@pytest.fixture(scope="module")
-def ntt(real_data: Path) -> dict[str, np.ndarray]:
-    """The sep-ntt frame, SExtractor's RMS map and its catalog (FLAGS == 0 rows, 0-based)."""
-    folder = real_data / "sep-ntt"
-    with warnings.catch_warnings():
-        # the file's non-standard ESO-LOG header cards warn on read; that is the file's, not ours
-        warnings.simplefilter("ignore", AstropyUserWarning)
-        with fits.open(folder / "image.fits", memmap=False) as hdul:
-            image = hdul[0].data.astype(np.float32)
-        with fits.open(folder / "rms.fits", memmap=False) as hdul:
-            rms = hdul[0].data.astype(np.float32)
-    cat = np.loadtxt(folder / "image.cat")
-    good = cat[cat[:, 20] == 0]
-    return {"image": image, "variance": rms**2, "x": good[:, 1] - 1, "y": good[:, 2] - 1,
-            "errx2": good[:, 8], "erry2": good[:, 9]}
 
 
 def test_detections_agree_with_sextractor_catalog_on_real_frame(ntt: dict[str, np.ndarray]) -> None:

@@ -44,14 +44,6 @@ def make_record(frame: int, index: int, priority: float, rng: np.random.Generato
 
 
 @pytest.fixture
-def ctx() -> Iterator[zmq.Context[Any]]:
-    """A context whose term() in teardown hangs (and times out) if a test leaks a socket."""
-    context: zmq.Context[Any] = zmq.Context()
-    yield context
-    context.term()
-
-
-@pytest.fixture
 def raw_ground(ctx: zmq.Context[Any]) -> Iterator[tuple[zmq.Socket[Any], str]]:
     """A bare ROUTER on a random loopback port that records what arrives and acks only when told."""
     sock = ctx.socket(zmq.ROUTER)

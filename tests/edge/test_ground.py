@@ -78,14 +78,6 @@ def summary(frame: int) -> FrameSummary:
 
 
 @pytest.fixture
-def ctx() -> Iterator[zmq.Context[Any]]:
-    """A context whose term() in teardown hangs (and times out) if a test leaks a socket."""
-    context: zmq.Context[Any] = zmq.Context()
-    yield context
-    context.term()
-
-
-@pytest.fixture
 def ground(tmp_path: Path, ctx: zmq.Context[Any]) -> Iterator[GroundReceiver]:
     with GroundReceiver("tcp://127.0.0.1:*", tmp_path / "out", context=ctx, fits_interval_s=0) as g:
         yield g
