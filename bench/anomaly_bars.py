@@ -49,10 +49,8 @@ def object_ids(x, y, family, truth, frame_index: int):
 def main() -> int:
     import numpy as np
 
-    from edge.detect import DetectSettings, detect, subtract_background
-    from edge.stamps import cut_stamps
     from engines import export
-    from engines.dataset import UNKNOWN, calibrate_twin_frame, frame_seed, label_candidates
+    from engines.dataset import UNKNOWN, candidates_from_frame, frame_seed
     from engines.manifest import load_manifest
     from engines.scoring import score
     from engines.train import TrainSettings, training_twin_config
@@ -68,21 +66,14 @@ def main() -> int:
     m = load_manifest(args.model)
     settings = TrainSettings.from_dict(m.training["settings"])
     config = training_twin_config(settings.frame_size_px, anomalies=ANOMALY_FAMILIES)
-    detect_settings = DetectSettings()
     n_frames = settings.n_eval_frames if args.frames is None else args.frames
     seed = settings.seed + 2
     parts = []
     for i in range(n_frames):
         frame = simulate_frame(config, i, frame_seed(seed, i), light_by_family=True)
-        image, variance, mask = calibrate_twin_frame(frame, config)
-        sub = subtract_background(image, mask, detect_settings).sub_e
-        cands = detect(sub, variance, mask, detect_settings)
-        truth = frame.truth
-        if "frame" in truth.colnames:
-            truth = truth[np.asarray(truth["frame"]) == frame.index]
-        labels, family = label_candidates(cands.x, cands.y, truth, frame.light_e)
-        parts.append((cut_stamps(sub, variance, mask, cands.x, cands.y), labels, family, np.asarray(cands.snr),
-                      object_ids(cands.x, cands.y, family, truth, i)))
+        data, cands = candidates_from_frame(frame, config)
+        parts.append((data.stamps, data.labels, data.family, data.snr,
+                      object_ids(cands.x, cands.y, data.family, frame.truth, i)))
     stamps, labels, family, snr, obj = (np.concatenate(p) for p in zip(*parts, strict=True))
     logits, embedding = export.run_onnx(m.path(m.model_files("fp32", "onnx")[0]), stamps, threads=args.threads)
     pvalue = score(logits, embedding, m.scoring).anomaly_pvalue

@@ -68,29 +68,18 @@ def engine_set_detections(model, seed: int, n: int, anomalies: tuple[str, ...]):
     """Shape features, predicted class, family ("ordinary", a family, or "near" for the
     surroundings of one), S/N and engine p-value on the engine's own kind of twin frames."""
     from engines import export
-    from engines.dataset import (
-        NEAR_PREFIX,
-        UNKNOWN,
-        calibrate_twin_frame,
-        frame_seed,
-        label_candidates,
-    )
+    from engines.dataset import NEAR_PREFIX, UNKNOWN, candidates_from_frame, frame_seed
     from engines.train import training_twin_config
 
     config = training_twin_config(model.training["settings"]["frame_size_px"], anomalies=anomalies)
-    settings = detect_stage.DetectSettings()
     every = model.training["settings"]["unmasked_every"] if not anomalies else 0
     out = []
     for i in range(n):
         frame = simulate_frame(config, i, frame_seed(seed, i), light_by_family=bool(anomalies))
-        image, variance, mask = calibrate_twin_frame(frame, config, bundle=not (every and i % every == 0))
-        sub = detect_stage.subtract_background(image, mask, settings).sub_e
-        c = detect_stage.detect(sub, variance, mask, settings)
-        labels, family = label_candidates(c.x, c.y, frame.truth, frame.light_e if anomalies else None)
-        family = np.where(labels != UNKNOWN, "ordinary", family)
+        data, c = candidates_from_frame(frame, config, bundle=not (every and i % every == 0))
+        family = np.where(data.labels != UNKNOWN, "ordinary", data.family)
         family = np.where(np.char.startswith(family, NEAR_PREFIX), "near", family)
-        logits, embedding = export.run_onnx(model.path(model.model_files("fp32", "onnx")[0]),
-                                            cut_stamps(sub, variance, mask, c.x, c.y))
+        logits, embedding = export.run_onnx(model.path(model.model_files("fp32", "onnx")[0]), data.stamps)
         s = score(logits, embedding, model.scoring)
         out.append((shape_features(c), s.label_index, family, c.snr, s.anomaly_pvalue))
     return [np.concatenate(x) for x in zip(*out, strict=True)]

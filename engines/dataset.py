@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from edge.detect import DetectSettings, detect, subtract_background
+from edge.detect import Candidates, DetectSettings, detect, subtract_background
 from edge.stamps import STAMP_SIZE, cut_stamps
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "frame_seed",
     "label_candidates",
     "outlier_stamps",
+    "candidates_from_frame",
     "stamps_from_frame",
     "twin_stamp_set",
 ]
@@ -220,9 +221,10 @@ def _label_by_light(x: NDArray[np.float64], y: NDArray[np.float64], truth: Any,
     return labels, family
 
 
-def stamps_from_frame(frame: Any, config: Any, settings: DetectSettings | None = None,
-                      bundle: bool = True, stamp_size: int = STAMP_SIZE) -> StampSet:
-    """Run the node's detection and stamp cutting on one twin frame and label every candidate.
+def candidates_from_frame(frame: Any, config: Any, settings: DetectSettings | None = None,
+                          bundle: bool = True, stamp_size: int = STAMP_SIZE) -> tuple[StampSet, Candidates]:
+    """Run the node's detection and stamp cutting on one twin frame and label every candidate;
+    the labelled stamps and the detected candidates (positions, shape, flux), row for row.
 
     ``stamp_size`` other than the node's 32 px is for probes only (no engine reads other sizes).
     """
@@ -236,8 +238,14 @@ def stamps_from_frame(frame: Any, config: Any, settings: DetectSettings | None =
         truth = truth[np.asarray(truth["frame"]) == frame.index]
     labels, family = label_candidates(np.asarray(cands.x), np.asarray(cands.y), truth,
                                      getattr(frame, "light_e", None))
-    return StampSet(stamps, labels, family, np.asarray(cands.snr, float),
-                    np.full(len(labels), frame.index, np.int64))
+    return (StampSet(stamps, labels, family, np.asarray(cands.snr, float),
+                     np.full(len(labels), frame.index, np.int64)), cands)
+
+
+def stamps_from_frame(frame: Any, config: Any, settings: DetectSettings | None = None,
+                      bundle: bool = True, stamp_size: int = STAMP_SIZE) -> StampSet:
+    """The labelled stamps of one twin frame (:func:`candidates_from_frame` without the candidates)."""
+    return candidates_from_frame(frame, config, settings, bundle, stamp_size)[0]
 
 
 def frame_seed(seed: int, index: int) -> int:

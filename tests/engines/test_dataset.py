@@ -13,6 +13,7 @@ from engines.dataset import (
     UNKNOWN,
     UNKNOWN_LIGHT_SHARE,
     calibrate_twin_frame,
+    candidates_from_frame,
     frame_seed,
     label_candidates,
     outlier_stamps,
@@ -105,9 +106,10 @@ def test_bundle_calibration_masks_hot_pixels_and_bare_calibration_keeps_them(sma
 def test_frame_stamps_are_labelled_and_mostly_real_sources(small_frame: tuple[object, object]) -> None:
     """Detection on a twin frame yields stamps of the contract shape, with few bogus and the anomalies found."""
     config, frame = small_frame
-    data = stamps_from_frame(frame, config)
+    data, cands = candidates_from_frame(frame, config)
     assert data.stamps.shape == (len(data), 2, 32, 32)
-    assert len(data) > 20
+    assert len(data) > 20 and len(cands) == len(data)
+    np.testing.assert_array_equal(data.snr, cands.snr)
     assert (data.labels == BOGUS).mean() < 0.1
     assert (data.labels == CLASSES.index("star")).sum() > 10
     members = (data.labels == UNKNOWN) & ~np.char.startswith(data.family.astype(str), NEAR_PREFIX)
@@ -117,7 +119,7 @@ def test_frame_stamps_are_labelled_and_mostly_real_sources(small_frame: tuple[ob
     # every anomaly member is made mostly of its family's light (3x3 pixels at its centre pixel)
     light = frame.light_e
     sources = sum(v for k, v in light.items() if k != "sky")
-    cands_x, cands_y = _centres(frame, config)
+    cands_x, cands_y = np.asarray(cands.x), np.asarray(cands.y)
     for k in np.flatnonzero(members):
         iy, ix = int(np.floor(cands_y[k] + 0.5)), int(np.floor(cands_x[k] + 0.5))
         box = np.s_[iy - 1:iy + 2, ix - 1:ix + 2]
@@ -132,16 +134,6 @@ def test_a_probe_stamp_size_cuts_wider_stamps_around_the_same_candidates(small_f
     assert wide.stamps.shape == (len(small), 2, 48, 48)
     np.testing.assert_array_equal(wide.labels, small.labels)
     np.testing.assert_array_equal(wide.stamps[:, :, 8:40, 8:40], small.stamps)
-
-
-def _centres(frame: object, config: object) -> tuple[np.ndarray, np.ndarray]:
-    """Candidate centres of a frame, found as stamps_from_frame finds them."""
-    from edge.detect import DetectSettings, detect, subtract_background
-
-    image, variance, mask = calibrate_twin_frame(frame, config)
-    settings = DetectSettings()
-    cands = detect(subtract_background(image, mask, settings).sub_e, variance, mask, settings)
-    return np.asarray(cands.x), np.asarray(cands.y)
 
 
 def test_frame_seeds_differ_between_frames_and_sets() -> None:
