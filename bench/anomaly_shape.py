@@ -85,15 +85,13 @@ def engine_set_detections(model, seed: int, n: int, anomalies: tuple[str, ...]):
     return [np.concatenate(x) for x in zip(*out, strict=True)]
 
 
-def conformal(scores: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """p-value of each score among reference scores of ordinary candidates (larger = stranger)."""
-    ref = np.sort(reference)
-    return (ref.size - np.searchsorted(ref, scores, side="left") + 1) / (ref.size + 1)
-
-
 def engine_sets(frames: int | None) -> None:
     """The --engine-sets probe (see the module docstring)."""
     from engines.manifest import load_manifest
+    from engines.scoring import conformal_pvalues
+
+    def conformal(scores: np.ndarray, reference: np.ndarray) -> np.ndarray:
+        return conformal_pvalues(scores, np.sort(reference))
 
     model = load_manifest(Path("engines/models/stampnet-v1"))
     st = model.training["settings"]

@@ -38,11 +38,11 @@ __all__ = [
     "NEAR_PREFIX",
     "StampSet",
     "calibrate_twin_frame",
+    "candidates_from_frame",
     "concat",
     "frame_seed",
     "label_candidates",
     "outlier_stamps",
-    "candidates_from_frame",
     "stamps_from_frame",
     "twin_stamp_set",
 ]
