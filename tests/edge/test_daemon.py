@@ -58,17 +58,13 @@ def test_streamed_frames_reach_the_ground_exactly_once(node_config_factory, smal
     cfg = node_config_factory(receive={"queue_policy": "block", "queue_frames": 2},
                               downlink={"address": ground.address, "ack_timeout_s": 2.0})
     frames = _twin_frames(small_twin, 5)
-    node = NodeDaemon(cfg)
-    node.start()
-    try:
+    with NodeDaemon(cfg) as node:
         sender = _send(node.receiver_endpoint, frames, timeout_ms=30_000)
         c = node.counters
         _run_until(node, lambda: c.frames_processed == len(frames))
         sender.join(10)
         _run_until(node, lambda: len(node.spool) == 0, timeout_s=60)
         status = node.status()
-    finally:
-        node.close()
     assert c.frames_received == len(frames) and c.frames_dropped == 0 and c.frames_rejected == 0
     assert status["spool"]["accepted"]["record"] == c.spooled > 0
     seqs = sorted(s.frame for s in ground.summaries())
@@ -85,9 +81,7 @@ def test_idle_workers_take_frames_in_turn(node_config_factory, small_twin, groun
     not hours later (bench/soak.py)."""
     cfg = node_config_factory(node={"workers": 2}, downlink={"address": ground.address})
     frames = _twin_frames(small_twin, 2)
-    node = NodeDaemon(cfg)
-    node.start()
-    try:
+    with NodeDaemon(cfg) as node:
         with FrameSender(node.receiver_endpoint, detector_id="twin-cam", sndhwm=1,
                          send_timeout_ms=30_000) as sender:
             sender.start_series(3)
@@ -97,8 +91,6 @@ def test_idle_workers_take_frames_in_turn(node_config_factory, small_twin, groun
                 _run_until(node, lambda n=i + 1: node.counters.frames_processed == n)
             sender.end_series()
         status = node.status()
-    finally:
-        node.close()
     assert status["worker_frames"] == [3, 3]
 
 
@@ -126,9 +118,7 @@ def test_overload_drops_are_counted_with_their_sequence_numbers(node_config_fact
                               downlink={"address": ground.address})
     frames = _twin_frames(small_twin, 3)
     frames = [dataclasses.replace(frames[i % 3], index=i) for i in range(14)]
-    node = NodeDaemon(cfg)
-    node.start()
-    try:
+    with NodeDaemon(cfg) as node:
         sender = _send(node.receiver_endpoint, frames, timeout_ms=30_000)
         c = node.counters
         queue_frames = cfg.receive.queue_frames
@@ -139,8 +129,6 @@ def test_overload_drops_are_counted_with_their_sequence_numbers(node_config_fact
         _run_until(node, lambda: not sender.is_alive() and c.frames_in_flight == 0
                    and c.frames_received == len(frames), check=bounded)
         _run_until(node, lambda: len(node.spool) == 0, timeout_s=60)
-    finally:
-        node.close()
     assert c.frames_dropped > 0, "the rig was not faster than the node"
     assert c.frames_received == c.frames_processed + c.frames_dropped
     summaries = ground.summaries()
@@ -161,9 +149,7 @@ def test_workers_past_their_frame_limit_are_replaced_between_frames(node_config_
                               receive={"queue_policy": "block", "queue_frames": 2},
                               downlink={"address": ground.address, "ack_timeout_s": 2.0})
     frames = _twin_frames(small_twin, 9)
-    node = NodeDaemon(cfg)
-    node.start()
-    try:
+    with NodeDaemon(cfg) as node:
         first_pids = {w.pid for w in node.workers}
         answer = node.handle_command("test", "set", {"audit_rate": 0.5})
         assert answer["ok"] and node.policy.version == 2
@@ -174,8 +160,6 @@ def test_workers_past_their_frame_limit_are_replaced_between_frames(node_config_
         _run_until(node, lambda: len(node.spool) == 0, timeout_s=60)
         pids = {w.pid for w in node.workers}
         engine_ids = {w.engine_id for w in node.workers}
-    finally:
-        node.close()
     assert c.frames_rejected == 0 and c.frames_dropped == 0 and c.workers_died == 0
     assert not pids & first_pids
     assert engine_ids == {node.engine_id}
@@ -196,9 +180,7 @@ def test_a_worker_killed_mid_frame_is_replaced_and_its_frame_counted_rejected(
     cfg = node_config_factory(node={"workers": 1}, receive={"queue_policy": "block", "queue_frames": 4},
                               downlink={"address": ground.address})
     frames = _twin_frames(small_twin, 4)
-    node = NodeDaemon(cfg)
-    node.start()
-    try:
+    with NodeDaemon(cfg) as node:
         sender = _send(node.receiver_endpoint, frames, timeout_ms=30_000)
         c = node.counters
         _run_until(node, lambda: node.workers[0].busy is not None)
@@ -214,6 +196,4 @@ def test_a_worker_killed_mid_frame_is_replaced_and_its_frame_counted_rejected(
         node.workers[0]._proc.join(10)
         _run_until(node, lambda: c.workers_died == 2)
         assert node.workers[0].pid not in (victim, idle) and node.workers[0].alive()
-    finally:
-        node.close()
     assert c.frames_received == len(frames) and c.conserved()
