@@ -1,7 +1,7 @@
 """Spool throughput: records/s made durable by Spool.put against a raw sqlite3 insert loop, same run.
 
 Both write the same records (stamps: the 65 objects of the real NTT frame in
-../shared/data/real/sep-ntt, in turn), one transaction per frame of ``--per-frame`` records, into a fresh
+tests/data/real/sep-ntt, or the folder given with --ntt, in turn), one transaction per frame of ``--per-frame`` records, into a fresh
 SQLite file in WAL mode with ``synchronous=FULL`` (one fsync per commit) in a temporary folder on
 the same disk. ``Spool.put`` encodes each record to msgpack, counts, checks the bound and
 commits; the raw loop inserts payloads encoded beforehand into a table with a primary key and
@@ -9,7 +9,7 @@ commits. Rounds alternate between the two so load changes hit both; each figure 
 (the machine is shared), the median is printed beside it. The last line prints the ratio of the
 best rounds.
 
-    .venv/bin/python bench/spool.py [--frames 100] [--per-frame 20] [--rounds 9]
+    .venv/bin/python bench/spool.py [--frames 100] [--per-frame 20] [--rounds 9] [--ntt DIR]
 """
 
 from __future__ import annotations
@@ -33,9 +33,12 @@ from edge.spool import Spool
 from edge.stamps import cut_stamps
 
 
-def real_stamps() -> list[CompressedStamp]:
-    """The compressed 2x32x32 stamps of the 65 catalogued objects of the real NTT frame."""
-    folder = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "sep-ntt"
+#: the repository's copy of the real NTT frame (tests/data/real/README.md says where it comes from)
+NTT_DIR = Path(__file__).resolve().parent.parent / "tests" / "data" / "real" / "sep-ntt"
+
+
+def real_stamps(folder: Path) -> list[CompressedStamp]:
+    """The compressed 2x32x32 stamps of the 65 catalogued objects of the real NTT frame in ``folder``."""
     planes = []
     with warnings.catch_warnings():
         # the file's non-standard ESO-LOG header cards warn on read; that is the file's, not ours
@@ -49,10 +52,10 @@ def real_stamps() -> list[CompressedStamp]:
     return [compress_stamp(s) for s in stamps]
 
 
-def make_records(n_frames: int, per_frame: int) -> list[list[DownlinkRecord]]:
+def make_records(n_frames: int, per_frame: int, ntt: Path) -> list[list[DownlinkRecord]]:
     """Frames of records carrying the real NTT stamps in turn."""
     rng = np.random.default_rng(1)
-    stamps = real_stamps()
+    stamps = real_stamps(ntt)
     frames = []
     for f in range(n_frames):
         batch = []
@@ -103,11 +106,13 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=100, help="transactions per round (default 100)")
     parser.add_argument("--per-frame", type=int, default=20, help="records per transaction (default 20)")
     parser.add_argument("--rounds", type=int, default=9, help="rounds per writer (default 9)")
+    parser.add_argument("--ntt", type=Path, default=NTT_DIR,
+                        help="folder of the sep NTT frame and its catalog (default tests/data/real/sep-ntt)")
     args = parser.parse_args()
     configure(level="warning")  # the spool's start-up lines would drown the figures
     print(f"load average before: {os.getloadavg()[0]:.2f} (cpus: {os.cpu_count()}), "
           f"sqlite {sqlite3.sqlite_version}")
-    frames = make_records(args.frames, args.per_frame)
+    frames = make_records(args.frames, args.per_frame, args.ntt)
     encoded = [[(r.record_id, r.priority, encode_msgpack(r)) for r in batch] for batch in frames]
     size = statistics.mean(len(p) for batch in encoded for _, _, p in batch)
     results: dict[str, list[float]] = {"raw sqlite3": [], "Spool.put": []}

@@ -9,7 +9,7 @@ hot pixels show), each with an asinh stretch from its median (black)
 to the object's peak (white), softened at 3 sigma of its noise. The PNG writer is a small zlib
 one, so the script needs nothing beyond numpy, astropy and sep.
 
-    .venv/bin/python bench/twin_compare.py [--seed 0] [--out docs/img]
+    .venv/bin/python bench/twin_compare.py [--seed 0] [--out docs/img] [--real M13.fits]
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 from twin import ANOMALY_FAMILIES, DetectorModel, TwinConfig, dsi_m13_config, simulate_frame  # noqa: E402
 
-REAL = ROOT.parent / "shared" / "data" / "real" / "m13-raw" / "M13_blue_0001.fits"
+#: the repository's copy of the real M13 frame (tests/data/real/README.md says where it comes from)
+REAL = ROOT / "tests" / "data" / "real" / "m13-raw" / "M13_blue_0001.fits"
 STRETCH_ADU = (470.0, 600.0)  # black and white levels for both frames
 
 
@@ -125,8 +126,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "img")
+    parser.add_argument("--real", type=Path, default=REAL,
+                        help="the raw M13 frame (default tests/data/real/m13-raw/M13_blue_0001.fits)")
     args = parser.parse_args()
-    real = fits.getdata(REAL)
+    real = fits.getdata(args.real)
     t0 = time.perf_counter()
     twin = simulate_frame(dsi_m13_config(), 0, args.seed).raw_adu
     sim_s = time.perf_counter() - t0

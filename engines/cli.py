@@ -68,10 +68,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--deformed-oe", type=float, default=0.0, metavar="SHARE",
                    help="share of the outlier-exposure stamps made by deforming twin stars and galaxies "
                         "(engines/deform.py; the shipped engine: 0, blob shapes only) (default: 0)")
-    p.add_argument("--real-data", type=Path, default=None,
-                   help="folder of the real frames to classify for the model card "
-                        "(default: ../shared/data/real beside the checkout, when present)")
-    p.add_argument("--no-real", action="store_true", help="skip the real-frame classification")
+    p.add_argument("--real-data", type=Path, default=None, metavar="DIR",
+                   help="folder holding sep-ntt/ and gmos-cr/ (as tests/data/real does) to classify for "
+                        "the model card (default: no real-frame classification)")
+    p.add_argument("--no-real", action="store_true",
+                   help="skip the real-frame classification even when --real-data is given")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="measure an engine again on its fresh twin set (needs the twin extra)")

@@ -713,13 +713,11 @@ def train_command(args: Any) -> int:
                              n_calib_frames=args.calib_frames, n_eval_frames=args.eval_frames,
                              epochs=args.epochs, threads=args.threads, oe_deformed_share=args.deformed_oe,
                              spec=ModelSpec(n_members=args.members, design=args.design, widths=widths))
-    real = None
-    if not args.no_real:
+    real = None if args.no_real else args.real_data
+    if real is not None:
         from pathlib import Path
 
-        beside = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "real"
-        real = args.real_data if args.real_data is not None else (beside if beside.is_dir() else None)
-        if real is not None and not Path(real).is_dir():
+        if not Path(real).is_dir():
             raise ConfigError(f"{real} is not a folder of real frames", where="--real-data")
     command = "astro-edge " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "astro-edge engines train"
     written = train_engine(args.out, settings, name=args.name, version=args.version, command=command,

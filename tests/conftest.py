@@ -1,4 +1,4 @@
-"""Fixtures shared by the whole suite: where the real data lives, fixed seeds, hypothesis under CI."""
+"""Fixtures for the whole suite: where the real data lives, fixed seeds, hypothesis under CI."""
 
 from __future__ import annotations
 
@@ -16,14 +16,12 @@ if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
     settings.load_profile("ci")
 
 REPO = Path(__file__).resolve().parent.parent
-REAL_DATA = REPO.parent / "shared" / "data" / "real"
+REAL_DATA = REPO / "tests" / "data" / "real"
 
 
 @pytest.fixture(scope="session")
 def real_data() -> Path:
-    """The folder of real telescope frames (../shared/data/real); fails loudly when absent."""
-    if not REAL_DATA.is_dir():
-        raise FileNotFoundError(f"{REAL_DATA} is missing: the suite needs ../shared beside the checkout")
+    """The repository's folder of real telescope frames (tests/data/real, README beside them)."""
     return REAL_DATA
 
 
