@@ -50,10 +50,10 @@ def main() -> int:
     import numpy as np
 
     from engines import export
-    from engines.dataset import UNKNOWN, candidates_from_frame, frame_seed
     from engines.manifest import load_manifest
     from engines.scoring import score
-    from engines.train import TrainSettings, training_twin_config
+    from engines.training.dataset import UNKNOWN, candidates_from_frame, frame_seed
+    from engines.training.train import TrainSettings, training_twin_config
     from twin import ANOMALY_FAMILIES, simulate_frame
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -2,7 +2,7 @@
 
 The shipped engine never sees an anomaly family: its anomaly score has to find them as "not like
 anything ordinary". This probe asks the opposite question, as an upper reference: the same
-architecture (engines.model, shared trunk, 4 heads), the same 32x32 stamps from the node's own
+architecture (engines.training.model, shared trunk, 4 heads), the same 32x32 stamps from the node's own
 detection, but trained *with* labelled anomalies: 11 classes (the 6 ordinary ones and the 5
 families) on twin frames with every family switched on (seed 555000) plus frames with 16 close
 doubles each (seed 556000), because close doubles need many examples. Its anomaly score is the
@@ -40,11 +40,11 @@ SEED_DOUBLES = 556000
 def main() -> int:
     import numpy as np
 
-    from engines.dataset import CLASSES, UNKNOWN, StampSet, concat, twin_stamp_set
     from engines.manifest import load_manifest
-    from engines.model import ModelSpec
     from engines.scoring import auroc
-    from engines.train import (
+    from engines.training.dataset import CLASSES, UNKNOWN, StampSet, concat, twin_stamp_set
+    from engines.training.model import ModelSpec
+    from engines.training.train import (
         TrainSettings,
         fit_model,
         predict,

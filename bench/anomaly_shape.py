@@ -28,11 +28,11 @@ import numpy as np
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 from edge import detect as detect_stage  # noqa: E402
+from edge.cli.demo_node import twin_config  # noqa: E402
 from edge.config import load_config  # noqa: E402
-from edge.node import build_pipeline  # noqa: E402
-from edge.node_demo import twin_config  # noqa: E402
-from edge.stamps import cut_stamps  # noqa: E402
+from edge.node.assemble import build_pipeline  # noqa: E402
 from engines.scoring import auroc, score  # noqa: E402
+from engines.stamps import cut_stamps  # noqa: E402
 from twin import ANOMALY_FAMILIES, simulate_frame  # noqa: E402
 
 
@@ -68,8 +68,8 @@ def engine_set_detections(model, seed: int, n: int, anomalies: tuple[str, ...]):
     """Shape features, predicted class, family ("ordinary", a family, or "near" for the
     surroundings of one), S/N and engine p-value on the engine's own kind of twin frames."""
     from engines import export
-    from engines.dataset import NEAR_PREFIX, UNKNOWN, candidates_from_frame, frame_seed
-    from engines.train import training_twin_config
+    from engines.training.dataset import NEAR_PREFIX, UNKNOWN, candidates_from_frame, frame_seed
+    from engines.training.train import training_twin_config
 
     config = training_twin_config(model.training["settings"]["frame_size_px"], anomalies=anomalies)
     every = model.training["settings"]["unmasked_every"] if not anomalies else 0

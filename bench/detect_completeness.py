@@ -11,7 +11,7 @@ candidates per variant says what each setting finds overall.
 Then, on the shipped engine's evaluation set (its seed + 2, every anomaly family), it builds the
 candidates with the node's default detection and without the matched filter, scores both with
 the engine as it is (trained on the default's candidates), and prints the candidates of each
-family and the engine's figures (`engines.train.evaluate`).
+family and the engine's figures (`engines.training.train.evaluate`).
 
     .venv/bin/python bench/detect_completeness.py [--frames 10] [--seed 4242] [--eval-frames 80]
 """
@@ -34,8 +34,8 @@ def main() -> int:
     import numpy as np
 
     from edge.detect import DetectSettings, detect, subtract_background
-    from engines.dataset import calibrate_twin_frame, frame_seed
-    from engines.train import training_twin_config
+    from engines.training.dataset import calibrate_twin_frame, frame_seed
+    from engines.training.train import training_twin_config
     from twin import simulate_frame
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -85,10 +85,10 @@ def main() -> int:
 
 def families(model: Path, n_frames: int, variants: dict[str, Any]) -> None:
     """The engine's evaluation set built with each detection, scored by the engine as it is."""
-    from engines.dataset import twin_stamp_set
-    from engines.export import run_onnx
     from engines.manifest import load_manifest
-    from engines.train import TrainSettings, evaluate, training_twin_config
+    from engines.training.dataset import twin_stamp_set
+    from engines.training.export import run_onnx
+    from engines.training.train import TrainSettings, evaluate, training_twin_config
     from twin import ANOMALY_FAMILIES
 
     m = load_manifest(model)

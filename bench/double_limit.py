@@ -123,9 +123,9 @@ def main() -> None:
     from scipy.stats import norm
 
     from edge.detect import DetectSettings, detect, subtract_background
-    from engines.dataset import calibrate_twin_frame, frame_seed, label_candidates
     from engines.scoring import auroc
-    from engines.train import training_twin_config
+    from engines.training.dataset import calibrate_twin_frame, frame_seed, label_candidates
+    from engines.training.train import training_twin_config
     from twin import simulate_frame
     from twin.anomalies import AnomalyDraw, draw_anomalies, render_anomalies
     from twin.sky import draw_scene

@@ -20,9 +20,9 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 import numpy as np  # noqa: E402
 
+from edge.cli.engines import DEFAULT_MODEL_DIR  # noqa: E402
 from engines.build import time_engine  # noqa: E402
 from engines.check import load_golden  # noqa: E402
-from engines.cli import DEFAULT_MODEL_DIR  # noqa: E402
 from engines.manifest import load_manifest  # noqa: E402
 from engines.runtime import OnnxRuntimeEngine, TensorRTEngine  # noqa: E402
 from engines.runtime.trt import check_plan_compatible, probe_device  # noqa: E402

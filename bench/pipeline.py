@@ -45,7 +45,7 @@ def twin_frames(n: int, size: int, seed: int) -> list:
 def node_fps(frames: list, workers: int, engine: str, work: Path,
              mmap_threshold_kib: int = 4096) -> tuple[float, dict]:
     from edge.config import config_from_mapping
-    from edge.daemon import NodeDaemon
+    from edge.node.daemon import NodeDaemon
     from firmware_bridge import FrameSender
     from firmware_bridge.rig import header_fields
 

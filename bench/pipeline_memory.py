@@ -45,15 +45,15 @@ def main() -> None:
 
     from edge import detect as det
     from edge import sky
+    from edge.cli.demo_node import twin_config
     from edge.config import config_from_mapping
-    from edge.heap import fix_mmap_threshold
     from edge.log import configure
-    from edge.node import build_pipeline
-    from edge.node_demo import twin_config
+    from edge.node.allocator import fix_mmap_threshold
+    from edge.node.assemble import build_pipeline
     from edge.pipeline import FrameInput
-    from edge.stamps import cut_stamps
     from edge.triage import triage
     from engines.scoring import score
+    from engines.stamps import cut_stamps
     from firmware_bridge.rig import header_fields
     from twin import simulate_frame
 

@@ -53,7 +53,7 @@ def rss_mb(pids: list[int]) -> float:
 
 def ground_main(out_dir: str, addresses: Any, stop: Any) -> None:
     """The ground station, in its own process: receive and acknowledge until told to stop."""
-    from edge.ground import GroundReceiver
+    from edge.ground.receiver import GroundReceiver
     from edge.log import configure
 
     configure(json=True, level="warning", stream=sys.stderr)
@@ -94,10 +94,10 @@ def main() -> None:
                    help="[node] mmap_threshold_kib (default 4096; 0: glibc's moving threshold)")
     args = p.parse_args()
 
+    from edge.cli.demo_node import twin_config
     from edge.config import config_from_mapping
-    from edge.daemon import NodeDaemon
     from edge.log import configure
-    from edge.node_demo import twin_config
+    from edge.node.daemon import NodeDaemon
     from firmware_bridge import FrameSender
     from firmware_bridge.rig import header_fields
     from twin import simulate_frame

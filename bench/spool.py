@@ -27,11 +27,10 @@ import numpy as np
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyUserWarning
 
+from edge.link.spool import Spool
 from edge.log import configure
 from edge.records import CompressedStamp, DownlinkRecord, compress_stamp, encode_msgpack, record_id
-from edge.spool import Spool
-from edge.stamps import cut_stamps
-
+from engines.stamps import cut_stamps
 
 #: the repository's copy of the real NTT frame (tests/data/real/README.md says where it comes from)
 NTT_DIR = Path(__file__).resolve().parent.parent / "tests" / "data" / "real" / "sep-ntt"

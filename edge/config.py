@@ -37,7 +37,7 @@ class NodeSection:
     #: pipeline worker processes (frames overlap across cores; sep holds the GIL)
     workers: int = 2
     #: the node's processes map every C block of at least this many KiB and give it back on free
-    #: (glibc; see edge/heap.py); 0 keeps the C library's moving threshold
+    #: (glibc; see edge/node/allocator.py); 0 keeps the C library's moving threshold
     mmap_threshold_kib: int = 4096
     #: a worker that has taken this many frames is replaced by a fresh process (started beside it,
     #: switched in between two frames), so that the slow growth of a long-lived native heap stays
@@ -137,10 +137,10 @@ class DownlinkSection:
     ack_timeout_s: float = 5.0
     curve_client_secret_key: str = ""   # this node's NAME.key_secret
     curve_server_public_key: str = ""   # the ground's NAME.key
-    compression: str = "zstd-dict-1"    # "none" or a dictionary of edge.zdict
+    compression: str = "zstd-dict-1"    # "none" or a dictionary of edge.link.zdict
 
     def __post_init__(self) -> None:
-        from edge.zdict import COMPRESSIONS
+        from edge.link.zdict import COMPRESSIONS
 
         if self.compression not in COMPRESSIONS:
             raise ValueError(f"compression must be one of {list(COMPRESSIONS)}, not {self.compression!r}")

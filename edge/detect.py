@@ -50,7 +50,7 @@ __all__ = [
     "subtract_background",
 ]
 
-#: the stamp around the candidate (see edge.stamps) would reach outside the frame
+#: the stamp around the candidate (see engines.stamps) would reach outside the frame
 FLAG_NEAR_EDGE = 1 << 8
 #: a masked pixel lies within 1 px of the peak, or in the photometry aperture
 FLAG_MASKED = 1 << 9
@@ -81,7 +81,7 @@ class DetectSettings:
     #: convolve with sep's default 3x3 kernel as a matched filter before thresholding
     matched_filter: bool = True
     #: FLAG_NEAR_EDGE when the 2*edge_margin_px box around the centre pixel (floor(x + 0.5),
-    #: floor(y + 0.5)) leaves the frame; 16 matches a 32-pixel stamp of edge.stamps
+    #: floor(y + 0.5)) leaves the frame; 16 matches a 32-pixel stamp of engines.stamps
     edge_margin_px: int = 16
     #: smallest radius of the AUTO aperture, as SExtractor's PHOT_AUTOPARAMS second value
     min_aperture_radius_px: float = 3.5
@@ -257,7 +257,7 @@ def detect(sub_e: NDArray[Any], variance_e2: NDArray[Any], mask: NDArray[Any] | 
 
     height, width = shape
     margin = settings.edge_margin_px
-    # the same centre pixel as edge.stamps: the 2*margin box from centre - margin must fit in the frame
+    # the same centre pixel as engines.stamps: the 2*margin box from centre - margin must fit in the frame
     cx, cy = np.floor(x + 0.5), np.floor(y + 0.5)
     near_edge = (cx < margin) | (cy < margin) | (cx + margin > width) | (cy + margin > height)
     flags[near_edge] |= FLAG_NEAR_EDGE

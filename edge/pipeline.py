@@ -25,9 +25,9 @@ from numpy.typing import NDArray
 from edge import detect as detect_stage
 from edge import sky
 from edge.records import DownlinkRecord, FrameSummary, compress_stamp, record_id
-from edge.stamps import NORMALISATION, cut_stamps
 from edge.triage import TriagePolicy, triage
 from engines.scoring import score
+from engines.stamps import NORMALISATION, cut_stamps
 
 #: labels whose "new" (no catalog counterpart) means something astrophysical; an artefact such as
 #: a cosmic ray never has a counterpart, so "new" would say nothing about it

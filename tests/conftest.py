@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+from astropy.io import fits
+from astropy.utils.exceptions import AstropyUserWarning
 from hypothesis import settings
 
 # Under CI the property tests draw the same examples every run, so a submission passes or fails
@@ -23,6 +26,23 @@ REAL_DATA = REPO / "tests" / "data" / "real"
 def real_data() -> Path:
     """The repository's folder of real telescope frames (tests/data/real, README beside them)."""
     return REAL_DATA
+
+
+@pytest.fixture(scope="session")
+def ntt(real_data: Path) -> dict[str, np.ndarray]:
+    """The sep-ntt frame, SExtractor's RMS map squared and its catalog (FLAGS == 0 rows, 0-based)."""
+    folder = real_data / "sep-ntt"
+    with warnings.catch_warnings():
+        # the file's non-standard ESO-LOG header cards warn on read; that is the file's, not ours
+        warnings.simplefilter("ignore", AstropyUserWarning)
+        with fits.open(folder / "image.fits", memmap=False) as hdul:
+            image = hdul[0].data.astype(np.float32)
+        with fits.open(folder / "rms.fits", memmap=False) as hdul:
+            rms = hdul[0].data.astype(np.float32)
+    cat = np.loadtxt(folder / "image.cat")
+    good = cat[cat[:, 20] == 0]
+    return {"image": image, "variance": rms**2, "x": good[:, 1] - 1, "y": good[:, 2] - 1,
+            "errx2": good[:, 8], "erry2": good[:, 9]}
 
 
 @pytest.fixture

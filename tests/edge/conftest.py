@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import zmq
-from astropy.io import fits
-from astropy.utils.exceptions import AstropyUserWarning
 
-from edge.ground import FRAMES_NAME, RECORDS_NAME, GroundReceiver
+from edge.ground.receiver import FRAMES_NAME, RECORDS_NAME, GroundReceiver
 from edge.pipeline import FrameInput
 from edge.records import read_jsonl
 
@@ -26,23 +22,6 @@ def ctx() -> Iterator[zmq.Context[Any]]:
     context: zmq.Context[Any] = zmq.Context()
     yield context
     context.term()
-
-
-@pytest.fixture(scope="session")
-def ntt(real_data: Path) -> dict[str, np.ndarray]:
-    """The sep-ntt frame, SExtractor's RMS map squared and its catalog (FLAGS == 0 rows, 0-based)."""
-    folder = real_data / "sep-ntt"
-    with warnings.catch_warnings():
-        # the file's non-standard ESO-LOG header cards warn on read; that is the file's, not ours
-        warnings.simplefilter("ignore", AstropyUserWarning)
-        with fits.open(folder / "image.fits", memmap=False) as hdul:
-            image = hdul[0].data.astype(np.float32)
-        with fits.open(folder / "rms.fits", memmap=False) as hdul:
-            rms = hdul[0].data.astype(np.float32)
-    cat = np.loadtxt(folder / "image.cat")
-    good = cat[cat[:, 20] == 0]
-    return {"image": image, "variance": rms**2, "x": good[:, 1] - 1, "y": good[:, 2] - 1,
-            "errx2": good[:, 8], "erry2": good[:, 9]}
 
 
 @pytest.fixture(scope="session")

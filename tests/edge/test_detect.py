@@ -221,7 +221,7 @@ def test_both_known_cosmic_rays_in_the_real_gmos_frame_are_detected(real_data: P
 
 def test_near_edge_flag_is_set_exactly_when_the_stamp_leaves_the_frame(rng: np.random.Generator) -> None:
     """For sources straddling the edge margin, FLAG_NEAR_EDGE matches whether the 32-pixel stamp has outside pixels."""
-    from edge.stamps import cut_stamps
+    from engines.stamps import cut_stamps
 
     size = 160
     offsets = np.array([14.7, 15.3, 15.7, 16.2, 17.0])

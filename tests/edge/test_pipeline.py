@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from edge.node import build_pipeline
+from edge.node.assemble import build_pipeline
 from edge.pipeline import ASTROPHYSICAL_LABELS
 from edge.records import from_json_line, to_json_line
 from twin import reference_catalog, simulate_frame

@@ -34,7 +34,7 @@ from edge.records import (
     to_dict,
     to_json_line,
 )
-from edge.stamps import cut_stamps
+from engines.stamps import cut_stamps
 
 
 def ntt_stamps(real_data: Path, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -278,7 +278,7 @@ def test_the_shipped_dictionary_shrinks_real_records_by_a_quarter_or_more(real_d
     at the same level saves under 10 % (the stamps are already zstd)."""
     import zstandard
 
-    from edge.zdict import LEVEL, compressor, decompress
+    from edge.link.zdict import LEVEL, compressor, decompress
 
     plain = [encode_msgpack(m) for m in [*ntt_records(real_data, 65), summary()]]
     packed = [compressor("zstd-dict-1")(p) for p in plain]

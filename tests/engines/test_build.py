@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from edge.cli.engines import DEFAULT_MODEL_DIR
 from edge.errors import ConfigError, EngineCompatibilityError
 from engines.build import build_engine, choose_precision
-from engines.cli import DEFAULT_MODEL_DIR
 from engines.manifest import load_manifest
 from engines.runtime.trt import probe_device
 

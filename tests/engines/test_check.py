@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge.cli.engines import DEFAULT_MODEL_DIR
 from edge.errors import EngineError, EngineIntegrityError
 from engines.check import check_command, check_engine, compare_outputs
-from engines.cli import DEFAULT_MODEL_DIR
 
 
 def test_compare_outputs_passes_within_tolerance_and_fails_beyond(rng: np.random.Generator) -> None:

@@ -11,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge.errors import EngineCompatibilityError, EngineIntegrityError
-from edge.stamps import NORMALISATION
 from engines.manifest import (
     MANIFEST_FORMAT,
     MANIFEST_NAME,
@@ -25,6 +24,7 @@ from engines.manifest import (
     write_manifest,
 )
 from engines.scoring import ScoringConstants
+from engines.stamps import NORMALISATION
 
 CLASSES = ("star", "galaxy", "cosmic_ray", "hot_pixel", "streak", "bogus")
 

@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.stamps import NORMALISATION
-from engines.cli import DEFAULT_MODEL_DIR
-from engines.dataset import CLASSES, UNKNOWN, twin_stamp_set
+from edge.cli.engines import DEFAULT_MODEL_DIR
 from engines.manifest import load_manifest
 from engines.runtime import load_engine
 from engines.scoring import auroc, expected_calibration_error, score
-from engines.train import TrainSettings, classify_real, training_twin_config
+from engines.stamps import NORMALISATION
+from engines.training.dataset import CLASSES, UNKNOWN, twin_stamp_set
+from engines.training.train import TrainSettings, classify_real, training_twin_config
 from twin import ANOMALY_FAMILIES
 
 #: a seed none of the engine's sets used (they use the training seed + 0 .. 5)

@@ -17,9 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
+from edge.cli.rig import register
 from edge.errors import ConfigError
 from firmware_bridge import Frame, FrameReceiver, FrameSender, SeriesEnd, SeriesStart
-from firmware_bridge.cli import register
 from firmware_bridge.rig import (
     FrameSource,
     match_and_score,

@@ -1,0 +1,82 @@
+"""The node's own ``astro-edge`` subcommands: ``ground`` (the ground receiver).
+
+Light on purpose: argparse only at import; the receiver, pyzmq and astropy are imported inside
+the handlers, so ``astro-edge --help`` stays fast. Each subcommand has its own ``_add_*``
+function, called from :func:`register`, so the node's other subcommands (``run``, ``process``)
+slot in beside ``ground``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import time
+from typing import Any
+
+from edge.errors import ConfigError
+
+DEFAULT_GROUND_BIND = "tcp://127.0.0.1:5556"
+
+
+def register(subparsers: Any) -> None:
+    """Add the node's subcommands to the ``astro-edge`` parser."""
+    _add_ground(subparsers)
+
+
+def _add_ground(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "ground", help="receive, store and acknowledge downlinked records",
+        description="The ground receiver: writes OUT/downlink.jsonl (records), OUT/frames.jsonl "
+                    "(frame summaries) and OUT/downlink-YYYYMMDD.fits (the records received on "
+                    "that UTC day as a FITS table), acknowledges what it stored and drops "
+                    "duplicates by record id. Stops on Ctrl-C or SIGTERM, after writing the FITS tables.")
+    p.add_argument("--bind", default=DEFAULT_GROUND_BIND,
+                   help=f"address to bind the ROUTER socket to (default {DEFAULT_GROUND_BIND})")
+    p.add_argument("--out", required=True, help="output folder (created if absent)")
+    p.add_argument("--fits-interval-s", type=float, default=60.0,
+                   help="rewrite the day's FITS table every this many seconds when records arrived "
+                        "(default 60; 0: only at exit)")
+    p.add_argument("--curve-secret-key", default=None,
+                   help="this ground's NAME.key_secret: turns CURVE on (then give --allow-key)")
+    p.add_argument("--allow-key", action="append", default=[],
+                   help="a node's NAME.key allowed to downlink (repeat for several); with CURVE only")
+    p.add_argument("--duration-s", type=float, default=0.0,
+                   help="stop after this many seconds (default 0: run until stopped)")
+    p.set_defaults(func=_ground)
+
+
+def _ground(args: argparse.Namespace) -> int:
+    from edge.ground.receiver import GroundReceiver
+    from edge.log import get_logger
+
+    if args.fits_interval_s < 0 or args.duration_s < 0:
+        raise ConfigError("--fits-interval-s and --duration-s must be >= 0", where="ground")
+    if bool(args.curve_secret_key) != bool(args.allow_key):
+        raise ConfigError("CURVE needs both --curve-secret-key and at least one --allow-key", where="ground")
+    log = get_logger(__name__)
+    curve = (args.curve_secret_key, args.allow_key) if args.curve_secret_key else None
+    if curve is None:
+        log.warning("ground.insecure", detail="CURVE is off: any node that reaches this address can downlink")
+    stop = {"now": False}
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stop["now"] = True
+
+    previous = signal.signal(signal.SIGTERM, on_signal)
+    end = time.monotonic() + args.duration_s if args.duration_s > 0 else None
+    try:
+        with GroundReceiver(args.bind, args.out, fits_interval_s=args.fits_interval_s, curve=curve) as ground:
+            print(f"astro-edge ground: listening on {ground.address}, writing {ground.out_dir}",
+                  flush=True)
+            # Ctrl-C is the normal way to stop: fall through to write the FITS table
+            with contextlib.suppress(KeyboardInterrupt):
+                ground.serve(lambda: stop["now"] or (end is not None and time.monotonic() >= end))
+            counters = ground.counters()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    log.info("ground.summary", records=counters.records, summaries=counters.summaries,
+             duplicates=counters.duplicates, malformed=sum(counters.malformed.values()))
+    print(f"astro-edge ground: {counters.records} records, {counters.summaries} frame summaries, "
+          f"{counters.duplicates} duplicates dropped, {sum(counters.malformed.values())} malformed")
+    return 0

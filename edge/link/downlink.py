@@ -1,0 +1,323 @@
+"""The downlink: sends spooled messages to the ground over ZeroMQ, within its byte budgets, until acked.
+
+The node's DEALER connects to the ground's ROUTER. Each message is three parts
+``[TAG, DATA, msgpack payload]``, or ``[TAG, ZDATA, zstd frame of it]`` when the downlink
+compresses with a shipped dictionary (``edge.link.zdict``); the ground answers ``[TAG, ACK, msgpack list of ids]`` once
+those ids are durable on its side (duplicates included). :class:`Downlink` sends the spool's
+pending messages in priority order while the per-second token bucket and the contact window
+allow, marks them in flight, and makes them pending again when no ack came within
+``ack_timeout_s``; a message leaves the spool only on an ack. Everything is counted
+(:class:`DownlinkCounters`). ``docs/downlink.md`` is the wire spec.
+
+The two socket factories below are the only places the downlink channel's sockets are made, so
+that CURVE keys (issue 7) are set in one place. This module never decodes records and never
+writes files; one :class:`Downlink` owns its socket and is used from one thread.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import msgpack
+import zmq
+
+from edge.errors import RecordDecodeError, TransportError
+from edge.link.curve import make_curve_client, make_curve_server
+from edge.link.spool import Spool, SpooledItem
+from edge.link.zdict import compressor
+from edge.log import get_logger
+
+__all__ = ["ACK", "DATA", "TAG", "ZDATA", "Downlink", "DownlinkCounters", "decode_ack", "encode_ack",
+           "ground_socket", "node_socket"]
+
+log = get_logger(__name__)
+
+TAG = b"astro-edge.link.downlink.1"
+DATA = b"data"
+ZDATA = b"zdata"
+ACK = b"ack"
+_HWM = 1000
+_FETCH = 32
+#: timed-out ids held before the first sweep against the spool
+_SWEEP_MIN = 4096
+
+
+def node_socket(context: zmq.Context[Any], address: str,
+                curve: tuple[str, str] | None = None) -> zmq.Socket[Any]:
+    """The node's end of the downlink: a DEALER connected to ``address``, linger 0.
+
+    ``curve`` = (this node's NAME.key_secret, the ground's NAME.key) makes it a CURVE client.
+    """
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    if curve is not None:
+        make_curve_client(sock, curve[0], curve[1])
+    # queue only on live connections: with no ground, send() refuses and the spool keeps the record
+    sock.setsockopt(zmq.IMMEDIATE, 1)
+    sock.setsockopt(zmq.SNDHWM, _HWM)
+    try:
+        sock.connect(address)
+    except zmq.ZMQError as exc:
+        sock.close()
+        raise TransportError(f"cannot connect the downlink: {exc}; check the address",
+                             where=address) from exc
+    return sock
+
+
+def ground_socket(context: zmq.Context[Any], address: str,
+                  curve: tuple[str, Sequence[str]] | None = None) -> tuple[zmq.Socket[Any], Any]:
+    """The ground's end of the downlink: a ROUTER bound to ``address``, linger 0.
+
+    ``curve`` = (the ground's NAME.key_secret, the nodes' NAME.key files allowed in) makes it a
+    CURVE server; the authenticator thread comes back with the socket (None without CURVE).
+    """
+    sock = context.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVHWM, _HWM)
+    auth = None
+    try:
+        if curve is not None:
+            auth = make_curve_server(context, sock, curve[0], curve[1], "ground")
+        sock.bind(address)
+    except zmq.ZMQError as exc:
+        sock.close()
+        if auth is not None:
+            auth.stop()
+        raise TransportError(f"cannot bind the ground receiver: {exc}; is the port in use?",
+                             where=address) from exc
+    return sock, auth
+
+
+def encode_ack(ids: list[str]) -> list[bytes]:
+    """The message parts of an ack for ``ids`` (without the ROUTER's identity part)."""
+    return [TAG, ACK, msgpack.packb(ids, use_bin_type=True)]
+
+
+def decode_ack(parts: list[bytes]) -> list[str]:
+    """The ids of an ack message; RecordDecodeError when it is not one."""
+    if len(parts) != 3 or parts[0] != TAG or parts[1] != ACK:
+        raise RecordDecodeError(f"not a downlink ack ({len(parts)} parts)", where="downlink")
+    try:
+        ids = msgpack.unpackb(parts[2], raw=False)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise RecordDecodeError(f"ack payload is not msgpack: {exc}", where="downlink") from exc
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise RecordDecodeError("ack payload is not a list of ids", where="downlink")
+    return ids
+
+
+@dataclass(frozen=True)
+class DownlinkCounters:
+    """What the downlink did since it started (the spool's counters are the durable ones)."""
+
+    sent: int               # messages handed to the socket, retries included
+    sent_bytes: int         # payload bytes of those
+    retries: int            # sends of a message whose ack timed out before
+    acked: int              # acks that removed a spooled message
+    ack_unknown: int        # acks for ids no longer spooled (repeated acks)
+    timeouts: int           # in-flight messages whose ack did not come in time
+    budget_waits: int       # pumps that stopped at the per-second budget
+    window_exhausted: int   # pumps that stopped at the contact window's budget
+    send_blocked: int       # pumps that stopped because no ground was connected or its queue was full
+    malformed_acks: int     # messages from the ground that were not acks
+    in_flight: int          # sent, not yet acked, not yet timed out
+
+
+class Downlink:
+    """Sends a spool's messages to the ground within byte budgets, retrying until acknowledged."""
+
+    def __init__(self, spool: Spool, address: str, *, budget_bytes_per_s: int = 1_000_000,
+                 contact_window_bytes: int = 0, ack_timeout_s: float = 5.0, max_in_flight: int = 512,
+                 clock: Callable[[], float] = time.monotonic,
+                 context: zmq.Context[Any] | None = None, curve: tuple[str, str] | None = None,
+                 compression: str = "none") -> None:
+        if budget_bytes_per_s <= 0 or contact_window_bytes < 0 or ack_timeout_s <= 0 or max_in_flight < 1:
+            raise ValueError("budget_bytes_per_s, ack_timeout_s and max_in_flight must be > 0, "
+                             "contact_window_bytes >= 0")
+        self.spool = spool
+        self.address = address
+        # "none" sends the spooled msgpack as it is; a dictionary name compresses each message
+        self.compression = compression
+        self._compress = compressor(compression)
+        self._kind = DATA if compression == "none" else ZDATA
+        self.budget_bytes_per_s = int(budget_bytes_per_s)
+        self.ack_timeout_s = float(ack_timeout_s)
+        self.max_in_flight = int(max_in_flight)
+        self._clock = clock
+        self._own_context = context is None
+        self._context = zmq.Context() if context is None else context
+        self._sock: zmq.Socket[Any] | None = node_socket(self._context, address, curve)
+        # token bucket: at most one second's budget may be saved up
+        self._tokens = float(self.budget_bytes_per_s)
+        self._refilled_at = clock()
+        self._window_left: int | None = None
+        self.open_window(contact_window_bytes)
+        self._deadlines: dict[str, float] = {}
+        # logged once when sends start being refused (no ground connected, queue full) and once when they resume
+        self._blocked = False
+        # ids whose ack timed out, to count their next send as a retry; one that the spool then
+        # evicts is never sent again, so the set is swept of ids the spool no longer holds
+        self._timed_out: set[str] = set()
+        self._sweep_at = _SWEEP_MIN
+        self._n = dict.fromkeys(("sent", "sent_bytes", "retries", "acked", "ack_unknown", "timeouts",
+                                 "budget_waits", "window_exhausted", "send_blocked",
+                                 "malformed_acks"), 0)
+
+    def open_window(self, contact_window_bytes: int) -> None:
+        """Start a contact window of ``contact_window_bytes`` (0: no window limit)."""
+        self._window_left = None if contact_window_bytes == 0 else int(contact_window_bytes)
+        self._window_logged = False
+
+    @property
+    def window_left_bytes(self) -> int | None:
+        """Bytes the current contact window still allows (None: no window limit)."""
+        return self._window_left
+
+    def pump(self, poll_ms: int = 0) -> int:
+        """Take in acks (waiting up to ``poll_ms``), retry timed-out sends, send what the budgets allow.
+
+        Returns the number of messages sent by this call.
+        """
+        self._receive_acks(poll_ms)
+        self._expire()
+        return self._send()
+
+    def drain(self, timeout_s: float, poll_ms: int = 20) -> bool:
+        """Pump until the spool is empty or ``timeout_s`` passes; True when everything was acked."""
+        end = time.monotonic() + timeout_s
+        while len(self.spool) > 0 and time.monotonic() < end:
+            self.pump(poll_ms)
+        return len(self.spool) == 0
+
+    def _socket(self) -> zmq.Socket[Any]:
+        if self._sock is None:
+            raise TransportError("the downlink is closed", where=self.address)
+        return self._sock
+
+    def _receive_acks(self, poll_ms: int) -> None:
+        sock = self._socket()
+        if not sock.poll(poll_ms, zmq.POLLIN):
+            return
+        acked: list[str] = []
+        while True:
+            try:
+                parts = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            try:
+                acked.extend(decode_ack(parts))
+            except RecordDecodeError as exc:
+                self._n["malformed_acks"] += 1
+                log.warning("downlink.ack_malformed", reason=exc.reason, error=str(exc))
+        if acked:
+            removed = self.spool.ack(acked)
+            self._n["acked"] += removed
+            self._n["ack_unknown"] += len(acked) - removed
+            for i in acked:
+                self._deadlines.pop(i, None)
+                self._timed_out.discard(i)
+
+    def _expire(self) -> None:
+        now = self._clock()
+        late = [i for i, deadline in self._deadlines.items() if deadline <= now]
+        if not late:
+            return
+        for i in late:
+            del self._deadlines[i]
+        self._timed_out.update(late)
+        if len(self._timed_out) > self._sweep_at:
+            self._timed_out = self.spool.holding(self._timed_out)
+            self._sweep_at = max(_SWEEP_MIN, 2 * len(self._timed_out))
+        self.spool.release(late)
+        self._n["timeouts"] += len(late)
+        log.info("downlink.ack_timeout", count=len(late), ack_timeout_s=self.ack_timeout_s)
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(float(self.budget_bytes_per_s),
+                           self._tokens + (now - self._refilled_at) * self.budget_bytes_per_s)
+        self._refilled_at = now
+
+    def _send(self) -> int:
+        room = self.max_in_flight - len(self._deadlines)
+        if room <= 0:
+            return 0
+        self._refill()
+        total = 0
+        # fetch a few at a time: the budget usually stops the loop long before max_in_flight
+        while room > 0:
+            items = self.spool.pending(min(room, _FETCH))
+            if not items:
+                break
+            sent, stopped = self._send_items(items)
+            if sent:
+                self.spool.mark_in_flight(sent)
+            total += len(sent)
+            room -= len(sent)
+            if stopped:
+                break
+        return total
+
+    def _send_items(self, items: list[SpooledItem]) -> tuple[list[str], bool]:
+        """Send in order until a budget or the socket says stop; the ids sent, and whether it stopped."""
+        sock = self._socket()
+        sent: list[str] = []
+        for item in items:
+            payload = self._compress(item.payload)
+            size = len(payload)
+            if self._window_left is not None and size > self._window_left:
+                self._n["window_exhausted"] += 1
+                if not self._window_logged:
+                    self._window_logged = True
+                    log.info("downlink.window_exhausted", window_left_bytes=self._window_left,
+                             pending=len(self.spool))
+                return sent, True
+            # a message larger than the bucket goes when the bucket is full, so nothing starves
+            if self._tokens < min(size, self.budget_bytes_per_s):
+                self._n["budget_waits"] += 1
+                return sent, True
+            try:
+                sock.send_multipart([TAG, self._kind, payload], flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                self._n["send_blocked"] += 1
+                if not self._blocked:
+                    self._blocked = True
+                    log.warning("downlink.blocked", address=self.address, pending=len(self.spool))
+                return sent, True
+            if self._blocked:
+                self._blocked = False
+                log.info("downlink.unblocked", address=self.address)
+            self._tokens -= size
+            if self._window_left is not None:
+                self._window_left -= size
+            self._n["sent"] += 1
+            self._n["sent_bytes"] += size
+            if item.id in self._timed_out:
+                self._timed_out.discard(item.id)
+                self._n["retries"] += 1
+            self._deadlines[item.id] = self._clock() + self.ack_timeout_s
+            sent.append(item.id)
+        return sent, False
+
+    def counters(self) -> DownlinkCounters:
+        """A snapshot of the counters."""
+        return DownlinkCounters(**self._n, in_flight=len(self._deadlines))
+
+    def close(self) -> None:
+        """Close the socket (and the context when this object made it); safe to call twice."""
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+            if self._own_context:
+                self._context.term()
+
+    def __enter__(self) -> Downlink:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

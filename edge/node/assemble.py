@@ -1,0 +1,105 @@
+"""Assembling a node from its config: the calibrator, the engine, the reference catalog and the
+pipeline. Files are opened here (the shell), never inside the pipeline's stages.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import engines
+from edge.config import NodeConfig
+from edge.errors import ConfigError, EngineError
+from edge.pipeline import Pipeline
+from edge.sky import ReferenceCatalog
+
+#: where the shipped engines live, one folder each (package data of ``engines``)
+MODELS_DIR = Path(engines.__file__).resolve().parent / "models"
+
+
+def default_engine_dir() -> Path:
+    """The shipped default engine folder (the only one, or the one named ``default`` by a marker)."""
+    marker = MODELS_DIR / "DEFAULT"
+    if marker.is_file():
+        return MODELS_DIR / marker.read_text(encoding="utf-8").strip()
+    folders = sorted(p for p in MODELS_DIR.iterdir() if (p / "manifest.json").is_file()) if MODELS_DIR.is_dir() else []
+    if not folders:
+        raise EngineError("no shipped engine found; build one with `astro-edge engines train`",
+                          where=str(MODELS_DIR))
+    return folders[0]
+
+
+def engine_dir(config: NodeConfig) -> Path:
+    """The engine folder the config names, or the shipped default."""
+    return Path(config.engine.path) if config.engine.path else default_engine_dir()
+
+
+def open_engine(path: str | Path, backend: str = "auto", precision: str = "auto", threads: int = 1,
+                batch_size: int = 256) -> Any:
+    """Load, verify and activate an engine folder."""
+    from engines.runtime import load_engine
+
+    engine = load_engine(path, backend=backend, precision=precision, threads=threads)
+    if engine.max_batch is None:
+        engine.max_batch = batch_size
+    engine.activate()
+    return engine
+
+
+def verify_engine(path: str | Path, sha256: str, section: Any) -> str:
+    """Check an engine folder before a hot swap; returns its engine id or raises a typed error.
+
+    In order: the folder's manifest.json has this sha256; the manifest and every file it lists
+    verify; its stamps are the node's; a backend of this device can run it (TensorRT version and
+    compute capability included); on its golden stamps every model file runnable here reproduces
+    the manifest's outputs within tolerance.
+    """
+    from edge.errors import EngineCompatibilityError, EngineIntegrityError
+    from engines.check import check_engine
+    from engines.manifest import load_manifest, sha256_file
+    from engines.runtime import load_engine
+    from engines.stamps import NORMALISATION, STAMP_SIZE
+
+    folder = Path(path)
+    manifest_file = folder / "manifest.json"
+    if not manifest_file.is_file():
+        raise EngineIntegrityError("no manifest.json here", where=str(folder))
+    actual = sha256_file(manifest_file)
+    if actual != sha256.strip().lower():
+        raise EngineIntegrityError(f"manifest.json has sha256 {actual}, not the {sha256} given", where=str(folder))
+    manifest = load_manifest(folder)
+    manifest.check_normalisation(NORMALISATION)
+    if tuple(manifest.input.shape[1:]) != (2, STAMP_SIZE, STAMP_SIZE):
+        raise EngineCompatibilityError(f"the engine takes stamps of shape {list(manifest.input.shape)}; this "
+                                       f"node cuts [-1, 2, {STAMP_SIZE}, {STAMP_SIZE}]", where=str(folder))
+    engine = load_engine(folder, backend=section.backend, precision=section.precision, threads=section.threads)
+    failed = [r for r in check_engine(folder, threads=section.threads) if r.skipped is None and not r.passed]
+    if failed:
+        names = ", ".join(f"{r.file} ({r.backend} {r.precision})" for r in failed)
+        raise EngineIntegrityError(f"self-test on the golden stamps failed for {names}", where=str(folder))
+    return str(engine.engine_id)
+
+
+def open_calibrator(bundle: str | Path | None, threads: int = 1) -> Any:
+    """A Calibrator from a bundle, or the header/estimated noise model without one."""
+    from calibration import Calibrator
+
+    if bundle:
+        return Calibrator.from_bundle(bundle, threads=threads)
+    return Calibrator.without_bundle(threads=threads)
+
+
+def build_pipeline(config: NodeConfig, bundle_override: str | None = None) -> Pipeline:
+    """Every part of the pipeline, opened and checked; raises a typed error naming what failed."""
+    catalog = ReferenceCatalog.load(config.catalog.reference) if config.catalog.reference else None
+    calibrator = open_calibrator(bundle_override if bundle_override is not None else config.calibration.bundle,
+                                 config.calibration.threads)
+    path = engine_dir(config)
+    if not path.is_dir():
+        raise ConfigError(f"engine folder {path} does not exist", where="engine.path")
+    engine = open_engine(path, config.engine.backend, config.engine.precision, config.engine.threads,
+                         config.engine.batch_size)
+    return Pipeline(node_id=config.node.id, calibrator=calibrator, engine=engine,
+                    detect_settings=config.detect, policy=config.triage, catalog=catalog,
+                    min_match_radius_arcsec=config.catalog.min_match_radius_arcsec,
+                    seed=config.node.seed)

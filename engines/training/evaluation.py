@@ -1,0 +1,94 @@
+"""``astro-edge engines evaluate``: measure an engine folder again on its fresh twin set.
+
+The evaluation an engine ships with (manifest ``evaluation`` and the model card) is made when it is
+trained. When the twin or the labelling of its candidates changes, the same engine files can be
+measured again without training: :func:`reevaluate` rebuilds the evaluation set from the seed and
+frame size recorded in the manifest (seed + 2, every anomaly family), runs every precision's model
+file with ONNX Runtime, scores with the manifest's own constants and returns the figures; with
+``write`` it replaces the manifest's evaluation (keeping the scoring fit, the real-frame table and
+any fine-tuning figures, which do not depend on the evaluation set) and regenerates the model card.
+The model files, and so the engine id, do not change. Needs the ``twin`` extra, not torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from edge.log import get_logger
+
+__all__ = ["evaluate_command", "reevaluate"]
+
+log = get_logger(__name__)
+
+#: parts of a manifest's evaluation that do not depend on the evaluation set
+_KEPT = ("scoring_fit", "real_data", "finetune")
+
+
+def reevaluate(model_dir: Path | str, *, n_frames: int | None = None, threads: int = 2,
+               write: bool = False) -> dict[str, Any]:
+    """The evaluation figures of an engine folder on its fresh twin set; ``write`` stores them."""
+    from engines import manifest
+    from engines.training import export
+    from engines.training.train import (
+        CARD_FILE,
+        MODEL_FILES,
+        TrainSettings,
+        evaluate_precisions,
+        evaluation_set,
+        per_family_counts,
+        write_model_card,
+    )
+
+    m = manifest.load_manifest(model_dir)
+    settings = TrainSettings.from_dict(m.training["settings"])
+    test, _ = evaluation_set(settings, n_frames)
+    files = {p: m.model_files(p, fmt)[0] for p, (_, fmt) in MODEL_FILES.items() if m.model_files(p, fmt)}
+
+    def run(precision: str, stamps: Any) -> Any:
+        return export.run_onnx(m.path(files[precision]), stamps, threads=threads)
+
+    evaluation = evaluate_precisions(run, test, m.scoring)
+    evaluation.update({k: m.evaluation[k] for k in _KEPT if k in m.evaluation})
+    log.info("engines.evaluate.done", engine=f"{m.name}:{m.version}", stamps=len(test),
+             frames=settings.n_eval_frames if n_frames is None else n_frames)
+    if write:
+        sizes = dict(m.training.get("dataset_sizes", {}))
+        sizes["evaluation"] = len(test)
+        sizes["evaluation_per_family"] = per_family_counts(test)
+        updated = replace(m, evaluation=evaluation, training={**m.training, "dataset_sizes": sizes})
+        directory = Path(model_dir)
+        manifest.write_manifest(updated, directory)
+        write_model_card(directory, manifest.load_manifest(directory))
+        entries = dict(updated.files)
+        if CARD_FILE in entries:
+            entries[CARD_FILE] = manifest.file_entry(directory / CARD_FILE, "none", "markdown")
+        manifest.write_manifest(updated.with_files(entries), directory)
+        manifest.load_manifest(directory)  # verify what was written
+        log.info("engines.evaluate.written", model=str(directory))
+    return evaluation
+
+
+def evaluate_command(args: argparse.Namespace) -> int:
+    """``astro-edge engines evaluate``: print (and with --write, store) an engine's figures."""
+    from edge.errors import ConfigError
+    from engines.training.train import _fmt
+
+    if args.frames is not None and args.frames < 1:
+        raise ConfigError(f"--frames {args.frames} must be at least 1", where="--frames")
+    ev = reevaluate(args.model, n_frames=args.frames, threads=args.threads, write=args.write)
+    for p in ("fp32", "fp16", "int8"):
+        e = ev.get(p)
+        if e:
+            print(f"{p}: accuracy S/N>=10 {e['accuracy_snr10']:.4f}, ECE {e['ece_snr10']:.4f}, flagged ordinary "
+                  f"at alpha=0.01 {e['flagged_ordinary_at_alpha']:.4f}")
+    for fam, f in ev["fp32"]["families"].items():
+        print(f"  {fam:<13} n {f['n']:<5} AUROC {f['auroc']:.4f}  recall S/N>=20 {_fmt(f['recall_snr20_at_alpha'])}")
+    near = ev["fp32"].get("near_anomaly", {})
+    if near.get("n"):
+        print(f"  near an anomaly, not made of its light: {near['n']} (flagged {_fmt(near['flagged_at_alpha'])})")
+    if args.write:
+        print(f"written to {Path(args.model) / 'manifest.json'} and {Path(args.model) / 'MODEL_CARD.md'}")
+    return 0

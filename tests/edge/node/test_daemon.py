@@ -1,0 +1,199 @@
+"""The live node over real sockets: frames in from a DAQ sender, records out to a ground receiver,
+counters that conserve frames and detections, and bounded queues under overload."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from edge.node.daemon import DROPPED_SEQS_KEPT, NodeCounters, NodeDaemon
+from firmware_bridge import FrameSender
+from twin import simulate_frame
+
+from ..conftest import Ground
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _twin_frames(config: Any, n: int, seed: int = 5) -> list[Any]:
+    return [simulate_frame(config, i, seed) for i in range(n)]
+
+
+def _send(address: str, frames: list[Any], *, timeout_ms: int) -> threading.Thread:
+    def main() -> None:
+        with FrameSender(address, detector_id="twin-cam", sndhwm=1, send_timeout_ms=timeout_ms) as sender:
+            sender.start_series(7, expected_frames=len(frames))
+            for tf in frames:
+                sender.send_frame(tf.raw_adu, exposure_s=float(tf.header["EXPTIME"]),
+                                  keywords={"FILTER": "r", "GAIN": float(tf.header["GAIN"]),
+                                            "RDNOISE": float(tf.header["RDNOISE"])})
+            sender.end_series()
+            sender.close(linger_ms=30_000)  # queued frames must still leave
+
+    thread = threading.Thread(target=main, daemon=True)
+    thread.start()
+    return thread
+
+
+def _run_until(node: NodeDaemon, done: Callable[[], bool], timeout_s: float = 120.0,
+               check: Callable[[], None] | None = None) -> None:
+    end = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < end, f"node did not finish: {node.counters.snapshot()}"
+        node.step()
+        if check is not None:
+            check()
+        assert node.counters.conserved(), node.counters.snapshot()
+
+
+def test_streamed_frames_reach_the_ground_exactly_once(node_config_factory, small_twin, ground: Ground) -> None:
+    """Every streamed frame is processed once, its summary and records reach the ground once, and
+    the counters conserve frames and detections at every step."""
+    cfg = node_config_factory(receive={"queue_policy": "block", "queue_frames": 2},
+                              downlink={"address": ground.address, "ack_timeout_s": 2.0})
+    frames = _twin_frames(small_twin, 5)
+    with NodeDaemon(cfg) as node:
+        sender = _send(node.receiver_endpoint, frames, timeout_ms=30_000)
+        c = node.counters
+        _run_until(node, lambda: c.frames_processed == len(frames))
+        sender.join(10)
+        _run_until(node, lambda: len(node.spool) == 0, timeout_s=60)
+        status = node.status()
+    assert c.frames_received == len(frames) and c.frames_dropped == 0 and c.frames_rejected == 0
+    assert status["spool"]["accepted"]["record"] == c.spooled > 0
+    seqs = sorted(s.frame for s in ground.summaries())
+    assert seqs == list(range(len(frames)))
+    records = ground.records()
+    assert len(records) == len({r.record_id for r in records}) == c.spooled
+    assert sum(s.detections for s in ground.summaries()) == c.detections
+    assert {r.engine_id for r in records} == {node.engine_id}
+
+
+def test_idle_workers_take_frames_in_turn(node_config_factory, small_twin, ground: Ground) -> None:
+    """At a low frame rate, when every worker is idle for each frame, the frames still go to every
+    worker in turn: each meets the node's frames early and reaches its full size during warm-up,
+    not hours later (bench/soak.py)."""
+    cfg = node_config_factory(node={"workers": 2}, downlink={"address": ground.address})
+    frames = _twin_frames(small_twin, 2)
+    with NodeDaemon(cfg) as node:
+        with FrameSender(node.receiver_endpoint, detector_id="twin-cam", sndhwm=1,
+                         send_timeout_ms=30_000) as sender:
+            sender.start_series(3)
+            for i in range(6):
+                tf = frames[i % 2]
+                sender.send_frame(tf.raw_adu, exposure_s=float(tf.header["EXPTIME"]))
+                _run_until(node, lambda n=i + 1: node.counters.frames_processed == n)
+            sender.end_series()
+        status = node.status()
+    assert status["worker_frames"] == [3, 3]
+
+
+def test_a_long_overload_keeps_the_status_small() -> None:
+    """Days of drops must not grow the node's memory or its status messages: the counters keep
+    the most recent sequence numbers and count every drop."""
+    c = NodeCounters()
+    n = 3 * DROPPED_SEQS_KEPT + 17
+    for seq in range(n):
+        c.frames_received += 1
+        c.frames_dropped += 1
+        c.dropped_seqs.append(seq)
+    snap = c.snapshot()
+    assert snap["frames_dropped"] == n
+    assert snap["dropped_seqs"] == list(range(n - DROPPED_SEQS_KEPT, n))
+    assert snap["conserved"]
+    json.dumps(snap)  # the status and housekeeping messages are JSON
+
+
+def test_overload_drops_are_counted_with_their_sequence_numbers(node_config_factory, small_twin,
+                                                                 ground: Ground) -> None:
+    """A rig faster than the node: the node stays up, its queue stays bounded, and the dropped
+    frames are exactly those that never reached scoring, reported in the next summaries."""
+    cfg = node_config_factory(receive={"queue_policy": "drop_oldest", "queue_frames": 1},
+                              downlink={"address": ground.address})
+    frames = _twin_frames(small_twin, 3)
+    frames = [dataclasses.replace(frames[i % 3], index=i) for i in range(14)]
+    with NodeDaemon(cfg) as node:
+        sender = _send(node.receiver_endpoint, frames, timeout_ms=30_000)
+        c = node.counters
+        queue_frames = cfg.receive.queue_frames
+
+        def bounded() -> None:
+            assert len(node._queue) <= queue_frames
+
+        _run_until(node, lambda: not sender.is_alive() and c.frames_in_flight == 0
+                   and c.frames_received == len(frames), check=bounded)
+        _run_until(node, lambda: len(node.spool) == 0, timeout_s=60)
+    assert c.frames_dropped > 0, "the rig was not faster than the node"
+    assert c.frames_received == c.frames_processed + c.frames_dropped
+    summaries = ground.summaries()
+    processed = {s.frame for s in summaries}
+    assert processed.isdisjoint(c.dropped_seqs)
+    assert processed | set(c.dropped_seqs) == set(range(len(frames)))
+    reported = [seq for s in summaries for seq in s.dropped_frames]
+    # drops after the last processed frame have no later summary to ride in
+    assert set(reported) == {d for d in c.dropped_seqs if d < max(processed)}
+
+
+def test_workers_past_their_frame_limit_are_replaced_between_frames(node_config_factory, small_twin,
+                                                                   ground: Ground) -> None:
+    """With [node] worker_max_frames, each worker is replaced by a fresh process once it has taken
+    that many frames: every frame is still processed exactly once, the counters conserve at every
+    step, and the new processes run the node's current policy and engine."""
+    cfg = node_config_factory(node={"workers": 2, "worker_max_frames": 2},
+                              receive={"queue_policy": "block", "queue_frames": 2},
+                              downlink={"address": ground.address, "ack_timeout_s": 2.0})
+    frames = _twin_frames(small_twin, 9)
+    with NodeDaemon(cfg) as node:
+        first_pids = {w.pid for w in node.workers}
+        answer = node.handle_command("test", "set", {"audit_rate": 0.5})
+        assert answer["ok"] and node.policy.version == 2
+        sender = _send(node.receiver_endpoint, frames, timeout_ms=30_000)
+        c = node.counters
+        _run_until(node, lambda: c.frames_processed == len(frames) and c.workers_recycled >= 2)
+        sender.join(10)
+        _run_until(node, lambda: len(node.spool) == 0, timeout_s=60)
+        pids = {w.pid for w in node.workers}
+        engine_ids = {w.engine_id for w in node.workers}
+    assert c.frames_rejected == 0 and c.frames_dropped == 0 and c.workers_died == 0
+    assert not pids & first_pids
+    assert engine_ids == {node.engine_id}
+    assert sorted(s.frame for s in ground.summaries()) == list(range(len(frames)))
+    assert {s.policy_version for s in ground.summaries()} == {2}
+    records = ground.records()
+    assert len(records) == len({r.record_id for r in records}) == c.spooled
+
+
+def test_a_worker_killed_mid_frame_is_replaced_and_its_frame_counted_rejected(
+        node_config_factory, small_twin, ground: Ground) -> None:
+    """A worker process killed while it holds a frame does not take the node down: that frame is
+    counted rejected (reason worker_died), a new worker takes the next frames, and a worker killed
+    while idle is replaced without losing anything."""
+    import os
+    import signal
+
+    cfg = node_config_factory(node={"workers": 1}, receive={"queue_policy": "block", "queue_frames": 4},
+                              downlink={"address": ground.address})
+    frames = _twin_frames(small_twin, 4)
+    with NodeDaemon(cfg) as node:
+        sender = _send(node.receiver_endpoint, frames, timeout_ms=30_000)
+        c = node.counters
+        _run_until(node, lambda: node.workers[0].busy is not None)
+        victim = node.workers[0].pid
+        os.kill(victim, signal.SIGKILL)
+        _run_until(node, lambda: c.frames_processed + c.frames_rejected == len(frames))
+        sender.join(10)
+        assert c.frames_rejected == 1 and c.rejected_by_reason == {"worker_died": 1}
+        assert c.frames_processed == len(frames) - 1 and c.workers_died == 1
+        assert node.workers[0].pid != victim
+        idle = node.workers[0].pid
+        os.kill(idle, signal.SIGKILL)
+        node.workers[0]._proc.join(10)
+        _run_until(node, lambda: c.workers_died == 2)
+        assert node.workers[0].pid not in (victim, idle) and node.workers[0].alive()
+    assert c.frames_received == len(frames) and c.conserved()

@@ -1,0 +1,116 @@
+"""Training loop, scoring fit and evaluation figures, and the whole engine made small."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engines.manifest import load_manifest
+from engines.training.dataset import CLASSES, UNKNOWN, StampSet, outlier_stamps
+from engines.training.export import run_onnx
+from engines.training.model import ModelSpec
+from engines.training.train import (
+    ENTROPY_WEIGHTS,
+    TrainSettings,
+    evaluate,
+    fit_model,
+    fit_scoring,
+    train_engine,
+)
+
+C = len(CLASSES)
+
+
+def _outputs(rng: np.random.Generator, labels: np.ndarray, spread: float = 0.3,
+             centres: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Synthetic engine outputs: confident member logits for ``labels`` and clustered embeddings."""
+    n = labels.size
+    centres = np.eye(C, 8) * 5.0 if centres is None else centres
+    embedding = centres[labels] + rng.normal(0, spread, (n, 8))
+    logits = rng.normal(0, 0.3, (n, 4, C))
+    logits[np.arange(n), :, labels] += 6.0
+    return logits.astype(np.float32), embedding.astype(np.float32)
+
+
+def test_fit_scoring_gives_honest_conformal_pvalues(rng: np.random.Generator) -> None:
+    """On fresh ordinary detections about alpha of them get p <= alpha, and the weight is one of the measured ones."""
+    y_train, y_cal, y_new = (rng.integers(0, C, n) for n in (3000, 4000, 4000))
+    oe_logits = rng.normal(0, 0.3, (500, 4, C)).astype(np.float32)
+    oe_embedding = rng.normal(0, 3.0, (500, 8)).astype(np.float32)
+    constants, choice = fit_scoring(_outputs(rng, y_train), y_train, _outputs(rng, y_cal), y_cal,
+                                    (oe_logits, oe_embedding), seed=1)
+    assert constants.entropy_weight in ENTROPY_WEIGHTS
+    assert np.all(np.diff(constants.conformal_scores) >= 0)
+    assert choice["n_conformal"] == constants.conformal_scores.size == 2000
+    figures = evaluate(_outputs(rng, y_new), StampSet(np.zeros((4000, 2, 32, 32), np.float32), y_new,
+                                                       np.array([CLASSES[i] for i in y_new]),
+                                                       np.full(4000, 50.0), np.zeros(4000, np.int64)),
+                       constants, alpha=0.05)
+    assert 0.03 <= figures["flagged_ordinary_at_alpha"] <= 0.07
+
+
+def test_evaluate_separates_a_far_anomaly_family(rng: np.random.Generator) -> None:
+    """A family whose embeddings lie far from every class scores AUROC near 1 and is recalled at S/N >= 20."""
+    y = rng.integers(0, C, 3000)
+    constants, _ = fit_scoring(_outputs(rng, y), y, _outputs(rng, y), y,
+                               (rng.normal(0, 0.3, (200, 4, C)).astype(np.float32),
+                                rng.normal(0, 3.0, (200, 8)).astype(np.float32)), seed=2)
+    y_test = np.concatenate([rng.integers(0, C, 1000), np.full(150, UNKNOWN)])
+    logits, embedding = _outputs(rng, np.where(y_test < 0, 0, y_test))
+    embedding[y_test < 0] += 20.0
+    family = np.array([CLASSES[i] if i >= 0 else "ghost" for i in y_test], dtype="<U24")
+    family[1100:] = "near_ghost"   # near the ghost, not made of its light: on neither side
+    embedding[1100:] -= 40.0
+    data = StampSet(np.zeros((1150, 2, 32, 32), np.float32), y_test, family, np.full(1150, 30.0),
+                    np.zeros(1150, np.int64))
+    figures = evaluate((logits, embedding), data, constants)
+    assert figures["accuracy_snr10"] == 1.0
+    assert set(figures["families"]) == {"ghost"}
+    assert figures["families"]["ghost"]["n"] == 100
+    assert figures["families"]["ghost"]["auroc"] > 0.99
+    assert figures["families"]["ghost"]["recall_snr20_at_alpha"] > 0.95
+    assert figures["near_anomaly"]["n"] == 50 and figures["near_anomaly"]["flagged_at_alpha"] == 1.0
+    assert figures["flagged_ordinary_at_alpha"] < 0.05
+
+
+def test_training_is_reproducible_with_a_fixed_seed() -> None:
+    """Two runs with the same seed and data give the same weights."""
+    rng = np.random.default_rng(8)
+    stamps = outlier_stamps(200, rng)
+    labels = rng.integers(0, C, 200)
+    settings = TrainSettings(epochs=1, batch_size=50, threads=1,
+                             spec=ModelSpec(widths=(4, 8, 8), head_hidden=8))
+    a = fit_model(stamps, labels, stamps[:40], settings).state_dict()
+    b = fit_model(stamps, labels, stamps[:40], settings).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_train_engine_writes_a_verified_engine_folder(tmp_path: Path) -> None:
+    """A small end-to-end run writes every file, a manifest that verifies, golden outputs and a model card."""
+    settings = TrainSettings(frame_size_px=512, n_train_frames=12, n_calib_frames=6, n_eval_frames=4,
+                             epochs=1, threads=1, unmasked_every=3,
+                             spec=ModelSpec(widths=(8, 16, 32), head_hidden=16))
+    m = train_engine(tmp_path / "engine", settings, name="tiny", version="0", command="test")
+    assert load_manifest(tmp_path / "engine").name == "tiny"
+    assert {"model_fp32.onnx", "model_fp16.onnx", "model_int8.onnx", "golden.npz", "MODEL_CARD.md"} <= set(m.files)
+    golden = np.load(m.path("golden.npz"))
+    logits, embedding = run_onnx(m.path("model_fp32.onnx"), golden["stamps"])
+    np.testing.assert_allclose(logits, golden["logits"], atol=1e-4)
+    assert m.training["settings"]["seed"] == settings.seed
+    for precision in ("fp32", "fp16", "int8"):
+        assert 0.0 <= m.evaluation[precision]["accuracy_snr10"] <= 1.0
+    card = m.path("MODEL_CARD.md").read_text()
+    assert f"{m.evaluation['fp32']['accuracy_snr10']:.4f}" in card
+
+
+def test_train_command_refuses_bad_sizes_with_exit_code_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`astro-edge engines train` with a frame too small for stamps stops with exit code 2 and says why."""
+    from edge.cli import main
+
+    assert main(["engines", "train", "--out", str(tmp_path / "e"), "--frame-size", "64"]) == 2
+    assert "--frame-size" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
