@@ -36,7 +36,7 @@ __all__ = ["ACK", "DATA", "TAG", "ZDATA", "Downlink", "DownlinkCounters", "decod
 
 log = get_logger(__name__)
 
-TAG = b"astro-edge.link.downlink.1"
+TAG = b"astro-edge.downlink.1"
 DATA = b"data"
 ZDATA = b"zdata"
 ACK = b"ack"
