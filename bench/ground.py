@@ -10,7 +10,7 @@ the ground writes them; the last day is "today"). Then, in one process:
 3. --batch new records arrive over a real socket, and ``write_fits()`` rewrites today's table:
    "interval rewrite", what the ground pays every --fits-interval-s while records come in;
 4. references in the same run: astropy's ``Table.write`` of today's rows alone ("bare write", the
-   least any FITS rewrite of the day can cost) and ``edge.ground.receiver.write_fits`` of the whole
+   least any FITS rewrite of the day can cost) and ``edge.ground.writers.write_fits`` of the whole
    mission's JSON lines into one table (what a single mission-long table costs per rewrite).
 
 The ratio printed last is interval rewrite / bare write.
@@ -55,8 +55,9 @@ def main() -> None:
     import zmq
     from astropy.table import Table
 
-    from edge.ground.receiver import RECORDS_NAME, GroundReceiver, write_fits
-    from edge.link.downlink import DATA, TAG
+    from edge.ground.receiver import GroundReceiver
+    from edge.ground.writers import RECORDS_NAME, write_fits
+    from edge.link.wire import DATA, TAG
     from edge.log import configure
     from edge.records import encode_msgpack, to_json_line
 

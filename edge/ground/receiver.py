@@ -10,8 +10,8 @@ every line again; lines the index missed (a crash between fsync and index) are i
 start. A last line a crash left without its newline is cut first. A batch that cannot be stored
 (disk full) is cut back out of the files and not acknowledged.
 
-The records are also written as FITS tables (astropy, one row per record, stamps only in the JSON
-lines), one file per UTC day of receipt: ``OUT/downlink-YYYYMMDD.fits``. The receiver keeps the
+The records are also written as FITS tables (:mod:`edge.ground.writers`: astropy, one row per
+record, stamps only in the JSON lines), one file per UTC day of receipt: ``OUT/downlink-YYYYMMDD.fits``. The receiver keeps the
 rows of the days it still has to write in memory, built from the records as they arrive, and
 rewrites a day's file every ``fits_interval_s`` seconds while records for it come in and when the
 receiver closes (temporary file, then rename); a finished day is written once more and dropped
@@ -25,50 +25,43 @@ This module owns the ground's socket and files; it never touches the node's spoo
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-import numpy as np
 import zmq
 
 from edge.errors import RecordDecodeError, RecordError
-from edge.ground.index import INDEX_NAME, GroundIndex, IndexEntry, fits_day, scan_lines
-from edge.link.downlink import DATA, TAG, ZDATA, encode_ack, ground_socket
+from edge.ground.index import INDEX_NAME, GroundIndex, IndexEntry, fits_day
+from edge.ground.writers import (
+    FITS_PATTERN,
+    FRAMES_NAME,
+    RECORDS_NAME,
+    drop_partial_line,
+    fits_rows,
+    rows_by_day,
+    rows_table,
+    stack,
+    write_table,
+)
+from edge.link.wire import DATA, TAG, ZDATA, encode_ack, ground_socket
 from edge.link.zdict import decompress
 from edge.log import get_logger
-from edge.records import (
-    DownlinkRecord,
-    FrameSummary,
-    decode_msgpack,
-    from_dict,
-    read_jsonl,
-    to_json_line,
-)
+from edge.records import DownlinkRecord, FrameSummary, decode_msgpack, to_json_line
+from firmware_bridge.protocol import utc_now as protocol_utc_now
 
-__all__ = ["FITS_PATTERN", "FRAMES_NAME", "INDEX_NAME", "RECORDS_NAME", "GroundCounters", "GroundReceiver",
-           "fits_day", "records_table", "write_fits"]
+__all__ = ["FITS_PATTERN", "FRAMES_NAME", "INDEX_NAME", "RECORDS_NAME", "GroundCounters", "GroundReceiver"]
 
 log = get_logger(__name__)
 
-RECORDS_NAME = "downlink.jsonl"
-FRAMES_NAME = "frames.jsonl"
-#: the FITS table of the records received on one UTC day (``day`` is YYYYMMDD)
-FITS_PATTERN = "downlink-{day}.fits"
 _BATCH = 512
 #: batches' row tables held for one day before they are stacked into one
 _MAX_PARTS = 256
-
-
-def _utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -91,7 +84,7 @@ class GroundReceiver:
     def __init__(self, bind: str, out_dir: str | Path, *, fits_interval_s: float = 60.0,
                  context: zmq.Context[Any] | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 utc_now: Callable[[], str] = _utc_now,
+                 utc_now: Callable[[], str] = protocol_utc_now,
                  curve: tuple[str, Sequence[str]] | None = None) -> None:
         """``curve`` = (the ground's NAME.key_secret, the NAME.key files of the nodes allowed in)."""
         self.out_dir = Path(out_dir)
@@ -102,7 +95,7 @@ class GroundReceiver:
         for name in (RECORDS_NAME, FRAMES_NAME):
             path = self.out_dir / name
             if path.exists():
-                _drop_partial_line(path)
+                drop_partial_line(path)
         self._index = GroundIndex(self.out_dir / INDEX_NAME)
         try:
             caught_up = self._index.catch_up(self.out_dir, (RECORDS_NAME, FRAMES_NAME))
@@ -117,10 +110,10 @@ class GroundReceiver:
         self._dirty_days: set[str] = set()
         today = fits_day(utc_now())
         stale = {d for d, (n, _) in per_day.items()
-                 if _fits_rows(self.out_dir / FITS_PATTERN.format(day=d)) != n}
+                 if fits_rows(self.out_dir / FITS_PATTERN.format(day=d)) != n}
         load = {d for d in stale | {today} if d in per_day}
         if load:
-            self._rows.update(_rows_by_day(self.out_dir / RECORDS_NAME, load,
+            self._rows.update(rows_by_day(self.out_dir / RECORDS_NAME, load,
                                            start=min(per_day[d][1] for d in load)))
         self._dirty_days |= stale
         self._records_fh: IO[str] = (self.out_dir / RECORDS_NAME).open("a", encoding="utf-8")
@@ -213,11 +206,11 @@ class GroundReceiver:
             self._index_batch(lines, new, before)
         if new_records:
             parts = self._rows.setdefault(day, [])
-            parts.append(_rows_table([(r, received) for r in new_records]))
+            parts.append(rows_table([(r, received) for r in new_records]))
             if len(parts) > _MAX_PARTS:
                 # many small batches between rewrites (or no rewrite before exit): one table each
                 # would cost more than its rows, so stack them as they come
-                self._rows[day] = [_stack(parts)]
+                self._rows[day] = [stack(parts)]
             self._dirty_days.add(day)
         self._n["records"] += len(lines[RECORDS_NAME])
         self._n["summaries"] += len(lines[FRAMES_NAME])
@@ -304,10 +297,10 @@ class GroundReceiver:
             parts = self._rows.get(day)
             if not parts:
                 continue  # a day whose lines could not be read back: nothing to write
-            table = _stack(parts)
+            table = stack(parts)
             self._rows[day] = [table]
             path = self.out_dir / FITS_PATTERN.format(day=day)
-            _write_table(table, path)
+            write_table(table, path)
             written.append(path)
             self._n["fits_writes"] += 1
         self._dirty_days.clear()
@@ -348,126 +341,3 @@ class GroundReceiver:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
-
-
-def _drop_partial_line(path: Path) -> None:
-    """Cut a last line that a crash left without its newline: it was never acknowledged, so the
-    node sends it again, and appending to it would spoil the next line too."""
-    with path.open("rb+") as fh:
-        size = fh.seek(0, os.SEEK_END)
-        if size == 0:
-            return
-        fh.seek(size - 1)
-        if fh.read(1) == b"\n":
-            return
-        block = min(size, 1 << 20)
-        while True:
-            fh.seek(size - block)
-            tail = fh.read(block)
-            cut = tail.rfind(b"\n")
-            if cut >= 0 or block == size:
-                break
-            block = min(size, block * 2)
-        keep = size - block + cut + 1 if cut >= 0 else 0
-        fh.truncate(keep)
-        fh.flush()
-        os.fsync(fh.fileno())
-    log.warning("ground.partial_line_dropped", path=str(path), bytes=size - keep)
-
-
-# (column, dtype, unit); dtype None: a string column. FITS has no unit for electrons: the
-# flux columns keep theirs in their names (flux_e, flux_err_e)
-_COLUMNS: tuple[tuple[str, str | None, str | None], ...] = (
-    ("record_id", None, None), ("node_id", None, None), ("detector_id", None, None),
-    ("series_id", None, None), ("frame", "i8", None), ("index", "i8", None),
-    ("frame_time", None, None), ("processed_time", None, None), ("received_time", None, None),
-    ("x", "f8", "pix"), ("y", "f8", "pix"), ("x_err", "f8", "pix"), ("y_err", "f8", "pix"),
-    ("ra", "f8", "deg"), ("dec", "f8", "deg"), ("label", None, None), ("confidence", "f8", None),
-    ("probs", None, None), ("entropy", "f8", None), ("aleatoric", "f8", None),
-    ("epistemic", "f8", None), ("anomaly_score", "f8", None), ("anomaly_pvalue", "f8", None),
-    ("snr", "f8", None), ("flux_e", "f8", None), ("flux_err_e", "f8", None),
-    ("a_px", "f8", "pix"), ("b_px", "f8", "pix"), ("theta_rad", "f8", "rad"), ("flags", "i8", None),
-    ("new", "?", None), ("reasons", None, None), ("priority", "f8", None),
-    ("policy_version", "i8", None), ("engine_id", None, None), ("calibration_id", None, None),
-)
-
-
-def _fits_rows(path: Path) -> int | None:
-    """Rows of a FITS table written here, or None when it is missing or unreadable."""
-    from astropy.io import fits
-
-    try:
-        return int(fits.getheader(path, 1)["NAXIS2"])
-    except (OSError, KeyError, IndexError, ValueError):
-        return None
-
-
-def _rows_by_day(jsonl_path: Path, days: set[str], start: int = 0) -> dict[str, list[Any]]:
-    """The FITS rows of the records received on ``days``, read from the JSON lines from byte
-    ``start`` on (only those days' lines are decoded in full)."""
-    grouped: dict[str, list[tuple[DownlinkRecord, str | None]]] = {}
-    if not jsonl_path.exists():
-        return {}
-    for (_, day, _), data, _ in scan_lines(jsonl_path, start):
-        if day not in days:
-            continue
-        try:
-            msg = from_dict(data)
-        except RecordError:
-            continue  # read_jsonl skips and counts these lines too
-        if isinstance(msg, DownlinkRecord):
-            grouped.setdefault(day, []).append((msg, data.get("received_time")))
-    return {day: [_rows_table(rows)] for day, rows in grouped.items()}
-
-
-def _rows_table(rows: Sequence[tuple[DownlinkRecord, str | None]]) -> Any:
-    """FITS rows of (record, received_time) pairs as an astropy Table (ra/dec NaN where None;
-    probs as JSON; reasons comma-separated)."""
-    from astropy.table import Table
-
-    table = Table()
-    for name, dtype, unit in _COLUMNS:
-        values: list[Any] = []
-        for rec, received in rows:
-            if name == "received_time":
-                values.append(received or "")
-            elif name == "probs":
-                values.append(json.dumps(rec.probs, separators=(",", ":")))
-            elif name == "reasons":
-                values.append(",".join(rec.reasons))
-            elif name in ("ra", "dec"):
-                v = getattr(rec, name)
-                values.append(np.nan if v is None else v)
-            else:
-                values.append(getattr(rec, name))
-        arr = np.array(values, dtype=dtype if dtype else "U") if values else np.zeros(0, dtype=dtype or "U1")
-        table[name] = arr
-        if unit:
-            table[name].unit = unit
-    return table
-
-
-def records_table(path: str | Path) -> Any:
-    """Every record of a ``downlink.jsonl`` as one astropy Table (the columns of the ground's FITS files)."""
-    result = read_jsonl(path)
-    return _rows_table([(m, t) for m, t in zip(result.messages, result.received_times, strict=True)
-                        if isinstance(m, DownlinkRecord)])
-
-
-def _stack(parts: list[Any]) -> Any:
-    """One table of a day's row tables."""
-    from astropy.table import vstack
-
-    return vstack(parts, metadata_conflicts="silent") if len(parts) > 1 else parts[0]
-
-
-def _write_table(table: Any, fits_path: Path) -> None:
-    tmp = fits_path.with_name(fits_path.name + ".tmp")
-    table.write(tmp, format="fits", overwrite=True)
-    os.replace(tmp, fits_path)
-
-
-def write_fits(jsonl_path: str | Path, fits_path: str | Path) -> None:
-    """Write every record of ``jsonl_path`` to ``fits_path`` as one binary table, atomically
-    (the whole file at once, e.g. to rebuild one table of a mission offline)."""
-    _write_table(records_table(jsonl_path), Path(fits_path))

@@ -9,105 +9,34 @@ allow, marks them in flight, and makes them pending again when no ack came withi
 ``ack_timeout_s``; a message leaves the spool only on an ack. Everything is counted
 (:class:`DownlinkCounters`). ``docs/downlink.md`` is the wire spec.
 
-The two socket factories below are the only places the downlink channel's sockets are made, so
-that CURVE keys (issue 7) are set in one place. This module never decodes records and never
-writes files; one :class:`Downlink` owns its socket and is used from one thread.
+The message parts and the sockets of both ends are defined once, in :mod:`edge.link.wire`. This
+module never decodes records and never writes files; one :class:`Downlink` owns its socket and is
+used from one thread.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-import msgpack
 import zmq
 
 from edge.errors import RecordDecodeError, TransportError
-from edge.link.curve import make_curve_client, make_curve_server
 from edge.link.spool import Spool, SpooledItem
+from edge.link.wire import DATA, TAG, ZDATA, decode_ack, node_socket
 from edge.link.zdict import compressor
 from edge.log import get_logger
 
-__all__ = ["ACK", "DATA", "TAG", "ZDATA", "Downlink", "DownlinkCounters", "decode_ack", "encode_ack",
-           "ground_socket", "node_socket"]
+__all__ = ["Downlink", "DownlinkCounters"]
 
 log = get_logger(__name__)
 
-TAG = b"astro-edge.downlink.1"
-DATA = b"data"
-ZDATA = b"zdata"
-ACK = b"ack"
-_HWM = 1000
 _FETCH = 32
 #: timed-out ids held before the first sweep against the spool
 _SWEEP_MIN = 4096
-
-
-def node_socket(context: zmq.Context[Any], address: str,
-                curve: tuple[str, str] | None = None) -> zmq.Socket[Any]:
-    """The node's end of the downlink: a DEALER connected to ``address``, linger 0.
-
-    ``curve`` = (this node's NAME.key_secret, the ground's NAME.key) makes it a CURVE client.
-    """
-    sock = context.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    if curve is not None:
-        make_curve_client(sock, curve[0], curve[1])
-    # queue only on live connections: with no ground, send() refuses and the spool keeps the record
-    sock.setsockopt(zmq.IMMEDIATE, 1)
-    sock.setsockopt(zmq.SNDHWM, _HWM)
-    try:
-        sock.connect(address)
-    except zmq.ZMQError as exc:
-        sock.close()
-        raise TransportError(f"cannot connect the downlink: {exc}; check the address",
-                             where=address) from exc
-    return sock
-
-
-def ground_socket(context: zmq.Context[Any], address: str,
-                  curve: tuple[str, Sequence[str]] | None = None) -> tuple[zmq.Socket[Any], Any]:
-    """The ground's end of the downlink: a ROUTER bound to ``address``, linger 0.
-
-    ``curve`` = (the ground's NAME.key_secret, the nodes' NAME.key files allowed in) makes it a
-    CURVE server; the authenticator thread comes back with the socket (None without CURVE).
-    """
-    sock = context.socket(zmq.ROUTER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVHWM, _HWM)
-    auth = None
-    try:
-        if curve is not None:
-            auth = make_curve_server(context, sock, curve[0], curve[1], "ground")
-        sock.bind(address)
-    except zmq.ZMQError as exc:
-        sock.close()
-        if auth is not None:
-            auth.stop()
-        raise TransportError(f"cannot bind the ground receiver: {exc}; is the port in use?",
-                             where=address) from exc
-    return sock, auth
-
-
-def encode_ack(ids: list[str]) -> list[bytes]:
-    """The message parts of an ack for ``ids`` (without the ROUTER's identity part)."""
-    return [TAG, ACK, msgpack.packb(ids, use_bin_type=True)]
-
-
-def decode_ack(parts: list[bytes]) -> list[str]:
-    """The ids of an ack message; RecordDecodeError when it is not one."""
-    if len(parts) != 3 or parts[0] != TAG or parts[1] != ACK:
-        raise RecordDecodeError(f"not a downlink ack ({len(parts)} parts)", where="downlink")
-    try:
-        ids = msgpack.unpackb(parts[2], raw=False)
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise RecordDecodeError(f"ack payload is not msgpack: {exc}", where="downlink") from exc
-    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-        raise RecordDecodeError("ack payload is not a list of ids", where="downlink")
-    return ids
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,9 @@ from structlog.testing import capture_logs
 
 from edge.errors import TransportError
 from edge.ground.receiver import FITS_PATTERN, GroundReceiver, fits_day
-from edge.link.downlink import DATA, TAG, ZDATA, Downlink, decode_ack
+from edge.link.downlink import Downlink
 from edge.link.spool import Spool
+from edge.link.wire import DATA, TAG, ZDATA, decode_ack
 from edge.records import (
     DownlinkRecord,
     FrameSummary,

@@ -14,8 +14,9 @@ import zmq
 from structlog.testing import capture_logs
 
 from edge.ground.receiver import GroundReceiver
-from edge.link.downlink import ACK, DATA, TAG, Downlink, encode_ack
+from edge.link.downlink import Downlink
 from edge.link.spool import Spool
+from edge.link.wire import ACK, DATA, TAG, encode_ack
 from edge.records import DownlinkRecord, compress_stamp, decode_msgpack, read_jsonl, record_id
 
 pytestmark = pytest.mark.timeout(60)
