@@ -5,8 +5,11 @@ stamps, infer, score, sky positions and "new", triage, build records and the fra
 daemon (live, over ZeroMQ) and ``astro-edge process`` (offline, on FITS files) both call it, so
 what a test measures offline is what the daemon does live.
 
-This module touches no socket, file, SQLite or thread: the calibrator, engine, catalog, clock
-and random generator come in as arguments.
+This module touches no socket, file, SQLite or thread: the calibrator, engine, scorer, catalog,
+clock and random generator come in as arguments. Each seam is a small Protocol below
+(:class:`Calibrator`, :class:`Engine`, :class:`Scorer`): ``calibration.Calibrator``,
+``engines.runtime`` backends and ``engines.scoring.score`` satisfy them, and a test may pass any
+object that does.
 """
 
 from __future__ import annotations
@@ -16,8 +19,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -25,9 +27,16 @@ from numpy.typing import NDArray
 from edge import detect as detect_stage
 from edge import sky
 from edge.records import DownlinkRecord, FrameSummary, compress_stamp, record_id
-from edge.triage import TriagePolicy, triage
-from engines.scoring import score
+from edge.triage import TriagePolicy, TriageResult, triage
+from engines.scoring import Scores, ScoringConstants, score
 from engines.stamps import NORMALISATION, cut_stamps
+from firmware_bridge.protocol import utc_now
+
+if TYPE_CHECKING:
+    from astropy.wcs import WCS
+
+    from calibration import CalibratedFrame
+    from engines.manifest import EngineManifest
 
 #: labels whose "new" (no catalog counterpart) means something astrophysical; an artefact such as
 #: a cosmic ray never has a counterpart, so "new" would say nothing about it
@@ -36,9 +45,30 @@ ASTROPHYSICAL_LABELS = ("star", "galaxy")
 MATCH_SIGMAS = 3.0
 
 
-def utc_now() -> str:
-    """The current UTC time as ISO 8601 with a Z."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+class Calibrator(Protocol):
+    """Turns raw pixels into electrons, their variance and a mask (``calibration.Calibrator``)."""
+
+    def calibrate(self, raw: NDArray[Any], *, exposure_s: float, filter_name: str | None = None,
+                  header: Mapping[str, Any] | None = None,
+                  out: CalibratedFrame | None = None) -> CalibratedFrame: ...
+
+
+class Engine(Protocol):
+    """Classifies stamps: (N, K, C) member logits and an (N, D) embedding (``engines.runtime``)."""
+
+    manifest: EngineManifest
+
+    @property
+    def engine_id(self) -> str: ...
+
+    def infer(self, stamps: NDArray[np.float32]) -> tuple[NDArray[np.float32], NDArray[np.float32]]: ...
+
+
+class Scorer(Protocol):
+    """Turns an engine's outputs into per-detection scores (``engines.scoring.score``)."""
+
+    def __call__(self, logits: NDArray[Any], embedding: NDArray[Any],
+                 constants: ScoringConstants) -> Scores: ...
 
 
 @dataclass(frozen=True)
@@ -69,10 +99,11 @@ class FrameResult:
 class Pipeline:
     """Configured once, then called on frames; the engine may be swapped between two frames."""
 
-    def __init__(self, *, node_id: str, calibrator: Any, engine: Any, detect_settings: detect_stage.DetectSettings,
-                 policy: TriagePolicy, catalog: sky.ReferenceCatalog | None = None,
-                 min_match_radius_arcsec: float = 1.0, seed: int = 0,
-                 clock: Callable[[], float] = time.perf_counter, now: Callable[[], str] = utc_now) -> None:
+    def __init__(self, *, node_id: str, calibrator: Calibrator, engine: Engine,
+                 detect_settings: detect_stage.DetectSettings, policy: TriagePolicy,
+                 catalog: sky.ReferenceCatalog | None = None, min_match_radius_arcsec: float = 1.0,
+                 seed: int = 0, scorer: Scorer = score, clock: Callable[[], float] = time.perf_counter,
+                 now: Callable[[], str] = utc_now) -> None:
         engine.manifest.check_normalisation(NORMALISATION)
         self.node_id = node_id
         self.calibrator = calibrator
@@ -82,11 +113,12 @@ class Pipeline:
         self.catalog = catalog
         self.min_match_radius_arcsec = min_match_radius_arcsec
         self.seed = seed
+        self.scorer = scorer
         self._clock = clock
         self._now = now
-        self._outputs: dict[tuple[int, ...], Any] = {}   # calibrator output buffers, by raw frame shape
+        self._outputs: dict[tuple[int, ...], CalibratedFrame] = {}   # calibrator output buffers, by raw frame shape
         #: an engine run beside the live one on the same stamps, only to measure agreement
-        self.shadow: Any = None
+        self.shadow: Engine | None = None
 
     def process(self, frame: FrameInput, *, dropped_frames: Sequence[int] = ()) -> FrameResult:
         """Run every stage on one frame and return its records and summary."""
@@ -118,7 +150,7 @@ class Pipeline:
             agree = shadow_logits.mean(axis=1).argmax(axis=1) == logits.mean(axis=1).argmax(axis=1)
             shadow = (int(agree.sum()), len(stamps))
             lap("shadow")
-        scores = score(logits, embedding, self.engine.manifest.scoring)
+        scores = self.scorer(logits, embedding, self.engine.manifest.scoring)
         lap("score")
         classes = self.engine.manifest.classes
         labels = tuple(classes[i] for i in scores.label_index.tolist())
@@ -154,11 +186,11 @@ class Pipeline:
         whichever worker runs it and however often (a frame re-sent after a crash gives the same records)."""
         return np.random.default_rng([self.seed, zlib.crc32(frame.series_id.encode()), frame.seq])
 
-    def _reusable(self, shape: tuple[int, ...]) -> Any:
+    def _reusable(self, shape: tuple[int, ...]) -> CalibratedFrame | None:
         # keyed by the raw shape: a frame trimmed by its TRIMSEC has outputs of another shape
         return self._outputs.get(shape)
 
-    def _new(self, wcs: Any, ra: NDArray[np.float64], dec: NDArray[np.float64],
+    def _new(self, wcs: WCS | None, ra: NDArray[np.float64], dec: NDArray[np.float64],
              cands: detect_stage.Candidates, labels: tuple[str, ...]) -> NDArray[np.bool_]:
         astro = np.isin(np.asarray(labels, dtype=object), ASTROPHYSICAL_LABELS)
         if self.catalog is None or wcs is None or not astro.any():
@@ -168,9 +200,9 @@ class Pipeline:
         radius = np.maximum(self.min_match_radius_arcsec, MATCH_SIGMAS * err_px * scale)
         return astro & ~self.catalog.has_counterpart(ra, dec, radius)
 
-    def _record(self, frame: FrameInput, i: int, cands: detect_stage.Candidates, scores: Any,
+    def _record(self, frame: FrameInput, i: int, cands: detect_stage.Candidates, scores: Scores,
                 labels: tuple[str, ...], classes: Sequence[str], ra: NDArray[np.float64],
-                dec: NDArray[np.float64], new: NDArray[np.bool_], verdict: Any, stamps: NDArray[np.float32],
+                dec: NDArray[np.float64], new: NDArray[np.bool_], verdict: TriageResult, stamps: NDArray[np.float32],
                 engine_id: str, calibration_id: str, processed: str) -> DownlinkRecord:
         def finite(v: float) -> float | None:
             return float(v) if np.isfinite(v) else None
@@ -200,4 +232,4 @@ def _finite_or(value: float, default: float) -> float:
     return float(value) if np.isfinite(value) else default
 
 
-__all__ = ["ASTROPHYSICAL_LABELS", "FrameInput", "FrameResult", "Pipeline", "utc_now"]
+__all__ = ["ASTROPHYSICAL_LABELS", "Calibrator", "Engine", "FrameInput", "FrameResult", "Pipeline", "Scorer"]

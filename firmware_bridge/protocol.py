@@ -171,6 +171,11 @@ def format_utc(when: datetime) -> str:
     return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def utc_now() -> str:
+    """The current time as the protocol's UTC string (the one time format of frames and records)."""
+    return format_utc(datetime.now(timezone.utc))
+
+
 def parse_utc(text: str, *, key: str) -> datetime:
     """The protocol's UTC string as an aware datetime; ``HeaderFieldError`` when malformed."""
     m = _UTC_RE.match(text)
@@ -630,5 +635,5 @@ __all__ = [
     "HTYPE_SERIES_START", "MAX_FRAME_BYTES", "Frame", "FrameHeader", "Gap", "Heartbeat",
     "Message", "SequenceTracker", "SeriesEnd", "SeriesStart", "checksum_xxh3_64", "decode_header",
     "decode_message", "encode_frame", "encode_heartbeat", "encode_message", "encode_series_end",
-    "encode_series_start", "format_utc", "parse_utc",
+    "encode_series_start", "format_utc", "parse_utc", "utc_now",
 ]

@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 
 from edge.errors import ConfigError
 from edge.log import get_logger
-from firmware_bridge.protocol import MAX_KEYWORDS, MAX_STRING_VALUE_CHARS, format_utc
+from firmware_bridge.protocol import MAX_KEYWORDS, MAX_STRING_VALUE_CHARS, format_utc, utc_now
 from firmware_bridge.sender import FrameSender
 from firmware_bridge.sockets import open_socket
 
@@ -228,7 +228,7 @@ def read_fits_frame(path: Path) -> FrameSource:
     """The first 2-D image of a FITS file, scaled by BZERO/BSCALE (unsigned 16-bit stays uint16)."""
     from astropy.io import fits
 
-    now = format_utc(datetime.now(timezone.utc))
+    now = utc_now()
     try:
         with fits.open(path, memmap=False) as hdul:
             for hdu in hdul:
@@ -349,7 +349,7 @@ def twin_frames(n: int, *, size_px: int, seed: int, anomalies: Sequence[str] = (
     if config is None:
         cfg = dataclasses.replace(cfg, detector=DetectorModel(shape_px=(size_px, size_px)),
                                   anomalies=tuple(anomalies))
-    now = format_utc(datetime.now(timezone.utc))
+    now = utc_now()
     for i in range(n):
         tf = simulate_frame(cfg, i, seed)
         start_utc, exposure_s, wcs, keywords = header_fields(tf.header, fallback_utc=now)

@@ -22,6 +22,7 @@ from edge.errors import AstroEdgeError, CalibrationInputError
 from edge.log import get_logger
 from edge.pipeline import FrameInput, Pipeline
 from edge.records import to_json_line
+from firmware_bridge.protocol import format_utc
 
 log = get_logger(__name__)
 
@@ -97,19 +98,17 @@ def _frame_time(header: dict[str, Any], path: Path) -> str:
                 text = value.strip()
                 if "T" not in text and "TIME-OBS" in header:
                     text = f"{text}T{header['TIME-OBS']}"
-                return Time(text, scale="utc").to_datetime(timezone=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+                return format_utc(Time(text, scale="utc").to_datetime(timezone=timezone.utc))
             except ValueError:
                 continue
     if "MJD-OBS" in header:
         try:
-            t = Time(float(header["MJD-OBS"]), format="mjd", scale="utc")
-            return t.to_datetime(timezone=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            return format_utc(Time(float(header["MJD-OBS"]), format="mjd", scale="utc").to_datetime(timezone=timezone.utc))
         except (TypeError, ValueError):
             pass
     # no time in the file: the file's modification time stands in, and the log says so
     log.warning("frame.no_time", file=str(path))
-    mtime = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
-    return mtime.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return format_utc(datetime.fromtimestamp(path.stat().st_mtime, timezone.utc))
 
 
 def process_files(paths: Sequence[str | Path], out_dir: str | Path, pipeline: Pipeline) -> ProcessReport:
