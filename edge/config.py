@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge.detect import DetectSettings
 from edge.errors import ConfigError
+from edge.triage import TriagePolicy
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -198,11 +200,7 @@ class LogSection:
 
 
 def _section_types() -> dict[str, type]:
-    # detect and triage sections are owned by their stages; imported here, not at module level,
-    # so that reading this module stays cheap
-    from edge.detect import DetectSettings
-    from edge.triage import TriagePolicy
-
+    # the detect and triage sections are owned by their stages
     return {
         "node": NodeSection,
         "receive": ReceiveSection,
@@ -226,9 +224,9 @@ class NodeConfig:
     node: NodeSection = field(default_factory=NodeSection)
     receive: ReceiveSection = field(default_factory=ReceiveSection)
     calibration: CalibrationSection = field(default_factory=CalibrationSection)
-    detect: Any = None
+    detect: DetectSettings = field(default_factory=DetectSettings)
     engine: EngineSection = field(default_factory=EngineSection)
-    triage: Any = None
+    triage: TriagePolicy = field(default_factory=TriagePolicy)
     catalog: CatalogSection = field(default_factory=CatalogSection)
     spool: SpoolSection = field(default_factory=SpoolSection)
     downlink: DownlinkSection = field(default_factory=DownlinkSection)

@@ -15,11 +15,11 @@ import numpy as np
 
 from engines.manifest import BuildInfo, EngineManifest, GoldenSpec, file_entry, write_manifest
 from engines.scoring import ScoringConstants
+from engines.stamps import NORMALISATION, STAMP_SIZE
 
 CLASSES = ("star", "galaxy", "cosmic_ray", "hot_pixel", "streak", "bogus")
 K, C, D = 4, len(CLASSES), 8
-FLAT = 2 * 32 * 32
-NORMALISATION = "snr-asinh-clip-10-1000-v1"
+FLAT = 2 * STAMP_SIZE * STAMP_SIZE
 
 
 def tiny_weights() -> tuple[np.ndarray, np.ndarray]:
@@ -50,7 +50,7 @@ def write_tiny_onnx(path: Path) -> None:
     ]
     graph = helper.make_graph(
         nodes, "tiny",
-        [helper.make_tensor_value_info("stamps", TensorProto.FLOAT, ["N", 2, 32, 32])],
+        [helper.make_tensor_value_info("stamps", TensorProto.FLOAT, ["N", 2, STAMP_SIZE, STAMP_SIZE])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", K, C]),
          helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", D])],
         initializer=[numpy_helper.from_array(w_logits, "w_logits"),
@@ -83,7 +83,7 @@ def write_tiny_engine(folder: Path, *, plans: dict[str, dict[str, Any]] | None =
         (folder / rel).write_bytes(b"FAKEPLAN" + rel.encode())
         precision = fields.pop("precision")
         files[rel] = file_entry(folder / rel, precision, "tensorrt-plan", **fields)
-    stamps = np.random.default_rng(5).normal(size=(16, 2, 32, 32)).astype(np.float32)
+    stamps = np.random.default_rng(5).normal(size=(16, 2, STAMP_SIZE, STAMP_SIZE)).astype(np.float32)
     logits, embedding = tiny_reference(stamps)
     np.savez(folder / "golden.npz", stamps=stamps, logits=logits.astype(np.float32),
              embedding=embedding.astype(np.float32))
