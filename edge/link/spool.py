@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -64,6 +64,11 @@ class SpooledItem:
     kind: str
     priority: float
     payload: bytes
+
+
+def _item(row: tuple[str, str, float, bytes]) -> SpooledItem:
+    """A SpooledItem from an ``id, kind, priority, payload`` row."""
+    return SpooledItem(id=row[0], kind=row[1], priority=float(row[2]), payload=bytes(row[3]))
 
 
 @dataclass(frozen=True)
@@ -171,8 +176,7 @@ class Spool:
                     else msg.priority if isinstance(msg, DownlinkRecord) else float("inf"))
             payload = encode_msgpack(msg)
             rows.append((msg.id, kind, prio, len(payload), payload))
-        with self._lock:
-            self._check_open()
+        with self._locked():
             return self._put_rows(rows, checkpoint or {})
 
     def _put_rows(self, rows: list[tuple[str, str, float, int, bytes]],
@@ -242,9 +246,13 @@ class Spool:
         """Which of ``ids`` are spooled already (inside the caller's transaction)."""
         return ids_present(self._db, "items", ids)
 
-    def _check_open(self) -> None:
-        if self._db is None:
-            raise SpoolError("the spool is closed", where=str(self.path))
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[sqlite3.Connection]:
+        """Hold the lock on the open connection; SpoolError once the spool is closed."""
+        with self._lock:
+            if self._db is None:
+                raise SpoolError("the spool is closed", where=str(self.path))
+            yield self._db
 
     def _over(self, pending_rows: Mapping[str, int], pending_bytes: int) -> bool:
         if pending_bytes > self.max_bytes:
@@ -267,9 +275,7 @@ class Spool:
             return 0
         delta = {c: 0 for c in _COUNTERS}
         removed: list[tuple[str, str, int]] = []
-        with self._lock:
-            self._check_open()
-            db = self._db
+        with self._locked() as db:
             try:
                 db.execute("BEGIN IMMEDIATE")
                 for item_id in ids:
@@ -299,39 +305,33 @@ class Spool:
 
     def pending(self, limit: int) -> list[SpooledItem]:
         """Up to ``limit`` spooled messages not in flight, highest priority first, oldest among equals."""
-        with self._lock:
-            self._check_open()
+        with self._locked():
             cur = self._db.execute(
                 "SELECT id, kind, priority, payload FROM items WHERE id NOT IN "
                 "(SELECT id FROM temp.in_flight) ORDER BY priority DESC, seq ASC LIMIT ?", (limit,))
-            return [SpooledItem(id=i, kind=k, priority=float(p), payload=bytes(b)) for i, k, p, b in cur]
+            return [_item(row) for row in cur]
 
     def oldest(self) -> SpooledItem | None:
         """The message that has waited longest in the spool (in flight or not), or None when empty."""
-        with self._lock:
-            self._check_open()
+        with self._locked():
             row = self._db.execute("SELECT id, kind, priority, payload FROM items ORDER BY seq ASC LIMIT 1").fetchone()
-        return None if row is None else SpooledItem(id=row[0], kind=row[1], priority=float(row[2]), payload=bytes(row[3]))
+        return None if row is None else _item(row)
 
     def holding(self, ids: Iterable[str]) -> set[str]:
         """Which of ``ids`` are still in the spool."""
-        with self._lock:
-            self._check_open()
+        with self._locked():
             return self._existing(list(ids))
 
     def get(self, item_id: str) -> SpooledItem | None:
         """One spooled message by id, or None when it has left the spool."""
-        with self._lock:
-            self._check_open()
+        with self._locked():
             row = self._db.execute("SELECT id, kind, priority, payload FROM items WHERE id = ?",
                                    (item_id,)).fetchone()
-        return None if row is None else SpooledItem(id=row[0], kind=row[1], priority=float(row[2]),
-                                                    payload=bytes(row[3]))
+        return None if row is None else _item(row)
 
     def mark_in_flight(self, ids: Iterable[str]) -> None:
         """Hide ids from :meth:`pending` until acked or :meth:`release`d (memory only, by design)."""
-        with self._lock:
-            self._check_open()
+        with self._locked():
             ids = [i for i in ids if i not in self._in_flight]
             self._in_flight.update(ids)
             self._db.executemany("INSERT OR IGNORE INTO temp.in_flight (id) VALUES (?)",
@@ -339,8 +339,7 @@ class Spool:
 
     def release(self, ids: Iterable[str]) -> None:
         """Make in-flight ids pending again (their ack timed out)."""
-        with self._lock:
-            self._check_open()
+        with self._locked():
             self._forget_in_flight(list(ids))
 
     def _forget_in_flight(self, ids: Sequence[str]) -> None:
@@ -355,15 +354,13 @@ class Spool:
 
     def checkpoint(self, key: str) -> str | None:
         """The value last committed under ``key`` by :meth:`put`, or None."""
-        with self._lock:
-            self._check_open()
+        with self._locked():
             row = self._db.execute("SELECT value FROM meta WHERE key = ?", (f"checkpoint.{key}",)).fetchone()
         return None if row is None else str(row[0])
 
     def counters(self) -> SpoolCounters:
         """A consistent snapshot of the durable counters and what is pending now."""
-        with self._lock:
-            self._check_open()
+        with self._locked():
             values = dict(self._db.execute("SELECT name, value FROM counters"))
             pending = dict(self._pending_rows)
             pending_bytes = self._pending_bytes
