@@ -184,8 +184,9 @@ def _decode(hdul: fits.HDUList, where: str) -> tuple[Masters, str]:
             n_flat[name] = int(h.header.get("NCOMB", 0))
     ptc = None
     if "PTCGAINE" in hd:
-        ptc = PhotonTransfer(**{attr: (int(hd[k]) if attr.startswith("n_") else float(hd[k]))
-                                for k, (attr, _) in _PTC_KEYS.items()})
+        values: dict[str, Any] = {attr: (int(hd[k]) if attr.startswith("n_") else float(hd[k]))
+                                  for k, (attr, _) in _PTC_KEYS.items()}
+        ptc = PhotonTransfer(**values)
     inputs = tuple(InputRecord(name=str(r["name"]), sha256=str(r["sha256"]), kind=str(r["kind"]),
                                exposure_s=float(r["exposure_s"]), filter_name=str(r["filter"]))
                    for r in hdul["INPUTS"].data)

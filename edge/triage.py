@@ -127,4 +127,4 @@ def triage(policy: TriagePolicy, *, labels: Sequence[str], confidence: NDArray[A
     reasons = tuple(tuple(r for r, f in zip(REASONS, row, strict=True) if f) for row in flags.tolist())
     prio = priority(np.where(np.isfinite(pval), pval, _P_FLOOR),
                     np.where(np.isfinite(epi), epi, 0.0), policy.epistemic_weight_per_nat)
-    return TriageResult(reasons=reasons, send=flags.any(axis=1), priority=prio)
+    return TriageResult(reasons=reasons, send=np.asarray(flags.any(axis=1)), priority=prio)

@@ -191,7 +191,7 @@ def conformal_pvalues(anomaly_scores: NDArray[Any], conformal_scores: NDArray[An
     cal = np.asarray(conformal_scores, dtype=np.float64)
     s = np.asarray(anomaly_scores, dtype=np.float64)
     n_ge = cal.size - np.searchsorted(cal, s, side="left")
-    return (1.0 + n_ge) / (cal.size + 1.0)
+    return ((1.0 + n_ge) / (cal.size + 1.0)).astype(np.float64)
 
 
 def score(logits: NDArray[Any], embedding: NDArray[Any], constants: ScoringConstants) -> Scores:

@@ -246,7 +246,7 @@ def encode_frame(
         raise HeaderFieldError(f"{detector_id[:40]!r} is not 1-64 printable ASCII characters "
                                "without spaces", where="detector_id")
     parse_utc(start_utc, key="start_utc")
-    raw = memoryview(arr.reshape(-1).view(np.uint8))
+    raw = memoryview(arr.reshape(-1).view(np.uint8))  # type: ignore[arg-type]  # numpy arrays are buffers; numpy's stubs do not say so for every dtype
     payload: Buffer
     if compression == "lz4":
         payload = lz4.frame.compress(raw, compression_level=compression_level or 0,

@@ -413,8 +413,8 @@ def match_and_score(truth_frame: NDArray[Any], truth_x: NDArray[Any], truth_y: N
         ri = np.flatnonzero(rec_frame == frame)
         if len(ti) == 0:
             continue
-        rx = np.array([float(records[i]["x"]) for i in ri])
-        ry = np.array([float(records[i]["y"]) for i in ri])
+        rx = np.array([float(records[int(i)]["x"]) for i in ri])
+        ry = np.array([float(records[int(i)]["y"]) for i in ri])
         d = np.hypot(tx[ti][:, None] - rx[None, :], ty[ti][:, None] - ry[None, :])
         order = np.argsort(d, axis=None, kind="stable")
         frame_radius = radius[ti]

@@ -11,7 +11,7 @@ import zmq
 
 from edge.errors import TransportError
 
-_NAMES = {zmq.PUSH: "PUSH", zmq.PULL: "PULL"}
+_NAMES: dict[int, str] = {zmq.PUSH: "PUSH", zmq.PULL: "PULL"}
 
 
 def open_socket(context: zmq.Context[Any], kind: int, address: str, *, bind: bool,

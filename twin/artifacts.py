@@ -58,7 +58,8 @@ def _accumulate(image: NDArray[np.float32], owner: NDArray[np.int64], iy: NDArra
     sx = np.bincount(uown, weights=per_key * (upix % nx), minlength=n_obj)
     sy = np.bincount(uown, weights=per_key * (upix // nx), minlength=n_obj)
     safe = np.maximum(s1, 1e-300)
-    return s1, sx / safe, sy / safe, np.where(s2 > 0, s1 * s1 / np.maximum(s2, 1e-300), 1.0)
+    return (s1.astype(np.float64), sx / safe, sy / safe,
+            np.where(s2 > 0, s1 * s1 / np.maximum(s2, 1e-300), 1.0).astype(np.float64))
 
 
 def add_cosmic_rays(image: NDArray[np.float32], config: TwinConfig, rng: np.random.Generator) -> Deposits:

@@ -132,7 +132,7 @@ class GroundReceiver:
         except BaseException:
             self._close_files()
             raise
-        self.address = self._sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.address = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._fits_due = clock() + self.fits_interval_s
         self._n = dict.fromkeys(("received", "records", "summaries", "duplicates", "acks_sent",
                                  "write_failures", "fits_writes"), 0)

@@ -20,6 +20,7 @@ Rules this module enforces:
 
 from __future__ import annotations
 
+import importlib
 import os
 import tempfile
 import time
@@ -101,10 +102,7 @@ def probe_device(trt_module: Any = None, cuda_module: Any = None) -> DeviceInfo 
     """The installed TensorRT and GPU 0, or None where TensorRT, pycuda or a GPU is missing."""
     try:
         trt = trt_module if trt_module is not None else __import__("tensorrt")
-        if cuda_module is not None:
-            cuda = cuda_module
-        else:
-            import pycuda.driver as cuda
+        cuda = cuda_module if cuda_module is not None else importlib.import_module("pycuda.driver")
         cuda.init()
         if cuda.Device.count() < 1:
             return None
@@ -274,10 +272,7 @@ class TensorRTEngine(Engine):
 
     def _activate(self) -> None:
         trt = self._trt_module if self._trt_module is not None else __import__("tensorrt")
-        if self._cuda_module is not None:
-            cuda = self._cuda_module
-        else:
-            import pycuda.driver as cuda
+        cuda = self._cuda_module if self._cuda_module is not None else importlib.import_module("pycuda.driver")
         device = self._device or probe_device(trt_module=trt, cuda_module=cuda)
         if device is None:
             raise EngineCompatibilityError("no GPU visible to pycuda; use the onnxruntime backend",
