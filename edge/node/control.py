@@ -24,7 +24,9 @@ from edge.log import get_logger
 
 log = get_logger(__name__)
 
-COMMANDS = ("status", "set", "pause", "resume", "flush", "shutdown")
+#: every command the node carries out (docs/operations.md); an unknown one is answered with this list
+COMMANDS = ("status", "set", "pause", "resume", "flush", "engine.load", "engine.shadow", "engine.rollback",
+            "shutdown")
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,7 @@ class ControlServer:
 
     def poll(self) -> list[ControlRequest]:
         """Every request waiting now (never blocks); malformed ones get an error reply at once."""
-        out = []
+        out: list[ControlRequest] = []
         while True:
             try:
                 frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)

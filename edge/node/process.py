@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from edge.codec import to_json_line
 from edge.errors import AstroEdgeError, CalibrationInputError
 from edge.log import get_logger
 from edge.pipeline import FrameInput, Pipeline
-from edge.records import to_json_line
 from firmware_bridge.protocol import format_utc
 
 log = get_logger(__name__)

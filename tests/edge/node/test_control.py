@@ -19,11 +19,8 @@ from edge.config import ControlSection
 from edge.link.keys import new_keypair
 from edge.node.control import ControlServer, request
 from edge.node.daemon import NodeDaemon
-from firmware_bridge import FrameSender
-from firmware_bridge.rig import header_fields
+from edge.testing import Ground, LoopbackDaq
 from twin import simulate_frame
-
-from ..conftest import Ground
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -40,22 +37,12 @@ def keys(tmp_path: Path) -> dict[str, Path]:
 def _serve(node: NodeDaemon, stop: threading.Event) -> threading.Thread:
     """Run the node's loop in a thread (it owns its sockets there after start)."""
     def main() -> None:
-        while not stop.is_set() and not node._shutdown_requested:
+        while not stop.is_set() and not node.operator.shutdown_requested:
             node.step()
 
     t = threading.Thread(target=main, daemon=True)
     t.start()
     return t
-
-
-def _send_frames(address: str, frames: list[Any], series_id: int) -> None:
-    with FrameSender(address, sndhwm=2, send_timeout_ms=30_000) as sender:
-        sender.start_series(series_id)
-        for tf in frames:
-            start, exposure_s, wcs, keywords = header_fields(tf.header, fallback_utc="")
-            sender.send_frame(tf.raw_adu, start_utc=start, exposure_s=exposure_s, wcs=wcs, keywords=keywords)
-        sender.end_series()
-        sender.close(linger_ms=30_000)
 
 
 def test_unknown_key_gets_nothing_and_a_known_key_changes_the_policy(
@@ -84,7 +71,7 @@ def test_unknown_key_gets_nothing_and_a_known_key_changes_the_policy(
         assert anonymous is None
 
         op = {"server_public_key": str(keys["node"]), "client_secret_key": str(keys["operator_secret"])}
-        _send_frames(node.receiver_endpoint, [simulate_frame(small_twin, 0, 4)], series_id=1)
+        LoopbackDaq(node.receiver_endpoint, [simulate_frame(small_twin, 0, 4)], series_id=1).join()
         answer = request(address, "set", {"alpha": 0.02, "classes_of_interest": ["streak", "galaxy"]}, **op)
         assert answer is not None and answer["ok"] and answer["policy_version"] == 2
         assert answer["changed"]["alpha"] == [cfg.triage.alpha, 0.02]
@@ -92,7 +79,7 @@ def test_unknown_key_gets_nothing_and_a_known_key_changes_the_policy(
         assert bad is not None and not bad["ok"] and "no_such_knob" in bad["error"]
         assert node.policy.version == 2
 
-        _send_frames(node.receiver_endpoint, [simulate_frame(small_twin, 1, 4)], series_id=2)
+        LoopbackDaq(node.receiver_endpoint, [simulate_frame(small_twin, 1, 4)], series_id=2).join()
         status = None
         deadline = time.monotonic() + 120  # a loaded 2-core machine takes seconds per frame
         while time.monotonic() < deadline:
@@ -208,3 +195,18 @@ def test_ctl_command_prints_answers_and_exit_codes(node_config_factory, capsys) 
         loop.join(30)
         node.close()
     assert main(["ctl", address, "status", "--timeout-ms", "300"]) == 3
+
+
+def test_an_unknown_command_is_refused_with_every_command_the_node_knows(node_config_factory) -> None:
+    """A command the node does not know is answered ok=false, naming each command it does carry out."""
+    from edge.node.control import COMMANDS
+    from edge.node.daemon import NodeDaemon
+
+    node = NodeDaemon(node_config_factory())
+    answer = node.handle_command("operator", "reboot", {})
+    assert answer["ok"] is False and "'reboot'" in answer["error"]
+    assert all(name in answer["error"] for name in COMMANDS)
+    assert {"engine.load", "engine.shadow", "engine.rollback"} <= set(COMMANDS)
+    for name in COMMANDS:
+        if name != "shutdown":
+            assert "unknown command" not in node.handle_command("operator", name, {}).get("error", "")

@@ -59,7 +59,7 @@ def test_no_watchdog_ping_while_frames_wait_and_none_finish(node_config_factory,
     path, sock = notify_socket
     node = NodeDaemon(node_config_factory(), notifier=SystemdNotifier(path))
     try:
-        node._queue = deque([("stuck frame", 0.0)])  # type: ignore[list-item]
+        node.ingest.queue = deque([("stuck frame", 0.0)])  # type: ignore[list-item]
         node._watchdog(1.0)
         node._watchdog(2.0)
         pings = [m for m in _messages(sock) if "WATCHDOG=1" in m]

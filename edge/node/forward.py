@@ -1,0 +1,71 @@
+"""The forward half of store-and-forward: one thread that owns the downlink socket and pumps the
+spool to the ground, within the byte budget and the contact windows.
+
+The main thread only commits records to the spool; this thread reads them back in priority order,
+sends, and deletes what the ground acknowledged. At stop it may drain for a while first. It never
+touches the receiver, the queue or a worker.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict
+from typing import Any
+
+from edge.config import DownlinkSection
+from edge.errors import AstroEdgeError
+from edge.link.downlink import Downlink
+from edge.link.spool import Spool
+from edge.log import get_logger
+
+log = get_logger(__name__)
+
+
+class Forwarder:
+    """The downlink thread and the figures it last reported."""
+
+    def __init__(self, section: DownlinkSection) -> None:
+        self.section = section
+        #: the downlink's counters, refreshed by the thread at every turn
+        self.counters: dict[str, Any] = {}
+        self._stop = threading.Event()
+        self._flush = threading.Event()
+        self._drain_s = 0.0
+        self._thread: threading.Thread | None = None
+
+    def start(self, spool: Spool) -> None:
+        """Start the thread; it opens the downlink socket and sends from ``spool``."""
+        self._thread = threading.Thread(target=self._loop, args=(spool,), name="downlink", daemon=True)
+        self._thread.start()
+
+    def open_window(self) -> None:
+        """Open a new contact window (``[downlink] contact_window_bytes``) at the thread's next turn."""
+        self._flush.set()
+
+    def stop(self, drain_s: float = 0.0) -> None:
+        """Stop the thread after up to ``drain_s`` of sending what the spool holds, and wait for it."""
+        self._drain_s = drain_s
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(drain_s + 10.0)
+
+    def _loop(self, spool: Spool) -> None:
+        cfg = self.section
+        try:
+            curve = ((cfg.curve_client_secret_key, cfg.curve_server_public_key)
+                     if cfg.curve_client_secret_key else None)
+            with Downlink(spool, cfg.address, budget_bytes_per_s=cfg.budget_bytes_per_s,
+                          contact_window_bytes=cfg.contact_window_bytes,
+                          ack_timeout_s=cfg.ack_timeout_s, curve=curve,
+                          compression=cfg.compression) as downlink:
+                while not self._stop.is_set():
+                    if self._flush.is_set():
+                        self._flush.clear()
+                        downlink.open_window(cfg.contact_window_bytes)
+                    downlink.pump(poll_ms=50)
+                    self.counters = asdict(downlink.counters())
+                if self._drain_s > 0:
+                    downlink.drain(self._drain_s)
+                self.counters = asdict(downlink.counters())
+        except AstroEdgeError as exc:
+            log.error("downlink.failed", reason=exc.reason, error=str(exc))

@@ -1,0 +1,119 @@
+"""Ingest: take frames off the receiver into the node's bounded queue, counting every one.
+
+A message the protocol rejects is counted as received and rejected; a frame whose records are
+already in the spool (a DAQ re-sending a series after a crash) is counted as a duplicate and not
+queued; a frame that finds the queue full pushes out the oldest one (``drop_oldest``), which is
+counted, logged and reported in the next frame summary. With ``block`` the daemon stops taking
+frames while the queue is full, so the receiver's high-water mark pushes back on the DAQ.
+This module owns the queue and the finished-frame sets; it never touches a worker or writes the spool.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from edge.config import ReceiveSection
+from edge.log import get_logger
+from edge.node.counters import NodeCounters
+from edge.node.done import DoneSet
+from edge.pipeline import FrameInput
+from firmware_bridge import Frame, FrameReceiver
+
+log = get_logger(__name__)
+
+
+class DoneSets:
+    """Finished frames per series (``detector:series``), each read from its spool checkpoint on
+    first use; the daemon adds a frame and stores the set in the same spool transaction as its records."""
+
+    def __init__(self, read_checkpoint: Callable[[str], str | None]) -> None:
+        """``read_checkpoint(key)``: the spool's stored value for ``key``, None when there is none."""
+        self._read = read_checkpoint
+        self._sets: dict[str, DoneSet] = {}
+
+    @staticmethod
+    def key(series_key: str) -> str:
+        """The spool checkpoint that holds the series' finished frames."""
+        return f"done:{series_key}"
+
+    def of(self, series_key: str) -> DoneSet:
+        """The finished frames of one series."""
+        done = self._sets.get(series_key)
+        if done is None:
+            done = self._sets[series_key] = DoneSet.from_json(self._read(self.key(series_key)))
+        return done
+
+
+class Ingest:
+    """The bounded ingest queue: frames with the monotonic time they arrived, oldest first."""
+
+    def __init__(self, section: ReceiveSection, counters: NodeCounters, done: DoneSets) -> None:
+        self.section = section
+        self.counters = counters
+        self.done = done
+        self.queue: deque[tuple[FrameInput, float]] = deque()
+        self._pending_drops: list[int] = []   # dropped seqs not yet handed to a worker's summary
+
+    def __len__(self) -> int:
+        return len(self.queue)
+
+    def has_room(self) -> bool:
+        """Whether the queue holds fewer than ``[receive] queue_frames`` frames."""
+        return len(self.queue) < self.section.queue_frames
+
+    @property
+    def blocks(self) -> bool:
+        """Whether the policy is ``block`` (stop receiving while full) rather than ``drop_oldest``."""
+        return self.section.queue_policy == "block"
+
+    def receive(self, receiver: FrameReceiver, timeout_ms: int) -> None:
+        """Take at most one message off ``receiver`` (waiting up to ``timeout_ms``) and queue its frame."""
+        c = self.counters
+        before = receiver.counters.rejected
+        reasons_before = dict(receiver.counters.rejected_by_reason)
+        msg = receiver.recv(timeout_ms)
+        rejected = receiver.counters.rejected - before
+        if rejected:
+            c.frames_received += rejected
+            c.frames_rejected += rejected
+            # added to the node's own reasons: the pipeline counts its rejections there too
+            for reason, n in receiver.counters.rejected_by_reason.items():
+                if n > reasons_before.get(reason, 0):
+                    c.rejected_by_reason[reason] = c.rejected_by_reason.get(reason, 0) + n - reasons_before.get(reason, 0)
+        if not isinstance(msg, Frame):
+            return
+        h = msg.header
+        header = {**dict(h.keywords), **dict(h.wcs)}
+        frame = FrameInput(detector_id=h.detector_id, series_id=str(h.series_id), seq=h.seq,
+                           frame_time=h.start_utc, exposure_s=h.exposure_s, pixels=msg.pixels,
+                           header=header, filter_name=_filter(header))
+        c.frames_received += 1
+        if frame.seq in self.done.of(f"{frame.detector_id}:{frame.series_id}"):
+            c.frames_duplicate += 1
+            log.info("frame.duplicate", series=frame.series_id, seq=frame.seq)
+            return
+        if len(self.queue) >= self.section.queue_frames:
+            old, _ = self.queue.popleft()
+            c.frames_in_flight -= 1
+            c.frames_dropped += 1
+            c.dropped_seqs.append(old.seq)
+            self._pending_drops.append(old.seq)
+            log.warning("frame.dropped", stage="ingest_queue", series=old.series_id, seq=old.seq,
+                        policy=self.section.queue_policy)
+        self.queue.append((frame, time.monotonic()))
+        c.frames_in_flight += 1
+
+    def take(self) -> tuple[FrameInput, float, tuple[int, ...]]:
+        """The oldest frame, when it arrived, and the seqs dropped since the last frame was taken
+        (its summary reports them)."""
+        frame, received_at = self.queue.popleft()
+        drops, self._pending_drops = tuple(self._pending_drops), []
+        return frame, received_at, drops
+
+
+def _filter(header: dict[str, Any]) -> str | None:
+    value = header.get("FILTER")
+    return str(value) if value is not None else None
