@@ -28,9 +28,9 @@ import numpy as np
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 from edge import detect as detect_stage  # noqa: E402
-from edge.cli.demo_node import twin_config  # noqa: E402
 from edge.config import load_config  # noqa: E402
 from edge.node.assemble import build_pipeline  # noqa: E402
+from edge.testing import every_family_twin_config as twin_config  # noqa: E402
 from engines.scoring import auroc, score  # noqa: E402
 from engines.stamps import cut_stamps  # noqa: E402
 from twin import ANOMALY_FAMILIES, simulate_frame  # noqa: E402

@@ -45,12 +45,12 @@ def main() -> None:
 
     from edge import detect as det
     from edge import sky
-    from edge.cli.demo_node import twin_config
     from edge.config import config_from_mapping
     from edge.log import configure
     from edge.node.allocator import fix_mmap_threshold
     from edge.node.assemble import build_pipeline
     from edge.pipeline import FrameInput
+    from edge.testing import every_family_twin_config as twin_config
     from edge.triage import triage
     from engines.scoring import score
     from engines.stamps import cut_stamps

@@ -1,9 +1,9 @@
 """Soak: stream twin frames into a node for a set time and watch its memory.
 
 A node (2 worker processes, the shipped engine, drop_oldest queue) receives 2048x2048 twin
-frames at --rate-hz from a FrameSender thread and downlinks to a ground receiver, for
---seconds (600 by default; not run in CI). The ground runs in a process of its own: its memory
-and files are the ground station's, not the node's. Memory is the
+frames at --rate-hz from a loopback DAQ thread and downlinks to a ground receiver, for
+--seconds (600 by default; not run in CI). The ground runs in a process of its own
+(edge.testing.Ground): its memory and files are the ground station's, not the node's. Memory is the
 resident set of the node's main process plus its workers (/proc), sampled about every second
 (at random intervals of 0.5 to 1.5 s) after a warm-up minute. A worker's resident set swings
 between idle and mid-frame by the size of a frame's temporaries, so each whole minute is
@@ -23,11 +23,10 @@ starting), and CPU per frame per process is not printed (the processes change).
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import itertools
 import random
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -51,24 +50,13 @@ def rss_mb(pids: list[int]) -> float:
     return total / 2**20
 
 
-def ground_main(out_dir: str, addresses: Any, stop: Any) -> None:
-    """The ground station, in its own process: receive and acknowledge until told to stop."""
-    from edge.ground.receiver import GroundReceiver
-    from edge.log import configure
-
-    configure(json=True, level="warning", stream=sys.stderr)
-    with GroundReceiver("tcp://127.0.0.1:0", out_dir, fits_interval_s=0) as g:
-        addresses.put(g.address)
-        g.serve(stop.is_set, timeout_ms=50)
-
-
 def slot_rss(node: Any) -> list[float]:
     """Resident MB of the main process and of each worker slot (with its successor while one starts)."""
     import os
 
     out = [rss_mb([os.getpid()])]
     for w in node.workers:
-        successor = node._replacements.get(w.index)
+        successor = node.pool.replacements.get(w.index)
         out.append(rss_mb([p for p in (w.pid, successor.pid if successor else None) if p]))
     return out
 
@@ -94,57 +82,34 @@ def main() -> None:
                    help="[node] mmap_threshold_kib (default 4096; 0: glibc's moving threshold)")
     args = p.parse_args()
 
-    from edge.cli.demo_node import twin_config
     from edge.config import config_from_mapping
     from edge.log import configure
     from edge.node.daemon import NodeDaemon
-    from firmware_bridge import FrameSender
-    from firmware_bridge.rig import header_fields
+    from edge.testing import Ground, LoopbackDaq, every_family_twin_config
     from twin import simulate_frame
 
     configure(json=True, level="warning", stream=sys.stderr)
-    import multiprocessing as mp
     import os
 
     # an odd number of distinct frames: the two workers take turns, so each meets every frame
     # (and grows to its full size) within the warm-up instead of whenever the turns first slip
-    frames = [simulate_frame(twin_config(args.size), i, 7) for i in range(5)]
+    frames = [simulate_frame(every_family_twin_config(args.size), i, 7) for i in range(5)]
     with tempfile.TemporaryDirectory() as tmp:
-        spawn = mp.get_context("spawn")
-        stop_ground = spawn.Event()
-        addresses = spawn.Queue()
-        ground = spawn.Process(target=ground_main, args=(str(Path(tmp) / "ground"), addresses, stop_ground))
-        ground.start()
-        box: dict[str, str] = {"address": addresses.get(timeout=60)}
+        ground = Ground(Path(tmp) / "ground", own_process=True)
         cfg = config_from_mapping({
             "node": {"id": "soak", "workers": 2, "mmap_threshold_kib": args.mmap_threshold_kib,
                      "worker_max_frames": args.worker_max_frames},
             "receive": {"address": "tcp://127.0.0.1:0", "queue_policy": "drop_oldest", "queue_frames": 4},
             "spool": {"path": str(Path(tmp) / "spool.sqlite")},
-            "downlink": {"address": box["address"], "budget_bytes_per_s": 10_000_000},
+            "downlink": {"address": ground.address, "budget_bytes_per_s": 10_000_000},
             "log": {"level": "warning"},
         })
         node = NodeDaemon(cfg)
         node.start()
         pids = [os.getpid(), *(w._proc.pid for w in node.workers)]
-        stop = threading.Event()
-
-        def rig() -> None:
-            with FrameSender(node.receiver_endpoint, sndhwm=4) as sender:
-                sender.start_series(1)
-                i, t0 = 0, time.monotonic()
-                while not stop.is_set():
-                    tf = frames[i % len(frames)]
-                    start, exposure_s, wcs, keywords = header_fields(tf.header, fallback_utc="")
-                    sender.send_frame(tf.raw_adu, start_utc=start, exposure_s=exposure_s, wcs=wcs, keywords=keywords)
-                    i += 1
-                    delay = t0 + i / args.rate_hz - time.monotonic()
-                    if delay > 0:
-                        time.sleep(delay)
-                sender.end_series()
-                box["sender"] = str(dataclasses.asdict(sender.counters))
-
-        threading.Thread(target=rig, daemon=True).start()
+        # a DAQ at a set rate never waits: a frame the node has no room for is dropped and counted
+        rig = LoopbackDaq(node.receiver_endpoint, itertools.cycle(frames), sndhwm=4, send_timeout_ms=0,
+                          rate_hz=args.rate_hz)
         t_start = time.monotonic()
         # about every second, each process's resident set; a worker's memory swings by the size of a
         # frame's temporaries between idle and mid-frame, so minutes are summarised by their
@@ -164,14 +129,13 @@ def main() -> None:
         recycled = node.counters.workers_recycled + node.counters.workers_died
         cpu_ms = [] if recycled else [(cpu_s(pid) - c0) * 1000 / max(1, node.counters.frames_processed - frames_start)
                                       for pid, c0 in zip(pids, cpu_start, strict=True)]
-        stop.set()
+        rig.close()
         time.sleep(0.5)
         node.finish()
         c = node.counters
         status = node.status()
         node.close(drain_s=5)
-        stop_ground.set()
-        ground.join(30)
+        ground.close()
     minutes = by_minute(samples, args.warmup_s)
     first, last = minutes[0], minutes[-1]
     floor_growth = last["floor"] - first["floor"]
@@ -206,7 +170,7 @@ def by_minute(samples: list[tuple[float, list[float]]], warmup_s: float) -> list
         groups.setdefault(int((t - warmup_s) // 60), []).append(per_process)
     out = []
     for minute, rows in sorted(groups.items()):
-        if len(rows) < 30:  # a last, partial minute says little about a floor
+        if len(rows) < 30 and out:  # a last, partial minute says little about a floor (a short run keeps its one)
             continue
         floors = [min(col) for col in zip(*rows, strict=True)]
         # the floor adds each process's least: all of them idle at once is rarely sampled

@@ -1,9 +1,8 @@
-"""Fixtures for the node's tests: a tiny real ONNX engine, small twin frames, a node config."""
+"""Fixtures for the node's tests: a tiny real ONNX engine, small twin frames, a node config, a ground."""
 
 from __future__ import annotations
 
 import dataclasses
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,9 +10,8 @@ from typing import Any
 import pytest
 import zmq
 
-from edge.ground.receiver import FRAMES_NAME, RECORDS_NAME, GroundReceiver
 from edge.pipeline import FrameInput
-from edge.records import read_jsonl
+from edge.testing import Ground
 
 
 @pytest.fixture
@@ -71,37 +69,8 @@ def node_config_factory(tmp_path: Path, tiny_engine: Path):
     return make
 
 
-class Ground:
-    """A ground receiver serving in its own thread (it owns its socket there)."""
-
-    def __init__(self, out: Path) -> None:
-        self.out = out
-        self._ready = threading.Event()
-        self._stop = threading.Event()
-        self.address = ""
-        self._thread = threading.Thread(target=self._main, daemon=True)
-        self._thread.start()
-        assert self._ready.wait(10)
-
-    def _main(self) -> None:
-        with GroundReceiver("tcp://127.0.0.1:0", self.out, fits_interval_s=0) as g:
-            self.address = g.address
-            self._ready.set()
-            g.serve(self._stop.is_set, timeout_ms=20)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def summaries(self) -> list[Any]:
-        return list(read_jsonl(self.out / FRAMES_NAME).messages) if (self.out / FRAMES_NAME).exists() else []
-
-    def records(self) -> list[Any]:
-        return list(read_jsonl(self.out / RECORDS_NAME).messages) if (self.out / RECORDS_NAME).exists() else []
-
-
 @pytest.fixture
 def ground(tmp_path: Path) -> Iterator[Ground]:
-    g = Ground(tmp_path / "ground")
-    yield g
-    g.close()
+    """A ground station on loopback, serving in a thread, writing under tmp_path/ground."""
+    with Ground(tmp_path / "ground") as g:
+        yield g

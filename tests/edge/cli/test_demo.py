@@ -1,8 +1,11 @@
-"""The demo: frames cross the protocol over loopback, and injected faults show up as caught."""
+"""The demo: frames cross the protocol over loopback with injected faults caught; a whole node on
+loopback delivers every record and prints its scoreboard."""
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -44,3 +47,21 @@ def test_demo_refuses_a_bad_size() -> None:
     """A frame size outside [16, 8192] is a ConfigError, not a crash."""
     with pytest.raises(ConfigError, match="--size"):
         _demo(["--size", "4"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_node_demo_delivers_every_record_and_prints_its_scoreboard(tmp_path: Path, capsys: Any) -> None:
+    """A small node demo exits 0 with every spooled record at the ground, the counters conserved,
+    the DAQ's and the ground's counters in scoreboard.json, and the scoreboard printed."""
+    from edge.cli import main
+
+    assert main(["--log-json", "demo", "--n", "2", "--size", "256", "--workers", "1", "--out", str(tmp_path)]) == 0
+    board = json.loads((tmp_path / "scoreboard.json").read_text())
+    assert board["frames_processed"] == 2 and board["summaries_at_ground"] == 2 and board["conserved"]
+    assert board["records_lost"] == 0 and board["records_unique"] == board["records_spooled"]
+    assert board["ground"]["records"] == board["records_spooled"] and board["ground"]["summaries"] == 2
+    assert board["rig"]["sender"]["frames_sent"] == 2 and "rig_error" not in board["rig"]
+    out = capsys.readouterr().out
+    assert out.startswith("astro-edge demo: scoreboard\n  frames            2/2 processed")
+    assert f"records           {board['records_spooled']} spooled" in out and f"output            {tmp_path}" in out

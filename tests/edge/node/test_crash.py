@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,11 +17,11 @@ import pytest
 
 from edge.config import load_config
 from edge.node.assemble import build_pipeline
-from firmware_bridge import FrameSender
+from edge.testing import Ground, LoopbackDaq
 from firmware_bridge.rig import header_fields
 from twin import simulate_frame
 
-from ..conftest import Ground, frame_input
+from ..conftest import frame_input
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -53,22 +52,6 @@ def _wait(predicate: Any, timeout_s: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def _stream(address: str, frames: list[Any], series_id: int) -> threading.Thread:
-    def main() -> None:
-        with FrameSender(address, detector_id="twin-cam", sndhwm=1, send_timeout_ms=60_000) as sender:
-            sender.start_series(series_id, expected_frames=len(frames))
-            for tf in frames:
-                start_utc, exposure_s, wcs, keywords = header_fields(tf.header, fallback_utc="")
-                sender.send_frame(tf.raw_adu, start_utc=start_utc, exposure_s=exposure_s, wcs=wcs,
-                                  keywords=keywords)
-            sender.end_series()
-            sender.close(linger_ms=60_000)  # queued frames must still leave
-
-    t = threading.Thread(target=main, daemon=True)
-    t.start()
-    return t
-
-
 def test_kill_9_and_restart_gives_every_record_exactly_once(tmp_path: Path, tiny_engine: Path,
                                                              small_twin: Any) -> None:
     """After kill -9 mid-run and a restart on the same spool, the ground holds exactly the record
@@ -88,17 +71,17 @@ def test_kill_9_and_restart_gives_every_record_exactly_once(tmp_path: Path, tiny
     log = (tmp_path / "node.log").open("ab")
     try:
         node = _start_node(config, status, log)
-        sender = _stream(f"tcp://127.0.0.1:{port}", frames, series_id=3)
+        sender = LoopbackDaq(f"tcp://127.0.0.1:{port}", frames, series_id=3)
         _wait(lambda: _status(status).get("counters", {}).get("frames_processed", 0) >= 3, 120,
               "three frames processed")
         node.send_signal(signal.SIGKILL)
         node.wait(10)
         before = _status(status)["counters"]["frames_processed"]
-        sender.join(70)
+        sender.close()  # the DAQ gives up on the dead node's series (at most one frame's send timeout)
         # the DAQ re-sends the series; the restarted node skips the frames already spooled
         node = _start_node(config, status, log)
         time.sleep(0.5)
-        sender = _stream(f"tcp://127.0.0.1:{port}", frames, series_id=3)
+        sender = LoopbackDaq(f"tcp://127.0.0.1:{port}", frames, series_id=3)
         sender.join(120)
         _wait(lambda: len({s.frame for s in ground.summaries()}) == len(frames), 120, "every summary at the ground")
         announced = sum(s.sent for s in ground.summaries())

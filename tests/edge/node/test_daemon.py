@@ -5,40 +5,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from edge.node.daemon import DROPPED_SEQS_KEPT, NodeCounters, NodeDaemon
+from edge.node.counters import DROPPED_SEQS_KEPT, NodeCounters
+from edge.node.daemon import NodeDaemon
+from edge.testing import Ground, LoopbackDaq
 from firmware_bridge import FrameSender
 from twin import simulate_frame
-
-from ..conftest import Ground
 
 pytestmark = pytest.mark.timeout(180)
 
 
 def _twin_frames(config: Any, n: int, seed: int = 5) -> list[Any]:
     return [simulate_frame(config, i, seed) for i in range(n)]
-
-
-def _send(address: str, frames: list[Any], *, timeout_ms: int) -> threading.Thread:
-    def main() -> None:
-        with FrameSender(address, detector_id="twin-cam", sndhwm=1, send_timeout_ms=timeout_ms) as sender:
-            sender.start_series(7, expected_frames=len(frames))
-            for tf in frames:
-                sender.send_frame(tf.raw_adu, exposure_s=float(tf.header["EXPTIME"]),
-                                  keywords={"FILTER": "r", "GAIN": float(tf.header["GAIN"]),
-                                            "RDNOISE": float(tf.header["RDNOISE"])})
-            sender.end_series()
-            sender.close(linger_ms=30_000)  # queued frames must still leave
-
-    thread = threading.Thread(target=main, daemon=True)
-    thread.start()
-    return thread
 
 
 def _run_until(node: NodeDaemon, done: Callable[[], bool], timeout_s: float = 120.0,
@@ -59,7 +42,7 @@ def test_streamed_frames_reach_the_ground_exactly_once(node_config_factory, smal
                               downlink={"address": ground.address, "ack_timeout_s": 2.0})
     frames = _twin_frames(small_twin, 5)
     with NodeDaemon(cfg) as node:
-        sender = _send(node.receiver_endpoint, frames, timeout_ms=30_000)
+        sender = LoopbackDaq(node.receiver_endpoint, frames, series_id=7)
         c = node.counters
         _run_until(node, lambda: c.frames_processed == len(frames))
         sender.join(10)
@@ -119,12 +102,12 @@ def test_overload_drops_are_counted_with_their_sequence_numbers(node_config_fact
     frames = _twin_frames(small_twin, 3)
     frames = [dataclasses.replace(frames[i % 3], index=i) for i in range(14)]
     with NodeDaemon(cfg) as node:
-        sender = _send(node.receiver_endpoint, frames, timeout_ms=30_000)
+        sender = LoopbackDaq(node.receiver_endpoint, frames, series_id=7)
         c = node.counters
         queue_frames = cfg.receive.queue_frames
 
         def bounded() -> None:
-            assert len(node._queue) <= queue_frames
+            assert len(node.ingest.queue) <= queue_frames
 
         _run_until(node, lambda: not sender.is_alive() and c.frames_in_flight == 0
                    and c.frames_received == len(frames), check=bounded)
@@ -153,7 +136,7 @@ def test_workers_past_their_frame_limit_are_replaced_between_frames(node_config_
         first_pids = {w.pid for w in node.workers}
         answer = node.handle_command("test", "set", {"audit_rate": 0.5})
         assert answer["ok"] and node.policy.version == 2
-        sender = _send(node.receiver_endpoint, frames, timeout_ms=30_000)
+        sender = LoopbackDaq(node.receiver_endpoint, frames, series_id=7)
         c = node.counters
         _run_until(node, lambda: c.frames_processed == len(frames) and c.workers_recycled >= 2)
         sender.join(10)
@@ -181,7 +164,7 @@ def test_a_worker_killed_mid_frame_is_replaced_and_its_frame_counted_rejected(
                               downlink={"address": ground.address})
     frames = _twin_frames(small_twin, 4)
     with NodeDaemon(cfg) as node:
-        sender = _send(node.receiver_endpoint, frames, timeout_ms=30_000)
+        sender = LoopbackDaq(node.receiver_endpoint, frames, series_id=7)
         c = node.counters
         _run_until(node, lambda: node.workers[0].busy is not None)
         victim = node.workers[0].pid

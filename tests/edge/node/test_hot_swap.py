@@ -14,38 +14,16 @@ from typing import Any
 import pytest
 
 from edge.node.daemon import NodeDaemon
+from edge.testing import Ground, LoopbackDaq
 from engines.manifest import InputSpec, read_manifest, sha256_file, write_manifest
 from engines.testing import write_tiny_engine
-from firmware_bridge import FrameSender
-from firmware_bridge.rig import header_fields
 from twin import simulate_frame
-
-from ..conftest import Ground
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 
 def _sha(folder: Path) -> str:
     return sha256_file(folder / "manifest.json")
-
-
-def _stream(address: str, frames: list[Any], gates: list[threading.Event]) -> threading.Thread:
-    """Send ``frames`` as one series in len(gates) + 1 equal batches, each after its gate opens."""
-    def main() -> None:
-        n = len(frames) // (len(gates) + 1)
-        with FrameSender(address, sndhwm=1, send_timeout_ms=60_000) as sender:
-            sender.start_series(1)
-            for i, tf in enumerate(frames):
-                if i and i % n == 0 and i // n <= len(gates):
-                    gates[i // n - 1].wait(60)
-                start, exposure_s, wcs, keywords = header_fields(tf.header, fallback_utc="")
-                sender.send_frame(tf.raw_adu, start_utc=start, exposure_s=exposure_s, wcs=wcs, keywords=keywords)
-            sender.end_series()
-            sender.close(linger_ms=60_000)
-
-    t = threading.Thread(target=main, daemon=True)
-    t.start()
-    return t
 
 
 def _bad_engines(tmp_path: Path, good: Path) -> dict[str, tuple[Path, str, str]]:
@@ -98,7 +76,8 @@ def test_swap_under_load_switches_at_one_frame_boundary(node_config_factory, sma
     answers: dict[str, Any] = {}
     try:
         gates = [threading.Event(), threading.Event()]
-        sender = _stream(node.receiver_endpoint, frames, gates)
+        # three batches of 4 frames, the second and third each after its gate opens
+        sender = LoopbackDaq(node.receiver_endpoint, frames, gates={4: gates[0], 8: gates[1]})
         c = node.counters
         while c.frames_processed < 4:          # the first batch, on the old engine
             node.step()
