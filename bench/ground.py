@@ -55,11 +55,11 @@ def main() -> None:
     import zmq
     from astropy.table import Table
 
+    from edge.codec import encode_msgpack, to_json_line
     from edge.ground.receiver import GroundReceiver
     from edge.ground.writers import RECORDS_NAME, write_fits
     from edge.link.wire import DATA, TAG
     from edge.log import configure
-    from edge.records import encode_msgpack, to_json_line
 
     configure(json=True, level="warning")
     rng = np.random.default_rng(1)

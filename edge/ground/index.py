@@ -73,7 +73,7 @@ def scan_lines(path: Path, start: int = 0) -> Iterator[tuple[IndexEntry, dict[st
                 else:
                     continue
             except (ValueError, KeyError, TypeError):
-                continue  # the full reader (edge.records.read_jsonl) skips and counts these lines too
+                continue  # the full reader (edge.codec.read_jsonl) skips and counts these lines too
             yield entry, data, offset
 
 

@@ -36,6 +36,7 @@ from typing import IO, Any
 
 import zmq
 
+from edge.codec import decode_msgpack, to_json_line
 from edge.errors import RecordDecodeError, RecordError
 from edge.ground.index import INDEX_NAME, GroundIndex, IndexEntry, fits_day
 from edge.ground.writers import (
@@ -52,7 +53,7 @@ from edge.ground.writers import (
 from edge.link.wire import DATA, TAG, ZDATA, encode_ack, ground_socket
 from edge.link.zdict import decompress
 from edge.log import get_logger
-from edge.records import DownlinkRecord, FrameSummary, decode_msgpack, to_json_line
+from edge.records import DownlinkRecord, FrameSummary
 from firmware_bridge.protocol import utc_now as protocol_utc_now
 
 __all__ = ["FITS_PATTERN", "FRAMES_NAME", "INDEX_NAME", "RECORDS_NAME", "GroundCounters", "GroundReceiver"]

@@ -16,10 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from edge.codec import from_dict, read_jsonl
 from edge.errors import RecordError
 from edge.ground.index import scan_lines
 from edge.log import get_logger
-from edge.records import DownlinkRecord, from_dict, read_jsonl
+from edge.records import DownlinkRecord
 
 __all__ = ["FITS_PATTERN", "FRAMES_NAME", "RECORDS_NAME", "drop_partial_line", "fits_rows", "records_table",
            "rows_by_day", "rows_table", "stack", "write_fits", "write_table"]

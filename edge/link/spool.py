@@ -23,10 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from edge.codec import encode_msgpack
 from edge.errors import SpoolError
 from edge.link.sqlite_ids import ids_present
 from edge.log import get_logger
-from edge.records import DownlinkRecord, FrameSummary, encode_msgpack
+from edge.records import DownlinkRecord, FrameSummary
 
 __all__ = ["KINDS", "PutResult", "SpoolCounters", "Spool", "SpooledItem"]
 
@@ -210,7 +211,7 @@ class Spool:
             for clause in ("NOT IN", "IN"):
                 while self._over(pending_rows, pending_bytes):
                     victims = db.execute(
-                        f"SELECT id, kind, size_bytes FROM items WHERE id {clause} "
+                        f"SELECT id, kind, size_bytes FROM items WHERE id {clause} "  # noqa: S608 - clause is IN or NOT IN
                         "(SELECT id FROM temp.in_flight) ORDER BY priority ASC, seq DESC LIMIT ?",
                         (_EVICT_CHUNK,)).fetchall()
                     if not victims:

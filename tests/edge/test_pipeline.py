@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
+from edge.codec import from_json_line, to_json_line
 from edge.node.assemble import build_pipeline
 from edge.pipeline import ASTROPHYSICAL_LABELS
-from edge.records import from_json_line, to_json_line
 from twin import reference_catalog, simulate_frame
 
 from .conftest import frame_input

@@ -17,6 +17,15 @@ from astropy.utils.exceptions import AstropyUserWarning
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edge.codec import (
+    decode,
+    decode_msgpack,
+    encode_msgpack,
+    from_json_line,
+    read_jsonl,
+    to_dict,
+    to_json_line,
+)
 from edge.errors import RecordDecodeError, RecordError, RecordFieldError, RecordVersionError
 from edge.records import (
     REASONS,
@@ -25,14 +34,7 @@ from edge.records import (
     DownlinkRecord,
     FrameSummary,
     compress_stamp,
-    decode,
-    decode_msgpack,
-    encode_msgpack,
-    from_json_line,
-    read_jsonl,
     record_id,
-    to_dict,
-    to_json_line,
 )
 from engines.stamps import cut_stamps
 

@@ -21,20 +21,13 @@ import zmq
 from astropy.table import Table
 from structlog.testing import capture_logs
 
+from edge.codec import encode_msgpack, read_jsonl, to_dict, to_json_line
 from edge.errors import TransportError
 from edge.ground.receiver import FITS_PATTERN, GroundReceiver, fits_day
 from edge.link.downlink import Downlink
 from edge.link.spool import Spool
 from edge.link.wire import DATA, TAG, ZDATA, decode_ack
-from edge.records import (
-    DownlinkRecord,
-    FrameSummary,
-    encode_msgpack,
-    read_jsonl,
-    record_id,
-    to_dict,
-    to_json_line,
-)
+from edge.records import DownlinkRecord, FrameSummary, record_id
 
 pytestmark = pytest.mark.timeout(60)
 REPO = Path(__file__).resolve().parents[3]
@@ -210,20 +203,20 @@ def test_compressed_payloads_it_cannot_read_are_refused_and_not_acknowledged(
 
 def test_a_dictionary_trained_from_a_ground_folder_compresses_what_it_saw(real_data: Path, tmp_path: Path,
                                                                          capsys) -> None:
-    """`python -m edge.link.zdict` trains a dictionary with the asked id from a ground's JSON lines; it
-    beats plain zstd on those messages, and training the same folder again gives the same bytes."""
+    """`astro-edge link dictionary` trains a dictionary with the asked id from a ground's JSON lines;
+    it beats plain zstd on those messages, and training the same folder again gives the same bytes."""
     import zstandard
 
-    from edge.link.zdict import main as zdict_main
+    from edge.cli import main
 
     out = tmp_path / "ground"
     out.mkdir()
     recs = ntt_records(real_data)
     (out / "downlink.jsonl").write_text("".join(to_json_line(r) + "\n" for r in recs))
     (out / "frames.jsonl").write_text("".join(to_json_line(summary(f)) + "\n" for f in range(5)))
-    assert zdict_main([str(out), "--out", str(tmp_path / "a.zdict"), "--dict-id", "0x41459999"]) == 0
+    assert main(["link", "dictionary", str(out), "--out", str(tmp_path / "a.zdict"), "--dict-id", "0x41459999"]) == 0
     assert "70 messages" in capsys.readouterr().out
-    assert zdict_main([str(out), "--out", str(tmp_path / "b.zdict"), "--dict-id", "0x41459999"]) == 0
+    assert main(["link", "dictionary", str(out), "--out", str(tmp_path / "b.zdict"), "--dict-id", "0x41459999"]) == 0
     data = (tmp_path / "a.zdict").read_bytes()
     assert data == (tmp_path / "b.zdict").read_bytes()
     zdict = zstandard.ZstdCompressionDict(data)

@@ -27,11 +27,12 @@ import numpy as np
 import pytest
 import zmq
 
+from edge.codec import read_jsonl
 from edge.ground.receiver import GroundReceiver
 from edge.link.downlink import Downlink
 from edge.link.spool import Spool
 from edge.log import configure
-from edge.records import DownlinkRecord, FrameSummary, compress_stamp, read_jsonl, record_id
+from edge.records import DownlinkRecord, FrameSummary, compress_stamp, record_id
 
 N_FRAMES = 24
 SERIES = "crash"

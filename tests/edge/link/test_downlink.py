@@ -13,11 +13,12 @@ import pytest
 import zmq
 from structlog.testing import capture_logs
 
+from edge.codec import decode_msgpack, read_jsonl
 from edge.ground.receiver import GroundReceiver
 from edge.link.downlink import Downlink
 from edge.link.spool import Spool
 from edge.link.wire import ACK, DATA, TAG, encode_ack
-from edge.records import DownlinkRecord, compress_stamp, decode_msgpack, read_jsonl, record_id
+from edge.records import DownlinkRecord, compress_stamp, record_id
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -108,8 +109,8 @@ def test_compressed_downlink_delivers_the_same_records_in_fewer_bytes(
         tmp_path: Path, ctx: zmq.Context[Any], rng: np.random.Generator) -> None:
     """With the shipped dictionary the ground stores exactly the records the spool held, and the
     bytes sent (what the budgets count) are the compressed frames, fewer than the msgpack's."""
+    from edge.codec import encode_msgpack
     from edge.link.zdict import compressor
-    from edge.records import encode_msgpack
 
     recs = [make_record(f, i, float(rng.random()), rng) for f in range(3) for i in range(8)]
     with GroundReceiver("tcp://127.0.0.1:*", tmp_path / "out", context=ctx) as ground, \

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
+from edge.codec import decode_msgpack
 from edge.errors import SpoolError
 from edge.link.spool import Spool
-from edge.records import DownlinkRecord, FrameSummary, compress_stamp, decode_msgpack, record_id
+from edge.records import DownlinkRecord, FrameSummary, compress_stamp, record_id
 from edge.triage import TriagePolicy, triage
 
 
