@@ -49,9 +49,10 @@ def object_ids(x, y, family, truth, frame_index: int):
 def main() -> int:
     import numpy as np
 
-    from engines import export
+    from edge.cli.progress import track
     from engines.manifest import load_manifest
     from engines.scoring import score
+    from engines.training import export
     from engines.training.dataset import UNKNOWN, candidates_from_frame, frame_seed
     from engines.training.train import TrainSettings, training_twin_config
     from twin import ANOMALY_FAMILIES, simulate_frame
@@ -69,7 +70,7 @@ def main() -> int:
     n_frames = settings.n_eval_frames if args.frames is None else args.frames
     seed = settings.seed + 2
     parts = []
-    for i in range(n_frames):
+    for i in track(range(n_frames), "simulating evaluation frames"):
         frame = simulate_frame(config, i, frame_seed(seed, i), light_by_family=True)
         data, cands = candidates_from_frame(frame, config)
         parts.append((data.stamps, data.labels, data.family, data.snr,

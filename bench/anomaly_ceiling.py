@@ -40,6 +40,7 @@ SEED_DOUBLES = 556000
 def main() -> int:
     import numpy as np
 
+    from edge.cli.progress import Bars
     from engines.manifest import load_manifest
     from engines.scoring import auroc
     from engines.training.dataset import CLASSES, UNKNOWN, StampSet, concat, twin_stamp_set
@@ -72,10 +73,15 @@ def main() -> int:
     every = training_twin_config(size, anomalies=ANOMALY_FAMILIES)
     doubles = dataclasses.replace(training_twin_config(size, anomalies=("close_double",)), n_anomalies_per_family=16)
     side = args.stamp_size
-    train = concat([twin_stamp_set(every, args.train_frames, SEED_ALL_FAMILIES, stamp_size=side),
-                    twin_stamp_set(doubles, args.double_frames, SEED_DOUBLES, stamp_size=side)])
-    calib = twin_stamp_set(training_twin_config(size), settings.n_calib_frames, settings.seed + 1, stamp_size=side)
-    test = twin_stamp_set(every, settings.n_eval_frames, settings.seed + 2, stamp_size=side)
+    bars = Bars()   # on stderr, when it is a terminal
+    train = concat([twin_stamp_set(every, args.train_frames, SEED_ALL_FAMILIES, stamp_size=side,
+                                   progress=bars, stage="simulating training frames"),
+                    twin_stamp_set(doubles, args.double_frames, SEED_DOUBLES, stamp_size=side,
+                                   progress=bars, stage="simulating close-double frames")])
+    calib = twin_stamp_set(training_twin_config(size), settings.n_calib_frames, settings.seed + 1, stamp_size=side,
+                           progress=bars, stage="simulating calibration frames")
+    test = twin_stamp_set(every, settings.n_eval_frames, settings.seed + 2, stamp_size=side,
+                          progress=bars, stage="simulating evaluation frames")
 
     def eleven(data: StampSet) -> np.ndarray:
         y = data.labels.copy()
@@ -90,7 +96,9 @@ def main() -> int:
     probe = TrainSettings(seed=settings.seed, epochs=args.epochs, threads=args.threads, oe_fraction=0.0,
                           spec=ModelSpec(n_classes=len(CLASSES) + len(FAMILIES), stamp_size_px=side,
                                          widths=tuple(int(w) for w in args.widths.split(","))))
-    model = fit_model(train.stamps[keep], y[keep], np.zeros((0, 2, side, side), np.float32), probe)
+    model = fit_model(train.stamps[keep], y[keep], np.zeros((0, 2, side, side), np.float32), probe,
+                      progress=bars)
+    bars.close()
 
     def anomaly_probability(stamps: np.ndarray) -> np.ndarray:
         logits, _ = predict(model, stamps)

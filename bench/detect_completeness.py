@@ -33,6 +33,7 @@ EDGE_PX = 20
 def main() -> int:
     import numpy as np
 
+    from edge.cli.progress import track
     from edge.detect import DetectSettings, detect, subtract_background
     from engines.training.dataset import calibrate_twin_frame, frame_seed
     from engines.training.train import training_twin_config
@@ -55,7 +56,7 @@ def main() -> int:
     found = dict.fromkeys(variants, 0)
     n_stars = 0
     config = training_twin_config(args.size)
-    for i in range(args.frames):
+    for i in track(range(args.frames), "detecting on twin frames"):
         frame = simulate_frame(config, i, frame_seed(args.seed, i))
         image_e, variance_e2, mask = calibrate_twin_frame(frame, config, True)
         t = frame.truth[frame.truth["label"] == "star"]
@@ -85,6 +86,7 @@ def main() -> int:
 
 def families(model: Path, n_frames: int, variants: dict[str, Any]) -> None:
     """The engine's evaluation set built with each detection, scored by the engine as it is."""
+    from edge.cli.progress import Bars
     from engines.manifest import load_manifest
     from engines.training.dataset import twin_stamp_set
     from engines.training.export import run_onnx
@@ -96,7 +98,9 @@ def families(model: Path, n_frames: int, variants: dict[str, Any]) -> None:
     config = training_twin_config(settings.frame_size_px, anomalies=ANOMALY_FAMILIES)
     print(f"\n{m.name} {m.version} on its evaluation set ({n_frames} frames, seed {settings.seed + 2})")
     for name in ("node default (matched filter)", "no matched filter"):
-        test = twin_stamp_set(config, n_frames, settings.seed + 2, settings=variants[name])
+        with Bars() as bars:
+            test = twin_stamp_set(config, n_frames, settings.seed + 2, settings=variants[name], progress=bars,
+                                  stage=f"simulating evaluation frames, {name}")
         f = evaluate(run_onnx(m.path("model_fp32.onnx"), test.stamps, threads=2), test, m.scoring)
         print(f"  {name}: {len(test)} candidates, accuracy S/N>=10 {f['accuracy_snr10']:.4f}, "
               f"ECE {f['ece_snr10']:.4f}, flagged ordinary {f['flagged_ordinary_at_alpha']:.4f}")

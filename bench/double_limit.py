@@ -122,6 +122,7 @@ def main() -> None:
     import numpy as np
     from scipy.stats import norm
 
+    from edge.cli.progress import track
     from edge.detect import DetectSettings, detect, subtract_background
     from engines.scoring import auroc
     from engines.training.dataset import calibrate_twin_frame, frame_seed, label_candidates
@@ -139,7 +140,7 @@ def main() -> None:
     star_excess: list[float] = []
     n_stars = n_pairs = 0
     settings = DetectSettings()
-    for i in range(args.frames):
+    for i in track(range(args.frames), "fitting close doubles"):
         seed = frame_seed(args.seed, i)
         draw = next(d for d in draw_anomalies(config, seed, draw_scene(config, seed)) if d.family == "close_double")
         frame = simulate_frame(config, i, seed)

@@ -20,7 +20,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 import numpy as np  # noqa: E402
 
-from edge.cli.engines import DEFAULT_MODEL_DIR  # noqa: E402
+from edge.node.assemble import default_engine_dir  # noqa: E402
 from engines.build import time_engine  # noqa: E402
 from engines.check import load_golden  # noqa: E402
 from engines.manifest import load_manifest  # noqa: E402
@@ -32,14 +32,14 @@ BATCHES = (1, 64, 512)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR)
+    parser.add_argument("--model", type=Path, default=None, help="engine folder (default: the shipped engine)")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (default: 1)")
     parser.add_argument("--min-time", type=float, default=1.0, help="seconds of timed runs per point (default: 1.0)")
     parser.add_argument("--providers", default=None,
                         help="comma-separated ONNX Runtime providers to allow (default: all present, TensorRT EP first)")
     args = parser.parse_args()
 
-    manifest = load_manifest(args.model)
+    manifest = load_manifest(args.model or default_engine_dir())
     stamps = load_golden(manifest)["stamps"]
     device = probe_device()
     providers = args.providers.split(",") if args.providers else None
@@ -51,7 +51,7 @@ def main() -> None:
         elif entry.format == "tensorrt-plan" and device is not None:
             try:
                 check_plan_compatible(entry, device, where=rel)
-            except Exception as exc:  # an incompatible plan is reported, not timed
+            except Exception as exc:  # noqa: BLE001 - an incompatible plan is reported, not timed
                 print(f"skip {rel}: {exc}")
                 continue
             runs.append(("tensorrt", entry.precision, rel, TensorRTEngine(manifest, rel, entry.precision, device=device)))

@@ -25,6 +25,7 @@ import time
 import numpy as np
 import zmq
 
+from edge.cli.progress import track
 from firmware_bridge.protocol import decode_header, encode_frame
 from firmware_bridge.receiver import FrameReceiver
 
@@ -104,7 +105,7 @@ def main() -> None:
         ratios = {}
         for name, address in transports.items():
             results: dict[str, list[tuple[float, float, float]]] = {"bare": [], "receiver": []}
-            for _ in range(args.rounds):
+            for _ in track(range(args.rounds), f"{name} rounds (bare, then FrameReceiver)"):
                 for kind in ("bare", "receiver"):
                     results[kind].append(_run(address, args.frames, args.size, kind))
             best = {k: max(v) for k, v in results.items()}

@@ -35,11 +35,12 @@ run_sep = _bench_detect.run_sep
 
 
 def twin_frames(n: int, size: int, seed: int) -> list:
+    from edge.cli.progress import track
     from twin import DetectorModel, TwinConfig, simulate_frame
 
     cfg = dataclasses.replace(TwinConfig(detector=DetectorModel(shape_px=(size, size))),
                               n_stars=1600, n_galaxies=400)
-    return [simulate_frame(cfg, i, seed) for i in range(n)]
+    return [simulate_frame(cfg, i, seed) for i in track(range(n), "simulating frames")]
 
 
 def node_fps(frames: list, workers: int, engine: str, work: Path,

@@ -18,19 +18,25 @@ import argparse
 import os
 import sqlite3
 import statistics
+import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
-import numpy as np
-from astropy.io import fits
-from astropy.utils.exceptions import AstropyUserWarning
+# bench/ holds scripts named like the packages (engines.py, twin.py): keep it off the import path
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from edge.link.spool import Spool
-from edge.log import configure
-from edge.records import CompressedStamp, DownlinkRecord, compress_stamp, encode_msgpack, record_id
-from engines.stamps import cut_stamps
+import numpy as np  # noqa: E402
+from astropy.io import fits  # noqa: E402
+from astropy.utils.exceptions import AstropyUserWarning  # noqa: E402
+
+from edge.cli.progress import track  # noqa: E402
+from edge.codec import encode_msgpack  # noqa: E402
+from edge.link.spool import Spool  # noqa: E402
+from edge.log import configure  # noqa: E402
+from edge.records import CompressedStamp, DownlinkRecord, compress_stamp, record_id  # noqa: E402
+from engines.stamps import cut_stamps  # noqa: E402
 
 #: the repository's copy of the real NTT frame (tests/data/real/README.md says where it comes from)
 NTT_DIR = Path(__file__).resolve().parent.parent / "tests" / "data" / "real" / "sep-ntt"
@@ -116,7 +122,7 @@ def main() -> None:
     size = statistics.mean(len(p) for batch in encoded for _, _, p in batch)
     results: dict[str, list[float]] = {"raw sqlite3": [], "Spool.put": []}
     with tempfile.TemporaryDirectory(dir=Path(__file__).resolve().parent) as tmp:
-        for r in range(args.rounds):
+        for r in track(range(args.rounds), "rounds (raw sqlite3, then Spool.put)"):
             results["raw sqlite3"].append(run_raw(Path(tmp) / f"raw{r}.sqlite", encoded))
             results["Spool.put"].append(run_spool(Path(tmp) / f"spool{r}.sqlite", frames))
     for name, rates in results.items():

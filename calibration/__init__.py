@@ -15,20 +15,25 @@ from pathlib import Path
 
 from calibration.apply import MASK_BAD, MASK_NONFINITE, MASK_SATURATED, CalibratedFrame, Calibrator
 from calibration.bundle import BUNDLE_VERSION, read_bundle, write_bundle
-from calibration.frames import scan_folder
+from calibration.frames import Progress, scan_folder
 from calibration.masters import Masters, PhotonTransfer, build_masters
 from edge.log import get_logger
 
 log = get_logger(__name__)
 
 
-def build_bundle(folder: Path | str, out_path: Path | str, *, trust_header_gain: bool = False) -> tuple[Masters, str]:
-    """Build masters from every FITS frame in ``folder`` and write the bundle; return (masters, bundle_id)."""
-    frames = scan_folder(folder)
+def build_bundle(folder: Path | str, out_path: Path | str, *, trust_header_gain: bool = False,
+                 progress: Progress | None = None) -> tuple[Masters, str]:
+    """Build masters from every FITS frame in ``folder`` and write the bundle; return (masters, bundle_id).
+
+    ``progress`` is told of each file read and each master combined (:func:`scan_folder`,
+    :func:`build_masters`).
+    """
+    frames = scan_folder(folder, progress=progress)
     skipped = [f.path.name for f in frames if f.kind not in ("bias", "dark", "flat")]
     if skipped:
         log.info("calib.frames_skipped", folder=str(folder), count=len(skipped), files=skipped[:10])
-    masters = build_masters(frames, trust_header_gain=trust_header_gain)
+    masters = build_masters(frames, trust_header_gain=trust_header_gain, progress=progress)
     if trust_header_gain and masters.noise_source != "header":
         log.warning("calib.header_gain_unavailable", folder=str(folder),
                     detail="frames disagree on or lack GAIN/RDNOISE; measured by photon transfer instead")

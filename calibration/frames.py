@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,10 @@ _KIND_SPELLINGS: dict[str, str] = {
 _SECTION = re.compile(r"^\[\s*(\d+)\s*:\s*(\d+)\s*,\s*(\d+)\s*:\s*(\d+)\s*\]$")
 
 Section = tuple[slice, slice]
+
+#: ``progress(stage, advance, total)``: ``advance`` more of ``total`` units of ``stage`` are done
+#: (0 when the stage starts). Long functions take one to report to a shell; it only observes.
+Progress = Callable[[str, int, int], None]
 
 
 def frame_kind(imagetyp: str | None) -> str | None:
@@ -302,8 +306,11 @@ def read_frame(path: Path | str) -> CalFrame:
     )
 
 
-def scan_folder(folder: Path | str) -> list[CalFrame]:
-    """Every FITS frame in a folder (``*.fits``, ``*.fit``, ``*.fts``, sorted by name)."""
+def scan_folder(folder: Path | str, *, progress: Progress | None = None) -> list[CalFrame]:
+    """Every FITS frame in a folder (``*.fits``, ``*.fit``, ``*.fts``, sorted by name).
+
+    ``progress`` is told of each file read (stage ``"reading calibration frames"``).
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise CalibrationInputError("is not a folder", where=str(folder))
@@ -312,4 +319,12 @@ def scan_folder(folder: Path | str) -> list[CalFrame]:
     if not paths:
         raise CalibrationInputError("holds no FITS files (*.fits, *.fit, *.fts); point it at the calibration frames",
                                     where=str(folder))
-    return [read_frame(p) for p in paths]
+    stage = "reading calibration frames"
+    if progress is not None:
+        progress(stage, 0, len(paths))
+    frames = []
+    for p in paths:
+        frames.append(read_frame(p))
+        if progress is not None:
+            progress(stage, 1, len(paths))
+    return frames

@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from calibration.combine import sigma_clip_combine
-from calibration.frames import CalFrame, clipped_mean_std
+from calibration.frames import CalFrame, Progress, clipped_mean_std
 from edge.errors import CalibrationInputError
 
 #: bits of ``Masters.bad_pixels`` (the Calibrator folds them all into its mask bit 1)
@@ -193,12 +193,15 @@ def _header_noise(frames: Sequence[CalFrame]) -> tuple[float, float] | None:
     return None
 
 
-def build_masters(frames: Sequence[CalFrame], *, trust_header_gain: bool = False) -> Masters:
+def build_masters(frames: Sequence[CalFrame], *, trust_header_gain: bool = False,
+                  progress: Progress | None = None) -> Masters:
     """Combine bias, dark and flat frames into masters, flag bad pixels, measure gain and read noise.
 
     Frames of other kinds (lights, unknown IMAGETYP) are left out. Biases are required; darks and
     flats are optional. Gain and read noise come from photon transfer unless
-    ``trust_header_gain`` is set and every frame's GAIN and RDNOISE agree.
+    ``trust_header_gain`` is set and every frame's GAIN and RDNOISE agree. ``progress`` is told of
+    each step done (stage ``"combining masters"``: the bias, the dark, each filter's flat, then
+    gain and read noise).
     """
     cal = [f for f in frames if f.kind in ("bias", "dark", "flat")]
     if not cal:
@@ -213,15 +216,25 @@ def build_masters(frames: Sequence[CalFrame], *, trust_header_gain: bool = False
                                     where=str(cal[0].path.parent))
     for f in darks + flats:
         _exposure(f)
+    stage = "combining masters"
+    n_steps = 2 + bool(darks) + len({f.filter_name or "" for f in flats})
+
+    def step_done(advance: int = 1) -> None:
+        if progress is not None:
+            progress(stage, advance, n_steps)
+
+    step_done(0)
     bias_stack = np.stack([f.data_adu for f in biases])
     bias = sigma_clip_combine(bias_stack).mean
     del bias_stack
+    step_done()
 
     dark_rate = None
     if darks:
         rates = np.stack([(f.data_adu - bias) / np.float32(max(_exposure(f), 1e-9)) for f in darks])
         dark_rate = sigma_clip_combine(rates).mean
         del rates
+        step_done()
     bpm = np.zeros(shape, np.uint8)
     if dark_rate is not None:
         hot = hot_pixels(dark_rate)
@@ -256,6 +269,7 @@ def build_masters(frames: Sequence[CalFrame], *, trust_header_gain: bool = False
         flat_rel_var[name] = float(np.mean(comb.variance_of_mean[good] / master[good] ** 2, dtype=np.float64))
         master_flats[name] = master
         n_flat[name] = len(group)
+        step_done()
     flagged = bpm != 0
     cols = bad_columns(flagged, dark_rate)
     bpm[:, cols] |= BPM_BAD_COLUMN
@@ -278,6 +292,7 @@ def build_masters(frames: Sequence[CalFrame], *, trust_header_gain: bool = False
         else:
             gain, rn_e = ptc.gain_e_per_adu, ptc.read_noise_e
             source = "photon_transfer"
+    step_done()
     rn_adu = rn_e / gain
     bias_var = rn_adu ** 2 / len(biases)
     dark_var = None

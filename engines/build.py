@@ -13,7 +13,6 @@ there). :func:`choose_precision` is the pure decision rule.
 
 from __future__ import annotations
 
-import argparse
 import platform
 import shutil
 import time
@@ -25,7 +24,7 @@ import numpy as np
 from edge.errors import ConfigError, EngineCompatibilityError, EngineError
 from edge.log import get_logger
 
-__all__ = ["build_command", "build_engine", "choose_precision", "time_engine"]
+__all__ = ["build_engine", "choose_precision", "time_engine"]
 
 log = get_logger(__name__)
 
@@ -109,7 +108,7 @@ def build_engine(model_dir: Path, out_dir: Path | None = None, backend: str = "a
     runs: dict[str, str] = {}
     for prec in candidates:
         tolerance = manifest.golden.tolerance.get(prec, {}) if manifest.golden else {}
-        if chosen_backend == "tensorrt":
+        if device is not None:   # the TensorRT backend was chosen
             settings = TrtBuildSettings(precision=prec, opt_batch=batch, max_batch=max(batch, 512))
             plan_rel = f"plan_{prec}_sm{device.compute_capability.replace('.', '')}.engine"
             built = build_plan(manifest.path(source_onnx_for(manifest, prec)), out / plan_rel, settings,
@@ -152,20 +151,3 @@ def build_engine(model_dir: Path, out_dir: Path | None = None, backend: str = "a
     write_manifest(manifest.with_files(files, build=info), out)
     log.info("engines.build.chosen", backend=chosen_backend, precision=choice, file=runs[choice])
     return load_manifest(out)
-
-
-def build_command(args: argparse.Namespace) -> int:
-    """Print each precision's figures and the choice."""
-    written = build_engine(args.model, args.out, backend=args.backend, precision=args.precision,
-                           batch=args.batch, threads=args.threads)
-    build = written.build
-    print(f"{'precision':<9} {'stamps/s':>10} {'top1':>6} {'logits|d|':>10}  gate")
-    for prec, f in build.figures["precisions"].items():
-        if "stamps_per_s" in f:
-            print(f"{prec:<9} {f['stamps_per_s']:>10.0f} {f['top1_agreement']:>6.3f} "
-                  f"{f['logits_max_abs']:>10.2e}  {'pass' if f['passed'] else 'fail'}")
-        else:
-            print(f"{prec:<9} {'-':>10} {'-':>6} {'-':>10}  error: {f.get('error')}")
-    print(f"chosen: {build.backend} {build.precision} ({build.file}) on {build.device}; "
-          f"written to {written.directory}")
-    return 0

@@ -9,7 +9,6 @@ reason. :func:`compare_outputs` is pure numpy; :func:`check_engine` is the shell
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from numpy.typing import NDArray
 from edge.errors import EngineCompatibilityError, EngineError, EngineIntegrityError
 from edge.log import get_logger
 
-__all__ = ["ParityResult", "check_command", "check_engine", "compare_outputs", "load_golden"]
+__all__ = ["ParityResult", "check_engine", "compare_outputs", "load_golden"]
 
 log = get_logger(__name__)
 
@@ -85,6 +84,7 @@ def check_engine(model_dir: Path, threads: int = 1, device: Any = None) -> list[
 
     manifest = load_manifest(model_dir)
     golden = load_golden(manifest)
+    assert manifest.golden is not None  # load_golden refuses a manifest without one
     tolerances = manifest.golden.tolerance
     results = []
     runnables = _runnables(manifest)
@@ -114,16 +114,3 @@ def check_engine(model_dir: Path, threads: int = 1, device: Any = None) -> list[
         log.info("engines.check.result", backend=backend, precision=precision, file=rel,
                  logits_max_abs=d_l, embedding_max_abs=d_e, top1_agreement=top1, passed=passed)
     return results
-
-
-def check_command(args: argparse.Namespace) -> int:
-    """Print the parity table; exit 0 when every runnable file passes, 1 otherwise."""
-    results = check_engine(args.model, threads=args.threads)
-    print(f"{'backend':<12} {'precision':<9} {'file':<24} {'logits|d|':>10} {'embed|d|':>10} {'top1':>6}  result")
-    for r in results:
-        if r.skipped:
-            print(f"{r.backend:<12} {r.precision:<9} {r.file:<24} {'':>10} {'':>10} {'':>6}  skipped: {r.skipped}")
-        else:
-            print(f"{r.backend:<12} {r.precision:<9} {r.file:<24} {r.logits_max_abs:>10.2e} "
-                  f"{r.embedding_max_abs:>10.2e} {r.top1_agreement:>6.3f}  {'pass' if r.passed else 'FAIL'}")
-    return 0 if all(r.passed for r in results) else 1

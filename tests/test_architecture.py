@@ -164,3 +164,49 @@ def test_the_checker_finds_a_cycle_through_a_lazy_import(tmp_path: Path) -> None
     g = import_graph(tmp_path, ["pkg"])
     assert g["pkg.d"] == {"pkg.a"}
     assert cycles(g) == [["pkg.a", "pkg.sub.b", "pkg.sub.c"]]
+
+
+def layer_of(module: str) -> str:
+    """The part of the project a module belongs to, as docs/architecture.md names them."""
+    parts = module.split(".")
+    if parts[0] == "edge":
+        if len(parts) > 1 and parts[1] in ("node", "link", "ground", "cli", "testing"):
+            return f"edge.{parts[1]}"
+        if module in EDGE_FOUNDATION:
+            return "edge.errors/log"
+        return "edge stages"
+    if parts[0] == "engines":
+        return "engines.training" if len(parts) > 1 and parts[1] == "training" else "engines (serving)"
+    return parts[0]
+
+
+#: what each part may import, besides itself and edge.errors / edge.log (docs/architecture.md)
+ALLOWED = {
+    "edge.cli": {"edge.node", "edge.ground", "edge.testing", "engines.training", "edge stages", "edge.link",
+                 "firmware_bridge", "calibration", "engines (serving)", "twin"},
+    "edge.node": {"edge stages", "edge.link", "calibration", "engines (serving)", "firmware_bridge"},
+    "edge.ground": {"edge stages", "edge.link", "firmware_bridge"},
+    "edge.testing": {"edge stages", "edge.ground", "firmware_bridge", "twin"},
+    "engines.training": {"edge stages", "engines (serving)", "twin"},
+    "edge stages": {"edge.link", "calibration", "engines (serving)", "firmware_bridge"},
+    "edge.link": {"edge stages"},
+    "firmware_bridge": {"twin"},
+    "calibration": set(),
+    "engines (serving)": set(),
+    "twin": set(),
+    "edge.errors/log": set(),
+}
+
+
+def test_every_part_imports_only_what_the_architecture_page_draws(graph: dict[str, set[str]]) -> None:
+    """Between the parts of the project, only the arrows docs/architecture.md draws exist."""
+    drawn = {(layer_of(m), layer_of(t)) for m, ts in graph.items() for t in ts}
+    extra = {(a, b) for a, b in drawn if a != b and b != "edge.errors/log" and b not in ALLOWED[a]}
+    assert extra == set()
+
+
+def test_no_module_of_edge_is_over_400_lines() -> None:
+    """Every module of the node reads in one sitting: none is longer than 400 lines."""
+    long = {name: n for name, path in project_modules(REPO, ["edge"]).items()
+            if (n := len(path.read_text(encoding="utf-8").splitlines())) > 400}
+    assert long == {}

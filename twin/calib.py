@@ -19,7 +19,7 @@ from edge.errors import TwinError
 from edge.log import get_logger
 from twin.astrometry import detector_cards
 from twin.detector import expose
-from twin.instrument import DetectorModel
+from twin.instrument import DetectorModel, Progress
 
 log = get_logger(__name__)
 
@@ -59,8 +59,13 @@ def _header(det: DetectorModel, imagetyp: str, exptime_s: float, index: int, fil
 
 def make_calibration_set(out_dir: Path, detector: DetectorModel, *, n_bias: int = 10, n_dark: int = 5,
                          dark_exptime_s: float = 300.0, n_flat: int = 10, flat_level_e: float = 20000.0,
-                         filters: tuple[str, ...] = ("r",), seed: int = 0) -> CalibrationTruth:
-    """Write bias_000.fits, dark_000.fits, flat_<filter>_000.fits ... (uint16) and return the truth."""
+                         filters: tuple[str, ...] = ("r",), seed: int = 0,
+                         progress: Progress | None = None) -> CalibrationTruth:
+    """Write bias_000.fits, dark_000.fits, flat_<filter>_000.fits ... (uint16) and return the truth.
+
+    ``progress`` is told of each frame written (stage ``"writing calibration frames"``,
+    ``n_bias + n_dark + n_flat * len(filters)`` in all).
+    """
     if min(n_bias, n_dark, n_flat, seed) < 0 or dark_exptime_s <= 0:
         raise TwinError("frame counts and seed must be >= 0 and dark_exptime_s > 0", where="make_calibration_set")
     if not 0 < flat_level_e < detector.full_well_e / (1 + detector.vignetting + 5 * detector.prnu_rms):
@@ -74,6 +79,10 @@ def make_calibration_set(out_dir: Path, detector: DetectorModel, *, n_bias: int 
     zeros = np.zeros(detector.shape_px, np.float32)
     files: list[Path] = []
     count = 0
+    total = n_bias + n_dark + n_flat * len(filters)
+    stage = "writing calibration frames"
+    if progress is not None:
+        progress(stage, 0, total)
 
     def write(name: str, expected: NDArray[np.float32], exptime_s: float, imagetyp: str, filt: str | None,
               stream: tuple[int, ...]) -> None:
@@ -85,6 +94,8 @@ def make_calibration_set(out_dir: Path, detector: DetectorModel, *, n_bias: int 
         files.append(path)
         count += 1
         log.debug("twin.calib_written", path=str(path), imagetyp=imagetyp)
+        if progress is not None:
+            progress(stage, 1, total)
 
     for i in range(n_bias):
         write(f"bias_{i:03d}.fits", zeros, 0.0, "BIAS", None, (_BIAS, i))

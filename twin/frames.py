@@ -25,7 +25,7 @@ from twin.anomalies import IN_REFERENCE_CATALOG, draw_anomalies, render_anomalie
 from twin.artifacts import add_cosmic_rays, add_streaks
 from twin.astrometry import light_header, make_wcs, pixel_to_sky
 from twin.detector import expose
-from twin.instrument import TwinConfig, fixed_patterns
+from twin.instrument import Progress, TwinConfig, fixed_patterns
 from twin.psf import inside_fraction, noise_area_px, psf_at
 from twin.sky import (
     Rendered,
@@ -182,8 +182,12 @@ def reference_catalog(config: TwinConfig, seed: int) -> Table:
                   "x": x, "y": y})
 
 
-def write_frames(out_dir: Path, config: TwinConfig, n: int, seed: int) -> list[Path]:
-    """Write frame_0000.fits ... (raw uint16), truth.ecsv (all frames) and reference_catalog.ecsv."""
+def write_frames(out_dir: Path, config: TwinConfig, n: int, seed: int, *,
+                 progress: Progress | None = None) -> list[Path]:
+    """Write frame_0000.fits ... (raw uint16), truth.ecsv (all frames) and reference_catalog.ecsv.
+
+    ``progress`` is told of each frame written (stage ``"writing frames"``, ``n`` in all).
+    """
     if n < 1:
         raise TwinError(f"--n must be >= 1, got {n}", where="write_frames")
     out_dir = Path(out_dir)
@@ -192,6 +196,8 @@ def write_frames(out_dir: Path, config: TwinConfig, n: int, seed: int) -> list[P
     except OSError as exc:
         raise TwinError(f"cannot create output folder: {exc}; choose a writable --out", where=str(out_dir)) from exc
     paths, truths = [], []
+    if progress is not None:
+        progress("writing frames", 0, n)
     for i in range(n):
         frame = simulate_frame(config, i, seed)
         path = out_dir / f"frame_{i:04d}.fits"
@@ -199,6 +205,8 @@ def write_frames(out_dir: Path, config: TwinConfig, n: int, seed: int) -> list[P
         paths.append(path)
         truths.append(frame.truth)
         log.info("twin.frame_written", path=str(path), index=i, n_truth=len(frame.truth))
+        if progress is not None:
+            progress("writing frames", 1, n)
     truth = vstack(truths) if truths else empty_truth()
     truth.meta["seed"] = seed
     truth.meta["exposure_s"] = config.exposure_s

@@ -10,6 +10,7 @@ module draws no per-frame randomness and renders nothing.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -18,6 +19,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge.errors import TwinError
+
+#: ``progress(stage, advance, total)``: ``advance`` more of ``total`` units of ``stage`` are done
+#: (0 when the stage starts). Long functions take one to report to a shell; it only observes.
+Progress = Callable[[str, int, int], None]
 
 ORDINARY_LABELS: tuple[str, ...] = ("star", "galaxy", "cosmic_ray", "hot_pixel", "streak")
 ANOMALY_FAMILIES: tuple[str, ...] = ("lens_arc", "comet", "lobster_psf", "close_double", "ghost")

@@ -12,22 +12,37 @@ import math
 from pathlib import Path
 from typing import Any
 
+from edge.cli.progress import Bars
+
 
 def register(subparsers: Any) -> None:
     """Add the ``calib`` command group to the ``astro-edge`` parser."""
-    calib = subparsers.add_parser("calib", help="detector calibration: build and inspect bundles",
-                                  description="Detector calibration: build and inspect calibration bundles.")
-    sub = calib.add_subparsers(dest="calib_command", metavar="SUBCOMMAND", required=True)
+    calib = subparsers.add_parser(
+        "calib", help="detector calibration: build and inspect bundles",
+        description="Detector calibration: build a calibration bundle (master bias, dark, flats, "
+                    "bad-pixel mask, gain and read noise) from raw calibration frames, show what one "
+                    "holds, measure a raw frame's overscan (docs/calibration.md).")
+    sub = calib.add_subparsers(dest="calib_command", metavar="ACTION", required=True)
 
-    build = sub.add_parser("build", help="build a bundle from a folder of BIAS/DARK/FLAT FITS frames")
+    build = sub.add_parser(
+        "build", help="build a bundle from a folder of BIAS/DARK/FLAT FITS frames",
+        description="Read every FITS frame in DIR (kind from IMAGETYP; overscan removed and trimmed "
+                    "where BIASSEC/TRIMSEC say so), combine the biases, darks and each filter's flats "
+                    "with sigma clipping, flag hot, dead, low-response pixels and bad columns, measure "
+                    "gain and read noise by photon transfer, and write one checksummed FITS bundle "
+                    "that `astro-edge run` and `process` read. Other frames in DIR are skipped.")
     build.add_argument("folder", type=Path, metavar="DIR", help="folder of calibration FITS frames")
-    build.add_argument("--out", type=Path, required=True, help="bundle file to write (e.g. bundle.fits)")
+    build.add_argument("--out", type=Path, required=True, metavar="FILE",
+                       help="bundle file to write (e.g. bundle.fits)")
     build.add_argument("--trust-header-gain", action="store_true",
                        help="take gain and read noise from the GAIN/RDNOISE keywords instead of measuring them")
     build.set_defaults(func=_build)
 
-    show = sub.add_parser("show", help="print what a bundle holds and whether its checksums hold")
-    show.add_argument("bundle", type=Path, help="bundle file")
+    show = sub.add_parser(
+        "show", help="print what a bundle holds and whether its checksums hold",
+        description="Print a bundle's header summary (version, id, gain, read noise, inputs) and each "
+                    "HDU with its shape and whether its FITS checksum holds. Exit 1 when one does not.")
+    show.add_argument("bundle", type=Path, metavar="FILE", help="bundle file")
     show.set_defaults(func=_show)
 
     over = sub.add_parser("overscan", help="overscan level and read noise of a raw frame's BIASSEC strip, "
@@ -35,8 +50,8 @@ def register(subparsers: Any) -> None:
                           description="Level and read noise of a raw frame's BIASSEC strip (ADU, and e- "
                           "with a gain); with TRIMSEC, the trimmed shape and the gain implied by the "
                           "sky's shot noise against its level (light frames).")
-    over.add_argument("frame", type=Path, help="raw FITS frame with a BIASSEC keyword")
-    over.add_argument("--gain", type=float, default=None,
+    over.add_argument("frame", type=Path, metavar="FILE", help="raw FITS frame with a BIASSEC keyword")
+    over.add_argument("--gain", type=float, default=None, metavar="GAIN",
                       help="e-/ADU for the electron figures (default: the frame's GAIN keyword)")
     over.set_defaults(func=_overscan)
 
@@ -45,7 +60,9 @@ def _build(args: argparse.Namespace) -> int:
     from calibration import build_bundle
     from edge.log import get_logger
 
-    masters, bundle_id = build_bundle(args.folder, args.out, trust_header_gain=args.trust_header_gain)
+    with Bars(quiet=args.quiet) as bars:
+        masters, bundle_id = build_bundle(args.folder, args.out, trust_header_gain=args.trust_header_gain,
+                                          progress=bars)
     ptc = masters.photon_transfer
     get_logger(__name__).info(
         "calib.bundle_built", path=str(args.out), bundle_id=bundle_id, inputs=len(masters.inputs),

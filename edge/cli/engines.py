@@ -1,72 +1,76 @@
 """``astro-edge engines train|evaluate|build|check|finetune``: the engine commands.
 
-This module only declares the arguments; each handler imports its heavy module (torch, onnx,
-onnxruntime, tensorrt) when it runs, so ``astro-edge --help`` stays fast and the node never pulls
-torch in through the command line.
+This module declares the arguments, checks them, calls the library functions
+(:func:`engines.training.train.train_engine`, :func:`engines.training.evaluation.reevaluate`,
+:func:`engines.build.build_engine`, :func:`engines.check.check_engine`,
+:func:`engines.training.finetune.finetune_engine`) and prints what they return. Each handler
+imports its heavy module (torch, onnx, onnxruntime, tensorrt) when it runs, so ``astro-edge
+--help`` stays fast and the node never pulls torch in through the command line. ``--model``
+defaults to the shipped engine, found when the command runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 from pathlib import Path
+from typing import Any
 
-import engines
-
-DEFAULT_MODEL_DIR = Path(engines.__file__).resolve().parent / "models" / "stampnet-v1"
-
-
-def _train(args: argparse.Namespace) -> int:
-    from engines.training.train import train_command
-
-    return train_command(args)
+from edge.cli.progress import Bars
+from edge.errors import ConfigError
 
 
-def _evaluate(args: argparse.Namespace) -> int:
-    from engines.training.evaluation import evaluate_command
-
-    return evaluate_command(args)
-
-
-def _build(args: argparse.Namespace) -> int:
-    from engines.build import build_command
-
-    return build_command(args)
-
-
-def _check(args: argparse.Namespace) -> int:
-    from engines.check import check_command
-
-    return check_command(args)
-
-
-def _finetune(args: argparse.Namespace) -> int:
-    from engines.training.finetune import finetune_command
-
-    return finetune_command(args)
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: Any) -> None:
     """Add the ``engines`` command group."""
-    parser = subparsers.add_parser("engines", help="train, evaluate, build, check and fine-tune neural engines")
+    parser = subparsers.add_parser(
+        "engines", help="train, evaluate, build, check and fine-tune neural engines",
+        description="The neural engines that classify stamps and score how unusual they are: train "
+                    "one on the digital twin, measure it again, choose the precision for this device, "
+                    "check every backend against the golden outputs, fine-tune on labelled stamps "
+                    "(docs/engines.md, docs/engines-runtime.md).")
     sub = parser.add_subparsers(dest="engines_command", metavar="ACTION", required=True)
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_build(sub)
+    _add_check(sub)
+    _add_finetune(sub)
 
-    p = sub.add_parser("train", help="train an engine on twin frames and write its folder (needs the train extra)")
-    p.add_argument("--out", type=Path, required=True, help="engine folder to write (created)")
-    p.add_argument("--name", default="stampnet", help="engine name in the manifest (default: stampnet)")
-    p.add_argument("--version", default="1", help="engine version in the manifest (default: 1)")
-    p.add_argument("--seed", type=int, default=20261128, help="master seed (default: 20261128)")
+
+def _add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", type=Path, default=None, metavar="DIR",
+                   help="engine folder (default: the shipped engine)")
+
+
+def _add_train(sub: Any) -> None:
+    p = sub.add_parser(
+        "train", help="train an engine on twin frames and write its folder (needs the train extra)",
+        description="Simulate labelled twin frames, train the stamp ensemble with outlier exposure, "
+                    "export FP32, FP16 and INT8 ONNX files, fit the scoring constants (temperature, "
+                    "entropy weight, conformal set) on held-out frames, evaluate on fresh frames with "
+                    "every anomaly family and write a verified engine folder with its manifest and "
+                    "model card. One command from seed to engine: the same arguments give the same "
+                    "engine. Needs the train extra (torch).")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="engine folder to write (created)")
+    p.add_argument("--name", default="stampnet", metavar="NAME",
+                   help="engine name in the manifest (default: stampnet)")
+    p.add_argument("--version", default="1", metavar="VERSION", help="engine version in the manifest (default: 1)")
+    p.add_argument("--seed", type=int, default=20261128, metavar="N", help="master seed (default: 20261128)")
     p.add_argument("--design", choices=["shared", "independent"], default="shared",
                    help="ensemble design: one trunk with K heads, or K independent members (default: shared)")
-    p.add_argument("--members", type=int, default=4, help="ensemble size K (default: 4)")
-    p.add_argument("--widths", default="16,32,64",
+    p.add_argument("--members", type=int, default=4, metavar="N", help="ensemble size K (default: 4)")
+    p.add_argument("--widths", default="16,32,64", metavar="N,N,N",
                    help="channels of the three conv blocks, comma-separated (default: 16,32,64)")
-    p.add_argument("--frame-size", type=int, default=512, help="twin frame side in pixels (default: 512)")
-    p.add_argument("--train-frames", type=int, default=240, help="twin frames for training (default: 240)")
-    p.add_argument("--calib-frames", type=int, default=80,
+    p.add_argument("--frame-size", type=int, default=512, metavar="PX",
+                   help="twin frame side in pixels (default: 512)")
+    p.add_argument("--train-frames", type=int, default=240, metavar="N",
+                   help="twin frames for training (default: 240)")
+    p.add_argument("--calib-frames", type=int, default=80, metavar="N",
                    help="held-out twin frames for temperature, entropy weight and conformal set (default: 80)")
-    p.add_argument("--eval-frames", type=int, default=80, help="fresh twin frames for evaluation (default: 80)")
-    p.add_argument("--epochs", type=int, default=16, help="training epochs (default: 16)")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default: 2)")
+    p.add_argument("--eval-frames", type=int, default=80, metavar="N",
+                   help="fresh twin frames for evaluation (default: 80)")
+    p.add_argument("--epochs", type=int, default=16, metavar="N", help="training epochs (default: 16)")
+    p.add_argument("--threads", type=int, default=2, metavar="N", help="CPU threads for torch (default: 2)")
     p.add_argument("--deformed-oe", type=float, default=0.0, metavar="SHARE",
                    help="share of the outlier-exposure stamps made by deforming twin stars and galaxies "
                         "(engines/training/deform.py; the shipped engine: 0, blob shapes only) (default: 0)")
@@ -77,40 +81,212 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="skip the real-frame classification even when --real-data is given")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("evaluate", help="measure an engine again on its fresh twin set (needs the twin extra)")
-    p.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="engine folder (default: the shipped engine)")
-    p.add_argument("--frames", type=int, default=None,
+
+def _add_evaluate(sub: Any) -> None:
+    p = sub.add_parser(
+        "evaluate", help="measure an engine again on its fresh twin set (needs the twin extra)",
+        description="Rebuild an engine's evaluation set from the seed and frame size in its manifest "
+                    "(seed + 2, every anomaly family), run every precision's model file with ONNX "
+                    "Runtime and print the figures. With --write they replace the manifest's "
+                    "evaluation and the model card is regenerated; the model files, and so the "
+                    "engine id, do not change. Needs the twin extra, not torch.")
+    _add_model(p)
+    p.add_argument("--frames", type=int, default=None, metavar="N",
                    help="evaluation frames (default: as many as the engine was evaluated on)")
-    p.add_argument("--threads", type=int, default=2, help="intra-op threads for ONNX Runtime (default: 2)")
+    p.add_argument("--threads", type=int, default=2, metavar="N",
+                   help="intra-op threads for ONNX Runtime (default: 2)")
     p.add_argument("--write", action="store_true",
                    help="store the figures in the manifest and regenerate the model card (model files unchanged)")
     p.set_defaults(func=_evaluate)
 
-    p = sub.add_parser("build", help="measure each precision on this device and write a build manifest")
-    p.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="engine folder (default: the shipped engine)")
-    p.add_argument("--backend", choices=["auto", "onnxruntime", "tensorrt"], default="auto")
+
+def _add_build(sub: Any) -> None:
+    p = sub.add_parser(
+        "build", help="measure each precision on this device and write a build manifest",
+        description="Time every candidate precision of the chosen backend at the batch size and check "
+                    "each against the accuracy gate (golden-stamp parity with FP32, within the "
+                    "manifest's tolerances); keep the fastest that passes (--precision auto) or the "
+                    "named one if it passes, and record the choice and every figure in the manifest's "
+                    "build record. TensorRT plans are built here, with a timing cache. Backend auto: "
+                    "TensorRT where TensorRT, pycuda and a GPU are present, else ONNX Runtime.")
+    _add_model(p)
+    p.add_argument("--backend", choices=["auto", "onnxruntime", "tensorrt"], default="auto",
+                   help="runtime to build for (default: auto)")
     p.add_argument("--precision", choices=["auto", "fp32", "fp16", "int8"], default="auto",
                    help="auto: the fastest precision that passes the accuracy gate (default: auto)")
-    p.add_argument("--batch", type=int, default=512, help="batch size to time and to build for (default: 512)")
-    p.add_argument("--threads", type=int, default=1, help="intra-op threads for ONNX Runtime (default: 1)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="where to write build.json (default: MODEL/build.json)")
+    p.add_argument("--batch", type=int, default=512, metavar="N",
+                   help="batch size to time and to build for (default: 512)")
+    p.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="intra-op threads for ONNX Runtime (default: 1)")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help="folder to write the built engine to, model files copied (default: the model folder)")
     p.set_defaults(func=_build)
 
-    p = sub.add_parser("check", help="parity of every available backend and precision against FP32 on golden stamps")
-    p.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="engine folder (default: the shipped engine)")
-    p.add_argument("--threads", type=int, default=1, help="intra-op threads for ONNX Runtime (default: 1)")
+
+def _add_check(sub: Any) -> None:
+    p = sub.add_parser(
+        "check", help="parity of every available backend and precision against FP32 on golden stamps",
+        description="Run the golden stamps through every backend and precision of an engine folder "
+                    "that can run here and compare logits, embedding and top-1 class with the stored "
+                    "FP32 outputs, within the manifest's tolerances. TensorRT plans are checked only "
+                    "where TensorRT, pycuda and a compatible GPU are present, and reported as skipped "
+                    "elsewhere. Exit 0 when every runnable file passes, 1 otherwise.")
+    _add_model(p)
+    p.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="intra-op threads for ONNX Runtime (default: 1)")
     p.set_defaults(func=_check)
 
-    p = sub.add_parser("finetune", help="fine-tune an engine on labelled stamps and write a new engine")
-    p.add_argument("--from", dest="from_manifest", type=Path, required=True,
+
+def _add_finetune(sub: Any) -> None:
+    p = sub.add_parser(
+        "finetune", help="fine-tune an engine on labelled stamps and write a new engine",
+        description="Continue training an engine made by `engines train` on labelled stamps (e.g. "
+                    "ground labels of downlinked records), mixed with a small replay set of twin "
+                    "frames so that no class is forgotten. A fixed-seed fifth of the labels is held "
+                    "out; the new engine gets fresh scoring constants, the full twin evaluation, the "
+                    "held-out figures and its own manifest, ready to hot-swap with `astro-edge ctl "
+                    "ADDRESS engine load`. Needs the train extra (torch).")
+    p.add_argument("--from", dest="from_manifest", type=Path, required=True, metavar="PATH",
                    help="manifest.json (or its folder) of the engine to start from")
-    p.add_argument("--labels", type=Path, required=True,
+    p.add_argument("--labels", type=Path, required=True, metavar="FILE",
                    help="labelled stamps: .npz with 'stamps' (n, 2, 32, 32) float32 and 'label' (class names)")
-    p.add_argument("--out", type=Path, required=True, help="folder of the new engine (created)")
-    p.add_argument("--version", default=None, help="version of the new engine (default: old version + '-ft')")
-    p.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs (default: 3)")
-    p.add_argument("--learning-rate", type=float, default=5e-4, help="peak learning rate (default: 5e-4)")
-    p.add_argument("--seed", type=int, default=20261128, help="seed of the split and the updates (default: 20261128)")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default: 2)")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder of the new engine (created)")
+    p.add_argument("--version", default=None, metavar="VERSION",
+                   help="version of the new engine (default: old version + '-ft')")
+    p.add_argument("--epochs", type=int, default=3, metavar="N", help="fine-tuning epochs (default: 3)")
+    p.add_argument("--learning-rate", type=float, default=5e-4, metavar="RATE",
+                   help="peak learning rate (default: 5e-4)")
+    p.add_argument("--seed", type=int, default=20261128, metavar="N",
+                   help="seed of the split and the updates (default: 20261128)")
+    p.add_argument("--threads", type=int, default=2, metavar="N", help="CPU threads for torch (default: 2)")
     p.set_defaults(func=_finetune)
+
+
+def _model_dir(model: Path | None) -> Path:
+    """The engine folder of --model: the one given, or the shipped engine."""
+    if model is not None:
+        return model
+    from edge.node.assemble import default_engine_dir
+
+    return default_engine_dir()
+
+
+def _command_line(default: str) -> str:
+    """The command as typed, for an engine's provenance (``default`` when run without arguments)."""
+    return "astro-edge " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else default
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _train(args: argparse.Namespace) -> int:
+    from edge.log import get_logger
+    from engines.training.model import ModelSpec
+    from engines.training.train import TrainSettings, train_engine
+
+    if args.members < 1 or args.epochs < 1 or min(args.train_frames, args.calib_frames, args.eval_frames) < 1:
+        raise ConfigError("members, epochs and frame counts must be at least 1", where="engines train")
+    try:
+        widths = tuple(int(w) for w in args.widths.split(","))
+    except ValueError:
+        widths = ()
+    if len(widths) != 3 or min(widths) < 1:
+        raise ConfigError(f"--widths {args.widths!r} must be three positive integers like 16,32,64",
+                          where="--widths")
+    if not 0.0 <= args.deformed_oe <= 1.0:
+        raise ConfigError(f"--deformed-oe {args.deformed_oe} must lie in [0, 1]", where="--deformed-oe")
+    if args.frame_size < 128:
+        raise ConfigError(f"--frame-size {args.frame_size} is too small for 32 px stamps; use >= 128",
+                          where="--frame-size")
+    settings = TrainSettings(seed=args.seed, frame_size_px=args.frame_size, n_train_frames=args.train_frames,
+                             n_calib_frames=args.calib_frames, n_eval_frames=args.eval_frames,
+                             epochs=args.epochs, threads=args.threads, oe_deformed_share=args.deformed_oe,
+                             spec=ModelSpec(n_members=args.members, design=args.design, widths=widths))
+    real = None if args.no_real else args.real_data
+    if real is not None and not Path(real).is_dir():
+        raise ConfigError(f"{real} is not a folder of real frames", where="--real-data")
+    with Bars(quiet=args.quiet) as bars:
+        written = train_engine(args.out, settings, name=args.name, version=args.version,
+                               command=_command_line("astro-edge engines train"), real_data=real,
+                               log=get_logger("engines.training.train"), progress=bars)
+    fp32 = written.evaluation["fp32"]
+    print(f"engine {written.name} {written.version} written to {written.directory}: accuracy S/N>=10 "
+          f"{fp32['accuracy_snr10']:.4f}, ECE {fp32['ece_snr10']:.4f}, flagged ordinary at alpha=0.01 "
+          f"{fp32['flagged_ordinary_at_alpha']:.4f}")
+    for fam, f in fp32["families"].items():
+        print(f"  {fam:<13} AUROC {f['auroc']:.4f}  recall S/N>=20 {_fmt(f['recall_snr20_at_alpha'])}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from engines.training.evaluation import reevaluate
+
+    if args.frames is not None and args.frames < 1:
+        raise ConfigError(f"--frames {args.frames} must be at least 1", where="--frames")
+    model = _model_dir(args.model)
+    with Bars(quiet=args.quiet) as bars:
+        ev = reevaluate(model, n_frames=args.frames, threads=args.threads, write=args.write, progress=bars)
+    for p in ("fp32", "fp16", "int8"):
+        e = ev.get(p)
+        if e:
+            print(f"{p}: accuracy S/N>=10 {e['accuracy_snr10']:.4f}, ECE {e['ece_snr10']:.4f}, flagged ordinary "
+                  f"at alpha=0.01 {e['flagged_ordinary_at_alpha']:.4f}")
+    for fam, f in ev["fp32"]["families"].items():
+        print(f"  {fam:<13} n {f['n']:<5} AUROC {f['auroc']:.4f}  recall S/N>=20 {_fmt(f['recall_snr20_at_alpha'])}")
+    near = ev["fp32"].get("near_anomaly", {})
+    if near.get("n"):
+        print(f"  near an anomaly, not made of its light: {near['n']} (flagged {_fmt(near['flagged_at_alpha'])})")
+    if args.write:
+        print(f"written to {model / 'manifest.json'} and {model / 'MODEL_CARD.md'}")
+    return 0
+
+
+def _build(args: argparse.Namespace) -> int:
+    from engines.build import build_engine
+
+    written = build_engine(_model_dir(args.model), args.out, backend=args.backend, precision=args.precision,
+                           batch=args.batch, threads=args.threads)
+    build = written.build
+    print(f"{'precision':<9} {'stamps/s':>10} {'top1':>6} {'logits|d|':>10}  gate")
+    for prec, f in build.figures["precisions"].items():
+        if "stamps_per_s" in f:
+            print(f"{prec:<9} {f['stamps_per_s']:>10.0f} {f['top1_agreement']:>6.3f} "
+                  f"{f['logits_max_abs']:>10.2e}  {'pass' if f['passed'] else 'fail'}")
+        else:
+            print(f"{prec:<9} {'-':>10} {'-':>6} {'-':>10}  error: {f.get('error')}")
+    print(f"chosen: {build.backend} {build.precision} ({build.file}) on {build.device}; "
+          f"written to {written.directory}")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from engines.check import check_engine
+
+    results = check_engine(_model_dir(args.model), threads=args.threads)
+    print(f"{'backend':<12} {'precision':<9} {'file':<24} {'logits|d|':>10} {'embed|d|':>10} {'top1':>6}  result")
+    for r in results:
+        if r.skipped:
+            print(f"{r.backend:<12} {r.precision:<9} {r.file:<24} {'':>10} {'':>10} {'':>6}  skipped: {r.skipped}")
+        else:
+            print(f"{r.backend:<12} {r.precision:<9} {r.file:<24} {r.logits_max_abs:>10.2e} "
+                  f"{r.embedding_max_abs:>10.2e} {r.top1_agreement:>6.3f}  {'pass' if r.passed else 'FAIL'}")
+    return 0 if all(r.passed for r in results) else 1
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from engines.training.finetune import finetune_engine
+
+    if args.epochs < 1 or args.learning_rate <= 0:
+        raise ConfigError("--epochs must be >= 1 and --learning-rate positive", where="engines finetune")
+    src = args.from_manifest.parent if args.from_manifest.name == "manifest.json" else args.from_manifest
+    with Bars(quiet=args.quiet) as bars:
+        written = finetune_engine(src, args.labels, args.out, version=args.version, epochs=args.epochs,
+                                  learning_rate=args.learning_rate, seed=args.seed, threads=args.threads,
+                                  command=_command_line("astro-edge engines finetune"), progress=bars)
+    ft = written.evaluation["finetune"]
+    fp32 = written.evaluation["fp32"]
+    print(f"engine {written.name} {written.version} written to {written.directory}: held-out accuracy "
+          f"{ft['heldout_accuracy']:.4f} (n = {ft['heldout_n']}), ECE {ft['heldout_ece']:.4f}; twin accuracy "
+          f"S/N>=10 {fp32['accuracy_snr10']:.4f}")
+    return 0

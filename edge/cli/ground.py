@@ -1,9 +1,7 @@
-"""The node's own ``astro-edge`` subcommands: ``ground`` (the ground receiver).
+"""``astro-edge ground``: the ground receiver that stores and acknowledges downlinked records.
 
 Light on purpose: argparse only at import; the receiver, pyzmq and astropy are imported inside
-the handlers, so ``astro-edge --help`` stays fast. Each subcommand has its own ``_add_*``
-function, called from :func:`register`, so the node's other subcommands (``run``, ``process``)
-slot in beside ``ground``.
+the handler, so ``astro-edge --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -20,28 +18,24 @@ DEFAULT_GROUND_BIND = "tcp://127.0.0.1:5556"
 
 
 def register(subparsers: Any) -> None:
-    """Add the node's subcommands to the ``astro-edge`` parser."""
-    _add_ground(subparsers)
-
-
-def _add_ground(subparsers: Any) -> None:
+    """Add ``ground`` to the ``astro-edge`` parser."""
     p = subparsers.add_parser(
         "ground", help="receive, store and acknowledge downlinked records",
-        description="The ground receiver: writes OUT/downlink.jsonl (records), OUT/frames.jsonl "
-                    "(frame summaries) and OUT/downlink-YYYYMMDD.fits (the records received on "
+        description="The ground receiver: writes DIR/downlink.jsonl (records), DIR/frames.jsonl "
+                    "(frame summaries) and DIR/downlink-YYYYMMDD.fits (the records received on "
                     "that UTC day as a FITS table), acknowledges what it stored and drops "
                     "duplicates by record id. Stops on Ctrl-C or SIGTERM, after writing the FITS tables.")
-    p.add_argument("--bind", default=DEFAULT_GROUND_BIND,
+    p.add_argument("--bind", default=DEFAULT_GROUND_BIND, metavar="ADDRESS",
                    help=f"address to bind the ROUTER socket to (default {DEFAULT_GROUND_BIND})")
-    p.add_argument("--out", required=True, help="output folder (created if absent)")
-    p.add_argument("--fits-interval-s", type=float, default=60.0,
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if absent)")
+    p.add_argument("--fits-interval-s", type=float, default=60.0, metavar="S",
                    help="rewrite the day's FITS table every this many seconds when records arrived "
                         "(default 60; 0: only at exit)")
-    p.add_argument("--curve-secret-key", default=None,
+    p.add_argument("--curve-secret-key", default=None, metavar="FILE",
                    help="this ground's NAME.key_secret: turns CURVE on (then give --allow-key)")
-    p.add_argument("--allow-key", action="append", default=[],
+    p.add_argument("--allow-key", action="append", default=[], metavar="FILE",
                    help="a node's NAME.key allowed to downlink (repeat for several); with CURVE only")
-    p.add_argument("--duration-s", type=float, default=0.0,
+    p.add_argument("--duration-s", type=float, default=0.0, metavar="S",
                    help="stop after this many seconds (default 0: run until stopped)")
     p.set_defaults(func=_ground)
 

@@ -17,51 +17,76 @@ DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
 
 def register(subparsers: Any) -> None:
     """Add ``rig`` and its subcommands to the ``astro-edge`` parser."""
-    rig = subparsers.add_parser("rig", help="hardware-in-the-loop rig: stream, replay, record, score",
-                                description="Play a detector into a node, record a feed, score a downlink.")
-    sub = rig.add_subparsers(dest="rig_command", metavar="RIG_COMMAND", required=True)
+    rig = subparsers.add_parser(
+        "rig", help="hardware-in-the-loop rig: stream, replay, record, score",
+        description="The hardware-in-the-loop rig: play a detector into a node through the frame "
+                    "protocol (the node cannot tell it from a DAQ), record a live feed, score what a "
+                    "node sent down against truth (docs/rig.md).")
+    sub = rig.add_subparsers(dest="rig_command", metavar="ACTION", required=True)
 
     def add_sender_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--address", default=DEFAULT_ADDRESS,
+        p.add_argument("--address", default=DEFAULT_ADDRESS, metavar="ADDRESS",
                        help=f"the node's frame address (default {DEFAULT_ADDRESS})")
         p.add_argument("--bind", action="store_true",
                        help="bind the PUSH socket instead of connecting (when the node connects)")
-        p.add_argument("--rate-hz", type=float, default=0.0,
+        p.add_argument("--rate-hz", type=float, default=0.0, metavar="HZ",
                        help="frames per second, dropping what the node cannot take like a DAQ; "
                             "0 (default): as fast as the node takes them")
         p.add_argument("--compression", choices=["none", "lz4", "zstd"], default="none",
                        help="payload compression (default none)")
-        p.add_argument("--detector-id", default="rig", help="detector id in headers (default rig)")
-        p.add_argument("--sndhwm", type=int, default=4, help="send high-water mark (default 4)")
+        p.add_argument("--detector-id", default="rig", metavar="ID", help="detector id in headers (default rig)")
+        p.add_argument("--sndhwm", type=int, default=4, metavar="N", help="send high-water mark (default 4)")
 
-    p = sub.add_parser("stream", help="play digital-twin frames into a node")
+    p = sub.add_parser(
+        "stream", help="play digital-twin frames into a node",
+        description="Simulate N digital-twin frames and send them to a node as one series (series "
+                    "start, frames, series end); print the send statistics as one JSON line.")
     add_sender_args(p)
-    p.add_argument("--n", type=int, default=10, help="number of frames (default 10)")
-    p.add_argument("--size", type=int, default=2048, help="frame side in pixels (default 2048)")
-    p.add_argument("--seed", type=int, default=1, help="twin seed (default 1)")
-    p.add_argument("--anomalies", default="", help="comma-separated anomaly families to switch on")
+    p.add_argument("--n", type=int, default=10, metavar="N", help="number of frames (default 10)")
+    p.add_argument("--size", type=int, default=2048, metavar="PX", help="frame side in pixels (default 2048)")
+    p.add_argument("--seed", type=int, default=1, metavar="N", help="twin seed (default 1)")
+    p.add_argument("--anomalies", default="", metavar="FAMILY,...",
+                   help="comma-separated anomaly families to switch on (default none)")
     p.set_defaults(func=_stream)
 
-    p = sub.add_parser("replay", help="play a directory of FITS frames, or a recording, into a node")
+    p = sub.add_parser(
+        "replay", help="play a directory of FITS frames, or a recording, into a node",
+        description="Send a directory of FITS frames (in name order, as one series) or a recording "
+                    "made by `rig record` (message for message, byte-exactly) to a node; print the "
+                    "send statistics as one JSON line.")
     add_sender_args(p)
-    p.add_argument("source", type=Path, help="directory of FITS frames, or a file from `rig record`")
+    p.add_argument("source", type=Path, metavar="PATH", help="directory of FITS frames, or a file from `rig record`")
     p.add_argument("--realtime", action="store_true",
                    help="for a recording: keep the recorded intervals between messages")
     p.set_defaults(func=_replay)
 
-    p = sub.add_parser("record", help="record a live feed byte-exactly")
-    p.add_argument("address", help="address to listen on (bound) or to connect to (--connect)")
-    p.add_argument("out", type=Path, help="recording file to write")
+    p = sub.add_parser(
+        "record", help="record a live feed byte-exactly",
+        description="Receive a DAQ's frame messages on a PULL socket and store them byte-exactly, with "
+                    "their arrival times, in a recording file that `rig replay` plays back. Stops "
+                    "after --count messages or --duration-s seconds, whichever comes first, or on "
+                    "Ctrl-C; prints the statistics as one JSON line.")
+    p.add_argument("address", metavar="ADDRESS", help="address to listen on (bound) or to connect to (--connect)")
+    p.add_argument("out", type=Path, metavar="FILE", help="recording file to write")
     p.add_argument("--connect", action="store_true", help="connect instead of binding")
-    p.add_argument("--count", type=int, default=None, help="stop after this many messages")
-    p.add_argument("--duration-s", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--count", type=int, default=None, metavar="N",
+                   help="stop after this many messages (default: no limit)")
+    p.add_argument("--duration-s", type=float, default=None, metavar="S",
+                   help="stop after this many seconds (default: no limit)")
     p.set_defaults(func=_record)
 
-    p = sub.add_parser("score", help="score a downlink (JSON lines) against truth (ECSV)")
-    p.add_argument("--truth", type=Path, required=True, help="truth table, ECSV")
-    p.add_argument("--downlink", type=Path, required=True, help="downlinked records, JSON lines")
-    p.add_argument("--radius-px", type=float, default=3.0, help="match radius in pixels (default 3)")
-    p.add_argument("--out", type=Path, default=None, help="also write the score here as JSON")
+    p = sub.add_parser(
+        "score", help="score a downlink (JSON lines) against truth (ECSV)",
+        description="Match downlinked records one-to-one to the truth objects of their frame within a "
+                    "radius (an extended object within its size), nearest pairs first, and print the "
+                    "score as JSON: recall per label and family, the fraction of ordinary objects sent, "
+                    "and latency.")
+    p.add_argument("--truth", type=Path, required=True, metavar="FILE",
+                   help="truth table, ECSV (e.g. truth.ecsv of `twin frames`)")
+    p.add_argument("--downlink", type=Path, required=True, metavar="FILE",
+                   help="downlinked records, JSON lines (e.g. downlink.jsonl of `ground`)")
+    p.add_argument("--radius-px", type=float, default=3.0, metavar="PX", help="match radius in pixels (default 3)")
+    p.add_argument("--out", type=Path, default=None, metavar="FILE", help="also write the score here as JSON")
     p.set_defaults(func=_score)
 
 

@@ -7,20 +7,16 @@ while a dictionary that holds those common strings shrinks a whole message by ab
 zstd dictionary id is written in every frame, so the ground picks the right one; a new dictionary
 gets a new name and id, and the old ones stay here so that old spools and recordings still read.
 
-    python -m edge.link.zdict --out edge/data/downlink-dict-1.zdict GROUND_DIR [GROUND_DIR ...]
-
-trains a dictionary from the JSON lines a ground wrote (``downlink.jsonl``, ``frames.jsonl``),
-re-encoded exactly as the node sends them. Pure: no sockets, no files except the dictionaries.
+:func:`train` makes a new dictionary from messages; ``astro-edge link dictionary GROUND_DIR ...
+--out FILE`` (:mod:`edge.cli.link`) feeds it what grounds wrote. Pure: no sockets, no files
+except the shipped dictionaries.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
-import hashlib
 from collections.abc import Callable, Sequence
 from importlib import resources
-from pathlib import Path
 
 import zstandard
 
@@ -40,7 +36,7 @@ LEVEL = 3
 @functools.cache
 def _dictionary(name: str) -> zstandard.ZstdCompressionDict:
     filename, dict_id = DICTIONARIES[name]
-    data = resources.files("edge.link").joinpath("data", filename).read_bytes()
+    data = resources.files("edge.link").joinpath("data").joinpath(filename).read_bytes()
     zdict = zstandard.ZstdCompressionDict(data)
     if zdict.dict_id() != dict_id:
         raise RuntimeError(f"dictionary {filename} has id {zdict.dict_id():#x}, expected {dict_id:#x}: "
@@ -97,36 +93,3 @@ def train(messages: Sequence[bytes], dict_id: int, *, size: int = DICT_BYTES) ->
     if len(messages) < 20:
         raise ValueError(f"training a dictionary needs at least 20 messages, got {len(messages)}")
     return zstandard.train_dictionary(size, list(messages), dict_id=dict_id, level=LEVEL, threads=1).as_bytes()
-
-
-def _ground_messages(folders: Sequence[Path]) -> list[bytes]:
-    from edge.ground.receiver import FRAMES_NAME, RECORDS_NAME
-    from edge.records import encode_msgpack, read_jsonl
-
-    messages = []
-    for folder in folders:
-        for name in (RECORDS_NAME, FRAMES_NAME):
-            result = read_jsonl(folder / name)
-            messages += [encode_msgpack(m) for m in result.messages]
-    return messages
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edge.link.zdict", description=__doc__.splitlines()[0])
-    parser.add_argument("grounds", nargs="+", type=Path, help="folders a ground wrote (astro-edge ground --out)")
-    parser.add_argument("--out", type=Path, required=True, help="dictionary file to write")
-    parser.add_argument("--dict-id", type=lambda s: int(s, 0), default=DICTIONARIES["zstd-dict-1"][1],
-                        help="zstd dictionary id (default %(default)#x)")
-    args = parser.parse_args(argv)
-    messages = _ground_messages(args.grounds)
-    data = train(messages, args.dict_id)
-    args.out.write_bytes(data)
-    plain = sum(map(len, messages))
-    packed = sum(len(_compressor(zstandard.ZstdCompressionDict(data)).compress(m)) for m in messages)
-    print(f"wrote {args.out}: {len(data)} bytes, id {args.dict_id:#x}, sha256 {hashlib.sha256(data).hexdigest()[:16]}; "
-          f"{len(messages)} messages, {plain} -> {packed} bytes ({packed / plain:.3f})")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -112,7 +112,7 @@ def probe_device(trt_module: Any = None, cuda_module: Any = None) -> DeviceInfo 
                           name=str(dev.name()))
     except ImportError:
         return None
-    except Exception:  # pycuda raises its own errors when the driver or GPU is absent
+    except Exception:  # noqa: BLE001 - pycuda raises its own errors when the driver or GPU is absent
         return None
 
 

@@ -25,13 +25,16 @@ node and the runtime never import it.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from edge.detect import Candidates, DetectSettings, detect, subtract_background
 from engines.stamps import STAMP_SIZE, cut_stamps
+
+if TYPE_CHECKING:
+    from twin.instrument import Progress
 
 __all__ = [
     "CLASSES",
@@ -255,19 +258,26 @@ def frame_seed(seed: int, index: int) -> int:
 
 
 def twin_stamp_set(config: Any, n_frames: int, seed: int, settings: DetectSettings | None = None,
-                   unmasked_every: int = 0, stamp_size: int = STAMP_SIZE) -> StampSet:
+                   unmasked_every: int = 0, stamp_size: int = STAMP_SIZE, *,
+                   progress: Progress | None = None, stage: str = "simulating frames") -> StampSet:
     """Simulate ``n_frames`` twin frames, each with its own scene drawn from ``seed``, and return
     all their labelled candidates. Every ``unmasked_every``-th frame (0: none) is calibrated
-    without the bad-pixel map, so its hot pixels become candidates (see calibrate_twin_frame)."""
+    without the bad-pixel map, so its hot pixels become candidates (see calibrate_twin_frame).
+    ``progress`` is told of each frame done, under the name ``stage``."""
     from twin import simulate_frame
 
     # frames with anomalies or transients carry each family's light, so labels follow the light
     light = bool(config.anomalies) or config.n_transients > 0
-    return concat([stamps_from_frame(simulate_frame(config, i, frame_seed(seed, i), light_by_family=light),
-                                     config, settings,
-                                     bundle=not (unmasked_every and i % unmasked_every == 0),
-                                     stamp_size=stamp_size)
-                   for i in range(n_frames)])
+    if progress is not None:
+        progress(stage, 0, n_frames)
+    sets = []
+    for i in range(n_frames):
+        sets.append(stamps_from_frame(simulate_frame(config, i, frame_seed(seed, i), light_by_family=light),
+                                      config, settings, bundle=not (unmasked_every and i % unmasked_every == 0),
+                                      stamp_size=stamp_size))
+        if progress is not None:
+            progress(stage, 1, n_frames)
+    return concat(sets)
 
 
 def outlier_stamps(n: int, rng: np.random.Generator, size: int = STAMP_SIZE) -> NDArray[np.float32]:

@@ -22,7 +22,7 @@ class, wrong shape". Training code only: the node and the runtime never import t
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -30,6 +30,9 @@ from numpy.typing import NDArray
 from edge.detect import DetectSettings, detect, subtract_background
 from edge.errors import ConfigError
 from engines.stamps import STAMP_SIZE, cut_stamps
+
+if TYPE_CHECKING:
+    from twin.instrument import Progress
 
 __all__ = ["STRETCH", "deformed_stamps", "stretch_stars", "warp_galaxies"]
 
@@ -126,12 +129,14 @@ def warp_galaxies(config: Any, galaxies: Any, idx: NDArray[np.int64], expected_e
 
 
 def deformed_stamps(config: Any, n: int, seed: int, per_frame: int = 30,
-                    settings: DetectSettings | None = None) -> NDArray[np.float32]:
+                    settings: DetectSettings | None = None, *, progress: Progress | None = None,
+                    stage: str = "deforming stars and galaxies") -> NDArray[np.float32]:
     """``n`` stamps (n, 2, 32, 32) of deformed stars and galaxies, from as many twin frames as it takes.
 
     Each frame is its own scene (:func:`engines.training.dataset.frame_seed`); in each, up to
     ``per_frame / 2`` stars are stretched and as many galaxies bent or swirled, then the frame is
     exposed, calibrated and searched as the node does. The same arguments give the same stamps.
+    ``progress`` is told of the stamps found (``n`` in all), under the name ``stage``.
     """
     from engines.training.dataset import calibrate_twin_frame, frame_seed
     from twin import simulate_frame
@@ -146,6 +151,8 @@ def deformed_stamps(config: Any, n: int, seed: int, per_frame: int = 30,
     min_flux = MIN_FLUX_SKY_SIGMAS * np.sqrt(sky_e * 36.0)
     out: list[NDArray[np.float32]] = []
     have, index = 0, 0
+    if progress is not None:
+        progress(stage, 0, n)
     while have < n:
         if (index >= 20 and have == 0) or index > 50 + 10 * n:
             raise ConfigError(f"the twin frames hold too few bright stars and galaxies to deform {n} "
@@ -175,5 +182,7 @@ def deformed_stamps(config: Any, n: int, seed: int, per_frame: int = 30,
         found = np.unique(nearest[d2[np.arange(tx.size), nearest] < MATCH_PX ** 2])
         stamps = cut_stamps(background.sub_e, variance_e2, mask, cands.x[found], cands.y[found])
         out.append(stamps)
+        if progress is not None:
+            progress(stage, min(len(stamps), n - have), n)
         have += len(stamps)
     return np.concatenate(out)[:n]

@@ -1,4 +1,4 @@
-"""``astro-edge engines evaluate``: measure an engine folder again on its fresh twin set.
+"""Measure an engine folder again on its fresh twin set (``astro-edge engines evaluate``).
 
 The evaluation an engine ships with (manifest ``evaluation`` and the model card) is made when it is
 trained. When the twin or the labelling of its candidates changes, the same engine files can be
@@ -12,14 +12,16 @@ The model files, and so the engine id, do not change. Needs the ``twin`` extra, 
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge.log import get_logger
 
-__all__ = ["evaluate_command", "reevaluate"]
+if TYPE_CHECKING:
+    from twin.instrument import Progress
+
+__all__ = ["reevaluate"]
 
 log = get_logger(__name__)
 
@@ -28,8 +30,11 @@ _KEPT = ("scoring_fit", "real_data", "finetune")
 
 
 def reevaluate(model_dir: Path | str, *, n_frames: int | None = None, threads: int = 2,
-               write: bool = False) -> dict[str, Any]:
-    """The evaluation figures of an engine folder on its fresh twin set; ``write`` stores them."""
+               write: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+    """The evaluation figures of an engine folder on its fresh twin set; ``write`` stores them.
+
+    ``progress`` is told of each evaluation frame simulated.
+    """
     from engines import manifest
     from engines.training import export
     from engines.training.train import (
@@ -44,7 +49,7 @@ def reevaluate(model_dir: Path | str, *, n_frames: int | None = None, threads: i
 
     m = manifest.load_manifest(model_dir)
     settings = TrainSettings.from_dict(m.training["settings"])
-    test, _ = evaluation_set(settings, n_frames)
+    test, _ = evaluation_set(settings, n_frames, progress=progress)
     files = {p: m.model_files(p, fmt)[0] for p, (_, fmt) in MODEL_FILES.items() if m.model_files(p, fmt)}
 
     def run(precision: str, stamps: Any) -> Any:
@@ -69,26 +74,3 @@ def reevaluate(model_dir: Path | str, *, n_frames: int | None = None, threads: i
         manifest.load_manifest(directory)  # verify what was written
         log.info("engines.evaluate.written", model=str(directory))
     return evaluation
-
-
-def evaluate_command(args: argparse.Namespace) -> int:
-    """``astro-edge engines evaluate``: print (and with --write, store) an engine's figures."""
-    from edge.errors import ConfigError
-    from engines.training.train import _fmt
-
-    if args.frames is not None and args.frames < 1:
-        raise ConfigError(f"--frames {args.frames} must be at least 1", where="--frames")
-    ev = reevaluate(args.model, n_frames=args.frames, threads=args.threads, write=args.write)
-    for p in ("fp32", "fp16", "int8"):
-        e = ev.get(p)
-        if e:
-            print(f"{p}: accuracy S/N>=10 {e['accuracy_snr10']:.4f}, ECE {e['ece_snr10']:.4f}, flagged ordinary "
-                  f"at alpha=0.01 {e['flagged_ordinary_at_alpha']:.4f}")
-    for fam, f in ev["fp32"]["families"].items():
-        print(f"  {fam:<13} n {f['n']:<5} AUROC {f['auroc']:.4f}  recall S/N>=20 {_fmt(f['recall_snr20_at_alpha'])}")
-    near = ev["fp32"].get("near_anomaly", {})
-    if near.get("n"):
-        print(f"  near an anomaly, not made of its light: {near['n']} (flagged {_fmt(near['flagged_at_alpha'])})")
-    if args.write:
-        print(f"written to {Path(args.model) / 'manifest.json'} and {Path(args.model) / 'MODEL_CARD.md'}")
-    return 0

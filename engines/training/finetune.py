@@ -1,4 +1,4 @@
-"""``astro-edge engines finetune``: continue training an engine on labelled stamps, emit a new engine.
+"""Continue training an engine on labelled stamps and emit a new engine (``astro-edge engines finetune``).
 
 The labels file is an ``.npz`` with ``stamps`` (n, 2, 32, 32) float32, made by
 :func:`engines.stamps.cut_stamps` (e.g. from downlinked records), and ``label`` (n class names from
@@ -12,10 +12,9 @@ engine it came from). Needs the ``train`` extra.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -23,7 +22,10 @@ from numpy.typing import NDArray
 from edge.errors import ConfigError, EngineIntegrityError
 from edge.log import get_logger
 
-__all__ = ["finetune_command", "finetune_engine", "read_labels"]
+if TYPE_CHECKING:
+    from twin.instrument import Progress
+
+__all__ = ["finetune_engine", "read_labels"]
 
 log = get_logger(__name__)
 
@@ -60,8 +62,12 @@ def read_labels(path: Path, classes: tuple[str, ...]) -> tuple[NDArray[np.float3
 
 def finetune_engine(from_dir: Path, labels_path: Path, out_dir: Path, *, version: str | None = None,
                     epochs: int = 3, learning_rate: float = 5e-4, seed: int = 20261128, threads: int = 2,
-                    replay_frames: int = 24, eval_frames: int = 16, command: str = "") -> Any:
-    """Fine-tune the engine in ``from_dir`` on ``labels_path``; write and return the new manifest."""
+                    replay_frames: int = 24, eval_frames: int = 16, command: str = "",
+                    progress: Progress | None = None) -> Any:
+    """Fine-tune the engine in ``from_dir`` on ``labels_path``; write and return the new manifest.
+
+    ``progress`` is told of every frame simulated, optimiser step and packaging step, stage by stage.
+    """
     from engines.manifest import load_manifest
     from engines.scoring import expected_calibration_error, score
     from engines.training.dataset import CLASSES, StampSet, concat
@@ -94,14 +100,14 @@ def finetune_engine(from_dir: Path, labels_path: Path, out_dir: Path, *, version
     settings = replace(base, seed=seed, epochs=epochs, learning_rate=learning_rate, threads=threads,
                        n_train_frames=replay_frames, n_calib_frames=max(4, replay_frames // 3),
                        n_eval_frames=eval_frames)
-    sets = make_twin_sets(settings)
+    sets = make_twin_sets(settings, progress=progress)
     user = StampSet(stamps[fit], labels[fit], np.array([CLASSES[i] for i in labels[fit]]),
                     np.full(fit.size, np.nan), np.full(fit.size, -1, np.int64))
     train = concat([sets.train, user])
     sets = replace(sets, train=train)
     model = fit_model(train.stamps, train.labels, sets.oe_train, settings,
                       init_state=load_weights(old.path(WEIGHTS_FILE)),
-                      progress=lambda **kw: log.info("engines.training.finetune.epoch", **kw))
+                      on_epoch=lambda **kw: log.info("engines.finetune.epoch", **kw), progress=progress)
     written_version = version or f"{old.version}-ft"
     training = {**provenance(command or "astro-edge engines finetune", seed),
                 "finetuned_from": {"name": old.name, "version": old.version,
@@ -110,31 +116,13 @@ def finetune_engine(from_dir: Path, labels_path: Path, out_dir: Path, *, version
                 "twin_config": sets.configs, "dataset_sizes": set_sizes(sets)}
     # held-out figures need the final scoring constants: package first, then score the held-out part
     manifest = package_engine(out_dir, model, settings, sets, name=old.name, version=written_version,
-                              training=training)
+                              training=training, progress=progress,
+                              stage="exporting and evaluating (scoring constants for the held-out part)")
     logits, embedding = predict(model, stamps[held])
     s = score(logits, embedding, manifest.scoring)
     heldout = {"from": f"{old.name} {old.version}", "labels": str(labels_path), "heldout_n": int(n_held),
                "heldout_accuracy": float((s.label_index == labels[held]).mean()),
                "heldout_ece": expected_calibration_error(s.probs, labels[held])}
     return package_engine(out_dir, model, settings, sets, name=old.name, version=written_version,
-                          training=training, extra_evaluation={"finetune": heldout})
-
-
-def finetune_command(args: argparse.Namespace) -> int:
-    """Fine-tune and print the new engine's figures."""
-    import shlex
-    import sys
-
-    if args.epochs < 1 or args.learning_rate <= 0:
-        raise ConfigError("--epochs must be >= 1 and --learning-rate positive", where="engines finetune")
-    src = args.from_manifest.parent if args.from_manifest.name == "manifest.json" else args.from_manifest
-    command = "astro-edge " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    written = finetune_engine(src, args.labels, args.out, version=args.version, epochs=args.epochs,
-                              learning_rate=args.learning_rate, seed=args.seed, threads=args.threads,
-                              command=command)
-    ft = written.evaluation["finetune"]
-    fp32 = written.evaluation["fp32"]
-    print(f"engine {written.name} {written.version} written to {written.directory}: held-out accuracy "
-          f"{ft['heldout_accuracy']:.4f} (n = {ft['heldout_n']}), ECE {ft['heldout_ece']:.4f}; twin accuracy "
-          f"S/N>=10 {fp32['accuracy_snr10']:.4f}")
-    return 0
+                          training=training, extra_evaluation={"finetune": heldout}, progress=progress,
+                          stage="exporting and evaluating (the new engine)")

@@ -20,8 +20,9 @@ never imports this module.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -36,6 +37,9 @@ from engines.scoring import (
 )
 from engines.training.dataset import CLASSES, NEAR_PREFIX, UNKNOWN, StampSet
 from engines.training.model import ModelSpec
+
+if TYPE_CHECKING:
+    from twin.instrument import Progress
 
 __all__ = [
     "ENTROPY_WEIGHTS",
@@ -122,15 +126,17 @@ def _dihedral(batch: Any, code: int) -> Any:
 
 def fit_model(stamps: NDArray[np.float32], labels: NDArray[np.int64], oe_stamps: NDArray[np.float32],
               settings: TrainSettings, init_state: dict[str, Any] | None = None,
-              progress: Any = None) -> Any:
+              on_epoch: Callable[..., None] | None = None, progress: Progress | None = None) -> Any:
     """Train a :class:`~engines.training.model.StampEnsemble` and return it in eval mode.
 
     Each member's cross-entropy is weighted per sample by its own Poisson(1) draw (an online
     bootstrap) so that members disagree where data are thin. Outlier exposure adds
     ``oe_weight`` times the cross-entropy to the uniform distribution on ``oe_stamps``.
+    ``on_epoch(epoch=, epochs=, loss=)`` hears of each epoch's mean loss; ``progress`` of each
+    optimiser step (stage ``"training"``, epochs times steps per epoch in all). Both only observe.
     """
     import torch
-    from torch.nn import functional as F
+    from torch.nn import functional as F  # noqa: N812 - torch's own convention
 
     from engines.training.model import StampEnsemble
 
@@ -150,6 +156,9 @@ def fit_model(stamps: NDArray[np.float32], labels: NDArray[np.int64], oe_stamps:
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.learning_rate,
                                                 total_steps=settings.epochs * steps_per_epoch)
     oe_batch = max(1, int(round(settings.batch_size * settings.oe_fraction))) if len(oe_all) else 0
+    n_steps = settings.epochs * steps_per_epoch
+    if progress is not None:
+        progress("training", 0, n_steps)
     model.train()
     for epoch in range(settings.epochs):
         order = torch.from_numpy(rng.permutation(n))
@@ -175,8 +184,10 @@ def fit_model(stamps: NDArray[np.float32], labels: NDArray[np.int64], oe_stamps:
             opt.step()
             sched.step()
             total += float(loss.detach())
-        if progress is not None:
-            progress(epoch=epoch + 1, epochs=settings.epochs, loss=total / steps_per_epoch)
+            if progress is not None:
+                progress("training", 1, n_steps)
+        if on_epoch is not None:
+            on_epoch(epoch=epoch + 1, epochs=settings.epochs, loss=total / steps_per_epoch)
     model.eval()
     return model
 
@@ -343,15 +354,17 @@ def evaluate_precisions(run: Any, test: StampSet, constants: ScoringConstants) -
     return evaluation
 
 
-def evaluation_set(settings: TrainSettings, n_frames: int | None = None) -> tuple[StampSet, dict[str, Any]]:
+def evaluation_set(settings: TrainSettings, n_frames: int | None = None, *,
+                   progress: Progress | None = None) -> tuple[StampSet, dict[str, Any]]:
     """The fresh evaluation set of an engine trained with ``settings`` (seed + 2, every anomaly
-    family), and its twin configuration summary."""
+    family), and its twin configuration summary; ``progress`` is told of each frame simulated."""
     from engines.training.dataset import twin_stamp_set
     from twin import ANOMALY_FAMILIES
 
     config = training_twin_config(settings.frame_size_px, anomalies=ANOMALY_FAMILIES)
     n = settings.n_eval_frames if n_frames is None else n_frames
-    return twin_stamp_set(config, n, settings.seed + 2), _config_summary(config)
+    return (twin_stamp_set(config, n, settings.seed + 2, progress=progress, stage="simulating evaluation frames"),
+            _config_summary(config))
 
 
 @dataclass(frozen=True)
@@ -366,22 +379,29 @@ class TwinSets:
     configs: dict[str, Any]
 
 
-def make_twin_sets(settings: TrainSettings) -> TwinSets:
-    """Simulate and label the training, calibration and evaluation sets, and the outlier stamps."""
+def make_twin_sets(settings: TrainSettings, *, progress: Progress | None = None) -> TwinSets:
+    """Simulate and label the training, calibration and evaluation sets, and the outlier stamps;
+    ``progress`` is told of each frame simulated (one stage per set)."""
     from engines.training.dataset import outlier_stamps, twin_stamp_set
     from engines.training.deform import deformed_stamps
 
     config = training_twin_config(settings.frame_size_px)
     seed = settings.seed
-    train = twin_stamp_set(config, settings.n_train_frames, seed, unmasked_every=settings.unmasked_every)
-    calib = twin_stamp_set(config, settings.n_calib_frames, seed + 1, unmasked_every=settings.unmasked_every)
-    test, eval_summary = evaluation_set(settings)
+    train = twin_stamp_set(config, settings.n_train_frames, seed, unmasked_every=settings.unmasked_every,
+                           progress=progress, stage="simulating training frames")
+    calib = twin_stamp_set(config, settings.n_calib_frames, seed + 1, unmasked_every=settings.unmasked_every,
+                           progress=progress, stage="simulating calibration frames")
+    test, eval_summary = evaluation_set(settings, progress=progress)
     oe_rng = np.random.default_rng(seed + 3)
     n_oe, n_val = int(len(train) * settings.oe_fraction), OE_VALIDATION_STAMPS
     n_def, n_val_def = (int(round(k * settings.oe_deformed_share)) for k in (n_oe, n_val))
     # blobs first, from the same generator as always: a share of 0 gives the engine it always gave
-    oe_train = np.concatenate([outlier_stamps(n_oe - n_def, oe_rng), deformed_stamps(config, n_def, seed + 4)])
-    oe_val = np.concatenate([outlier_stamps(n_val - n_val_def, oe_rng), deformed_stamps(config, n_val_def, seed + 5)])
+    oe_train = np.concatenate([outlier_stamps(n_oe - n_def, oe_rng),
+                               deformed_stamps(config, n_def, seed + 4, progress=progress,
+                                               stage="deforming stars and galaxies (training)")])
+    oe_val = np.concatenate([outlier_stamps(n_val - n_val_def, oe_rng),
+                             deformed_stamps(config, n_val_def, seed + 5, progress=progress,
+                                             stage="deforming stars and galaxies (validation)")])
     return TwinSets(train=train.select(train.labels != UNKNOWN), calib=calib.select(calib.labels != UNKNOWN),
                     test=test, oe_train=oe_train, oe_val=oe_val,
                     configs={"train": _config_summary(config), "evaluation": eval_summary,
@@ -418,23 +438,36 @@ def load_weights(path: Any) -> dict[str, Any]:
 
 def package_engine(out_dir: Any, model: Any, settings: TrainSettings, sets: TwinSets, *, name: str,
                    version: str, training: dict[str, Any], real_data: Any = None,
-                   extra_evaluation: dict[str, Any] | None = None) -> Any:
-    """Export, quantize, fit scoring, evaluate every precision and write a verified engine folder."""
+                   extra_evaluation: dict[str, Any] | None = None, progress: Progress | None = None,
+                   stage: str = "exporting and evaluating") -> Any:
+    """Export, quantize, fit scoring, evaluate every precision and write a verified engine folder.
+
+    ``progress`` is told of each step done, under the name ``stage``.
+    """
     from pathlib import Path
 
     from engines import manifest
     from engines.stamps import NORMALISATION
     from engines.training import export
 
+    n_steps = 6 + (real_data is not None)
+
+    def step_done(advance: int = 1) -> None:
+        if progress is not None:
+            progress(stage, advance, n_steps)
+
+    step_done(0)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     seed = settings.seed
     paths = {p: out / f for p, (f, _) in MODEL_FILES.items()}
     export.export_onnx(model, paths["fp32"])
     export.convert_fp16(paths["fp32"], paths["fp16"])
+    step_done()
     cal_idx = np.random.default_rng(seed + 4).permutation(len(sets.calib))[:N_INT8_CALIBRATION]
     export.quantize_int8(paths["fp32"], paths["int8"], sets.calib.stamps[cal_idx])
     save_weights(model, out / WEIGHTS_FILE)
+    step_done()
 
     def run(precision: str, stamps: NDArray[np.float32]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
         return export.run_onnx(paths[precision], stamps, threads=settings.threads)
@@ -442,18 +475,22 @@ def package_engine(out_dir: Any, model: Any, settings: TrainSettings, sets: Twin
     constants, choice = fit_scoring(run("fp32", sets.train.stamps), sets.train.labels,
                                     run("fp32", sets.calib.stamps), sets.calib.labels,
                                     run("fp32", sets.oe_val), seed)
+    step_done()
     test = sets.test
     evaluation = evaluate_precisions(run, test, constants)
     evaluation["scoring_fit"] = choice
     if extra_evaluation:
         evaluation.update(extra_evaluation)
+    step_done()
     if real_data is not None:
         evaluation["real_data"] = classify_real(Path(real_data), lambda s: run("fp32", s), constants)
+        step_done()
 
     golden = _golden_indices(test, np.random.default_rng(seed + 5))
     g_logits, g_embedding = run("fp32", test.stamps[golden])
     np.savez_compressed(out / GOLDEN_FILE, stamps=test.stamps[golden], logits=g_logits,
                         embedding=g_embedding, family=test.family[golden])
+    step_done()
 
     files = {f: manifest.file_entry(paths[p], p, fmt) for p, (f, fmt) in MODEL_FILES.items()}
     files[WEIGHTS_FILE] = manifest.file_entry(out / WEIGHTS_FILE, "fp32", "npz")
@@ -470,7 +507,9 @@ def package_engine(out_dir: Any, model: Any, settings: TrainSettings, sets: Twin
     write_model_card(out, manifest.load_manifest(out))
     files[CARD_FILE] = manifest.file_entry(out / CARD_FILE, "none", "markdown")
     manifest.write_manifest(written.with_files(files), out)
-    return manifest.load_manifest(out)
+    loaded = manifest.load_manifest(out)
+    step_done()
+    return loaded
 
 
 def provenance(command: str, seed: int) -> dict[str, Any]:
@@ -490,10 +529,11 @@ def provenance(command: str, seed: int) -> dict[str, Any]:
 
 
 def train_engine(out_dir: Any, settings: TrainSettings, *, name: str, version: str, command: str,
-                 real_data: Any = None, log: Any = None) -> Any:
+                 real_data: Any = None, log: Any = None, progress: Progress | None = None) -> Any:
     """Simulate, train, export, quantize, fit scoring, evaluate and write a complete engine folder.
 
     Returns the written :class:`~engines.manifest.EngineManifest` (re-read and verified).
+    ``progress`` is told of every frame simulated, optimiser step and packaging step, stage by stage.
     """
     import time
 
@@ -502,19 +542,20 @@ def train_engine(out_dir: Any, settings: TrainSettings, *, name: str, version: s
             log.info(event, **kw)
 
     started = time.perf_counter()
-    sets = make_twin_sets(settings)
+    sets = make_twin_sets(settings, progress=progress)
     sizes = set_sizes(sets)
-    note("engines.training.train.dataset", seconds=round(time.perf_counter() - started, 1),
+    note("engines.train.dataset", seconds=round(time.perf_counter() - started, 1),
          **{k: v for k, v in sizes.items() if isinstance(v, int)})
     rare = np.isin(sets.train.labels, [CLASSES.index("streak"), CLASSES.index("bogus")])
     repeat = np.where(rare, settings.rare_repeats, 1)
     model = fit_model(np.repeat(sets.train.stamps, repeat, axis=0), np.repeat(sets.train.labels, repeat),
-                      sets.oe_train, settings, progress=lambda **kw: note("engines.training.train.epoch", **kw))
-    note("engines.training.train.fitted", seconds=round(time.perf_counter() - started, 1))
+                      sets.oe_train, settings, on_epoch=lambda **kw: note("engines.train.epoch", **kw),
+                      progress=progress)
+    note("engines.train.fitted", seconds=round(time.perf_counter() - started, 1))
     training = {**provenance(command, settings.seed), "twin_config": sets.configs, "dataset_sizes": sizes}
     written = package_engine(out_dir, model, settings, sets, name=name, version=version,
-                             training=training, real_data=real_data)
-    note("engines.training.train.done", out=str(out_dir), seconds=round(time.perf_counter() - started, 1))
+                             training=training, real_data=real_data, progress=progress)
+    note("engines.train.done", out=str(out_dir), seconds=round(time.perf_counter() - started, 1))
     return written
 
 
@@ -559,7 +600,8 @@ def classify_real(real_dir: Any, run: Any, constants: ScoringConstants, alpha: f
     out: dict[str, Any] = {}
 
     def summarise(stamps: NDArray[np.float32], right: tuple[str, ...], truth: str) -> dict[str, Any]:
-        s = score(*run(stamps), constants)
+        logits, embedding = run(stamps)
+        s = score(logits, embedding, constants)
         names = [CLASSES[i] for i in s.label_index]
         return {"truth": truth, "n": len(names),
                 "predicted": {c: names.count(c) for c in CLASSES if names.count(c)},
@@ -686,47 +728,3 @@ def write_model_card(out_dir: Any, m: Any) -> None:
               "- The conformal p-value is valid for detections drawn like the held-out twin set; on another "
               "instrument the flagged fraction of ordinary detections will differ from alpha.", ""]
     Path(out_dir, CARD_FILE).write_text("\n".join(lines), encoding="utf-8")
-
-
-def train_command(args: Any) -> int:
-    """``astro-edge engines train``: one reproducible command from seed to engine folder."""
-    import shlex
-    import sys
-
-    from edge.errors import ConfigError
-    from edge.log import get_logger
-
-    if args.members < 1 or args.epochs < 1 or min(args.train_frames, args.calib_frames, args.eval_frames) < 1:
-        raise ConfigError("members, epochs and frame counts must be at least 1", where="engines train")
-    try:
-        widths = tuple(int(w) for w in args.widths.split(","))
-    except ValueError:
-        widths = ()
-    if len(widths) != 3 or min(widths) < 1:
-        raise ConfigError(f"--widths {args.widths!r} must be three positive integers like 16,32,64",
-                          where="--widths")
-    if not 0.0 <= args.deformed_oe <= 1.0:
-        raise ConfigError(f"--deformed-oe {args.deformed_oe} must lie in [0, 1]", where="--deformed-oe")
-    if args.frame_size < 128:
-        raise ConfigError(f"--frame-size {args.frame_size} is too small for 32 px stamps; use >= 128",
-                          where="--frame-size")
-    settings = TrainSettings(seed=args.seed, frame_size_px=args.frame_size, n_train_frames=args.train_frames,
-                             n_calib_frames=args.calib_frames, n_eval_frames=args.eval_frames,
-                             epochs=args.epochs, threads=args.threads, oe_deformed_share=args.deformed_oe,
-                             spec=ModelSpec(n_members=args.members, design=args.design, widths=widths))
-    real = None if args.no_real else args.real_data
-    if real is not None:
-        from pathlib import Path
-
-        if not Path(real).is_dir():
-            raise ConfigError(f"{real} is not a folder of real frames", where="--real-data")
-    command = "astro-edge " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "astro-edge engines train"
-    written = train_engine(args.out, settings, name=args.name, version=args.version, command=command,
-                           real_data=real, log=get_logger("engines.training.train"))
-    fp32 = written.evaluation["fp32"]
-    print(f"engine {written.name} {written.version} written to {written.directory}: accuracy S/N>=10 "
-          f"{fp32['accuracy_snr10']:.4f}, ECE {fp32['ece_snr10']:.4f}, flagged ordinary at alpha=0.01 "
-          f"{fp32['flagged_ordinary_at_alpha']:.4f}")
-    for fam, f in fp32["families"].items():
-        print(f"  {fam:<13} AUROC {f['auroc']:.4f}  recall S/N>=20 {_fmt(f['recall_snr20_at_alpha'])}")
-    return 0

@@ -6,11 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from edge.cli.engines import DEFAULT_MODEL_DIR
 from edge.errors import ConfigError, EngineCompatibilityError
+from edge.node.assemble import default_engine_dir
 from engines.build import build_engine, choose_precision
 from engines.manifest import load_manifest
 from engines.runtime.trt import probe_device
+
+#: the shipped engine (what --model defaults to)
+DEFAULT_MODEL_DIR = default_engine_dir()
 
 
 def test_auto_picks_the_fastest_precision_that_passes() -> None:

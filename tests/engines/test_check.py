@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
@@ -10,9 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.cli.engines import DEFAULT_MODEL_DIR
+from edge.cli import main
 from edge.errors import EngineError, EngineIntegrityError
-from engines.check import check_command, check_engine, compare_outputs
+from edge.node.assemble import default_engine_dir
+from engines.check import check_engine, compare_outputs
+
+#: the shipped engine (what --model defaults to)
+DEFAULT_MODEL_DIR = default_engine_dir()
 
 
 def test_compare_outputs_passes_within_tolerance_and_fails_beyond(rng: np.random.Generator) -> None:
@@ -55,7 +58,7 @@ def test_check_command_exits_nonzero_when_a_file_drifts(tmp_path: Path, capsys: 
     manifest["files"]["golden.npz"]["sha256"] = sha256_file(folder / "golden.npz")
     manifest["files"]["golden.npz"]["size_bytes"] = (folder / "golden.npz").stat().st_size
     (folder / "manifest.json").write_text(json.dumps(manifest))
-    assert check_command(argparse.Namespace(model=folder, threads=1)) == 1
+    assert main(["engines", "check", "--model", str(folder), "--threads", "1"]) == 1
     assert "FAIL" in capsys.readouterr().out
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.cli.engines import DEFAULT_MODEL_DIR
+from edge.node.assemble import default_engine_dir
 from engines.manifest import load_manifest
 from engines.runtime import load_engine
 from engines.scoring import auroc, expected_calibration_error, score
@@ -15,6 +15,9 @@ from engines.stamps import NORMALISATION
 from engines.training.dataset import CLASSES, UNKNOWN, twin_stamp_set
 from engines.training.train import TrainSettings, classify_real, training_twin_config
 from twin import ANOMALY_FAMILIES
+
+#: the shipped engine (what --model defaults to)
+DEFAULT_MODEL_DIR = default_engine_dir()
 
 #: a seed none of the engine's sets used (they use the training seed + 0 .. 5)
 FRESH_SEED = 777_001

@@ -8,10 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from edge.cli.engines import DEFAULT_MODEL_DIR
+from edge.node.assemble import default_engine_dir
 from engines.manifest import load_manifest
 from engines.training.evaluation import reevaluate
 from twin import ANOMALY_FAMILIES
+
+#: the shipped engine (what --model defaults to)
+DEFAULT_MODEL_DIR = default_engine_dir()
 
 
 def test_reevaluate_writes_new_figures_and_keeps_the_engine(tmp_path: Path) -> None:

@@ -7,12 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.cli.engines import DEFAULT_MODEL_DIR
 from edge.errors import ConfigError
+from edge.node.assemble import default_engine_dir
 from engines.manifest import load_manifest
 from engines.training.dataset import CLASSES, UNKNOWN, twin_stamp_set
 from engines.training.finetune import finetune_engine, read_labels
 from engines.training.train import WEIGHTS_FILE, training_twin_config
+
+#: the shipped engine (what --model defaults to)
+DEFAULT_MODEL_DIR = default_engine_dir()
 
 
 def test_labels_file_problems_are_named(tmp_path: Path) -> None:
