@@ -2,7 +2,7 @@
 # astro-edge: set-up, test, demo, engines, benchmarks. See README.md.
 #
 #   ./build.sh setup     create .venv and install astro-edge with the extras this machine can use
-#   ./build.sh test      set up if needed, then run the whole test suite (extra args go to pytest)
+#   ./build.sh test      set up if needed, then ruff, mypy and the whole test suite (extra args go to pytest)
 #   ./build.sh demo      set up if needed, then run the demo (extra args go to `astro-edge demo`)
 #   ./build.sh engines   set up if needed, then `astro-edge engines ARGS...` (default: build)
 #   ./build.sh bench     set up if needed, then run every benchmark in bench/ (or the ones named)
@@ -69,6 +69,11 @@ ensure_setup() {
 
 cmd_test() {
     ensure_setup
+    # lint and types first: a suite that passes on code ruff or mypy refuses does not pass
+    say "ruff check"
+    "$VENV/bin/ruff" check .
+    say "mypy (settings in pyproject.toml)"
+    "$VENV/bin/mypy"
     "$VENV/bin/python" -m pytest "$@"
 }
 

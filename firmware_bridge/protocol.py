@@ -512,7 +512,7 @@ def _decompress(payload: memoryview, compression: str, nbytes: int) -> Buffer:
             out = reader.read(nbytes + 1)
     except DecompressionError:
         raise
-    except Exception as exc:  # lz4 and zstandard raise their own RuntimeError / ZstdError types
+    except Exception as exc:  # noqa: BLE001 - lz4 and zstandard raise their own RuntimeError / ZstdError types
         raise DecompressionError(f"{compression} payload cannot be decoded ({str(exc)[:80]})",
                                  where="payload") from None
     if len(out) != nbytes:
