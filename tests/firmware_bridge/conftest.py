@@ -77,5 +77,5 @@ def make_frame() -> Any:
 
 @pytest.fixture
 def m13_path(real_data: Path) -> Path:
-    """The raw uint16 M13 frame (BZERO 32768) from ../shared/data/real."""
+    """The raw uint16 M13 frame (BZERO 32768) from tests/data/real."""
     return real_data / "m13-raw" / "M13_blue_0001.fits"
