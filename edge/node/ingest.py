@@ -11,7 +11,7 @@ This module owns the queue and the finished-frame sets; it never touches a worke
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -56,6 +56,8 @@ class Ingest:
         self.done = done
         self.queue: deque[tuple[FrameInput, float]] = deque()
         self._pending_drops: list[int] = []   # dropped seqs not yet handed to a worker's summary
+        #: the receiver's rejections by reason already added to the node's counters
+        self._receiver_reasons: Counter[str] = Counter()
 
     def __len__(self) -> int:
         return len(self.queue)
@@ -73,16 +75,16 @@ class Ingest:
         """Take at most one message off ``receiver`` (waiting up to ``timeout_ms``) and queue its frame."""
         c = self.counters
         before = receiver.counters.rejected
-        reasons_before = dict(receiver.counters.rejected_by_reason)
         msg = receiver.recv(timeout_ms)
         rejected = receiver.counters.rejected - before
         if rejected:
             c.frames_received += rejected
             c.frames_rejected += rejected
-            # added to the node's own reasons: the pipeline counts its rejections there too
-            for reason, n in receiver.counters.rejected_by_reason.items():
-                if n > reasons_before.get(reason, 0):
-                    c.rejected_by_reason[reason] = c.rejected_by_reason.get(reason, 0) + n - reasons_before.get(reason, 0)
+            # added to the node's own reasons (the pipeline counts its rejections there too)
+            reasons = receiver.counters.rejected_by_reason
+            for reason, n in (reasons - self._receiver_reasons).items():
+                c.rejected_by_reason[reason] = c.rejected_by_reason.get(reason, 0) + n
+            self._receiver_reasons = reasons.copy()
         if not isinstance(msg, Frame):
             return
         h = msg.header
