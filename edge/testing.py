@@ -30,7 +30,7 @@ from edge.errors import GroundStoreError
 from edge.ground.receiver import FRAMES_NAME, RECORDS_NAME, GroundCounters, GroundReceiver
 from edge.log import configure
 from edge.records import DownlinkRecord, FrameSummary
-from firmware_bridge.rig import FrameSource, header_fields
+from firmware_bridge.rig import FrameSource, twin_source
 from firmware_bridge.sender import FrameSender, SenderCounters
 
 if TYPE_CHECKING:
@@ -259,13 +259,6 @@ class LoopbackDaq:
         else:  # the block's own error is the one to see
             self._stop.set()
             self._thread.join(self._send_timeout_ms / 1000 + 30)
-
-
-def twin_source(frame: TwinFrame) -> FrameSource:
-    """A twin frame as a DAQ sends it: its raw pixels and the protocol fields of its FITS header."""
-    start_utc, exposure_s, wcs, keywords = header_fields(frame.header, fallback_utc="")
-    return FrameSource(np.ascontiguousarray(frame.raw_adu), start_utc, exposure_s, wcs, keywords,
-                       f"twin-{frame.index}")
 
 
 def every_family_twin_config(size_px: int) -> TwinConfig:

@@ -351,10 +351,15 @@ def twin_frames(n: int, *, size_px: int, seed: int, anomalies: Sequence[str] = (
                                   anomalies=tuple(anomalies))
     now = utc_now()
     for i in range(n):
-        tf = simulate_frame(cfg, i, seed)
-        start_utc, exposure_s, wcs, keywords = header_fields(tf.header, fallback_utc=now)
-        yield FrameSource(np.ascontiguousarray(tf.raw_adu), start_utc, exposure_s, wcs, keywords,
-                          f"twin-{i}")
+        yield twin_source(simulate_frame(cfg, i, seed), fallback_utc=now)
+
+
+def twin_source(frame: Any, *, fallback_utc: str = "") -> FrameSource:
+    """A twin frame (``twin.TwinFrame``) as a DAQ sends it: its raw pixels and the protocol fields
+    of its FITS header (``fallback_utc`` where the header has no time; empty: stamped when sent)."""
+    start_utc, exposure_s, wcs, keywords = header_fields(frame.header, fallback_utc=fallback_utc)
+    return FrameSource(np.ascontiguousarray(frame.raw_adu), start_utc, exposure_s, wcs, keywords,
+                       f"twin-{frame.index}")
 
 
 # ---------------------------------------------------------------------------------------------
