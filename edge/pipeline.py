@@ -29,7 +29,7 @@ from edge import sky
 from edge.records import DownlinkRecord, FrameSummary, compress_stamp, record_id
 from edge.triage import TriagePolicy, TriageResult, triage
 from engines.scoring import Scores, ScoringConstants, score
-from engines.stamps import NORMALISATION, cut_stamps
+from engines.stamps import RECIPES, cut_for
 from firmware_bridge.protocol import utc_now
 
 if TYPE_CHECKING:
@@ -104,7 +104,7 @@ class Pipeline:
                  catalog: sky.ReferenceCatalog | None = None, min_match_radius_arcsec: float = 1.0,
                  seed: int = 0, scorer: Scorer = score, clock: Callable[[], float] = time.perf_counter,
                  now: Callable[[], str] = utc_now) -> None:
-        engine.manifest.check_normalisation(NORMALISATION)
+        engine.manifest.check_normalisation(tuple(RECIPES))
         self.node_id = node_id
         self.calibrator = calibrator
         self.engine = engine
@@ -140,14 +140,22 @@ class Pipeline:
         lap("background")
         cands = detect_stage.detect(bkg.sub_e, cal.variance_e2, cal.mask, self.detect_settings)
         lap("detect")
-        stamps = cut_stamps(bkg.sub_e, cal.variance_e2, cal.mask, cands.x, cands.y)
+        recipe = self.engine.manifest.normalisation
+        stamps = cut_for(recipe, bkg.sub_e, cal.variance_e2, cal.mask, cands.x, cands.y)
         lap("stamps")
         logits, embedding = self.engine.infer(stamps)
         lap("infer")
         shadow = None
         if self.shadow is not None:
-            shadow_logits, _ = self.shadow.infer(stamps)
-            agree = shadow_logits.mean(axis=1).argmax(axis=1) == logits.mean(axis=1).argmax(axis=1)
+            shadow_recipe = self.shadow.manifest.normalisation
+            shadow_stamps = (stamps if shadow_recipe == recipe else
+                             cut_for(shadow_recipe, bkg.sub_e, cal.variance_e2, cal.mask, cands.x, cands.y))
+            shadow_logits, _ = self.shadow.infer(shadow_stamps)
+            # by class name: the two engines may have different classes
+            live_names = np.asarray(self.engine.manifest.classes, dtype=object)
+            shadow_names = np.asarray(self.shadow.manifest.classes, dtype=object)
+            agree = (shadow_names[shadow_logits.mean(axis=1).argmax(axis=1)]
+                     == live_names[logits.mean(axis=1).argmax(axis=1)])
             shadow = (int(agree.sum()), len(stamps))
             lap("shadow")
         scores = self.scorer(logits, embedding, self.engine.manifest.scoring)

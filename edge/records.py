@@ -41,8 +41,9 @@ REASONS: tuple[str, ...] = ("uncertain", "unknown", "unusual", "new", "audit")
 NOISE_MODELS: tuple[str, ...] = ("bundle", "header", "estimated")
 #: keys the ground adds to a record when it writes it; a reader accepts and ignores them
 GROUND_FIELDS: tuple[str, ...] = ("received_time",)
-#: the codec new stamps use: channel 0 (arcsinh S/N) as int8 in steps of 1/8, channel 1 (the mask)
-#: as packed bits, one zstd frame; about a third of the float16 codec's bytes on noisy stamps
+#: the codec new stamps use, for (2m, H, W) stamps of m (image, mask) channel pairs: the image
+#: channels (0, 2, ...; arcsinh S/N) as int8 in steps of 1/8, then the mask channels (1, 3, ...) as
+#: packed bits, one zstd frame; about a third of the float16 codec's bytes on noisy stamps
 STAMP_CODEC = "zstd-int8-asinh8-maskbits"
 #: the first codec, still read: every value as little-endian float16
 STAMP_CODEC_FLOAT16 = "zstd-float16-le"
@@ -77,8 +78,8 @@ class CompressedStamp:
         if self.codec not in STAMP_CODECS:
             raise RecordFieldError(f"stamp codec {self.codec!r} is not one of {STAMP_CODECS}", where="stamp")
         shape = tuple(self.shape)
-        if self.codec == STAMP_CODEC and len(shape) != 3 or self.codec == STAMP_CODEC and shape[0] != 2:
-            raise RecordFieldError(f"codec {self.codec} needs shape (2, height, width), got {shape}",
+        if self.codec == STAMP_CODEC and (len(shape) != 3 or shape[0] < 2 or shape[0] % 2):
+            raise RecordFieldError(f"codec {self.codec} needs shape (2m, height, width), got {shape}",
                                    where="stamp")
         if not shape or any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in shape):
             raise RecordFieldError(f"stamp shape {self.shape!r} must be positive integers", where="stamp")
@@ -106,21 +107,25 @@ class CompressedStamp:
                                     where="stamp")
         if self.codec == STAMP_CODEC_FLOAT16:
             return np.frombuffer(raw, dtype="<f2").astype(np.float32).reshape(self.shape)
+        pairs, height, width = self.shape[0] // 2, self.shape[1], self.shape[2]
         image = np.frombuffer(raw[:plane], dtype=np.int8).astype(np.float32) / _ASINH_STEP
         mask = np.unpackbits(np.frombuffer(raw[plane:], dtype=np.uint8), count=plane).astype(np.float32)
-        return np.stack([image, mask]).reshape(self.shape)
+        out = np.empty(self.shape, np.float32)
+        out[0::2] = image.reshape(pairs, height, width)
+        out[1::2] = mask.reshape(pairs, height, width)
+        return out
 
 
 def compress_stamp(stamp: NDArray[Any]) -> CompressedStamp:
-    """Compress a (2, H, W) node stamp: channel 0 to int8 steps of 1/8, the mask to bits, zstd.
+    """Compress a (2m, H, W) node stamp: image channels to int8 steps of 1/8, masks to bits, zstd.
 
     Any other shape is kept as float16 (codec ``zstd-float16-le``).
     """
     arr = np.asarray(stamp)
     shape = tuple(int(n) for n in arr.shape)
-    if arr.ndim == 3 and shape[0] == 2:
-        image = np.clip(np.rint(np.nan_to_num(arr[0]) * _ASINH_STEP), -128, 127).astype(np.int8)
-        bits = np.packbits(np.asarray(arr[1]) > 0.5, axis=None)
+    if arr.ndim == 3 and shape[0] >= 2 and shape[0] % 2 == 0:
+        image = np.clip(np.rint(np.nan_to_num(arr[0::2]) * _ASINH_STEP), -128, 127).astype(np.int8)
+        bits = np.packbits(np.asarray(arr[1::2]) > 0.5, axis=None)
         data = zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(image.tobytes() + bits.tobytes())
         return CompressedStamp(shape=shape, data=data)
     half = np.ascontiguousarray(arr, dtype="<f2")

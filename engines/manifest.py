@@ -254,13 +254,15 @@ class EngineManifest:
         """A copy with these files (and build info) replacing the old ones."""
         return replace(self, files=dict(files), build=build if build is not None else self.build)
 
-    def check_normalisation(self, expected: str) -> None:
-        """Refuse an engine trained on stamps made by another recipe than the caller's."""
-        if self.normalisation != expected:
+    def check_normalisation(self, expected: str | tuple[str, ...]) -> None:
+        """Refuse an engine trained on stamps made by another recipe than the caller's (or any of the
+        callers' recipes, given a tuple)."""
+        known = (expected,) if isinstance(expected, str) else tuple(expected)
+        if self.normalisation not in known:
             raise EngineCompatibilityError(
                 f"engine {self.name} {self.version} expects stamps normalised as "
-                f"{self.normalisation!r} but this node makes {expected!r}; use an engine trained "
-                "with this astro-edge", where="normalisation")
+                f"{self.normalisation!r} but this node makes {' or '.join(map(repr, known))}; use an "
+                "engine trained with this astro-edge", where="normalisation")
 
     def to_dict(self) -> dict[str, Any]:
         return {

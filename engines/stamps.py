@@ -11,8 +11,22 @@ A stamp has two channels of ``STAMP_SIZE`` x ``STAMP_SIZE`` float32 pixels:
 
 The centre pixel of a stamp, at index (``size // 2``, ``size // 2``), is the frame pixel
 (floor(y + 0.5), floor(x + 0.5)); so a stamp covers rows ``cy - size // 2`` to
-``cy + size - size // 2 - 1``. ``NORMALISATION`` names this recipe; the engine manifest records
-it so that a model is never fed stamps made another way. Pure numpy: no I/O, no logging.
+``cy + size - size // 2 - 1``. ``NORMALISATION`` names this recipe.
+
+The context recipe (``CONTEXT_NORMALISATION``, the default of engines from stampnet 2 on) adds a
+second, wider view beside the sharp one, so that extended objects are seen whole (a comet's tail
+falls off over 9-21 px from the head, past the stamp's 16 px half-size):
+
+- channels 2 and 3, the context: the ``CONTEXT_BIN * STAMP_SIZE`` = 96 px square around the same
+  centre, binned ``CONTEXT_BIN`` x ``CONTEXT_BIN`` to 32 x 32. A bin's S/N is the sum of its good
+  pixels over the square root of the sum of their variances, normalised as channel 0; the bin is
+  masked (channel 3 = 1, channel 2 = 0) when fewer than ``CONTEXT_MIN_GOOD`` of its 9 pixels are
+  good. The centre pixel is the middle of bin (16, 16): the 96 px square covers rows ``cy - 49``
+  to ``cy + 46``.
+
+:data:`RECIPES` maps each recipe name to its number of channels; :func:`cut_for` cuts the stamps
+of a named recipe. The engine manifest records the recipe, so that a model is never fed stamps
+made another way. Pure numpy: no I/O, no logging.
 """
 
 from __future__ import annotations
@@ -25,14 +39,23 @@ from numpy.typing import NDArray
 
 from edge.errors import DetectionError
 
-__all__ = ["NORMALISATION", "SNR_CLIP_HIGH", "SNR_CLIP_LOW", "STAMP_SIZE", "cut_stamps",
-           "normalise_snr"]
+__all__ = ["CONTEXT_BIN", "CONTEXT_NORMALISATION", "NORMALISATION", "RECIPES", "SNR_CLIP_HIGH",
+           "SNR_CLIP_LOW", "STAMP_SIZE", "cut_context", "cut_for", "cut_stamps", "normalise_snr"]
 
 STAMP_SIZE = 32
 SNR_CLIP_LOW = -10.0
 SNR_CLIP_HIGH = 1000.0
-#: name of this stamp recipe, recorded in every engine manifest
+#: name of the sharp-stamp recipe (two channels), recorded in every engine manifest
 NORMALISATION = "snr-asinh-clip-10-1000-v1"
+#: the sharp stamp and a binned 96 px context view (four channels)
+CONTEXT_NORMALISATION = "snr-asinh-clip-10-1000-ctx96bin3-v2"
+CONTEXT_BIN = 3
+#: a context bin with fewer good pixels than this is masked
+CONTEXT_MIN_GOOD = 5
+#: recipe name -> channels of its stamps
+RECIPES: dict[str, int] = {NORMALISATION: 2, CONTEXT_NORMALISATION: 4}
+#: candidates cut at once by cut_context (bounds the 96 px cut-outs held in memory)
+_CONTEXT_CHUNK = 256
 
 
 def normalise_snr(snr: NDArray[Any]) -> NDArray[np.float32]:
@@ -43,9 +66,8 @@ def normalise_snr(snr: NDArray[Any]) -> NDArray[np.float32]:
     return out
 
 
-def cut_stamps(sub_e: NDArray[Any], variance_e2: NDArray[Any], mask: NDArray[Any] | None,
-               x: NDArray[Any], y: NDArray[Any], size: int = STAMP_SIZE) -> NDArray[np.float32]:
-    """Cut (n, 2, size, size) float32 stamps centred on (x, y) (0-based, x = column)."""
+def _check_inputs(sub_e: NDArray[Any], variance_e2: NDArray[Any], mask: NDArray[Any] | None,
+                  x: NDArray[Any], y: NDArray[Any], size: int) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     if not isinstance(sub_e, np.ndarray) or sub_e.ndim != 2:
         raise DetectionError("sub_e must be a 2-D numpy array", where="cut_stamps")
     shape = sub_e.shape
@@ -63,17 +85,18 @@ def cut_stamps(sub_e: NDArray[Any], variance_e2: NDArray[Any], mask: NDArray[Any
         raise DetectionError(f"x has {xs.size} values but y has {ys.size}", where="cut_stamps")
     if not (np.isfinite(xs).all() and np.isfinite(ys).all()):
         raise DetectionError("candidate positions must be finite", where="cut_stamps")
-    n = xs.size
-    height, width = shape
-    half = size // 2
-    top = np.floor(ys + 0.5).astype(np.int64) - half
-    left = np.floor(xs + 0.5).astype(np.int64) - half
-    sub_arr, var_arr = np.asarray(sub_e), np.asarray(variance_e2)
-    mask_arr = None if mask is None else np.asarray(mask, dtype=bool)
+    return xs, ys
+
+
+def _cut_pixels(sub_arr: NDArray[Any], var_arr: NDArray[Any], mask_arr: NDArray[np.bool_] | None,
+                top: NDArray[np.int64], left: NDArray[np.int64],
+                size: int) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.bool_]]:
+    """Pixels, variances and bad flags of the size x size squares at (top, left); outside is bad."""
+    n = top.size
+    height, width = sub_arr.shape
     pix = np.empty((n, size, size), dtype=np.float32)
     var = np.empty((n, size, size), dtype=np.float32)
     bad = np.zeros((n, size, size), dtype=bool)
-
     interior = (top >= 0) & (left >= 0) & (top + size <= height) & (left + size <= width)
     idx = np.flatnonzero(interior)
     if idx.size:
@@ -95,10 +118,69 @@ def cut_stamps(sub_e: NDArray[Any], variance_e2: NDArray[Any], mask: NDArray[Any
         var[idx] = var_arr[r, c]
         bad[idx] = outside if mask_arr is None else outside | mask_arr[r, c]
     bad |= ~np.isfinite(pix) | ~np.isfinite(var) | ~(var > 0)
+    return pix, var, bad
+
+
+def _normalised(pix: NDArray[np.float32], var: NDArray[np.float32], bad: NDArray[np.bool_],
+                out: NDArray[np.float32]) -> None:
+    """Write the image channel and the mask channel of (n, h, w) pixels into out (n, 2, h, w)."""
     snr = np.divide(pix, np.sqrt(np.where(bad, np.float32(1.0), var)), where=~bad,
-                    out=np.zeros((n, size, size), dtype=np.float32))
-    stamps = np.empty((n, 2, size, size), dtype=np.float32)
-    stamps[:, 0] = normalise_snr(snr)
-    stamps[:, 0][bad] = 0.0
-    stamps[:, 1] = bad
+                    out=np.zeros(pix.shape, dtype=np.float32))
+    out[:, 0] = normalise_snr(snr)
+    out[:, 0][bad] = 0.0
+    out[:, 1] = bad
+
+
+def cut_stamps(sub_e: NDArray[Any], variance_e2: NDArray[Any], mask: NDArray[Any] | None,
+               x: NDArray[Any], y: NDArray[Any], size: int = STAMP_SIZE) -> NDArray[np.float32]:
+    """Cut (n, 2, size, size) float32 stamps centred on (x, y) (0-based, x = column)."""
+    xs, ys = _check_inputs(sub_e, variance_e2, mask, x, y, size)
+    half = size // 2
+    top = np.floor(ys + 0.5).astype(np.int64) - half
+    left = np.floor(xs + 0.5).astype(np.int64) - half
+    mask_arr = None if mask is None else np.asarray(mask, dtype=bool)
+    pix, var, bad = _cut_pixels(np.asarray(sub_e), np.asarray(variance_e2), mask_arr, top, left, size)
+    stamps = np.empty((xs.size, 2, size, size), dtype=np.float32)
+    _normalised(pix, var, bad, stamps)
     return stamps
+
+
+def cut_context(sub_e: NDArray[Any], variance_e2: NDArray[Any], mask: NDArray[Any] | None,
+                x: NDArray[Any], y: NDArray[Any], size: int = STAMP_SIZE,
+                factor: int = CONTEXT_BIN) -> NDArray[np.float32]:
+    """The (n, 2, size, size) context views: ``factor * size`` px around (x, y), binned by ``factor``."""
+    xs, ys = _check_inputs(sub_e, variance_e2, mask, x, y, size)
+    if int(factor) != factor or factor < 1 or factor % 2 != 1:
+        raise DetectionError(f"context binning must be an odd positive integer, got {factor!r}",
+                             where="cut_context")
+    wide = factor * size
+    # the centre pixel is the middle of bin (size // 2, size // 2)
+    reach = factor * (size // 2) + factor // 2
+    top = np.floor(ys + 0.5).astype(np.int64) - reach
+    left = np.floor(xs + 0.5).astype(np.int64) - reach
+    sub_arr, var_arr = np.asarray(sub_e), np.asarray(variance_e2)
+    mask_arr = None if mask is None else np.asarray(mask, dtype=bool)
+    views = np.empty((xs.size, 2, size, size), dtype=np.float32)
+    min_good = int(np.ceil(CONTEXT_MIN_GOOD * factor * factor / 9.0))
+    for lo in range(0, xs.size, _CONTEXT_CHUNK):
+        hi = min(lo + _CONTEXT_CHUNK, xs.size)
+        pix, var, bad = _cut_pixels(sub_arr, var_arr, mask_arr, top[lo:hi], left[lo:hi], wide)
+        good = ~bad
+        shape = (hi - lo, size, factor, size, factor)
+        pix_sum = np.where(good, pix, 0.0).reshape(shape).sum(axis=(2, 4), dtype=np.float32)
+        var_sum = np.where(good, var, 0.0).reshape(shape).sum(axis=(2, 4), dtype=np.float32)
+        n_good = good.reshape(shape).sum(axis=(2, 4))
+        _normalised(pix_sum, var_sum, n_good < min_good, views[lo:hi])
+    return views
+
+
+def cut_for(recipe: str, sub_e: NDArray[Any], variance_e2: NDArray[Any], mask: NDArray[Any] | None,
+            x: NDArray[Any], y: NDArray[Any]) -> NDArray[np.float32]:
+    """The stamps of the named recipe (``RECIPES``): (n, 2, 32, 32) or, with context, (n, 4, 32, 32)."""
+    if recipe not in RECIPES:
+        raise DetectionError(f"unknown stamp recipe {recipe!r}; this astro-edge makes {sorted(RECIPES)}",
+                             where="cut_for")
+    stamps = cut_stamps(sub_e, variance_e2, mask, x, y)
+    if RECIPES[recipe] == 2:
+        return stamps
+    return np.concatenate([stamps, cut_context(sub_e, variance_e2, mask, x, y)], axis=1)

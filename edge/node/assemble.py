@@ -58,7 +58,7 @@ def verify_engine(path: str | Path, sha256: str, section: Any) -> str:
     from engines.check import check_engine
     from engines.manifest import load_manifest, sha256_file
     from engines.runtime import load_engine
-    from engines.stamps import NORMALISATION, STAMP_SIZE
+    from engines.stamps import RECIPES, STAMP_SIZE
 
     folder = Path(path)
     manifest_file = folder / "manifest.json"
@@ -68,10 +68,12 @@ def verify_engine(path: str | Path, sha256: str, section: Any) -> str:
     if actual != sha256.strip().lower():
         raise EngineIntegrityError(f"manifest.json has sha256 {actual}, not the {sha256} given", where=str(folder))
     manifest = load_manifest(folder)
-    manifest.check_normalisation(NORMALISATION)
-    if tuple(manifest.input.shape[1:]) != (2, STAMP_SIZE, STAMP_SIZE):
+    manifest.check_normalisation(tuple(RECIPES))
+    channels = RECIPES[manifest.normalisation]
+    if tuple(manifest.input.shape[1:]) != (channels, STAMP_SIZE, STAMP_SIZE):
         raise EngineCompatibilityError(f"the engine takes stamps of shape {list(manifest.input.shape)}; this "
-                                       f"node cuts [-1, 2, {STAMP_SIZE}, {STAMP_SIZE}]", where=str(folder))
+                                       f"node cuts [-1, {channels}, {STAMP_SIZE}, {STAMP_SIZE}] for the "
+                                       f"recipe {manifest.normalisation!r}", where=str(folder))
     engine = load_engine(folder, backend=section.backend, precision=section.precision, threads=section.threads)
     failed = [r for r in check_engine(folder, threads=section.threads) if r.skipped is None and not r.passed]
     if failed:

@@ -73,10 +73,10 @@ def _worker_main(conn: Connection, build: Any, build_args: tuple[Any, ...], mmap
                 continue
             try:
                 from edge.node.assemble import open_engine
-                from engines.stamps import NORMALISATION
+                from engines.stamps import RECIPES
 
                 shadow = open_engine(*msg[1])
-                shadow.manifest.check_normalisation(NORMALISATION)
+                shadow.manifest.check_normalisation(tuple(RECIPES))
                 pipeline.shadow = shadow
                 conn.send(("engine_ok", shadow.engine_id))
             except Exception as exc:  # noqa: BLE001 - the live engine is untouched
@@ -112,10 +112,10 @@ def _worker_main(conn: Connection, build: Any, build_args: tuple[Any, ...], mmap
 
 def _swap(pipeline: Any, engine_spec: Any) -> Any:
     from edge.node.assemble import open_engine
-    from engines.stamps import NORMALISATION
+    from engines.stamps import RECIPES
 
     engine = open_engine(*engine_spec)
-    engine.manifest.check_normalisation(NORMALISATION)
+    engine.manifest.check_normalisation(tuple(RECIPES))
     old = pipeline.engine
     pipeline.engine = engine
     old.deactivate()
