@@ -54,6 +54,9 @@ class ScoringConstants:
     precision: NDArray[np.float64]         # (D, D), inverse of the shared class covariance
     entropy_weight: float
     conformal_scores: NDArray[np.float64]  # (M,), sorted ascending
+    #: the distance is to the nearest of the first ``distance_classes`` class Gaussians (the
+    #: ordinary classes of an engine that also has unusual ones); None: to every class
+    distance_classes: int | None = None
 
     def __post_init__(self) -> None:
         means = np.asarray(self.class_means, dtype=np.float64)
@@ -70,6 +73,10 @@ class ScoringConstants:
             problems.append(f"precision must have shape (D, D) = {(means.shape[1],) * 2}, got {prec.shape}")
         if conf.size < 1:
             problems.append("conformal_scores is empty")
+        k = self.distance_classes
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int)
+                              or not 1 <= k <= (means.shape[0] if means.ndim == 2 else 0)):
+            problems.append(f"distance_classes must be an integer in [1, C], got {k!r}")
         for name, arr in (("class_means", means), ("precision", prec), ("conformal_scores", conf)):
             if not np.isfinite(arr).all():
                 problems.append(f"{name} holds non-finite values")
@@ -98,6 +105,7 @@ class ScoringConstants:
             "precision": self.precision.tolist(),
             "entropy_weight": self.entropy_weight,
             "conformal_scores": self.conformal_scores.tolist(),
+            **({} if self.distance_classes is None else {"distance_classes": self.distance_classes}),
         }
 
     @classmethod
@@ -116,7 +124,8 @@ class ScoringConstants:
                        class_means=np.asarray(data["class_means"], dtype=np.float64),
                        precision=np.asarray(data["precision"], dtype=np.float64),
                        entropy_weight=float(data["entropy_weight"]),
-                       conformal_scores=np.asarray(data["conformal_scores"], dtype=np.float64))
+                       conformal_scores=np.asarray(data["conformal_scores"], dtype=np.float64),
+                       distance_classes=data.get("distance_classes"))
         except (TypeError, ValueError) as exc:
             raise EngineIntegrityError(f"scoring constants are not numeric arrays: {exc}",
                                        where="scoring") from exc
@@ -211,7 +220,8 @@ def score(logits: NDArray[Any], embedding: NDArray[Any], constants: ScoringConst
     # mutual information is >= 0 by Jensen; clip the rounding error of the subtraction
     epistemic = np.maximum(entropy - aleatoric, 0.0)
     aleatoric = np.minimum(aleatoric, entropy)
-    distance = mahalanobis_distance(embedding, constants.class_means, constants.precision)
+    distance = mahalanobis_distance(embedding, constants.class_means[:constants.distance_classes],
+                                    constants.precision)
     anomaly = distance + constants.entropy_weight * entropy
     return Scores(
         probs=probs,

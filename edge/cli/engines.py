@@ -71,6 +71,13 @@ def _add_train(sub: Any) -> None:
                    help="fresh twin frames for evaluation (default: 80)")
     p.add_argument("--epochs", type=int, default=16, metavar="N", help="training epochs (default: 16)")
     p.add_argument("--threads", type=int, default=2, metavar="N", help="CPU threads for torch (default: 2)")
+    p.add_argument("--unusual", default="lens_arc,comet,lobster_psf,ghost", metavar="LIST",
+                   help="twin families taught as classes, comma-separated, or 'none' "
+                        "(default: lens_arc,comet,lobster_psf,ghost)")
+    p.add_argument("--views", type=int, choices=[1, 2], default=2,
+                   help="1: the 32 px stamp alone; 2: the stamp and its binned 96 px context (default: 2)")
+    p.add_argument("--anomalies-per-frame", type=int, default=4, metavar="N",
+                   help="objects of each unusual family per 512x512 px of twin frame (default: 4)")
     p.add_argument("--deformed-oe", type=float, default=0.0, metavar="SHARE",
                    help="share of the outlier-exposure stamps made by deforming twin stars and galaxies "
                         "(engines/training/deform.py; the shipped engine: 0, blob shapes only) (default: 0)")
@@ -95,6 +102,8 @@ def _add_evaluate(sub: Any) -> None:
                    help="evaluation frames (default: as many as the engine was evaluated on)")
     p.add_argument("--threads", type=int, default=2, metavar="N",
                    help="intra-op threads for ONNX Runtime (default: 2)")
+    p.add_argument("--seed", type=int, default=None, metavar="N",
+                   help="draw the evaluation frames from this seed instead of the engine's own (seed + 2)")
     p.add_argument("--write", action="store_true",
                    help="store the figures in the manifest and regenerate the model card (model files unchanged)")
     p.set_defaults(func=_evaluate)
@@ -182,6 +191,7 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 def _train(args: argparse.Namespace) -> int:
     from edge.log import get_logger
+    from engines.training.dataset import CLASSES, UNUSUAL_CLASSES
     from engines.training.model import ModelSpec
     from engines.training.train import TrainSettings, train_engine
 
@@ -199,10 +209,19 @@ def _train(args: argparse.Namespace) -> int:
     if args.frame_size < 128:
         raise ConfigError(f"--frame-size {args.frame_size} is too small for 32 px stamps; use >= 128",
                           where="--frame-size")
+    unusual = () if args.unusual.strip() == "none" else tuple(f.strip() for f in args.unusual.split(",") if f.strip())
+    wrong = [f for f in unusual if f not in UNUSUAL_CLASSES]
+    if wrong:
+        raise ConfigError(f"--unusual {wrong} are not families the twin renders as classes; choose from "
+                          f"{list(UNUSUAL_CLASSES)} or 'none'", where="--unusual")
+    if args.anomalies_per_frame < 1:
+        raise ConfigError("--anomalies-per-frame must be at least 1", where="--anomalies-per-frame")
     settings = TrainSettings(seed=args.seed, frame_size_px=args.frame_size, n_train_frames=args.train_frames,
                              n_calib_frames=args.calib_frames, n_eval_frames=args.eval_frames,
                              epochs=args.epochs, threads=args.threads, oe_deformed_share=args.deformed_oe,
-                             spec=ModelSpec(n_members=args.members, design=args.design, widths=widths))
+                             unusual=unusual, anomalies_per_frame=args.anomalies_per_frame,
+                             spec=ModelSpec(n_classes=len(CLASSES) + len(unusual), n_members=args.members,
+                                            design=args.design, widths=widths, views=args.views))
     real = None if args.no_real else args.real_data
     if real is not None and not Path(real).is_dir():
         raise ConfigError(f"{real} is not a folder of real frames", where="--real-data")
@@ -210,13 +229,31 @@ def _train(args: argparse.Namespace) -> int:
         written = train_engine(args.out, settings, name=args.name, version=args.version,
                                command=_command_line("astro-edge engines train"), real_data=real,
                                log=get_logger("engines.training.train"), progress=bars)
-    fp32 = written.evaluation["fp32"]
-    print(f"engine {written.name} {written.version} written to {written.directory}: accuracy S/N>=10 "
-          f"{fp32['accuracy_snr10']:.4f}, ECE {fp32['ece_snr10']:.4f}, flagged ordinary at alpha=0.01 "
-          f"{fp32['flagged_ordinary_at_alpha']:.4f}")
-    for fam, f in fp32["families"].items():
-        print(f"  {fam:<13} AUROC {f['auroc']:.4f}  recall S/N>=20 {_fmt(f['recall_snr20_at_alpha'])}")
+    print(f"engine {written.name} {written.version} written to {written.directory}")
+    _print_figures(written.evaluation)
     return 0
+
+
+def _print_figures(ev: dict[str, Any]) -> None:
+    """The headline figures of an evaluation: ordinary classes per precision, then every family."""
+    for p in ("fp32", "fp16", "int8"):
+        e = ev.get(p)
+        if e:
+            agree = e.get("top1_agreement_vs_fp32")
+            print(f"{p}: accuracy S/N>=10 {e['accuracy_snr10']:.4f}, ECE {e['ece_snr10']:.4f}, ordinary flagged "
+                  f"unknown at alpha={e['alpha']} {e['flagged_ordinary_at_alpha']:.4f} (alpha=0.05: "
+                  f"{_fmt(e.get('flagged_ordinary_at_alpha_wide'), 4)}), as unusual {_fmt(e.get('ordinary_as_unusual'), 4)}, "
+                  f"joint {_fmt(e.get('ordinary_flagged_joint'), 4)}"
+                  + ("" if agree is None else f", top-1 agreement with fp32 {agree:.4f}"))
+    print(f"  {'family':<13} {'n S/N>=20':>9} {'AUROC':>7} {'unknown':>8} {'own class':>9} {'sent':>6} {'(95% low)':>9}")
+    for fam, f in ev["fp32"]["families"].items():
+        own = f.get("own_class_snr20") or {}
+        sent = f.get("flagged_snr20") or {}
+        print(f"  {fam:<13} {f['n_snr20']:>9} {f['auroc']:>7.4f} {_fmt(f['recall_snr20_at_alpha']):>8} "
+              f"{_fmt(own.get('recall')):>9} {_fmt(sent.get('recall')):>6} {_fmt(sent.get('wilson_low')):>9}")
+    near = ev["fp32"].get("near_anomaly", {})
+    if near.get("n"):
+        print(f"  near an anomaly, not made of its light: {near['n']} (flagged {_fmt(near['flagged_at_alpha'])})")
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -226,17 +263,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--frames {args.frames} must be at least 1", where="--frames")
     model = _model_dir(args.model)
     with Bars(quiet=args.quiet) as bars:
-        ev = reevaluate(model, n_frames=args.frames, threads=args.threads, write=args.write, progress=bars)
-    for p in ("fp32", "fp16", "int8"):
-        e = ev.get(p)
-        if e:
-            print(f"{p}: accuracy S/N>=10 {e['accuracy_snr10']:.4f}, ECE {e['ece_snr10']:.4f}, flagged ordinary "
-                  f"at alpha=0.01 {e['flagged_ordinary_at_alpha']:.4f}")
-    for fam, f in ev["fp32"]["families"].items():
-        print(f"  {fam:<13} n {f['n']:<5} AUROC {f['auroc']:.4f}  recall S/N>=20 {_fmt(f['recall_snr20_at_alpha'])}")
-    near = ev["fp32"].get("near_anomaly", {})
-    if near.get("n"):
-        print(f"  near an anomaly, not made of its light: {near['n']} (flagged {_fmt(near['flagged_at_alpha'])})")
+        ev = reevaluate(model, n_frames=args.frames, seed=args.seed, threads=args.threads, write=args.write,
+                        progress=bars)
+    _print_figures(ev)
     if args.write:
         print(f"written to {model / 'manifest.json'} and {model / 'MODEL_CARD.md'}")
     return 0

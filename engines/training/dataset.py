@@ -31,7 +31,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge.detect import Candidates, DetectSettings, detect, subtract_background
-from engines.stamps import STAMP_SIZE, cut_stamps
+from engines.stamps import CONTEXT_NORMALISATION, RECIPES, STAMP_SIZE, cut_for, cut_stamps
 
 if TYPE_CHECKING:
     from twin.instrument import Progress
@@ -39,8 +39,10 @@ if TYPE_CHECKING:
 __all__ = [
     "CLASSES",
     "NEAR_PREFIX",
+    "UNUSUAL_CLASSES",
     "StampSet",
     "calibrate_twin_frame",
+    "class_labels",
     "candidates_from_frame",
     "concat",
     "frame_seed",
@@ -50,7 +52,11 @@ __all__ = [
     "twin_stamp_set",
 ]
 
+#: the ordinary classes: every engine has them, first and in this order
 CLASSES: tuple[str, ...] = ("star", "galaxy", "cosmic_ray", "hot_pixel", "streak", "bogus")
+#: the twin's unusual families an engine may be taught as classes of their own (after CLASSES);
+#: close_double is not one: a blend is measured (edge.blend), not classified
+UNUSUAL_CLASSES: tuple[str, ...] = ("lens_arc", "comet", "lobster_psf", "ghost")
 BOGUS = CLASSES.index("bogus")
 #: label of anomalies and transients, which never enter training
 UNKNOWN = -1
@@ -76,8 +82,9 @@ _UNKNOWN_LABELS = ("anomaly", "transient")
 class StampSet:
     """Stamps with their labels and truth, as parallel arrays of length n."""
 
-    stamps: NDArray[np.float32]   # (n, 2, 32, 32)
+    stamps: NDArray[np.float32]   # (n, 2 or 4, 32, 32), see engines.stamps.RECIPES
     labels: NDArray[np.int64]     # index into CLASSES, or UNKNOWN (-1) for anomalies/transients
+                                  # (class_labels gives the labels of an engine with unusual classes)
     family: NDArray[np.str_]      # CLASSES name, or the anomaly family / "transient"
     snr: NDArray[np.float64]      # measured S/N of the candidate (edge.detect)
     frame: NDArray[np.int64]      # twin frame index
@@ -97,10 +104,19 @@ class StampSet:
             return cls(**{f.name: data[f.name] for f in fields(cls)})
 
 
-def concat(sets: list[StampSet]) -> StampSet:
-    """One set from several, in order."""
+def class_labels(data: StampSet, classes: tuple[str, ...]) -> NDArray[np.int64]:
+    """The labels of ``data`` for an engine whose classes are ``classes`` (CLASSES and then unusual
+    families): ordinary labels as they are, a family that is a class its index, anything else UNKNOWN."""
+    labels = data.labels.copy()
+    for i, name in enumerate(classes[len(CLASSES):], start=len(CLASSES)):
+        labels[data.family == name] = i
+    return labels
+
+
+def concat(sets: list[StampSet], channels: int = 2) -> StampSet:
+    """One set from several, in order (``channels``: of the empty set when there are none)."""
     if not sets:
-        return StampSet(np.zeros((0, 2, STAMP_SIZE, STAMP_SIZE), np.float32), np.zeros(0, np.int64),
+        return StampSet(np.zeros((0, channels, STAMP_SIZE, STAMP_SIZE), np.float32), np.zeros(0, np.int64),
                         np.zeros(0, "<U16"), np.zeros(0), np.zeros(0, np.int64))
     return StampSet(**{f.name: np.concatenate([getattr(s, f.name) for s in sets]) for f in fields(StampSet)})
 
@@ -225,17 +241,23 @@ def _label_by_light(x: NDArray[np.float64], y: NDArray[np.float64], truth: Any,
 
 
 def candidates_from_frame(frame: Any, config: Any, settings: DetectSettings | None = None,
-                          bundle: bool = True, stamp_size: int = STAMP_SIZE) -> tuple[StampSet, Candidates]:
+                          bundle: bool = True, stamp_size: int = STAMP_SIZE,
+                          recipe: str = CONTEXT_NORMALISATION) -> tuple[StampSet, Candidates]:
     """Run the node's detection and stamp cutting on one twin frame and label every candidate;
-    the labelled stamps and the detected candidates (positions, shape, flux), row for row.
+    the labelled stamps (of the named ``recipe``, engines.stamps.RECIPES) and the detected
+    candidates (positions, shape, flux), row for row.
 
-    ``stamp_size`` other than the node's 32 px is for probes only (no engine reads other sizes).
+    ``stamp_size`` other than the node's 32 px is for probes only (no engine reads other sizes):
+    those stamps are the two sharp channels alone.
     """
     settings = settings or DetectSettings()
     image_e, variance_e2, mask = calibrate_twin_frame(frame, config, bundle)
     background = subtract_background(image_e, mask, settings)
     cands = detect(background.sub_e, variance_e2, mask, settings)
-    stamps = cut_stamps(background.sub_e, variance_e2, mask, cands.x, cands.y, stamp_size)
+    if stamp_size == STAMP_SIZE:
+        stamps = cut_for(recipe, background.sub_e, variance_e2, mask, cands.x, cands.y)
+    else:
+        stamps = cut_stamps(background.sub_e, variance_e2, mask, cands.x, cands.y, stamp_size)
     truth = frame.truth
     if "frame" in truth.colnames:
         truth = truth[np.asarray(truth["frame"]) == frame.index]
@@ -246,9 +268,10 @@ def candidates_from_frame(frame: Any, config: Any, settings: DetectSettings | No
 
 
 def stamps_from_frame(frame: Any, config: Any, settings: DetectSettings | None = None,
-                      bundle: bool = True, stamp_size: int = STAMP_SIZE) -> StampSet:
+                      bundle: bool = True, stamp_size: int = STAMP_SIZE,
+                      recipe: str = CONTEXT_NORMALISATION) -> StampSet:
     """The labelled stamps of one twin frame (:func:`candidates_from_frame` without the candidates)."""
-    return candidates_from_frame(frame, config, settings, bundle, stamp_size)[0]
+    return candidates_from_frame(frame, config, settings, bundle, stamp_size, recipe)[0]
 
 
 def frame_seed(seed: int, index: int) -> int:
@@ -259,7 +282,8 @@ def frame_seed(seed: int, index: int) -> int:
 
 def twin_stamp_set(config: Any, n_frames: int, seed: int, settings: DetectSettings | None = None,
                    unmasked_every: int = 0, stamp_size: int = STAMP_SIZE, *,
-                   progress: Progress | None = None, stage: str = "simulating frames") -> StampSet:
+                   recipe: str = CONTEXT_NORMALISATION, progress: Progress | None = None,
+                   stage: str = "simulating frames") -> StampSet:
     """Simulate ``n_frames`` twin frames, each with its own scene drawn from ``seed``, and return
     all their labelled candidates. Every ``unmasked_every``-th frame (0: none) is calibrated
     without the bad-pixel map, so its hot pixels become candidates (see calibrate_twin_frame).
@@ -274,23 +298,27 @@ def twin_stamp_set(config: Any, n_frames: int, seed: int, settings: DetectSettin
     for i in range(n_frames):
         sets.append(stamps_from_frame(simulate_frame(config, i, frame_seed(seed, i), light_by_family=light),
                                       config, settings, bundle=not (unmasked_every and i % unmasked_every == 0),
-                                      stamp_size=stamp_size))
+                                      stamp_size=stamp_size, recipe=recipe))
         if progress is not None:
             progress(stage, 1, n_frames)
-    return concat(sets)
+    return concat(sets, RECIPES.get(recipe, 2) if stamp_size == STAMP_SIZE else 2)
 
 
-def outlier_stamps(n: int, rng: np.random.Generator, size: int = STAMP_SIZE) -> NDArray[np.float32]:
-    """Generic random multi-blob shapes for outlier exposure, as stamps (n, 2, size, size).
+def outlier_stamps(n: int, rng: np.random.Generator, size: int = STAMP_SIZE,
+                   recipe: str = CONTEXT_NORMALISATION) -> NDArray[np.float32]:
+    """Generic random multi-blob shapes for outlier exposure, as stamps (n, channels, size, size)
+    of the named ``recipe`` (at the node's 32 px; other sizes are the two sharp channels).
 
     Each stamp holds 2 to 6 elliptical Gaussian blobs (sigma 0.6-5 px, axis ratio 0.2-1, random
     angle and flux) scattered within 8 px of the centre, on sky noise; sometimes a short curved
     chain of blobs. None of these is built to look like a twin anomaly family.
     """
-    canvas = 2 * size
+    wide = size == STAMP_SIZE and RECIPES.get(recipe, 2) > 2
+    # the context view needs the 96 px around the centre on the canvas
+    canvas = 4 * size if wide else 2 * size
     half = canvas // 2
     yy, xx = np.mgrid[0:canvas, 0:canvas].astype(np.float32)
-    out = np.empty((n, 2, size, size), np.float32)
+    out = np.empty((n, RECIPES[recipe] if wide else 2, size, size), np.float32)
     for k in range(n):
         sky_e = float(rng.uniform(50.0, 400.0))
         variance = np.full((canvas, canvas), sky_e + 25.0, np.float32)
@@ -318,5 +346,8 @@ def outlier_stamps(n: int, rng: np.random.Generator, size: int = STAMP_SIZE) -> 
         variance = variance + image
         # centre on the brightest blob, as detection would
         j = int(np.argmax(peak_snr))
-        out[k] = cut_stamps(noisy, variance, None, np.array([cx[j]]), np.array([cy[j]]), size)[0]
+        if wide:
+            out[k] = cut_for(recipe, noisy, variance, None, np.array([cx[j]]), np.array([cy[j]]))[0]
+        else:
+            out[k] = cut_stamps(noisy, variance, None, np.array([cx[j]]), np.array([cy[j]]), size)[0]
     return out

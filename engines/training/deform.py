@@ -29,7 +29,7 @@ from numpy.typing import NDArray
 
 from edge.detect import DetectSettings, detect, subtract_background
 from edge.errors import ConfigError
-from engines.stamps import STAMP_SIZE, cut_stamps
+from engines.stamps import CONTEXT_NORMALISATION, RECIPES, STAMP_SIZE, cut_for
 
 if TYPE_CHECKING:
     from twin.instrument import Progress
@@ -129,9 +129,11 @@ def warp_galaxies(config: Any, galaxies: Any, idx: NDArray[np.int64], expected_e
 
 
 def deformed_stamps(config: Any, n: int, seed: int, per_frame: int = 30,
-                    settings: DetectSettings | None = None, *, progress: Progress | None = None,
+                    settings: DetectSettings | None = None, *, recipe: str = CONTEXT_NORMALISATION,
+                    progress: Progress | None = None,
                     stage: str = "deforming stars and galaxies") -> NDArray[np.float32]:
-    """``n`` stamps (n, 2, 32, 32) of deformed stars and galaxies, from as many twin frames as it takes.
+    """``n`` stamps (n, channels, 32, 32) of the named ``recipe`` (engines.stamps.RECIPES) of
+    deformed stars and galaxies, from as many twin frames as it takes.
 
     Each frame is its own scene (:func:`engines.training.dataset.frame_seed`); in each, up to
     ``per_frame / 2`` stars are stretched and as many galaxies bent or swirled, then the frame is
@@ -144,7 +146,7 @@ def deformed_stamps(config: Any, n: int, seed: int, per_frame: int = 30,
     from twin.sky import draw_scene, flux_e
 
     if n <= 0:
-        return np.zeros((0, 2, STAMP_SIZE, STAMP_SIZE), np.float32)
+        return np.zeros((0, RECIPES[recipe], STAMP_SIZE, STAMP_SIZE), np.float32)
     settings = settings or DetectSettings()
     rng = np.random.default_rng(seed)
     sky_e = config.sky_e_per_s * config.exposure_s
@@ -180,7 +182,7 @@ def deformed_stamps(config: Any, n: int, seed: int, per_frame: int = 30,
         d2 = (cands.x[None, :] - tx[:, None]) ** 2 + (cands.y[None, :] - ty[:, None]) ** 2
         nearest = d2.argmin(axis=1)
         found = np.unique(nearest[d2[np.arange(tx.size), nearest] < MATCH_PX ** 2])
-        stamps = cut_stamps(background.sub_e, variance_e2, mask, cands.x[found], cands.y[found])
+        stamps = cut_for(recipe, background.sub_e, variance_e2, mask, cands.x[found], cands.y[found])
         out.append(stamps)
         if progress is not None:
             progress(stage, min(len(stamps), n - have), n)

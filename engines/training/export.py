@@ -37,10 +37,14 @@ OUTPUT_NAMES = ("logits", "embedding")
 OPSET = 17
 
 
-def export_onnx(model: nn.Module, path: Path, stamp_size_px: int = 32, in_channels: int = 2) -> Path:
-    """Write ``model`` (in eval mode) as an FP32 ONNX graph with a dynamic batch axis."""
+def export_onnx(model: nn.Module, path: Path, stamp_size_px: int = 32, in_channels: int | None = None) -> Path:
+    """Write ``model`` (in eval mode) as an FP32 ONNX graph with a dynamic batch axis; the input
+    has ``in_channels`` channels (default: what the model's spec reads, views x channels)."""
     import torch
 
+    if in_channels is None:
+        spec = getattr(model, "spec", None)
+        in_channels = 2 if spec is None else spec.views * spec.in_channels
     model.eval()
     dummy = torch.zeros(2, in_channels, stamp_size_px, stamp_size_px)
     path = Path(path)

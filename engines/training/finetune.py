@@ -1,17 +1,26 @@
 """Continue training an engine on labelled stamps and emit a new engine (``astro-edge engines finetune``).
 
-The labels file is an ``.npz`` with ``stamps`` (n, 2, 32, 32) float32, made by
-:func:`engines.stamps.cut_stamps` (e.g. from downlinked records), and ``label`` (n class names from
-the engine's classes). The engine's own weights (``weights_fp32.npz`` in its folder) are the
-starting point. A fixed-seed fifth of the labelled stamps is held out for evaluation; the rest is
-mixed with a small replay set of twin frames (so that no class is forgotten and every class
-keeps a Gaussian) and with outlier-exposure stamps. The new engine gets fresh scoring constants,
-the full twin evaluation, the held-out figures and its own manifest (training provenance names the
-engine it came from). Needs the ``train`` extra.
+The labels file is an ``.npz`` with ``stamps`` (n, channels, 32, 32) float32, cut by the engine's own
+stamp recipe (:func:`engines.stamps.cut_for`, or the ``stamp`` of downlinked records), and
+``label`` (n class names). A name the engine does not have is a **new class**: every member's
+classifier layer grows one output per new class (the old outputs keep their weights, the new ones
+start at zero weight and a low bias), so the trunks, the ordinary classes and the taught unusual
+classes carry on from where they were; the new class's Gaussian and the scoring constants are
+refitted. New class names are lowercase words (letters, digits, underscores).
+
+The engine's own weights (``weights_fp32.npz`` in its folder) are the starting point. A fixed-seed
+fifth of the labelled stamps (at least two) is held out for evaluation; the rest is repeated to
+about ``USER_STAMPS`` training stamps (few labels go further with the dihedral augmentation of
+training) and mixed with a small replay set of twin frames (so that no class is forgotten and every
+class keeps a Gaussian) and with outlier-exposure stamps. The new engine gets fresh scoring
+constants, the full twin evaluation, the held-out figures and its own manifest (training provenance
+names the engine it came from). :func:`finetune_model` is the core that the command and
+bench/leave_one_out.py share. Needs the ``train`` extra.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,17 +32,28 @@ from edge.errors import ConfigError, EngineIntegrityError
 from edge.log import get_logger
 
 if TYPE_CHECKING:
+    from engines.training.train import TrainSettings, TwinSets
     from twin.instrument import Progress
 
-__all__ = ["finetune_engine", "read_labels"]
+__all__ = ["finetune_engine", "finetune_model", "grow_heads", "read_labels"]
 
 log = get_logger(__name__)
 
 HELDOUT_FRACTION = 0.2
+#: the labelled stamps are repeated to about this many training stamps
+USER_STAMPS = 600
+#: the bias a new class's outputs start with, below every trained class
+_NEW_BIAS_MARGIN = 2.0
+_CLASS_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 
-def read_labels(path: Path, classes: tuple[str, ...]) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
-    """Stamps and class indices from a labels file; every problem is a ConfigError naming the file."""
+def read_labels(path: Path, classes: tuple[str, ...], channels: int = 2, *,
+                allow_new: bool = False) -> tuple[NDArray[np.float32], NDArray[np.str_]]:
+    """Stamps and class names from a labels file; every problem is a ConfigError naming the file.
+
+    With ``allow_new`` a name that is not one of ``classes`` is a new class (it must be a lowercase
+    word); without it, such a name is refused.
+    """
     try:
         with np.load(path, allow_pickle=False) as data:
             if "stamps" not in data.files or "label" not in data.files:
@@ -44,20 +64,67 @@ def read_labels(path: Path, classes: tuple[str, ...]) -> tuple[NDArray[np.float3
         if isinstance(exc, ConfigError):
             raise
         raise ConfigError(f"cannot read the labels file as .npz: {exc}", where=str(path)) from exc
-    if stamps.ndim != 4 or stamps.shape[1:] != (2, 32, 32):
-        raise ConfigError(f"stamps must have shape (n, 2, 32, 32), got {stamps.shape}", where=str(path))
+    if stamps.ndim != 4 or stamps.shape[1:] != (channels, 32, 32):
+        raise ConfigError(f"stamps must have shape (n, {channels}, 32, 32) for this engine's stamp recipe, "
+                          f"got {stamps.shape}", where=str(path))
     if names.shape != (stamps.shape[0],):
         raise ConfigError(f"label must hold one name per stamp ({stamps.shape[0]}), got shape {names.shape}",
                           where=str(path))
     if not np.isfinite(stamps).all():
-        raise ConfigError("stamps hold NaN or inf; cut them with engines.stamps.cut_stamps", where=str(path))
+        raise ConfigError("stamps hold NaN or inf; cut them with engines.stamps.cut_for", where=str(path))
     unknown = sorted(set(names.tolist()) - set(classes))
-    if unknown:
+    if unknown and not allow_new:
         raise ConfigError(f"labels {unknown} are not classes of this engine {list(classes)}", where=str(path))
+    bad = [n for n in unknown if not _CLASS_NAME.match(n)]
+    if bad:
+        raise ConfigError(f"new class names {bad} must be lowercase words (letters, digits, underscores)",
+                          where=str(path))
     if stamps.shape[0] < 10:
         raise ConfigError(f"only {stamps.shape[0]} labelled stamps; fine-tuning needs at least 10", where=str(path))
-    index = {c: i for i, c in enumerate(classes)}
-    return stamps, np.array([index[n] for n in names], np.int64)
+    return stamps, names
+
+
+def grow_heads(state: dict[str, Any], n_new: int) -> dict[str, Any]:
+    """A model state with ``n_new`` more outputs in every member's classifier layer (zero weights,
+    a bias ``_NEW_BIAS_MARGIN`` below the lowest trained one); everything else as it was."""
+    import torch
+
+    if n_new == 0:
+        return state
+    out = dict(state)
+    for key in [k for k in state if k.startswith("heads.") and k.endswith(".2.weight")]:
+        weight, bias = state[key], state[key[:-len("weight")] + "bias"]
+        out[key] = torch.cat([weight, torch.zeros((n_new, weight.shape[1]), dtype=weight.dtype)])
+        low = float(bias.min()) - _NEW_BIAS_MARGIN
+        out[key[:-len("weight")] + "bias"] = torch.cat([bias, torch.full((n_new,), low, dtype=bias.dtype)])
+    return out
+
+
+def finetune_model(base: TrainSettings, init_state: dict[str, Any], replay: TwinSets,
+                   user_stamps: NDArray[np.float32], user_names: NDArray[np.str_], *, seed: int, epochs: int,
+                   learning_rate: float, threads: int, progress: Progress | None = None) -> tuple[Any, TrainSettings]:
+    """Fine-tune from ``init_state`` (an engine of ``base`` settings) on the user's labelled stamps
+    and the replay set; returns the model (eval mode) and its settings (new classes added)."""
+    from engines.training.dataset import StampSet, concat
+    from engines.training.train import fit_model
+
+    new = tuple(dict.fromkeys(n for n in user_names.tolist() if n not in base.classes))
+    settings = replace(base, seed=seed, epochs=epochs, learning_rate=learning_rate, threads=threads,
+                       labelled=base.labelled + new,
+                       spec=replace(base.spec, n_classes=base.spec.n_classes + len(new)))
+    index = {c: i for i, c in enumerate(settings.classes)}
+    labels = np.array([index[n] for n in user_names.tolist()], np.int64)
+    repeat = max(1, int(np.ceil(USER_STAMPS / max(1, len(labels))))) if new else 1
+    user = StampSet(np.repeat(user_stamps, repeat, axis=0), np.repeat(labels, repeat),
+                    np.repeat(user_names, repeat), np.full(len(labels) * repeat, np.nan),
+                    np.full(len(labels) * repeat, -1, np.int64))
+    train = concat([replay.train, user])
+    rare = np.isin(train.labels, [index["streak"], index["bogus"]])
+    rep = np.where(rare, settings.rare_repeats, 1)
+    model = fit_model(np.repeat(train.stamps, rep, axis=0), np.repeat(train.labels, rep), replay.oe_train, settings,
+                      init_state=grow_heads(init_state, len(new)),
+                      on_epoch=lambda **kw: log.info("engines.finetune.epoch", **kw), progress=progress)
+    return model, settings
 
 
 def finetune_engine(from_dir: Path, labels_path: Path, out_dir: Path, *, version: str | None = None,
@@ -70,11 +137,9 @@ def finetune_engine(from_dir: Path, labels_path: Path, out_dir: Path, *, version
     """
     from engines.manifest import load_manifest
     from engines.scoring import expected_calibration_error, score
-    from engines.training.dataset import CLASSES, StampSet, concat
     from engines.training.train import (
         WEIGHTS_FILE,
         TrainSettings,
-        fit_model,
         load_weights,
         make_twin_sets,
         package_engine,
@@ -84,45 +149,49 @@ def finetune_engine(from_dir: Path, labels_path: Path, out_dir: Path, *, version
     )
 
     old = load_manifest(from_dir)
-    if tuple(old.classes) != CLASSES:
-        raise EngineIntegrityError(f"engine classes {old.classes} differ from this astro-edge's {CLASSES}",
-                                   where=str(from_dir))
     if WEIGHTS_FILE not in old.files or "settings" not in old.training:
         raise EngineIntegrityError(f"the engine has no {WEIGHTS_FILE} or training settings to start from; "
                                    "only engines made by `engines train` can be fine-tuned", where=str(from_dir))
-    stamps, labels = read_labels(labels_path, CLASSES)
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(labels))
-    n_held = max(2, int(round(HELDOUT_FRACTION * len(labels))))
-    held, fit = order[:n_held], order[n_held:]
-
     base = TrainSettings.from_dict(old.training["settings"])
-    settings = replace(base, seed=seed, epochs=epochs, learning_rate=learning_rate, threads=threads,
-                       n_train_frames=replay_frames, n_calib_frames=max(4, replay_frames // 3),
-                       n_eval_frames=eval_frames)
-    sets = make_twin_sets(settings, progress=progress)
-    user = StampSet(stamps[fit], labels[fit], np.array([CLASSES[i] for i in labels[fit]]),
-                    np.full(fit.size, np.nan), np.full(fit.size, -1, np.int64))
-    train = concat([sets.train, user])
-    sets = replace(sets, train=train)
-    model = fit_model(train.stamps, train.labels, sets.oe_train, settings,
-                      init_state=load_weights(old.path(WEIGHTS_FILE)),
-                      on_epoch=lambda **kw: log.info("engines.finetune.epoch", **kw), progress=progress)
+    if tuple(old.classes) != base.classes:
+        raise EngineIntegrityError(f"engine classes {old.classes} differ from its training settings' "
+                                   f"{base.classes}", where=str(from_dir))
+    stamps, names = read_labels(labels_path, base.classes, int(old.input.shape[1]), allow_new=True)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(names))
+    n_held = max(2, int(round(HELDOUT_FRACTION * len(names))))
+    held, fit = order[:n_held], order[n_held:]
+    missing = sorted(set(names[held].tolist()) - set(names[fit].tolist()) - set(base.classes))
+    if missing:
+        raise ConfigError(f"new classes {missing} have no labelled stamp left for training after the "
+                          "held-out fifth; label more of them", where=str(labels_path))
+
+    replay_settings = replace(base, seed=seed, n_train_frames=replay_frames,
+                              n_calib_frames=max(4, replay_frames // 3), n_eval_frames=eval_frames)
+    sets = make_twin_sets(replay_settings, progress=progress)
+    model, settings = finetune_model(replay_settings, load_weights(old.path(WEIGHTS_FILE)), sets, stamps[fit],
+                                     names[fit], seed=seed, epochs=epochs, learning_rate=learning_rate,
+                                     threads=threads, progress=progress)
     written_version = version or f"{old.version}-ft"
+    new = list(settings.labelled[len(base.labelled):])
     training = {**provenance(command or "astro-edge engines finetune", seed),
                 "finetuned_from": {"name": old.name, "version": old.version,
                                    "engine_id": old.engine_id(WEIGHTS_FILE), "labels": str(labels_path),
-                                   "n_labelled": int(len(labels)), "n_heldout": int(n_held)},
-                "twin_config": sets.configs, "dataset_sizes": set_sizes(sets)}
+                                   "n_labelled": int(len(names)), "n_heldout": int(n_held), "new_classes": new},
+                "twin_config": sets.configs, "dataset_sizes": set_sizes(sets, settings.classes)}
     # held-out figures need the final scoring constants: package first, then score the held-out part
     manifest = package_engine(out_dir, model, settings, sets, name=old.name, version=written_version,
                               training=training, progress=progress,
-                              stage="exporting and evaluating (scoring constants for the held-out part)")
+                              stage="exporting and evaluating (scoring constants for the held-out part)",
+                              extra_train=(stamps[fit], names[fit]))
     logits, embedding = predict(model, stamps[held])
     s = score(logits, embedding, manifest.scoring)
+    index = {c: i for i, c in enumerate(settings.classes)}
+    truth = np.array([index[n] for n in names[held].tolist()], np.int64)
     heldout = {"from": f"{old.name} {old.version}", "labels": str(labels_path), "heldout_n": int(n_held),
-               "heldout_accuracy": float((s.label_index == labels[held]).mean()),
-               "heldout_ece": expected_calibration_error(s.probs, labels[held])}
+               "new_classes": new,
+               "heldout_accuracy": float((s.label_index == truth).mean()),
+               "heldout_ece": expected_calibration_error(s.probs, truth)}
     return package_engine(out_dir, model, settings, sets, name=old.name, version=written_version,
                           training=training, extra_evaluation={"finetune": heldout}, progress=progress,
-                          stage="exporting and evaluating (the new engine)")
+                          stage="exporting and evaluating (the new engine)", extra_train=(stamps[fit], names[fit]))

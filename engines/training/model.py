@@ -7,11 +7,16 @@ designs are built from the same blocks so that they can be compared on cost and 
 - ``"shared"``: one convolutional trunk, K heads (each a hidden layer and a classifier);
 - ``"independent"``: K complete members (trunk and head each).
 
-The heads read the globally pooled last block. The embedding (what the anomaly distance sees) is
-``"multiscale"`` by default: the global average of every block's feature maps, concatenated
-(16 + 32 + 64 = 112 values), because early blocks keep the shape information that a classifier's
-last layer is free to discard, and a shape the training set never held shows there first;
-``"last"`` is the last block alone. With independent members the embedding is the members' mean.
+With ``views = 2`` the input holds two 2-channel views of each candidate (the sharp stamp and the
+binned context of :func:`engines.stamps.cut_context`, channels 0-1 and 2-3) and each view has its
+own trunk (per member, in the independent design); the features of both views are concatenated.
+
+The heads read the globally pooled last block (of every view). The embedding (what the anomaly
+distance sees) is ``"multiscale"`` by default: the global average of every block's feature maps,
+concatenated (16 + 32 + 64 = 112 values per view), because early blocks keep the shape information
+that a classifier's last layer is free to discard, and a shape the training set never held shows
+there first; ``"last"`` is the last block alone. With independent members the embedding is the
+members' mean.
 
 This module imports torch and is imported only by training, export and fine-tuning code; the node
 and the runtime backends must never import it.
@@ -42,6 +47,8 @@ class ModelSpec:
     in_channels: int = 2
     stamp_size_px: int = 32
     embedding: str = "multiscale"
+    #: 1: the sharp stamp alone; 2: the stamp and its context view, each with its own trunk
+    views: int = 1
 
     def __post_init__(self) -> None:
         if self.design not in DESIGNS:
@@ -50,10 +57,12 @@ class ModelSpec:
             raise ValueError(f"embedding must be one of {EMBEDDINGS}, got {self.embedding!r}")
         if self.n_members < 1 or self.n_classes < 2:
             raise ValueError("need at least one member and two classes")
+        if self.views not in (1, 2):
+            raise ValueError(f"views must be 1 or 2, got {self.views!r}")
 
     @property
     def embedding_dim(self) -> int:
-        return sum(self.widths) if self.embedding == "multiscale" else self.widths[-1]
+        return self.views * (sum(self.widths) if self.embedding == "multiscale" else self.widths[-1])
 
     def to_dict(self) -> dict[str, object]:
         out = asdict(self)
@@ -98,22 +107,34 @@ class StampEnsemble(nn.Module):
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         self.spec = spec
-        k, w = spec.n_members, spec.widths
-        n_trunks = 1 if spec.design == "shared" else k
+        k, w, v = spec.n_members, spec.widths, spec.views
+        n_trunks = v if spec.design == "shared" else k * v
         self.trunks = nn.ModuleList(_Trunk(spec.in_channels, w) for _ in range(n_trunks))
-        self.heads = nn.ModuleList(_head(w[-1], spec.head_hidden, spec.n_classes) for _ in range(k))
+        self.heads = nn.ModuleList(_head(v * w[-1], spec.head_hidden, spec.n_classes) for _ in range(k))
 
     def _embed(self, pooled: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat(pooled, dim=1) if self.spec.embedding == "multiscale" else pooled[-1]
 
+    def _features(self, trunks: list[nn.Module], stamps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(last block of every view, embedding) of one member's trunks."""
+        c = self.spec.in_channels
+        pooled = [trunk(stamps[:, i * c:(i + 1) * c]) for i, trunk in enumerate(trunks)]
+        last = torch.cat([p[-1] for p in pooled], dim=1)
+        return last, torch.cat([self._embed(p) for p in pooled], dim=1)
+
     def forward(self, stamps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if len(self.trunks) == 1:
-            pooled = self.trunks[0](stamps)
-            logits = torch.stack([head(pooled[-1]) for head in self.heads], dim=1)
-            return logits, self._embed(pooled)
-        members = [trunk(stamps) for trunk in self.trunks]
-        logits = torch.stack([head(p[-1]) for head, p in zip(self.heads, members, strict=True)], dim=1)
-        return logits, torch.stack([self._embed(p) for p in members], dim=1).mean(dim=1)
+        v = self.spec.views
+        if not torch.jit.is_tracing() and stamps.shape[1] != v * self.spec.in_channels:
+            raise ValueError(f"the model reads {v} view(s) of {self.spec.in_channels} channels, "
+                             f"got stamps with {stamps.shape[1]} channels")
+        trunks = list(self.trunks)
+        if len(trunks) == v:
+            last, embedding = self._features(trunks, stamps)
+            logits = torch.stack([head(last) for head in self.heads], dim=1)
+            return logits, embedding
+        members = [self._features(trunks[m * v:(m + 1) * v], stamps) for m in range(self.spec.n_members)]
+        logits = torch.stack([head(f[0]) for head, f in zip(self.heads, members, strict=True)], dim=1)
+        return logits, torch.stack([f[1] for f in members], dim=1).mean(dim=1)
 
 
 def count_parameters(model: nn.Module) -> int:

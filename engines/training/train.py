@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -35,7 +35,14 @@ from engines.scoring import (
     fit_temperature,
     score,
 )
-from engines.training.dataset import CLASSES, NEAR_PREFIX, UNKNOWN, StampSet
+from engines.training.dataset import (
+    CLASSES,
+    NEAR_PREFIX,
+    UNKNOWN,
+    UNUSUAL_CLASSES,
+    StampSet,
+    class_labels,
+)
 from engines.training.model import ModelSpec
 
 if TYPE_CHECKING:
@@ -57,6 +64,10 @@ __all__ = [
 #: candidate entropy weights of the anomaly score; the fit keeps the best on held-out data
 ENTROPY_WEIGHTS: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
 ALPHA = 0.01
+#: the second false-flag level the evaluation reports (the conformal guarantee holds at every alpha)
+ALPHA_WIDE = 0.05
+#: what the unknown score's distance is measured to: the ordinary classes' Gaussians, or every class's
+UNKNOWN_DISTANCES = ("ordinary", "all")
 #: held-out outlier-exposure stamps that pick the entropy weight
 OE_VALIDATION_STAMPS = 1000
 
@@ -86,10 +97,46 @@ class TrainSettings:
     unmasked_every: int = 6
     #: training copies of each streak and bogus stamp (they are rare: about one streak a frame)
     rare_repeats: int = 6
-    spec: ModelSpec = field(default_factory=ModelSpec)
+    #: the twin's unusual families taught as classes (after CLASSES); training and calibration
+    #: frames render these families and no other
+    unusual: tuple[str, ...] = UNUSUAL_CLASSES
+    #: objects of each unusual family per 512 x 512 px of training, calibration and evaluation frame
+    anomalies_per_frame: int = 4
+    #: the unknown score's distance: to the nearest ordinary class ("ordinary") or any class ("all")
+    unknown_distance: str = "ordinary"
+    #: classes learned from labelled stamps alone (engines finetune), after the unusual ones
+    labelled: tuple[str, ...] = ()
+    spec: ModelSpec = field(default_factory=lambda: ModelSpec(n_classes=len(CLASSES) + len(UNUSUAL_CLASSES),
+                                                              views=2))
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "unusual", tuple(self.unusual))
+        object.__setattr__(self, "labelled", tuple(self.labelled))
+        wrong = [f for f in self.unusual if f not in UNUSUAL_CLASSES]
+        if wrong or len(set(self.unusual)) != len(self.unusual):
+            raise ValueError(f"unusual classes must be distinct names of {UNUSUAL_CLASSES}, got {self.unusual}")
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"class names must be distinct, got {self.classes}")
+        if self.unknown_distance not in UNKNOWN_DISTANCES:
+            raise ValueError(f"unknown_distance must be one of {UNKNOWN_DISTANCES}, got {self.unknown_distance!r}")
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The engine's classes: the ordinary ones, the unusual families it is taught, then the
+        classes learned from labels alone."""
+        return CLASSES + self.unusual + self.labelled
+
+    @property
+    def recipe(self) -> str:
+        """The stamp recipe (engines.stamps.RECIPES) the model reads."""
+        from engines.stamps import CONTEXT_NORMALISATION, NORMALISATION
+
+        return CONTEXT_NORMALISATION if self.spec.views == 2 else NORMALISATION
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
+        out["unusual"] = list(self.unusual)
+        out["labelled"] = list(self.labelled)
         out["spec"] = self.spec.to_dict()
         return out
 
@@ -97,14 +144,21 @@ class TrainSettings:
     def from_dict(cls, data: dict[str, Any]) -> TrainSettings:
         values = dict(data)
         values["spec"] = ModelSpec.from_dict(values["spec"])
+        # settings of engines made before unusual classes existed
+        values.setdefault("unusual", ())
+        values.setdefault("anomalies_per_frame", 0)
+        values.setdefault("unknown_distance", "all")
+        values["unusual"] = tuple(values["unusual"])
+        values["labelled"] = tuple(values.get("labelled", ()))
         return cls(**values)
 
 
-def training_twin_config(size_px: int, anomalies: tuple[str, ...] = ()) -> Any:
+def training_twin_config(size_px: int, anomalies: tuple[str, ...] = (), per_frame: int = 0) -> Any:
     """The twin configuration of the training mix: dense fields with every ordinary class common.
 
     Cosmic rays, streaks and hot pixels are far more frequent than on the default twin so that
-    a few tens of frames hold hundreds of each; ``anomalies`` switches families on (evaluation).
+    a few tens of frames hold hundreds of each; ``anomalies`` switches families on, with
+    ``per_frame`` objects of each per 512 x 512 px (0: the evaluation's 12 per megapixel, at least 4).
     """
     from twin import DetectorModel, TwinConfig
 
@@ -112,7 +166,9 @@ def training_twin_config(size_px: int, anomalies: tuple[str, ...] = ()) -> Any:
     det = DetectorModel(shape_px=(size_px, size_px), hot_pixel_fraction=3e-4, seed=7)
     return TwinConfig(detector=det, n_stars=int(1500 * area_mpx), n_galaxies=int(600 * area_mpx),
                       cosmic_ray_rate_per_s=4.0, streak_probability=1.0,
-                      anomalies=anomalies, n_anomalies_per_family=int(max(4, 12 * area_mpx)))
+                      anomalies=anomalies,
+                      n_anomalies_per_family=(max(1, int(round(per_frame * size_px * size_px / 512 ** 2)))
+                                              if per_frame else int(max(4, 12 * area_mpx))))
 
 
 def _dihedral(batch: Any, code: int) -> Any:
@@ -213,25 +269,33 @@ def _recall_at(neg: NDArray[np.float64], pos: NDArray[np.float64], fpr: float) -
 
 def fit_scoring(train_outputs: tuple[NDArray[Any], NDArray[Any]], train_labels: NDArray[np.int64],
                 calib_outputs: tuple[NDArray[Any], NDArray[Any]], calib_labels: NDArray[np.int64],
-                oe_outputs: tuple[NDArray[Any], NDArray[Any]], seed: int) -> tuple[ScoringConstants, dict[str, Any]]:
+                oe_outputs: tuple[NDArray[Any], NDArray[Any]], seed: int, *, n_classes: int = len(CLASSES),
+                unknown_distance: str = "all",
+                conformal_pool: NDArray[np.bool_] | None = None) -> tuple[ScoringConstants, dict[str, Any]]:
     """Fit the scoring constants; returns them and the figures of the measured choices.
 
-    The held-out calibration set is split in two halves: the first fits the temperature and
-    picks the entropy weight (highest recall at a 1 % false-flag rate of outlier-exposure stamps
-    against ordinary ones, AUROC breaking ties); the second gives the conformal scores, so the
-    p-values are honest for ordinary detections.
+    Class Gaussians come from the training embeddings of all ``n_classes`` classes; the unknown
+    score's distance is to the nearest ordinary one (``unknown_distance="ordinary"``) or to any.
+    The held-out calibration set is split in two halves: the first fits the temperature (every
+    class) and picks the entropy weight (highest recall at a 1 % false-flag rate of
+    outlier-exposure stamps against ordinary ones, AUROC breaking ties); the second gives the
+    conformal scores from its ordinary candidates (and of those, only where ``conformal_pool`` is
+    true: frames calibrated as the node calibrates), so the p-values are honest for ordinary detections.
     """
     rng = np.random.default_rng(seed)
-    n_classes = len(CLASSES)
     means, precision = fit_class_gaussians(train_outputs[1], train_labels, n_classes)
+    distance_classes = len(CLASSES) if unknown_distance == "ordinary" and n_classes > len(CLASSES) else None
     order = rng.permutation(len(calib_labels))
     half_a, half_b = order[: len(order) // 2], order[len(order) // 2:]
     temperature = fit_temperature(calib_outputs[0][half_a], calib_labels[half_a])
+    ordinary_a = half_a[calib_labels[half_a] < len(CLASSES)]
+    pool = np.ones(len(calib_labels), bool) if conformal_pool is None else conformal_pool
+    ordinary_b = half_b[(calib_labels[half_b] < len(CLASSES)) & pool[half_b]]
     choice: dict[str, Any] = {"entropy_weights": {}}
     best: tuple[float, float, float] | None = None
     for w in ENTROPY_WEIGHTS:
-        probe = ScoringConstants(temperature, means, precision, w, np.zeros(1))
-        neg = score(calib_outputs[0][half_a], calib_outputs[1][half_a], probe).anomaly_score
+        probe = ScoringConstants(temperature, means, precision, w, np.zeros(1), distance_classes)
+        neg = score(calib_outputs[0][ordinary_a], calib_outputs[1][ordinary_a], probe).anomaly_score
         pos = score(oe_outputs[0], oe_outputs[1], probe).anomaly_score
         recall, area = _recall_at(neg, pos, ALPHA), auroc(neg, pos)
         choice["entropy_weights"][str(w)] = {"oe_recall_at_1pct": recall, "oe_auroc": area}
@@ -239,27 +303,62 @@ def fit_scoring(train_outputs: tuple[NDArray[Any], NDArray[Any]], train_labels: 
             best = (w, recall, area)
     assert best is not None
     weight = best[0]
-    probe = ScoringConstants(temperature, means, precision, weight, np.zeros(1))
-    conformal = np.sort(score(calib_outputs[0][half_b], calib_outputs[1][half_b], probe).anomaly_score)
-    constants = ScoringConstants(temperature, means, precision, weight, conformal)
-    choice.update(temperature=temperature, entropy_weight=weight, n_conformal=int(conformal.size))
+    probe = ScoringConstants(temperature, means, precision, weight, np.zeros(1), distance_classes)
+    conformal = np.sort(score(calib_outputs[0][ordinary_b], calib_outputs[1][ordinary_b], probe).anomaly_score)
+    constants = ScoringConstants(temperature, means, precision, weight, conformal, distance_classes)
+    choice.update(temperature=temperature, entropy_weight=weight, n_conformal=int(conformal.size),
+                  unknown_distance=unknown_distance)
     return constants, choice
 
 
+def _wilson_low(hits: int, n: int, z: float = 1.959964) -> float | None:
+    """The lower end of the 95 % Wilson score interval of a proportion hits / n."""
+    if n == 0:
+        return None
+    p = hits / n
+    centre = p + z * z / (2 * n)
+    spread = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return float(min(1.0, max(0.0, (centre - spread) / (1 + z * z / n))))
+
+
+def _recall(hit: NDArray[np.bool_]) -> dict[str, Any]:
+    n, k = int(hit.size), int(hit.sum())
+    return {"n": n, "recall": k / n if n else None, "wilson_low": _wilson_low(k, n)}
+
+
 def evaluate(outputs: tuple[NDArray[Any], NDArray[Any]], data: StampSet, constants: ScoringConstants,
-             alpha: float = ALPHA) -> dict[str, Any]:
-    """The issue's figures on a labelled set (ordinary classes and anomaly families)."""
+             alpha: float = ALPHA, classes: tuple[str, ...] = CLASSES) -> dict[str, Any]:
+    """The issue's figures on a labelled set (ordinary classes, unusual classes, anomaly families).
+
+    ``data.labels`` are the plain labels (ordinary index or UNKNOWN); ``classes`` are the engine's.
+    A detection is *flagged* when the engine calls it one of its unusual classes (triage's
+    ``unusual``) or its p-value is at most ``alpha`` (``unknown``); ordinary candidates flagged
+    are the false flags of the joint budget.
+    """
     s = score(outputs[0], outputs[1], constants)
-    known = data.labels != UNKNOWN
-    bright = known & (data.snr >= 10.0)
+    n_ord = len(CLASSES)
+    ordinary = (data.labels >= 0) & (data.labels < n_ord)
+    bright = ordinary & (data.snr >= 10.0)
+    as_unusual = s.label_index >= n_ord
+    unknown = s.anomaly_pvalue <= alpha
+    flagged = as_unusual | unknown
+    target = class_labels(data, classes)
+    taught = target >= 0
     figures: dict[str, Any] = {
-        "n_known": int(known.sum()),
+        "classes": list(classes),
+        "n_known": int(ordinary.sum()),
         "n_known_snr10": int(bright.sum()),
         "accuracy_snr10": float((s.label_index[bright] == data.labels[bright]).mean()),
         "ece_snr10": expected_calibration_error(s.probs[bright], data.labels[bright]),
-        "accuracy_all": float((s.label_index[known] == data.labels[known]).mean()),
-        "ece_all": expected_calibration_error(s.probs[known], data.labels[known]),
-        "flagged_ordinary_at_alpha": float((s.anomaly_pvalue[known] <= alpha).mean()),
+        "accuracy_all": float((s.label_index[ordinary] == data.labels[ordinary]).mean()),
+        "ece_all": expected_calibration_error(s.probs[ordinary], data.labels[ordinary]),
+        "ece_taught_snr10": expected_calibration_error(s.probs[taught & (data.snr >= 10)],
+                                                       target[taught & (data.snr >= 10)]),
+        "flagged_ordinary_at_alpha": float(unknown[ordinary].mean()),
+        "flagged_ordinary_at_alpha_wide": float((s.anomaly_pvalue[ordinary] <= ALPHA_WIDE).mean()),
+        "alpha_wide": ALPHA_WIDE,
+        "ordinary_as_unusual": float(as_unusual[ordinary].mean()),
+        "ordinary_flagged_joint": float(flagged[ordinary].mean()),
         "alpha": alpha,
         "per_class": {},
         "families": {},
@@ -270,25 +369,29 @@ def evaluate(outputs: tuple[NDArray[Any], NDArray[Any]], data: StampSet, constan
             "n_snr10": int(sel.sum()),
             "recall_snr10": float((s.label_index[sel] == c).mean()) if sel.any() else None,
         }
-    neg = s.anomaly_score[known]
+    neg = s.anomaly_score[ordinary]
     near = np.char.startswith(data.family.astype(str), NEAR_PREFIX)
     figures["near_anomaly"] = {"n": int(near.sum()),
-                               "flagged_at_alpha": float((s.anomaly_pvalue[near] <= alpha).mean()) if near.any() else None}
-    for fam in sorted(set(data.family[~known & ~near].tolist())):
+                               "flagged_at_alpha": float(flagged[near].mean()) if near.any() else None}
+    for fam in sorted(set(data.family[(data.labels == UNKNOWN) & ~near].tolist())):
         sel = data.family == fam
         strong = sel & (data.snr >= 20.0)
+        own = classes.index(fam) if fam in classes else None
         figures["families"][fam] = {
             "n": int(sel.sum()),
             "n_snr20": int(strong.sum()),
+            "taught": own is not None,
             "auroc": auroc(neg, s.anomaly_score[sel]),
-            "recall_snr20_at_alpha": float((s.anomaly_pvalue[strong] <= alpha).mean()) if strong.any() else None,
+            "recall_snr20_at_alpha": float(unknown[strong].mean()) if strong.any() else None,
+            "unknown_snr20": _recall(unknown[strong]),
+            "own_class_snr20": _recall(s.label_index[strong] == own) if own is not None else None,
+            "flagged_snr20": _recall(flagged[strong]),
         }
     return figures
 
 
-def confusion(predicted: NDArray[np.int64], labels: NDArray[np.int64]) -> list[list[int]]:
-    """Confusion counts: rows are true classes, columns predicted, both in ``CLASSES`` order."""
-    n = len(CLASSES)
+def confusion(predicted: NDArray[np.int64], labels: NDArray[np.int64], n: int = len(CLASSES)) -> list[list[int]]:
+    """Confusion counts: rows are true classes, columns predicted, both in the engine's class order."""
     matrix = np.zeros((n, n), np.int64)
     np.add.at(matrix, (labels, predicted), 1)
     return matrix.tolist()
@@ -324,9 +427,9 @@ def _golden_indices(data: StampSet, rng: np.random.Generator) -> NDArray[np.int6
 
 def compare_precisions(reference: dict[str, Any], outputs: tuple[NDArray[Any], NDArray[Any]],
                        ref_outputs: tuple[NDArray[Any], NDArray[Any]], data: StampSet,
-                       constants: ScoringConstants) -> dict[str, Any]:
+                       constants: ScoringConstants, classes: tuple[str, ...] = CLASSES) -> dict[str, Any]:
     """Agreement of one precision with FP32 on an evaluation set: top-1, ECE and AUROC differences."""
-    figures = evaluate(outputs, data, constants)
+    figures = evaluate(outputs, data, constants, classes=classes)
     top = score(outputs[0], outputs[1], constants).label_index
     top_ref = score(ref_outputs[0], ref_outputs[1], constants).label_index
     figures["top1_agreement_vs_fp32"] = float((top == top_ref).mean())
@@ -337,33 +440,39 @@ def compare_precisions(reference: dict[str, Any], outputs: tuple[NDArray[Any], N
     return figures
 
 
-def evaluate_precisions(run: Any, test: StampSet, constants: ScoringConstants) -> dict[str, Any]:
+def evaluate_precisions(run: Any, test: StampSet, constants: ScoringConstants,
+                        classes: tuple[str, ...] = CLASSES) -> dict[str, Any]:
     """The evaluation of every precision on one labelled set, as the manifest stores it.
 
     ``run(precision, stamps)`` gives (logits, embedding) of that precision's model file; FP32 is
     the reference the others are compared with.
     """
     ref_outputs = run("fp32", test.stamps)
-    evaluation: dict[str, Any] = {"fp32": evaluate(ref_outputs, test, constants)}
+    evaluation: dict[str, Any] = {"fp32": evaluate(ref_outputs, test, constants, classes=classes)}
     for precision in ("fp16", "int8"):
         evaluation[precision] = compare_precisions(evaluation["fp32"], run(precision, test.stamps),
-                                                   ref_outputs, test, constants)
-    bright = (test.labels != UNKNOWN) & (test.snr >= 10)
+                                                   ref_outputs, test, constants, classes)
+    target = class_labels(test, classes)
+    bright = (target != UNKNOWN) & (test.snr >= 10)
     evaluation["confusion_snr10_fp32"] = confusion(
-        score(ref_outputs[0][bright], ref_outputs[1][bright], constants).label_index, test.labels[bright])
+        score(ref_outputs[0][bright], ref_outputs[1][bright], constants).label_index, target[bright],
+        len(classes))
     return evaluation
 
 
-def evaluation_set(settings: TrainSettings, n_frames: int | None = None, *,
+def evaluation_set(settings: TrainSettings, n_frames: int | None = None, *, seed: int | None = None,
                    progress: Progress | None = None) -> tuple[StampSet, dict[str, Any]]:
-    """The fresh evaluation set of an engine trained with ``settings`` (seed + 2, every anomaly
-    family), and its twin configuration summary; ``progress`` is told of each frame simulated."""
+    """The fresh evaluation set of an engine trained with ``settings`` (seed + 2 unless ``seed``
+    says otherwise, every anomaly family), and its twin configuration summary; ``progress`` is
+    told of each frame simulated. Labels are the plain ones (ordinary index or UNKNOWN)."""
     from engines.training.dataset import twin_stamp_set
     from twin import ANOMALY_FAMILIES
 
-    config = training_twin_config(settings.frame_size_px, anomalies=ANOMALY_FAMILIES)
+    config = training_twin_config(settings.frame_size_px, anomalies=ANOMALY_FAMILIES,
+                                  per_frame=settings.anomalies_per_frame)
     n = settings.n_eval_frames if n_frames is None else n_frames
-    return (twin_stamp_set(config, n, settings.seed + 2, progress=progress, stage="simulating evaluation frames"),
+    return (twin_stamp_set(config, n, settings.seed + 2 if seed is None else seed, recipe=settings.recipe,
+                           progress=progress, stage="simulating evaluation frames"),
             _config_summary(config))
 
 
@@ -371,50 +480,63 @@ def evaluation_set(settings: TrainSettings, n_frames: int | None = None, *,
 class TwinSets:
     """The labelled sets an engine is made from (see the module docstring for their seeds)."""
 
-    train: StampSet        # ordinary classes only
-    calib: StampSet        # ordinary classes only, held out
-    test: StampSet         # ordinary classes and anomaly families, fresh seed
+    train: StampSet        # the engine's classes (labels index settings.classes)
+    calib: StampSet        # the engine's classes, held out
+    test: StampSet         # ordinary classes and every anomaly family, fresh seed; plain labels
     oe_train: NDArray[np.float32]
     oe_val: NDArray[np.float32]
     configs: dict[str, Any]
 
 
-def make_twin_sets(settings: TrainSettings, *, progress: Progress | None = None) -> TwinSets:
-    """Simulate and label the training, calibration and evaluation sets, and the outlier stamps;
-    ``progress`` is told of each frame simulated (one stage per set)."""
+def make_twin_sets(settings: TrainSettings, *, test: StampSet | None = None,
+                   progress: Progress | None = None) -> TwinSets:
+    """Simulate and label the training, calibration and evaluation sets, and the outlier stamps
+    (``test``: an evaluation set already made with these settings, used as it is); ``progress`` is
+    told of each frame simulated (one stage per set)."""
     from engines.training.dataset import outlier_stamps, twin_stamp_set
     from engines.training.deform import deformed_stamps
+    from twin import ANOMALY_FAMILIES
 
-    config = training_twin_config(settings.frame_size_px)
-    seed = settings.seed
+    config = training_twin_config(settings.frame_size_px, anomalies=settings.unusual,
+                                  per_frame=settings.anomalies_per_frame)
+    seed, recipe = settings.seed, settings.recipe
     train = twin_stamp_set(config, settings.n_train_frames, seed, unmasked_every=settings.unmasked_every,
-                           progress=progress, stage="simulating training frames")
+                           recipe=recipe, progress=progress, stage="simulating training frames")
     calib = twin_stamp_set(config, settings.n_calib_frames, seed + 1, unmasked_every=settings.unmasked_every,
-                           progress=progress, stage="simulating calibration frames")
-    test, eval_summary = evaluation_set(settings, progress=progress)
+                           recipe=recipe, progress=progress, stage="simulating calibration frames")
+    if test is None:
+        test, eval_summary = evaluation_set(settings, progress=progress)
+    else:
+        eval_summary = _config_summary(training_twin_config(settings.frame_size_px, anomalies=ANOMALY_FAMILIES,
+                                                            per_frame=settings.anomalies_per_frame))
+    classes = settings.classes
+    train = replace(train, labels=class_labels(train, classes))
+    train = train.select(train.labels != UNKNOWN)
+    calib = replace(calib, labels=class_labels(calib, classes))
+    calib = calib.select(calib.labels != UNKNOWN)
     oe_rng = np.random.default_rng(seed + 3)
     n_oe, n_val = int(len(train) * settings.oe_fraction), OE_VALIDATION_STAMPS
     n_def, n_val_def = (int(round(k * settings.oe_deformed_share)) for k in (n_oe, n_val))
     # blobs first, from the same generator as always: a share of 0 gives the engine it always gave
-    oe_train = np.concatenate([outlier_stamps(n_oe - n_def, oe_rng),
-                               deformed_stamps(config, n_def, seed + 4, progress=progress,
+    plain = training_twin_config(settings.frame_size_px)
+    oe_train = np.concatenate([outlier_stamps(n_oe - n_def, oe_rng, recipe=recipe),
+                               deformed_stamps(plain, n_def, seed + 4, recipe=recipe, progress=progress,
                                                stage="deforming stars and galaxies (training)")])
-    oe_val = np.concatenate([outlier_stamps(n_val - n_val_def, oe_rng),
-                             deformed_stamps(config, n_val_def, seed + 5, progress=progress,
+    oe_val = np.concatenate([outlier_stamps(n_val - n_val_def, oe_rng, recipe=recipe),
+                             deformed_stamps(plain, n_val_def, seed + 5, recipe=recipe, progress=progress,
                                              stage="deforming stars and galaxies (validation)")])
-    return TwinSets(train=train.select(train.labels != UNKNOWN), calib=calib.select(calib.labels != UNKNOWN),
-                    test=test, oe_train=oe_train, oe_val=oe_val,
+    return TwinSets(train=train, calib=calib, test=test, oe_train=oe_train, oe_val=oe_val,
                     configs={"train": _config_summary(config), "evaluation": eval_summary,
                              "seeds": {"train": seed, "calibration": seed + 1, "evaluation": seed + 2,
                                        "outlier_exposure": seed + 3, "deformed_outliers": seed + 4,
                                        "deformed_outliers_validation": seed + 5}})
 
 
-def set_sizes(sets: TwinSets) -> dict[str, Any]:
+def set_sizes(sets: TwinSets, classes: tuple[str, ...] = CLASSES) -> dict[str, Any]:
     """Dataset sizes for the manifest."""
     return {"train": len(sets.train), "calibration": len(sets.calib), "evaluation": len(sets.test),
             "outlier_exposure": len(sets.oe_train), "outlier_validation": len(sets.oe_val),
-            "train_per_class": {c: int((sets.train.labels == i).sum()) for i, c in enumerate(CLASSES)},
+            "train_per_class": {c: int((sets.train.labels == i).sum()) for i, c in enumerate(classes)},
             "evaluation_per_family": per_family_counts(sets.test)}
 
 
@@ -439,15 +561,18 @@ def load_weights(path: Any) -> dict[str, Any]:
 def package_engine(out_dir: Any, model: Any, settings: TrainSettings, sets: TwinSets, *, name: str,
                    version: str, training: dict[str, Any], real_data: Any = None,
                    extra_evaluation: dict[str, Any] | None = None, progress: Progress | None = None,
-                   stage: str = "exporting and evaluating") -> Any:
+                   stage: str = "exporting and evaluating",
+                   extra_train: tuple[NDArray[np.float32], NDArray[np.str_]] | None = None) -> Any:
     """Export, quantize, fit scoring, evaluate every precision and write a verified engine folder.
 
-    ``progress`` is told of each step done, under the name ``stage``.
+    ``extra_train`` (stamps, class names) joins the training stamps the class Gaussians are fitted
+    on (labelled stamps of a class the twin does not render). ``progress`` is told of each step
+    done, under the name ``stage``.
     """
     from pathlib import Path
 
     from engines import manifest
-    from engines.stamps import NORMALISATION
+    from engines.stamps import RECIPES
     from engines.training import export
 
     n_steps = 6 + (real_data is not None)
@@ -456,12 +581,16 @@ def package_engine(out_dir: Any, model: Any, settings: TrainSettings, sets: Twin
         if progress is not None:
             progress(stage, advance, n_steps)
 
+    if settings.spec.n_classes != len(settings.classes):
+        raise ValueError(f"the model has {settings.spec.n_classes} classes but the settings name "
+                         f"{len(settings.classes)}: {settings.classes}")
     step_done(0)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     seed = settings.seed
     paths = {p: out / f for p, (f, _) in MODEL_FILES.items()}
-    export.export_onnx(model, paths["fp32"])
+    channels = RECIPES[settings.recipe]
+    export.export_onnx(model, paths["fp32"], in_channels=channels)
     export.convert_fp16(paths["fp32"], paths["fp16"])
     step_done()
     cal_idx = np.random.default_rng(seed + 4).permutation(len(sets.calib))[:N_INT8_CALIBRATION]
@@ -472,18 +601,28 @@ def package_engine(out_dir: Any, model: Any, settings: TrainSettings, sets: Twin
     def run(precision: str, stamps: NDArray[np.float32]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
         return export.run_onnx(paths[precision], stamps, threads=settings.threads)
 
-    constants, choice = fit_scoring(run("fp32", sets.train.stamps), sets.train.labels,
+    classes = settings.classes
+    node_calibrated = (sets.calib.frame % settings.unmasked_every != 0 if settings.unmasked_every
+                       else np.ones(len(sets.calib), bool))
+    fit_stamps, fit_labels = sets.train.stamps, sets.train.labels
+    if extra_train is not None:
+        index = {c: i for i, c in enumerate(classes)}
+        fit_stamps = np.concatenate([fit_stamps, extra_train[0]])
+        fit_labels = np.concatenate([fit_labels, [index[n] for n in extra_train[1].tolist()]]).astype(np.int64)
+    constants, choice = fit_scoring(run("fp32", fit_stamps), fit_labels,
                                     run("fp32", sets.calib.stamps), sets.calib.labels,
-                                    run("fp32", sets.oe_val), seed)
+                                    run("fp32", sets.oe_val), seed, n_classes=len(classes),
+                                    unknown_distance=settings.unknown_distance, conformal_pool=node_calibrated)
     step_done()
     test = sets.test
-    evaluation = evaluate_precisions(run, test, constants)
+    evaluation = evaluate_precisions(run, test, constants, classes)
     evaluation["scoring_fit"] = choice
     if extra_evaluation:
         evaluation.update(extra_evaluation)
     step_done()
     if real_data is not None:
-        evaluation["real_data"] = classify_real(Path(real_data), lambda s: run("fp32", s), constants)
+        evaluation["real_data"] = classify_real(Path(real_data), lambda s: run("fp32", s), constants,
+                                                classes=classes, recipe=settings.recipe)
         step_done()
 
     golden = _golden_indices(test, np.random.default_rng(seed + 5))
@@ -496,8 +635,9 @@ def package_engine(out_dir: Any, model: Any, settings: TrainSettings, sets: Twin
     files[WEIGHTS_FILE] = manifest.file_entry(out / WEIGHTS_FILE, "fp32", "npz")
     files[GOLDEN_FILE] = manifest.file_entry(out / GOLDEN_FILE, "none", "npz")
     written = manifest.EngineManifest(
-        name=name, version=version, classes=CLASSES, ensemble_size=settings.spec.n_members,
-        embedding_dim=settings.spec.embedding_dim, normalisation=NORMALISATION, scoring=constants,
+        name=name, version=version, classes=classes, ensemble_size=settings.spec.n_members,
+        embedding_dim=settings.spec.embedding_dim, normalisation=settings.recipe, scoring=constants,
+        input=manifest.InputSpec(shape=(-1, channels, 32, 32)),
         files=files, training={**training, "settings": settings.to_dict(),
                                "parameters": int(sum(p.numel() for p in model.parameters()))},
         evaluation=evaluation,
@@ -543,7 +683,7 @@ def train_engine(out_dir: Any, settings: TrainSettings, *, name: str, version: s
 
     started = time.perf_counter()
     sets = make_twin_sets(settings, progress=progress)
-    sizes = set_sizes(sets)
+    sizes = set_sizes(sets, settings.classes)
     note("engines.train.dataset", seconds=round(time.perf_counter() - started, 1),
          **{k: v for k, v in sizes.items() if isinstance(v, int)})
     rare = np.isin(sets.train.labels, [CLASSES.index("streak"), CLASSES.index("bogus")])
@@ -579,7 +719,8 @@ def _read_sextractor_catalog(path: Any) -> NDArray[np.float64]:
     return np.array(rows, dtype=np.float64)
 
 
-def classify_real(real_dir: Any, run: Any, constants: ScoringConstants, alpha: float = ALPHA) -> dict[str, Any]:
+def classify_real(real_dir: Any, run: Any, constants: ScoringConstants, alpha: float = ALPHA, *,
+                  classes: tuple[str, ...] = CLASSES, recipe: str | None = None) -> dict[str, Any]:
     """Classify the real objects the issue names; report what the engine says, not a tuned score.
 
     - sep-ntt: SExtractor's FLAGS == 0 objects on the reduced NTT frame (SExtractor's own
@@ -594,17 +735,18 @@ def classify_real(real_dir: Any, run: Any, constants: ScoringConstants, alpha: f
     from astropy.io import fits
     from astropy.utils.exceptions import AstropyUserWarning
 
-    from engines.stamps import cut_stamps
+    from engines.stamps import NORMALISATION, cut_for
 
     real_dir = Path(real_dir)
+    recipe = recipe or NORMALISATION
     out: dict[str, Any] = {}
 
     def summarise(stamps: NDArray[np.float32], right: tuple[str, ...], truth: str) -> dict[str, Any]:
         logits, embedding = run(stamps)
         s = score(logits, embedding, constants)
-        names = [CLASSES[i] for i in s.label_index]
+        names = [classes[i] for i in s.label_index]
         return {"truth": truth, "n": len(names),
-                "predicted": {c: names.count(c) for c in CLASSES if names.count(c)},
+                "predicted": {c: names.count(c) for c in classes if names.count(c)},
                 "correct_fraction": float(np.mean([n in right for n in names])),
                 "mean_confidence": float(s.confidence.mean()),
                 "flagged_at_alpha": float((s.anomaly_pvalue <= alpha).mean()),
@@ -621,7 +763,7 @@ def classify_real(real_dir: Any, run: Any, constants: ScoringConstants, alpha: f
         rms = fits.getdata(ntt / "rms.fits").astype(np.float32)
     cat = _read_sextractor_catalog(ntt / "image.cat")
     good = cat[:, -1] == 0
-    stamps = cut_stamps(image - back, rms * rms, None, cat[good, 1] - 1.0, cat[good, 2] - 1.0)
+    stamps = cut_for(recipe, image - back, rms * rms, None, cat[good, 1] - 1.0, cat[good, 2] - 1.0)
     out["sep-ntt"] = summarise(stamps, ("star", "galaxy"), "star or galaxy (SExtractor FLAGS == 0)")
     out["sep-ntt"]["per_object"] = [{"number": int(n), **o} for n, o in zip(cat[good, 0], out["sep-ntt"]["per_object"], strict=True)]
 
@@ -636,7 +778,7 @@ def classify_real(real_dir: Any, run: Any, constants: ScoringConstants, alpha: f
         iy, ix = np.unravel_index(np.argmax(snr[rows, cols]), snr[rows, cols].shape)
         ys.append(rows.start + iy)
         xs.append(cols.start + ix)
-    stamps = cut_stamps(sub, var, ~(var > 0), np.array(xs, float), np.array(ys, float))
+    stamps = cut_for(recipe, sub, var, ~(var > 0), np.array(xs, float), np.array(ys, float))
     out["gmos-cr"] = summarise(stamps, ("cosmic_ray",), "cosmic_ray (astroscrappy's fixed test rays)")
     return out
 

@@ -107,7 +107,7 @@ def test_frame_stamps_are_labelled_and_mostly_real_sources(small_frame: tuple[ob
     """Detection on a twin frame yields stamps of the contract shape, with few bogus and the anomalies found."""
     config, frame = small_frame
     data, cands = candidates_from_frame(frame, config)
-    assert data.stamps.shape == (len(data), 2, 32, 32)
+    assert data.stamps.shape == (len(data), 4, 32, 32)   # the sharp stamp and its context
     assert len(data) > 20 and len(cands) == len(data)
     np.testing.assert_array_equal(data.snr, cands.snr)
     assert (data.labels == BOGUS).mean() < 0.1
@@ -127,13 +127,13 @@ def test_frame_stamps_are_labelled_and_mostly_real_sources(small_frame: tuple[ob
 
 
 def test_a_probe_stamp_size_cuts_wider_stamps_around_the_same_candidates(small_frame: tuple[object, object]) -> None:
-    """48 px stamps hold the 32 px stamps in their centre, with the same labels."""
+    """48 px stamps hold the 32 px stamps (the sharp channels) in their centre, with the same labels."""
     config, frame = small_frame
     small = stamps_from_frame(frame, config)
     wide = stamps_from_frame(frame, config, stamp_size=48)
     assert wide.stamps.shape == (len(small), 2, 48, 48)
     np.testing.assert_array_equal(wide.labels, small.labels)
-    np.testing.assert_array_equal(wide.stamps[:, :, 8:40, 8:40], small.stamps)
+    np.testing.assert_array_equal(wide.stamps[:, :, 8:40, 8:40], small.stamps[:, :2])
 
 
 def test_frame_seeds_differ_between_frames_and_sets() -> None:
@@ -146,8 +146,8 @@ def test_outlier_stamps_are_bright_finite_and_reproducible() -> None:
     """Outlier-exposure stamps are finite, centred on a source, and the same for the same seed."""
     a = outlier_stamps(20, np.random.default_rng(3))
     b = outlier_stamps(20, np.random.default_rng(3))
-    assert a.shape == (20, 2, 32, 32)
+    assert a.shape == (20, 4, 32, 32)
     np.testing.assert_array_equal(a, b)
     assert np.isfinite(a).all()
     assert (a[:, 0, 14:18, 14:18].max(axis=(1, 2)) > np.arcsinh(5.0)).all()
-    assert (a[:, 1] == 0).all()
+    assert (a[:, 1] == 0).all() and (a[:, 3] == 0).all()   # the canvas holds the whole context view

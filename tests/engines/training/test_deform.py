@@ -64,14 +64,14 @@ def test_deformed_stamps_are_bright_reproducible_and_as_many_as_asked() -> None:
     a = deformed_stamps(config, 12, seed=11, per_frame=8)
     b = deformed_stamps(config, 12, seed=11, per_frame=8)
     c = deformed_stamps(config, 12, seed=12, per_frame=8)
-    assert a.shape == (12, 2, 32, 32) and a.dtype == np.float32
+    assert a.shape == (12, 4, 32, 32) and a.dtype == np.float32
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
     assert np.isfinite(a).all()
     # every stamp is centred on a detected object: S/N of the central 7x7 px above 5 (sky alone: ~0 +- 1)
     snr = np.sinh(a[:, 0])
     assert (snr[:, 12:19, 12:19].sum(axis=(1, 2)) / 7.0 > 5.0).all()
-    assert deformed_stamps(config, 0, seed=11).shape == (0, 2, 32, 32)
+    assert deformed_stamps(config, 0, seed=11).shape == (0, 4, 32, 32)
 
 
 def test_frames_without_stars_or_galaxies_are_refused_with_a_reason() -> None:

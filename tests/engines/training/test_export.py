@@ -22,7 +22,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, np.ndarra
     brightness = stamps[:, 0].sum(axis=(1, 2))
     labels = np.digitize(brightness, np.quantile(brightness, [1 / 3, 2 / 3])).astype(np.int64)
     settings = TrainSettings(epochs=2, batch_size=64, oe_fraction=0.0,
-                             spec=ModelSpec(n_classes=3, widths=(8, 16, 32), head_hidden=16))
+                             spec=ModelSpec(n_classes=3, widths=(8, 16, 32), head_hidden=16, views=2))
     model = fit_model(stamps[:700], labels[:700], stamps[:0], settings)
     folder = tmp_path_factory.mktemp("export")
     return model, stamps[700:], export_onnx(model, folder / "fp32.onnx")

@@ -26,7 +26,8 @@ def test_fit_model_reports_every_step_and_trains_the_same_weights() -> None:
     rng = np.random.default_rng(8)
     stamps = outlier_stamps(200, rng)
     labels = rng.integers(0, len(CLASSES), 200)
-    settings = TrainSettings(epochs=2, batch_size=50, threads=1, spec=ModelSpec(widths=(4, 8, 8), head_hidden=8))
+    settings = TrainSettings(epochs=2, batch_size=50, threads=1, unusual=(),
+                             spec=ModelSpec(widths=(4, 8, 8), head_hidden=8, views=2))
     progress, epochs = Recorder(), []
     watched = fit_model(stamps, labels, stamps[:40], settings, progress=progress,
                         on_epoch=lambda **kw: epochs.append(kw)).state_dict()

@@ -82,7 +82,7 @@ def test_training_is_reproducible_with_a_fixed_seed() -> None:
     stamps = outlier_stamps(200, rng)
     labels = rng.integers(0, C, 200)
     settings = TrainSettings(epochs=1, batch_size=50, threads=1,
-                             spec=ModelSpec(widths=(4, 8, 8), head_hidden=8))
+                             spec=ModelSpec(widths=(4, 8, 8), head_hidden=8, views=2))
     a = fit_model(stamps, labels, stamps[:40], settings).state_dict()
     b = fit_model(stamps, labels, stamps[:40], settings).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
