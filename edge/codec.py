@@ -22,6 +22,7 @@ import msgpack
 from edge.errors import RecordDecodeError, RecordError, RecordFieldError, RecordVersionError
 from edge.records import (
     GROUND_FIELDS,
+    OPTIONAL_FIELDS,
     RECORD_VERSION,
     CompressedStamp,
     DownlinkRecord,
@@ -105,7 +106,7 @@ def _from_dict_v1(cls: type[DownlinkRecord] | type[FrameSummary], data: Mapping[
     extra = set(data) - set(names) - {"kind"} - set(GROUND_FIELDS)
     if extra:
         raise RecordFieldError(f"unknown fields {sorted(map(str, extra))}", where=where)
-    missing = [n for n in names if n not in data]
+    missing = [n for n in names if n not in data and n not in OPTIONAL_FIELDS]
     if missing:
         raise RecordFieldError(f"missing fields {missing}", where=where)
     values = {k: v for k, v in data.items() if k in names}

@@ -1,7 +1,9 @@
 """One frame's path through the node, as one straight line.
 
 ``Pipeline.process`` runs the stages in order: calibrate, subtract background, detect, cut
-stamps, infer, score, sky positions and "new", triage, build records and the frame summary. The
+stamps, infer, score, sky positions and "new", triage, multiplicity of the sent detections
+(``edge.blend``: one versus two point sources of the frame's own PSF; before triage, on every
+star, when the policy sends blends), build records and the frame summary. The
 daemon (live, over ZeroMQ) and ``astro-edge process`` (offline, on FITS files) both call it, so
 what a test measures offline is what the daemon does live.
 
@@ -24,8 +26,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from edge import blend as blend_stage
 from edge import detect as detect_stage
 from edge import sky
+from edge.errors import DetectionError
 from edge.records import DownlinkRecord, FrameSummary, compress_stamp, record_id
 from edge.triage import TriagePolicy, TriageResult, triage
 from engines.scoring import Scores, ScoringConstants, score
@@ -166,16 +170,22 @@ class Pipeline:
         ra, dec = sky.pixel_to_sky(wcs, cands.x, cands.y)
         new = self._new(wcs, ra, dec, cands, labels)
         lap("sky")
+        multiplicity = _Multiplicity(bkg.sub_e, cal.variance_e2, cal.mask, cands)
+        if self.policy.send_blends:
+            multiplicity.measure(np.flatnonzero(np.asarray(labels, dtype=object) == "star"))
+            lap("blend")
         verdict = triage(self.policy, labels=labels, confidence=scores.confidence,
                          epistemic_nats=scores.epistemic, anomaly_pvalue=scores.anomaly_pvalue,
-                         new=new, rng=self.frame_rng(frame))
+                         new=new, rng=self.frame_rng(frame), blend_lr=multiplicity.lr)
         lap("triage")
+        multiplicity.measure(np.flatnonzero(verdict.send))
+        lap("multiplicity")
         engine_id = self.engine.engine_id
         calibration_id = cal.bundle_id or f"none:{cal.noise_model}"
         processed = self._now()
         records = tuple(
             self._record(frame, int(i), cands, scores, labels, classes, ra, dec, new, verdict,
-                         stamps, engine_id, calibration_id, processed)
+                         stamps, engine_id, calibration_id, processed, multiplicity)
             for i in np.flatnonzero(verdict.send)
         )
         lap("records")
@@ -211,7 +221,7 @@ class Pipeline:
     def _record(self, frame: FrameInput, i: int, cands: detect_stage.Candidates, scores: Scores,
                 labels: tuple[str, ...], classes: Sequence[str], ra: NDArray[np.float64],
                 dec: NDArray[np.float64], new: NDArray[np.bool_], verdict: TriageResult, stamps: NDArray[np.float32],
-                engine_id: str, calibration_id: str, processed: str) -> DownlinkRecord:
+                engine_id: str, calibration_id: str, processed: str, multiplicity: _Multiplicity) -> DownlinkRecord:
         def finite(v: float) -> float | None:
             return float(v) if np.isfinite(v) else None
 
@@ -232,8 +242,50 @@ class Pipeline:
             theta_rad=_finite_or(cands.theta_rad[i], 0.0), flags=int(cands.flags[i]),
             new=bool(new[i]), reasons=verdict.reasons[i], priority=float(verdict.priority[i]),
             policy_version=self.policy.version, engine_id=engine_id, calibration_id=calibration_id,
-            stamp=compress_stamp(stamps[i]),
+            stamp=compress_stamp(stamps[i]), **multiplicity.fields(i),
         )
+
+
+class _Multiplicity:
+    """One frame's multiplicity figures, measured on demand: the frame's PSF once, then each
+    detection at most once. A frame with too few PSF stars, or a failed fit, leaves NaN (the
+    record's blend fields are then None, docs/downlink.md)."""
+
+    def __init__(self, sub_e: NDArray[Any], variance_e2: NDArray[Any], mask: NDArray[Any] | None,
+                 cands: detect_stage.Candidates) -> None:
+        self._images = (sub_e, variance_e2, mask)
+        self._cands = cands
+        self._psf: blend_stage.FramePsf | None = None
+        self._no_psf = False
+        n = len(cands)
+        self.lr = np.full(n, np.nan)
+        self.sep = np.full(n, np.nan)
+        self.ratio = np.full(n, np.nan)
+        self._done = np.zeros(n, bool)
+
+    def measure(self, index: NDArray[np.int64]) -> None:
+        todo = index[~self._done[index]]
+        if todo.size == 0:
+            return
+        self._done[todo] = True
+        if self._psf is None and not self._no_psf:
+            try:
+                self._psf = blend_stage.estimate_psf(*self._images, self._cands)
+            except DetectionError:
+                self._no_psf = True
+        if self._psf is None:
+            return
+        c = self._cands
+        m = blend_stage.measure_multiplicity(*self._images, c.x[todo], c.y[todo], self._psf,
+                                             neighbours=(c.x, c.y))
+        self.lr[todo], self.sep[todo], self.ratio[todo] = m.likelihood_ratio, m.separation_px, m.flux_ratio
+
+    def fields(self, i: int) -> dict[str, float | None]:
+        values = (self.lr[i], self.sep[i], self.ratio[i])
+        if not all(np.isfinite(values)):
+            return {"blend_lr": None, "blend_sep_px": None, "blend_flux_ratio": None}
+        return {"blend_lr": float(values[0]), "blend_sep_px": float(values[1]),
+                "blend_flux_ratio": float(min(1.0, max(0.0, values[2])))}
 
 
 def _finite_or(value: float, default: float) -> float:

@@ -24,6 +24,7 @@ from edge.errors import RecordDecodeError, RecordFieldError, RecordVersionError
 __all__ = [
     "GROUND_FIELDS",
     "NOISE_MODELS",
+    "OPTIONAL_FIELDS",
     "REASONS",
     "RECORD_VERSION",
     "CompressedStamp",
@@ -37,7 +38,9 @@ __all__ = [
 
 RECORD_VERSION = 1
 #: the triage reasons a record may carry, in the order triage reports them
-REASONS: tuple[str, ...] = ("uncertain", "unknown", "unusual", "new", "audit")
+REASONS: tuple[str, ...] = ("uncertain", "unknown", "unusual", "new", "blend", "audit")
+#: record fields added within version 1: a record written before them reads with None
+OPTIONAL_FIELDS: tuple[str, ...] = ("blend_lr", "blend_sep_px", "blend_flux_ratio")
 NOISE_MODELS: tuple[str, ...] = ("bundle", "header", "estimated")
 #: keys the ground adds to a record when it writes it; a reader accepts and ignores them
 GROUND_FIELDS: tuple[str, ...] = ("received_time",)
@@ -198,6 +201,10 @@ class DownlinkRecord:
     engine_id: str
     calibration_id: str
     stamp: CompressedStamp | None = None
+    # multiplicity (edge.blend): None together when not measured
+    blend_lr: float | None = None               # chi2 of one PSF minus chi2 of two, >= 0
+    blend_sep_px: float | None = None           # px between the two fitted components
+    blend_flux_ratio: float | None = None       # fainter / brighter component, in [0, 1]
     version: int = RECORD_VERSION
 
     def __post_init__(self) -> None:
@@ -222,6 +229,16 @@ class DownlinkRecord:
         bad = [r for r in reasons if r not in REASONS]
         if bad:
             raise RecordFieldError(f"unknown reasons {bad}; known: {list(REASONS)}", where=where)
+        blend = ("blend_lr", "blend_sep_px", "blend_flux_ratio")
+        measured = [getattr(self, name) is not None for name in blend]
+        if any(measured) and not all(measured):
+            raise RecordFieldError("blend_lr, blend_sep_px and blend_flux_ratio are all set or all None",
+                                   where=where)
+        if all(measured):
+            _check_finite(self, blend, where)
+            if self.blend_lr < 0 or self.blend_sep_px < 0 or not 0 <= self.blend_flux_ratio <= 1:
+                raise RecordFieldError("blend_lr and blend_sep_px must be >= 0 and blend_flux_ratio in [0, 1]",
+                                       where=where)
         if self.stamp is not None and not isinstance(self.stamp, CompressedStamp):
             raise RecordFieldError("stamp must be a CompressedStamp or None", where=where)
         if self.version != RECORD_VERSION:

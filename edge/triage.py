@@ -7,6 +7,9 @@ A detection is sent when at least one reason applies:
   detections is flagged, the split-conformal guarantee of ``engines.scoring``);
 - ``unusual``: the label is one of ``classes_of_interest``;
 - ``new``: no counterpart in the reference catalog (when ``send_new``);
+- ``blend``: the multiplicity fit (``edge.blend``) finds two point sources, likelihood ratio at
+  least ``blend_lr_min`` (when ``send_blends``; off by default: blends are measured on every sent
+  record, not sent for being blends);
 - ``audit``: none of the above, drawn at random with probability ``audit_rate`` so that the
   ground can measure what the filter suppresses.
 
@@ -43,8 +46,10 @@ class TriagePolicy:
     confidence_min: float = 0.45
     epistemic_max_nats: float = 0.05
     alpha: float = 0.01
-    classes_of_interest: tuple[str, ...] = ("streak",)
+    classes_of_interest: tuple[str, ...] = ("streak", "lens_arc", "comet", "lobster_psf", "ghost")
     send_new: bool = True
+    send_blends: bool = False
+    blend_lr_min: float = 20.0
     audit_rate: float = 0.002
     epistemic_weight_per_nat: float = 10.0
 
@@ -57,6 +62,8 @@ class TriagePolicy:
             raise ValueError(f"epistemic_max_nats must be >= 0, not {self.epistemic_max_nats}")
         if not 0.0 <= self.alpha < 1.0:
             raise ValueError(f"alpha must be in [0, 1), not {self.alpha}")
+        if not (math.isfinite(self.blend_lr_min) and self.blend_lr_min >= 0):
+            raise ValueError(f"blend_lr_min must be finite and >= 0, not {self.blend_lr_min}")
         if not 0.0 <= self.audit_rate <= 1.0:
             raise ValueError(f"audit_rate must be in [0, 1], not {self.audit_rate}")
         if not (math.isfinite(self.epistemic_weight_per_nat) and self.epistemic_weight_per_nat >= 0):
@@ -104,8 +111,12 @@ def priority(anomaly_pvalue: NDArray[Any], epistemic_nats: NDArray[Any],
 
 def triage(policy: TriagePolicy, *, labels: Sequence[str], confidence: NDArray[Any],
            epistemic_nats: NDArray[Any], anomaly_pvalue: NDArray[Any], new: NDArray[Any],
-           rng: np.random.Generator) -> TriageResult:
-    """Apply ``policy`` to N detections; ``rng`` draws N uniforms for the audit sample every call."""
+           rng: np.random.Generator, blend_lr: NDArray[Any] | None = None) -> TriageResult:
+    """Apply ``policy`` to N detections; ``rng`` draws N uniforms for the audit sample every call.
+
+    ``blend_lr`` is each detection's multiplicity likelihood ratio (NaN: not measured); only
+    read when the policy sends blends.
+    """
     conf = np.asarray(confidence, dtype=np.float64).reshape(-1)
     n = conf.shape[0]
     epi = np.asarray(epistemic_nats, dtype=np.float64).reshape(-1)
@@ -120,10 +131,16 @@ def triage(policy: TriagePolicy, *, labels: Sequence[str], confidence: NDArray[A
     unknown = ~(pval > policy.alpha)
     unusual = np.isin(lab, np.asarray(policy.classes_of_interest, dtype=object))
     is_new = is_new & policy.send_new
+    blend = np.zeros(n, bool)
+    if policy.send_blends and blend_lr is not None:
+        lr = np.asarray(blend_lr, dtype=np.float64).reshape(-1)
+        if lr.shape[0] != n:
+            raise ValueError(f"blend_lr has {lr.shape[0]} entries, confidence has {n}")
+        blend = np.nan_to_num(lr, nan=-np.inf) >= policy.blend_lr_min
     draws = rng.random(n)
-    ordinary = ~(uncertain | unknown | unusual | is_new)
+    ordinary = ~(uncertain | unknown | unusual | is_new | blend)
     audit = ordinary & (draws < policy.audit_rate)
-    flags = np.stack([uncertain, unknown, unusual, is_new, audit], axis=1)
+    flags = np.stack([uncertain, unknown, unusual, is_new, blend, audit], axis=1)
     reasons = tuple(tuple(r for r, f in zip(REASONS, row, strict=True) if f) for row in flags.tolist())
     prio = priority(np.where(np.isfinite(pval), pval, _P_FLOOR),
                     np.where(np.isfinite(epi), epi, 0.0), policy.epistemic_weight_per_nat)

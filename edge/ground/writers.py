@@ -72,6 +72,7 @@ _COLUMNS: tuple[tuple[str, str | None, str | None], ...] = (
     ("a_px", "f8", "pix"), ("b_px", "f8", "pix"), ("theta_rad", "f8", "rad"), ("flags", "i8", None),
     ("new", "?", None), ("reasons", None, None), ("priority", "f8", None),
     ("policy_version", "i8", None), ("engine_id", None, None), ("calibration_id", None, None),
+    ("blend_lr", "f8", None), ("blend_sep_px", "f8", "pix"), ("blend_flux_ratio", "f8", None),
 )
 
 
@@ -104,7 +105,7 @@ def rows_by_day(jsonl_path: Path, days: set[str], start: int = 0) -> dict[str, l
 
 
 def rows_table(rows: Sequence[tuple[DownlinkRecord, str | None]]) -> Any:
-    """FITS rows of (record, received_time) pairs as an astropy Table (ra/dec NaN where None;
+    """FITS rows of (record, received_time) pairs as an astropy Table (ra/dec and blend_* NaN where None;
     probs as JSON; reasons comma-separated)."""
     from astropy.table import Table
 
@@ -118,7 +119,7 @@ def rows_table(rows: Sequence[tuple[DownlinkRecord, str | None]]) -> Any:
                 values.append(json.dumps(rec.probs, separators=(",", ":")))
             elif name == "reasons":
                 values.append(",".join(rec.reasons))
-            elif name in ("ra", "dec"):
+            elif name in ("ra", "dec", "blend_lr", "blend_sep_px", "blend_flux_ratio"):
                 v = getattr(rec, name)
                 values.append(np.nan if v is None else v)
             else:

@@ -110,7 +110,9 @@ def records(draw: Any) -> DownlinkRecord:
         a_px=draw(finite), b_px=draw(finite), theta_rad=draw(finite), flags=draw(ids),
         new=draw(st.booleans()), reasons=tuple(draw(st.lists(st.sampled_from(REASONS), max_size=5))),
         priority=draw(finite), policy_version=draw(ids), engine_id=draw(text),
-        calibration_id=draw(text), stamp=stamp)
+        calibration_id=draw(text), stamp=stamp,
+        **(dict(blend_lr=draw(st.floats(0, 1e6)), blend_sep_px=draw(st.floats(0, 50)),
+                blend_flux_ratio=draw(st.floats(0, 1))) if draw(st.booleans()) else {}))
 
 
 @st.composite
@@ -288,3 +290,59 @@ def test_the_shipped_dictionary_shrinks_real_records_by_a_quarter_or_more(real_d
     assert sum(map(len, packed)) < 0.75 * sum(map(len, plain))
     no_dict = zstandard.ZstdCompressor(level=LEVEL)
     assert sum(len(no_dict.compress(p)) for p in plain) > 0.9 * sum(map(len, plain))
+
+
+def test_a_context_stamp_keeps_both_views_through_the_codec(real_data: Path) -> None:
+    """A (4, 32, 32) stamp (sharp view and context view) travels in the int8/bit codec and comes back
+    with both masks exact and both images within the codec's step."""
+    from engines.stamps import CONTEXT_NORMALISATION, cut_for
+
+    folder = real_data / "sep-ntt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AstropyUserWarning)
+        image = fits.getdata(folder / "image.fits").astype(np.float32)
+        back = fits.getdata(folder / "back.fits").astype(np.float32)
+        rms = fits.getdata(folder / "rms.fits").astype(np.float32)
+    mask = np.zeros(image.shape, bool)
+    mask[:, :40] = True
+    stamps = cut_for(CONTEXT_NORMALISATION, image - back, rms ** 2, mask, np.array([30.0, 200.0]),
+                     np.array([100.0, 150.0]))
+    for stamp in stamps:
+        packed = compress_stamp(stamp)
+        assert packed.codec == STAMP_CODEC and packed.shape == (4, 32, 32)
+        back_again = packed.decompress()
+        np.testing.assert_array_equal(back_again[1::2], stamp[1::2])
+        assert np.abs(back_again[0::2] - stamp[0::2]).max() <= 1 / 16 + 1e-6
+    assert stamps[0, 3].any() and not stamps[0, 3].all()   # the masked strip shows in the context
+
+
+def test_blend_fields_are_set_together_and_old_records_read_without_them(real_data: Path) -> None:
+    """The three multiplicity fields are all set or all None; a version 1 record written before
+    they existed reads with None; the FITS table has their columns (NaN where not measured)."""
+    import dataclasses
+
+    rec = ntt_records(real_data, 1)[0]
+    measured = dataclasses.replace(rec, blend_lr=35.0, blend_sep_px=1.8, blend_flux_ratio=0.4)
+    assert decode_msgpack(encode_msgpack(measured)) == measured
+    assert from_json_line(to_json_line(measured)).blend_sep_px == 1.8
+    with pytest.raises(RecordFieldError, match="all set or all None"):
+        dataclasses.replace(rec, blend_lr=35.0)
+    with pytest.raises(RecordFieldError, match="flux_ratio"):
+        dataclasses.replace(rec, blend_lr=35.0, blend_sep_px=1.8, blend_flux_ratio=1.5)
+    old = to_dict(rec, binary_stamp=False)
+    for name in ("blend_lr", "blend_sep_px", "blend_flux_ratio"):
+        del old[name]
+    again = decode(json.dumps(old))
+    assert again == rec and again.blend_lr is None
+
+
+def test_ground_fits_rows_carry_the_blend_columns(real_data: Path) -> None:
+    import dataclasses
+
+    from edge.ground.writers import rows_table
+
+    rec = ntt_records(real_data, 2)
+    rows = [(rec[0], None), (dataclasses.replace(rec[1], blend_lr=35.0, blend_sep_px=1.8, blend_flux_ratio=0.4), None)]
+    table = rows_table(rows)
+    assert math.isnan(table["blend_lr"][0]) and table["blend_lr"][1] == 35.0
+    assert str(table["blend_sep_px"].unit) == "pix"

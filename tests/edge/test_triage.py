@@ -116,3 +116,26 @@ def test_policy_comes_from_the_config_file_and_bad_values_are_named() -> None:
     for bad in ({"audit_rate": -0.1}, {"confidence_min": 2.0}, {"version": 0}):
         with pytest.raises(ValueError):
             TriagePolicy(**bad)
+
+
+def test_blends_are_sent_only_when_the_policy_says_so(rng: np.random.Generator) -> None:
+    """With send_blends a detection whose multiplicity ratio reaches blend_lr_min is sent as a blend;
+    by default (and where nothing was measured) no detection is sent for being a blend."""
+    args = dict(labels=["star"] * 4, confidence=np.full(4, 0.99), epistemic_nats=np.zeros(4),
+                anomaly_pvalue=np.full(4, 0.5), new=np.zeros(4, bool), blend_lr=np.array([5.0, 20.0, 90.0, np.nan]))
+    assert triage(POLICY, rng=rng, **args).reasons == ((), (), (), ())
+    on = TriagePolicy(**{**POLICY.__dict__, "send_blends": True})
+    assert triage(on, rng=rng, **args).reasons == ((), ("blend",), ("blend",), ())
+    assert triage(on, rng=rng, **{**args, "blend_lr": None}).reasons == ((), (), (), ())
+    with pytest.raises(ValueError, match="blend_lr_min"):
+        TriagePolicy(blend_lr_min=-1.0)
+
+
+def test_the_default_policy_sends_the_taught_unusual_classes() -> None:
+    """Every unusual family the shipped engine is taught is a class of interest by default."""
+    from engines.manifest import load_manifest
+    from edge.node.assemble import default_engine_dir
+
+    classes = load_manifest(default_engine_dir()).classes
+    assert set(classes[6:]) <= set(TriagePolicy().classes_of_interest)
+    assert "streak" in TriagePolicy().classes_of_interest

@@ -128,3 +128,57 @@ def test_edge_stamps_equal_interior_stamps_of_a_nan_padded_frame(x: float, y: fl
     direct = cut_stamps(_FRAME, _VAR, _MASK, np.array([x]), np.array([y]))
     padded = cut_stamps(sub, var, mask, np.array([x + pad]), np.array([y + pad]))
     np.testing.assert_array_equal(direct, padded)
+
+
+def test_context_view_bins_the_96_px_around_the_candidate_with_the_centre_in_the_middle_bin() -> None:
+    """The context view's bin (16, 16) holds the candidate's pixel in its middle; each bin's S/N is its
+    pixels' sum over the root of their variances' sum; a source 40 px away is inside the view."""
+    from engines.stamps import CONTEXT_BIN, cut_context
+
+    sub = np.zeros((200, 200), np.float32)
+    var = np.full(sub.shape, 4.0, np.float32)
+    sub[100, 100] = 900.0
+    sub[100, 140] = 900.0          # 40 px to the right: outside the 32 px stamp, inside the context
+    view = cut_context(sub, var, None, np.array([100.0]), np.array([100.0]))[0]
+    assert view.shape == (2, STAMP_SIZE, STAMP_SIZE) and CONTEXT_BIN == 3
+    expected = np.arcsinh(900.0 / np.sqrt(9 * 4.0))
+    assert view[0, HALF, HALF] == pytest.approx(expected, rel=1e-6)
+    # 40 px = 13 bins and 1 px: the pixel at offset +40 lies in bin 16 + 13 = 29 (bins cover -1..+1 around 3k)
+    assert view[0, HALF, HALF + 13] == pytest.approx(expected, rel=1e-6)
+    assert np.count_nonzero(view[0]) == 2
+    assert not view[1].any()
+    sharp = cut_stamps(sub, var, None, np.array([100.0]), np.array([100.0]))[0]
+    assert np.count_nonzero(sharp[0]) == 1
+
+
+def test_context_bins_mostly_masked_or_outside_the_frame_are_masked() -> None:
+    """Near the frame's edge the outside bins are masked and zero; a bin with 5 of 9 good pixels is kept."""
+    from engines.stamps import cut_context
+
+    sub = np.ones((120, 120), np.float32)
+    var = np.ones(sub.shape, np.float32)
+    mask = np.zeros(sub.shape, bool)
+    # candidate at (60, 10): columns 10 - 49 .. 10 + 46 = -39 .. 56; bins 0..12 lie wholly outside
+    mask[59:62, 10 + 3 * 5 - 1:10 + 3 * 5 + 2] = True        # bin (16, 21) wholly masked
+    mask[59:61, 10 + 3 * 8 - 1:10 + 3 * 8 + 1] = True        # bin (16, 24): 4 of 9 masked, kept
+    view = cut_context(sub, var, mask, np.array([10.0]), np.array([60.0]))[0]
+    assert view[1, :, :13].all() and not view[0, :, :13].any()
+    assert view[1, HALF, HALF + 5] == 1.0 and view[0, HALF, HALF + 5] == 0.0
+    assert view[1, HALF, HALF + 8] == 0.0
+    assert view[0, HALF, HALF + 8] == pytest.approx(np.arcsinh(5.0 / np.sqrt(5.0)), rel=1e-6)
+
+
+def test_cut_for_makes_each_recipes_channels_and_refuses_an_unknown_one() -> None:
+    """The sharp recipe gives 2 channels, the context recipe 4 (its first two are the sharp stamp)."""
+    from engines.stamps import CONTEXT_NORMALISATION, NORMALISATION, cut_for
+
+    rng = np.random.default_rng(3)
+    sub = rng.normal(size=(150, 150)).astype(np.float32)
+    var = np.ones(sub.shape, np.float32)
+    x, y = np.array([20.0, 75.0]), np.array([75.0, 140.0])
+    plain = cut_for(NORMALISATION, sub, var, None, x, y)
+    wide = cut_for(CONTEXT_NORMALISATION, sub, var, None, x, y)
+    assert plain.shape == (2, 2, 32, 32) and wide.shape == (2, 4, 32, 32)
+    np.testing.assert_array_equal(wide[:, :2], plain)
+    with pytest.raises(DetectionError, match="unknown stamp recipe"):
+        cut_for("snr-v0", sub, var, None, x, y)
