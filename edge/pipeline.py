@@ -225,6 +225,8 @@ class Pipeline:
         def finite(v: float) -> float | None:
             return float(v) if np.isfinite(v) else None
 
+        blend = multiplicity.fields(i)
+
         return DownlinkRecord(
             record_id=record_id(self.node_id, frame.series_id, frame.seq, i),
             node_id=self.node_id, detector_id=frame.detector_id, series_id=frame.series_id,
@@ -242,7 +244,7 @@ class Pipeline:
             theta_rad=_finite_or(cands.theta_rad[i], 0.0), flags=int(cands.flags[i]),
             new=bool(new[i]), reasons=verdict.reasons[i], priority=float(verdict.priority[i]),
             policy_version=self.policy.version, engine_id=engine_id, calibration_id=calibration_id,
-            stamp=compress_stamp(stamps[i]), **multiplicity.fields(i),
+            stamp=compress_stamp(stamps[i]), blend_lr=blend[0], blend_sep_px=blend[1], blend_flux_ratio=blend[2],
         )
 
 
@@ -280,12 +282,12 @@ class _Multiplicity:
                                              neighbours=(c.x, c.y))
         self.lr[todo], self.sep[todo], self.ratio[todo] = m.likelihood_ratio, m.separation_px, m.flux_ratio
 
-    def fields(self, i: int) -> dict[str, float | None]:
+    def fields(self, i: int) -> tuple[float, float, float] | tuple[None, None, None]:
+        """(blend_lr, blend_sep_px, blend_flux_ratio) of detection i, or three None."""
         values = (self.lr[i], self.sep[i], self.ratio[i])
         if not all(np.isfinite(values)):
-            return {"blend_lr": None, "blend_sep_px": None, "blend_flux_ratio": None}
-        return {"blend_lr": float(values[0]), "blend_sep_px": float(values[1]),
-                "blend_flux_ratio": float(min(1.0, max(0.0, values[2])))}
+            return None, None, None
+        return float(values[0]), float(values[1]), float(min(1.0, max(0.0, values[2])))
 
 
 def _finite_or(value: float, default: float) -> float:

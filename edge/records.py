@@ -234,7 +234,7 @@ class DownlinkRecord:
         if any(measured) and not all(measured):
             raise RecordFieldError("blend_lr, blend_sep_px and blend_flux_ratio are all set or all None",
                                    where=where)
-        if all(measured):
+        if self.blend_lr is not None and self.blend_sep_px is not None and self.blend_flux_ratio is not None:
             _check_finite(self, blend, where)
             if self.blend_lr < 0 or self.blend_sep_px < 0 or not 0 <= self.blend_flux_ratio <= 1:
                 raise RecordFieldError("blend_lr and blend_sep_px must be >= 0 and blend_flux_ratio in [0, 1]",

@@ -133,8 +133,8 @@ def test_blends_are_sent_only_when_the_policy_says_so(rng: np.random.Generator) 
 
 def test_the_default_policy_sends_the_taught_unusual_classes() -> None:
     """Every unusual family the shipped engine is taught is a class of interest by default."""
-    from engines.manifest import load_manifest
     from edge.node.assemble import default_engine_dir
+    from engines.manifest import load_manifest
 
     classes = load_manifest(default_engine_dir()).classes
     assert set(classes[6:]) <= set(TriagePolicy().classes_of_interest)
