@@ -59,25 +59,25 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--design", choices=["shared", "independent"], default="shared",
                    help="ensemble design: one trunk with K heads, or K independent members (default: shared)")
     p.add_argument("--members", type=int, default=4, metavar="N", help="ensemble size K (default: 4)")
-    p.add_argument("--widths", default="16,32,64", metavar="N,N,N",
-                   help="channels of the three conv blocks, comma-separated (default: 16,32,64)")
+    p.add_argument("--widths", default="24,48,96", metavar="N,N,N",
+                   help="channels of the three conv blocks, comma-separated (default: 24,48,96)")
     p.add_argument("--frame-size", type=int, default=512, metavar="PX",
                    help="twin frame side in pixels (default: 512)")
     p.add_argument("--train-frames", type=int, default=240, metavar="N",
                    help="twin frames for training (default: 240)")
     p.add_argument("--calib-frames", type=int, default=80, metavar="N",
                    help="held-out twin frames for temperature, entropy weight and conformal set (default: 80)")
-    p.add_argument("--eval-frames", type=int, default=80, metavar="N",
-                   help="fresh twin frames for evaluation (default: 80)")
-    p.add_argument("--epochs", type=int, default=16, metavar="N", help="training epochs (default: 16)")
+    p.add_argument("--eval-frames", type=int, default=120, metavar="N",
+                   help="fresh twin frames for evaluation (default: 120)")
+    p.add_argument("--epochs", type=int, default=20, metavar="N", help="training epochs (default: 20)")
     p.add_argument("--threads", type=int, default=2, metavar="N", help="CPU threads for torch (default: 2)")
     p.add_argument("--unusual", default="lens_arc,comet,lobster_psf,ghost", metavar="LIST",
                    help="twin families taught as classes, comma-separated, or 'none' "
                         "(default: lens_arc,comet,lobster_psf,ghost)")
     p.add_argument("--views", type=int, choices=[1, 2], default=2,
                    help="1: the 32 px stamp alone; 2: the stamp and its binned 96 px context (default: 2)")
-    p.add_argument("--anomalies-per-frame", type=int, default=4, metavar="N",
-                   help="objects of each unusual family per 512x512 px of twin frame (default: 4)")
+    p.add_argument("--anomalies-per-frame", type=int, default=6, metavar="N",
+                   help="objects of each unusual family per 512x512 px of twin frame (default: 6)")
     p.add_argument("--deformed-oe", type=float, default=0.0, metavar="SHARE",
                    help="share of the outlier-exposure stamps made by deforming twin stars and galaxies "
                         "(engines/training/deform.py; the shipped engine: 0, blob shapes only) (default: 0)")
@@ -254,6 +254,10 @@ def _print_figures(ev: dict[str, Any]) -> None:
     near = ev["fp32"].get("near_anomaly", {})
     if near.get("n"):
         print(f"  near an anomaly, not made of its light: {near['n']} (flagged {_fmt(near['flagged_at_alpha'])})")
+    budget = ev["fp32"].get("budget")
+    if budget:
+        print(f"under one budget (alpha={budget['alpha']}): ordinary flagged {budget['ordinary_flagged']:.4f}; sent S/N>=20 "
+              + ", ".join(f"{k} {_fmt(v['recall'])} (>= {_fmt(v['wilson_low'])})" for k, v in budget["families"].items()))
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -66,6 +66,10 @@ ENTROPY_WEIGHTS: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
 ALPHA = 0.01
 #: the second false-flag level the evaluation reports (the conformal guarantee holds at every alpha)
 ALPHA_WIDE = 0.05
+#: the joint false-flag budget: ordinary candidates sent as unusual or unknown
+BUDGET = 0.01
+#: the alphas the budget's operating point is chosen from (largest that keeps the budget on held-out frames)
+BUDGET_ALPHAS = (0.01, 0.005, 0.003, 0.002, 0.001)
 #: what the unknown score's distance is measured to: the ordinary classes' Gaussians, or every class's
 UNKNOWN_DISTANCES = ("ordinary", "all")
 #: held-out outlier-exposure stamps that pick the entropy weight
@@ -80,8 +84,8 @@ class TrainSettings:
     frame_size_px: int = 512
     n_train_frames: int = 240
     n_calib_frames: int = 80
-    n_eval_frames: int = 80
-    epochs: int = 16
+    n_eval_frames: int = 120
+    epochs: int = 20
     batch_size: int = 256
     learning_rate: float = 3e-3
     weight_decay: float = 1e-4
@@ -101,13 +105,13 @@ class TrainSettings:
     #: frames render these families and no other
     unusual: tuple[str, ...] = UNUSUAL_CLASSES
     #: objects of each unusual family per 512 x 512 px of training, calibration and evaluation frame
-    anomalies_per_frame: int = 4
+    anomalies_per_frame: int = 6
     #: the unknown score's distance: to the nearest ordinary class ("ordinary") or any class ("all")
     unknown_distance: str = "ordinary"
     #: classes learned from labelled stamps alone (engines finetune), after the unusual ones
     labelled: tuple[str, ...] = ()
     spec: ModelSpec = field(default_factory=lambda: ModelSpec(n_classes=len(CLASSES) + len(UNUSUAL_CLASSES),
-                                                              views=2))
+                                                              widths=(24, 48, 96), views=2))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "unusual", tuple(self.unusual))
@@ -306,8 +310,16 @@ def fit_scoring(train_outputs: tuple[NDArray[Any], NDArray[Any]], train_labels: 
     probe = ScoringConstants(temperature, means, precision, weight, np.zeros(1), distance_classes)
     conformal = np.sort(score(calib_outputs[0][ordinary_b], calib_outputs[1][ordinary_b], probe).anomaly_score)
     constants = ScoringConstants(temperature, means, precision, weight, conformal, distance_classes)
+    # the budget's alpha, on the first half's ordinary candidates (independent of the conformal set):
+    # the largest whose joint false flags (unusual class or unknown) stay within 90 % of the budget
+    held = score(calib_outputs[0][ordinary_a], calib_outputs[1][ordinary_a], constants)
+    as_unusual = held.label_index >= len(CLASSES)
+    joint = {a: float((as_unusual | (held.anomaly_pvalue <= a)).mean()) for a in BUDGET_ALPHAS}
+    fits = [a for a in BUDGET_ALPHAS if joint[a] <= 0.9 * BUDGET]
     choice.update(temperature=temperature, entropy_weight=weight, n_conformal=int(conformal.size),
-                  unknown_distance=unknown_distance)
+                  unknown_distance=unknown_distance, budget=BUDGET,
+                  budget_alpha=max(fits) if fits else min(BUDGET_ALPHAS),
+                  budget_joint_heldout={str(a): v for a, v in joint.items()})
     return constants, choice
 
 
@@ -327,13 +339,15 @@ def _recall(hit: NDArray[np.bool_]) -> dict[str, Any]:
 
 
 def evaluate(outputs: tuple[NDArray[Any], NDArray[Any]], data: StampSet, constants: ScoringConstants,
-             alpha: float = ALPHA, classes: tuple[str, ...] = CLASSES) -> dict[str, Any]:
+             alpha: float = ALPHA, classes: tuple[str, ...] = CLASSES,
+             budget_alpha: float | None = None) -> dict[str, Any]:
     """The issue's figures on a labelled set (ordinary classes, unusual classes, anomaly families).
 
     ``data.labels`` are the plain labels (ordinary index or UNKNOWN); ``classes`` are the engine's.
     A detection is *flagged* when the engine calls it one of its unusual classes (triage's
     ``unusual``) or its p-value is at most ``alpha`` (``unknown``); ordinary candidates flagged
-    are the false flags of the joint budget.
+    are the false flags of the joint budget. With ``budget_alpha`` (the operating point
+    :func:`fit_scoring` chose for the joint budget) the same figures at that alpha are under ``budget``.
     """
     s = score(outputs[0], outputs[1], constants)
     n_ord = len(CLASSES)
@@ -370,6 +384,11 @@ def evaluate(outputs: tuple[NDArray[Any], NDArray[Any]], data: StampSet, constan
             "recall_snr10": float((s.label_index[sel] == c).mean()) if sel.any() else None,
         }
     neg = s.anomaly_score[ordinary]
+    budget: dict[str, Any] = {"families": {}}
+    if budget_alpha is not None:
+        budget.update(alpha=budget_alpha,
+                      ordinary_flagged=float((as_unusual | (s.anomaly_pvalue <= budget_alpha))[ordinary].mean()))
+        figures["budget"] = budget
     near = np.char.startswith(data.family.astype(str), NEAR_PREFIX)
     figures["near_anomaly"] = {"n": int(near.sum()),
                                "flagged_at_alpha": float(flagged[near].mean()) if near.any() else None}
@@ -377,6 +396,8 @@ def evaluate(outputs: tuple[NDArray[Any], NDArray[Any]], data: StampSet, constan
         sel = data.family == fam
         strong = sel & (data.snr >= 20.0)
         own = classes.index(fam) if fam in classes else None
+        if budget_alpha is not None:
+            budget["families"][fam] = _recall((as_unusual | (s.anomaly_pvalue <= budget_alpha))[strong])
         figures["families"][fam] = {
             "n": int(sel.sum()),
             "n_snr20": int(strong.sum()),
@@ -427,9 +448,10 @@ def _golden_indices(data: StampSet, rng: np.random.Generator) -> NDArray[np.int6
 
 def compare_precisions(reference: dict[str, Any], outputs: tuple[NDArray[Any], NDArray[Any]],
                        ref_outputs: tuple[NDArray[Any], NDArray[Any]], data: StampSet,
-                       constants: ScoringConstants, classes: tuple[str, ...] = CLASSES) -> dict[str, Any]:
+                       constants: ScoringConstants, classes: tuple[str, ...] = CLASSES,
+                       budget_alpha: float | None = None) -> dict[str, Any]:
     """Agreement of one precision with FP32 on an evaluation set: top-1, ECE and AUROC differences."""
-    figures = evaluate(outputs, data, constants, classes=classes)
+    figures = evaluate(outputs, data, constants, classes=classes, budget_alpha=budget_alpha)
     top = score(outputs[0], outputs[1], constants).label_index
     top_ref = score(ref_outputs[0], ref_outputs[1], constants).label_index
     figures["top1_agreement_vs_fp32"] = float((top == top_ref).mean())
@@ -441,17 +463,18 @@ def compare_precisions(reference: dict[str, Any], outputs: tuple[NDArray[Any], N
 
 
 def evaluate_precisions(run: Any, test: StampSet, constants: ScoringConstants,
-                        classes: tuple[str, ...] = CLASSES) -> dict[str, Any]:
+                        classes: tuple[str, ...] = CLASSES, budget_alpha: float | None = None) -> dict[str, Any]:
     """The evaluation of every precision on one labelled set, as the manifest stores it.
 
     ``run(precision, stamps)`` gives (logits, embedding) of that precision's model file; FP32 is
     the reference the others are compared with.
     """
     ref_outputs = run("fp32", test.stamps)
-    evaluation: dict[str, Any] = {"fp32": evaluate(ref_outputs, test, constants, classes=classes)}
+    evaluation: dict[str, Any] = {"fp32": evaluate(ref_outputs, test, constants, classes=classes,
+                                                   budget_alpha=budget_alpha)}
     for precision in ("fp16", "int8"):
         evaluation[precision] = compare_precisions(evaluation["fp32"], run(precision, test.stamps),
-                                                   ref_outputs, test, constants, classes)
+                                                   ref_outputs, test, constants, classes, budget_alpha)
     target = class_labels(test, classes)
     bright = (target != UNKNOWN) & (test.snr >= 10)
     evaluation["confusion_snr10_fp32"] = confusion(
@@ -615,7 +638,7 @@ def package_engine(out_dir: Any, model: Any, settings: TrainSettings, sets: Twin
                                     unknown_distance=settings.unknown_distance, conformal_pool=node_calibrated)
     step_done()
     test = sets.test
-    evaluation = evaluate_precisions(run, test, constants, classes)
+    evaluation = evaluate_precisions(run, test, constants, classes, choice["budget_alpha"])
     evaluation["scoring_fit"] = choice
     if extra_evaluation:
         evaluation.update(extra_evaluation)
@@ -795,14 +818,21 @@ def write_model_card(out_dir: Any, m: Any) -> None:
     st = tr["settings"]
     spec = st["spec"]
     sizes = tr.get("dataset_sizes", {})
+    ordinary = [c for c in m.classes if c in CLASSES]
+    taught = [c for c in m.classes if c not in CLASSES]
+    n_views = spec.get("views", 1)
+    view_text = ("a 32x32 sharp view and a 96 px context view binned 3x3 to 32x32, each with its image "
+                 "and mask channel" if n_views == 2 else "32x32 two-channel stamps (S/N-normalised image, mask)")
     lines = [
         f"# {m.name} {m.version}: stamp classifier with calibrated uncertainty",
         "",
-        "Classifies 32x32 two-channel stamps (S/N-normalised image, mask; "
-        f"normalisation `{m.normalisation}`) into {', '.join(m.classes)}, with a {m.ensemble_size}-member "
-        f"ensemble ({spec['design']} design, widths {spec['widths']}, {tr.get('parameters')} parameters), and "
-        "scores how unusual each stamp is (Mahalanobis distance in the embedding plus predictive entropy, "
-        "turned into a split-conformal p-value).",
+        f"Classifies {view_text} (normalisation `{m.normalisation}`) into the ordinary classes "
+        f"{', '.join(ordinary)}"
+        + (f" and the unusual classes {', '.join(taught)}" if taught else "")
+        + f", with a {m.ensemble_size}-member ensemble ({spec['design']} design, widths {spec['widths']}, "
+        f"{tr.get('parameters')} parameters), and scores how unlike every ordinary class each stamp is "
+        "(the unknown score: Mahalanobis distance in the embedding plus predictive entropy, turned into a "
+        "split-conformal p-value).",
         "",
         "## How it was made",
         "",
@@ -811,35 +841,60 @@ def write_model_card(out_dir: Any, m: Any) -> None:
         f"- data: twin frames of {st['frame_size_px']}x{st['frame_size_px']} px, detected with edge.detect and cut "
         "with engines.stamps exactly as the node does, labelled by truth matching (an anomaly's candidates are "
         "those made mostly of its light); "
-        f"training {sizes.get('train')} stamps ({st['n_train_frames']} frames), held-out calibration "
+        + (f"training and calibration frames render {st.get('anomalies_per_frame')} objects of each unusual "
+           f"class per 512x512 px; " if taught else "")
+        + f"training {sizes.get('train')} stamps ({st['n_train_frames']} frames), held-out calibration "
         f"{sizes.get('calibration')} ({st['n_calib_frames']} frames), evaluation {sizes.get('evaluation')} "
         f"({st['n_eval_frames']} frames with every anomaly family, seed never used in training), outlier "
         f"exposure {sizes.get('outlier_exposure')} generic multi-blob stamps (none of the anomaly families)",
         f"- training stamps per class: {sizes.get('train_per_class')}",
         f"- scoring: temperature {m.scoring.temperature:.3f}, entropy weight {m.scoring.entropy_weight} "
-        f"(chosen on held-out outlier-exposure stamps), {len(m.scoring.conformal_scores)} conformal scores",
+        f"(chosen on held-out outlier-exposure stamps), distance to "
+        f"{'the ordinary classes' if m.scoring.distance_classes else 'every class'}, "
+        f"{len(m.scoring.conformal_scores)} conformal scores (ordinary candidates of held-out frames)",
         "",
-        "## Evaluation on a fresh twin set",
+        "## Evaluation on a fresh twin set" + (f" (seed {ev['evaluation_seed']})" if "evaluation_seed" in ev else ""),
         "",
-        "| precision | accuracy S/N>=10 | ECE S/N>=10 | flagged ordinary at alpha=0.01 | top-1 agreement vs FP32 |",
-        "|---|---|---|---|---|",
+        "Ordinary candidates: accuracy and ECE at S/N >= 10; flagged: the share sent as unknown at "
+        "alpha = 0.01 and 0.05, called an unusual class, or either (the joint false flags at alpha = 0.01).",
+        "",
+        "| precision | accuracy S/N>=10 | ECE S/N>=10 | unknown at 0.01 | unknown at 0.05 | as unusual | joint | "
+        "top-1 agreement vs FP32 |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for p in ("fp32", "fp16", "int8"):
         e = ev.get(p)
         if e:
             lines.append(f"| {p} | {_fmt(e['accuracy_snr10'], 4)} | {_fmt(e['ece_snr10'], 4)} | "
-                         f"{_fmt(e['flagged_ordinary_at_alpha'], 4)} | {_fmt(e.get('top1_agreement_vs_fp32', 1.0), 4)} |")
-    lines += ["", "Anomaly families (score: distance + entropy; recall at alpha = 0.01, S/N >= 20):", "",
-              "| family | n | AUROC fp32 | AUROC int8 | recall fp32 | recall int8 |", "|---|---|---|---|---|---|"]
+                         f"{_fmt(e['flagged_ordinary_at_alpha'], 4)} | {_fmt(e.get('flagged_ordinary_at_alpha_wide'), 4)} | "
+                         f"{_fmt(e.get('ordinary_as_unusual'), 4)} | {_fmt(e.get('ordinary_flagged_joint'), 4)} | "
+                         f"{_fmt(e.get('top1_agreement_vs_fp32', 1.0), 4)} |")
+    b = ev["fp32"].get("budget")
+    if b:
+        lines += ["", f"Under one budget of {ev.get('scoring_fit', {}).get('budget', BUDGET):.0%} false flags "
+                  f"(alpha = {b['alpha']}, chosen on held-out frames): ordinary candidates flagged "
+                  f"{_fmt(b['ordinary_flagged'], 4)}; families sent at S/N >= 20: "
+                  + ", ".join(f"{k} {v['recall']:.3f} (>= {v['wilson_low']:.3f})" for k, v in b["families"].items()
+                              if v.get("recall") is not None) + "."]
+    lines += ["", "Anomaly families at S/N >= 20 (FP32; recall with its 95 % Wilson lower bound): as their own "
+              "class, by the unknown score alone at alpha = 0.01, and sent (either); AUROC of the unknown score "
+              "against every ordinary candidate, FP32 and INT8:", "",
+              "| family | taught | n | own class | unknown | sent | AUROC fp32 | AUROC int8 |",
+              "|---|---|---|---|---|---|---|---|"]
+
+    def rec(r: Any) -> str:
+        return "n/a" if not r or r.get("recall") is None else f"{r['recall']:.3f} ({r['wilson_low']:.3f})"
+
     for fam, f in ev["fp32"]["families"].items():
         q = ev.get("int8", {}).get("families", {}).get(fam, {})
-        lines.append(f"| {fam} | {f['n']} | {_fmt(f['auroc'], 4)} | {_fmt(q.get('auroc'), 4)} | "
-                     f"{_fmt(f['recall_snr20_at_alpha'])} | {_fmt(q.get('recall_snr20_at_alpha'))} |")
+        lines.append(f"| {fam} | {'yes' if f.get('taught') else 'no'} | {f.get('n_snr20', f['n'])} | "
+                     f"{rec(f.get('own_class_snr20'))} | {rec(f.get('unknown_snr20'))} | {rec(f.get('flagged_snr20'))} | "
+                     f"{_fmt(f['auroc'], 4)} | {_fmt(q.get('auroc'), 4)} |")
     near = ev["fp32"].get("near_anomaly")
     if near and near.get("n"):
         lines += ["", f"Candidates within an anomaly's reach but not made of its light (a star on a ghost's donut, "
                   f"a galaxy beside an arc): {near['n']}, counted neither as finds nor as ordinary detections; "
-                  f"{_fmt(near['flagged_at_alpha'])} of them are flagged at alpha = 0.01."]
+                  f"{_fmt(near['flagged_at_alpha'])} of them are flagged (unusual or unknown at alpha = 0.01)."]
     lines += ["", "Per class (FP32, S/N >= 10):", "", "| class | n | recall |", "|---|---|---|"]
     for c, f in ev["fp32"]["per_class"].items():
         lines.append(f"| {c} | {f['n_snr10']} | {_fmt(f['recall_snr10'])} |")
@@ -849,8 +904,11 @@ def write_model_card(out_dir: Any, m: Any) -> None:
         for c, row in zip(m.classes, ev["confusion_snr10_fp32"], strict=True):
             lines.append(f"| {c} | " + " | ".join(str(v) for v in row) + " |")
     if "finetune" in ev:
+        new_classes = ev["finetune"].get("new_classes") or []
         lines += ["", "## Fine-tuning", "", f"Fine-tuned from `{ev['finetune'].get('from')}` on "
-                  f"`{ev['finetune'].get('labels')}`; held-out labelled stamps: "
+                  f"`{ev['finetune'].get('labels')}`"
+                  + (f", which taught the new classes {', '.join(new_classes)}" if new_classes else "")
+                  + "; held-out labelled stamps: "
                   f"accuracy {_fmt(ev['finetune'].get('heldout_accuracy'), 4)}, "
                   f"ECE {_fmt(ev['finetune'].get('heldout_ece'), 4)} (n = {ev['finetune'].get('heldout_n')})."]
     real = ev.get("real_data")
@@ -865,6 +923,9 @@ def write_model_card(out_dir: Any, m: Any) -> None:
     lines += ["", "## Limits", "",
               "- Trained on the digital twin only; real detectors differ in PSF, noise and artefacts, and the "
               "real-frame table above is the honest measure of that gap.",
+              "- The unusual classes are the twin's renderings of those phenomena; an object the twin never rendered "
+              "can only be caught by the unknown score, whose leave-one-family-out figures are in docs/engines.md "
+              "(bench/leave_one_out.py). Close doubles are not a class: the node measures multiplicity (edge.blend).",
               "- Hot pixels are only seen where calibration leaves them unmasked; most single hot pixels fall below "
               "the detector's minimum area and never reach the engine.",
               "- The conformal p-value is valid for detections drawn like the held-out twin set; on another "

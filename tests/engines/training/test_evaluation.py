@@ -35,7 +35,7 @@ def test_reevaluate_writes_new_figures_and_keeps_the_engine(tmp_path: Path) -> N
     assert after.training["dataset_sizes"]["evaluation"] < before.training["dataset_sizes"]["evaluation"]
     card = (folder / "MODEL_CARD.md").read_text()
     for fam, f in after.evaluation["fp32"]["families"].items():
-        assert f"| {fam} | {f['n']} |" in card
+        assert f"| {fam} | {'yes' if f['taught'] else 'no'} | {f['n_snr20']} |" in card
 
 
 def test_evaluate_command_prints_figures_without_writing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
