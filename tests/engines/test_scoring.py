@@ -213,3 +213,21 @@ def test_fit_class_gaussians_refuses_a_class_without_samples(rng: np.random.Gene
     """Fitting with a class absent from the labels says which class is missing."""
     with pytest.raises(EngineError, match=r"\[2\]"):
         fit_class_gaussians(rng.normal(size=(30, 3)), np.arange(30) % 2, 3)
+
+
+def test_the_unknown_distance_can_ignore_the_unusual_classes(rng: np.random.Generator) -> None:
+    """With distance_classes the distance is to the first classes' Gaussians only: an embedding on an
+    unusual class's mean is far from every ordinary one; the choice survives the manifest round trip."""
+    from engines.scoring import ScoringConstants, score
+
+    means = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    logits = rng.normal(size=(1, 2, 3))
+    on_third = np.array([[0.0, 10.0]])
+    every = ScoringConstants(1.0, means, np.eye(2), 0.0, np.array([0.0, 1.0]))
+    ordinary = ScoringConstants(1.0, means, np.eye(2), 0.0, np.array([0.0, 1.0]), distance_classes=2)
+    assert score(logits, on_third, every).distance[0] == pytest.approx(0.0)
+    assert score(logits, on_third, ordinary).distance[0] == pytest.approx(100.0 / 2)
+    assert ScoringConstants.from_dict(ordinary.to_dict()).distance_classes == 2
+    assert "distance_classes" not in every.to_dict()
+    with pytest.raises(EngineIntegrityError, match="distance_classes"):
+        ScoringConstants(1.0, means, np.eye(2), 0.0, np.array([0.0]), distance_classes=4)

@@ -11,7 +11,7 @@ from edge.errors import ConfigError
 from edge.node.assemble import default_engine_dir
 from engines.manifest import load_manifest
 from engines.training.dataset import CLASSES, UNKNOWN, twin_stamp_set
-from engines.training.finetune import finetune_engine, read_labels
+from engines.training.finetune import finetune_engine, grow_heads, read_labels
 from engines.training.train import WEIGHTS_FILE, training_twin_config
 
 #: the shipped engine (what --model defaults to)
@@ -30,6 +30,32 @@ def test_labels_file_problems_are_named(tmp_path: Path) -> None:
         read_labels(bad_name, CLASSES)
     with pytest.raises(ConfigError, match="npz"):
         read_labels(tmp_path / "missing.npz", CLASSES)
+    # a name the engine does not have is a new class only where that is allowed, and only a lowercase word
+    stamps, names = read_labels(bad_name, CLASSES, allow_new=True)
+    assert names[-1] == "quasar" and stamps.shape == (20, 2, 32, 32)
+    np.savez(bad_name, stamps=np.zeros((20, 2, 32, 32), np.float32), label=np.array(["star"] * 19 + ["Quasar!"]))
+    with pytest.raises(ConfigError, match="lowercase"):
+        read_labels(bad_name, CLASSES, allow_new=True)
+    with pytest.raises(ConfigError, match=r"\(n, 4, 32, 32\)"):
+        read_labels(bad_shape, CLASSES, channels=4)
+
+
+def test_growing_the_heads_keeps_every_trained_output_and_starts_the_new_class_unlikely() -> None:
+    """A new class adds one output to each member's classifier layer; the old outputs are unchanged
+    and the new one starts below every trained class for any input."""
+    import torch
+
+    from engines.training.model import ModelSpec, StampEnsemble
+
+    spec = ModelSpec(n_classes=7, widths=(4, 8, 8), head_hidden=8, views=2)
+    old = StampEnsemble(spec).eval()
+    new = StampEnsemble(ModelSpec(**{**spec.to_dict(), "widths": (4, 8, 8), "n_classes": 8})).eval()
+    new.load_state_dict(grow_heads(old.state_dict(), 1))
+    x = torch.randn(16, 4, 32, 32)
+    with torch.no_grad():
+        (lo_old, em_old), (lo_new, em_new) = old(x), new(x)
+    assert torch.allclose(lo_new[..., :7], lo_old) and torch.allclose(em_new, em_old)
+    assert (lo_new[..., 7] < lo_old.min(dim=-1).values).all()
 
 
 @pytest.mark.slow
@@ -61,3 +87,35 @@ def test_finetune_command_with_a_missing_labels_file_exits_2(tmp_path: Path, cap
                  "--labels", str(tmp_path / "none.npz"), "--out", str(tmp_path / "ft")])
     assert code == 2
     assert "none.npz" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_finetune_adds_a_class_the_engine_does_not_have(tmp_path: Path) -> None:
+    """Ground labels of a class the shipped engine lacks (close doubles, called "double" here) give
+    an engine with that class added after all the old ones, a verified folder that the runtime
+    loads, and held-out figures."""
+    from dataclasses import replace
+
+    from engines.runtime import load_engine
+    from engines.training.dataset import class_labels
+
+    old = load_manifest(DEFAULT_MODEL_DIR)
+    config = replace(training_twin_config(512, anomalies=("close_double",)), n_anomalies_per_family=16)
+    data = twin_stamp_set(config, 4, seed=515151, recipe=old.normalisation)
+    doubles = data.select((data.family == "close_double") & (data.snr >= 10))
+    ordinary = data.select(class_labels(data, old.classes) >= 0)
+    assert len(doubles) >= 20
+    stamps = np.concatenate([doubles.stamps, ordinary.stamps[:60]])
+    names = np.array(["double"] * len(doubles) + [old.classes[i] for i in ordinary.labels[:60]])
+    labels = tmp_path / "labels.npz"
+    np.savez_compressed(labels, stamps=stamps, label=names)
+    new = finetune_engine(DEFAULT_MODEL_DIR, labels, tmp_path / "ft", epochs=1, threads=1,
+                          replay_frames=12, eval_frames=3)
+    assert tuple(new.classes) == tuple(old.classes) + ("double",)
+    assert new.evaluation["finetune"]["new_classes"] == ["double"]
+    assert new.training["finetuned_from"]["new_classes"] == ["double"]
+    assert new.scoring.n_classes == len(new.classes)
+    with load_engine(tmp_path / "ft", backend="onnxruntime", precision="int8") as engine:
+        logits, _ = engine.infer(doubles.stamps)
+    assert logits.shape[-1] == len(new.classes)
+    assert new.evaluation["finetune"]["heldout_accuracy"] > 0.6

@@ -46,3 +46,22 @@ def test_unknown_design_is_refused() -> None:
     """A design name outside the two measured ones is a clear error."""
     with pytest.raises(ValueError, match="design"):
         ModelSpec(design="mixture")
+
+
+@pytest.mark.parametrize("design", ["shared", "independent"])
+def test_two_views_read_the_stamp_and_its_context(design: str, rng: np.random.Generator) -> None:
+    """With views = 2 the model reads four channels; changing only the context channels changes
+    its outputs; a four-channel stamp is refused by a one-view model and vice versa."""
+    torch.manual_seed(1)
+    spec = ModelSpec(n_classes=10, n_members=3, design=design, widths=(4, 8, 8), head_hidden=8, views=2)
+    model = StampEnsemble(spec).eval()
+    stamps = torch.from_numpy(rng.normal(size=(5, 4, 32, 32)).astype(np.float32))
+    logits, embedding = model(stamps)
+    assert logits.shape == (5, 3, 10) and embedding.shape == (5, spec.embedding_dim) == (5, 2 * 20)
+    other = stamps.clone()
+    other[:, 2:] = 0.0
+    assert (model(other)[0] - logits).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="2 view"):
+        model(stamps[:, :2])
+    with pytest.raises(ValueError, match="1 view"):
+        StampEnsemble(ModelSpec(widths=(4, 8, 8), head_hidden=8)).eval()(stamps)
