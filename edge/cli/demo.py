@@ -5,12 +5,10 @@ twin are imported inside the handlers, so ``astro-edge --help`` stays fast.
 The node demo: a ground station, a node (the shipped engine, an embedded config) and a DAQ
 streaming twin frames with every anomaly family and transients, all over tcp://127.0.0.1
 (``edge.testing``); then a scoreboard: frames/s, latency, bytes in versus bytes sent down, recall
-of each anomaly family and of transients at the ground, ordinary detections sent, drops, records lost.
+of each anomaly family and of transients at the ground, close doubles measured as blends,
+ordinary detections sent, drops, records lost.
 
-The protocol-only demo: a ``FrameSender`` in a thread streams twin frames (synthetic star fields
-without the twin) to a ``FrameReceiver`` on 127.0.0.1, with a corrupted frame and a skipped
-sequence number injected, so the output shows rejections and gaps being caught. It must stay
-fast (well under a minute by default) and must not touch files.
+The protocol-only demo is ``edge.cli.protocol_demo``.
 """
 
 from __future__ import annotations
@@ -20,7 +18,6 @@ import dataclasses
 import json
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -71,6 +68,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.protocol_only:
         args.n = 12 if args.n is None else args.n
         args.seed = 1 if args.seed is None else args.seed
+        from edge.cli.protocol_demo import run_protocol_demo
+
         return run_protocol_demo(args)
     return run_node_demo(args)
 
@@ -224,7 +223,8 @@ def scoreboard(truth: Any, records: list[dict[str, Any]], summaries: Any, status
                                np.asarray(truth["family"]).astype(str)[rows], records,
                                radius_px=radius_px, truth_size_px=size[rows])
 
-    bright_score = score(np.flatnonzero(special & (np.asarray(truth["snr_expected"], float) >= SNR_FOR_RECALL)))
+    bright = special & (np.asarray(truth["snr_expected"], float) >= SNR_FOR_RECALL)
+    bright_score = score(np.flatnonzero(bright))
     special_score = score(np.flatnonzero(special))
     n_special_sent = special_score["n_matched"]
     counters = status["counters"]
@@ -254,6 +254,8 @@ def scoreboard(truth: Any, records: list[dict[str, Any]], summaries: Any, status
         "summaries_at_ground": len(summaries),
         "recall_snr20_by_family": {k: v["recall"] for k, v in bright_score["recall_by_family"].items()},
         "recall_snr20_detail": bright_score["recall_by_family"],
+        "close_double_blends": _blends(truth, np.flatnonzero(bright & (np.asarray(truth["family"]).astype(str)
+                                                                       == "close_double")), records, radius_px),
         "ordinary_detections": ordinary_detections,
         "ordinary_sent": ordinary_sent,
         "ordinary_sent_fraction": ordinary_sent / ordinary_detections if ordinary_detections else None,
@@ -263,6 +265,23 @@ def scoreboard(truth: Any, records: list[dict[str, Any]], summaries: Any, status
         "frames_received": counters["frames_received"],
         "ground": ground,
     }
+
+
+def _blends(truth: Any, rows: Any, records: list[dict[str, Any]], radius_px: float) -> dict[str, int]:
+    """Close doubles (truth rows) with a record within ``radius_px`` at the ground, and of those the
+    ones whose multiplicity fit calls them two sources (``edge.blend``)."""
+    from edge.blend import LR_MIN
+
+    by_frame: dict[int, list[dict[str, Any]]] = {}
+    for r in records:
+        by_frame.setdefault(int(r["frame"]), []).append(r)
+    sent = blends = 0
+    for i in rows:
+        near = [r for r in by_frame.get(int(truth["frame"][i]), [])
+                if np.hypot(float(r["x"]) - float(truth["x"][i]), float(r["y"]) - float(truth["y"][i])) <= radius_px]
+        sent += bool(near)
+        blends += any((r.get("blend_lr") or 0.0) >= LR_MIN for r in near)
+    return {"n_truth": len(rows), "n_sent": sent, "n_blend": blends}
 
 
 def print_scoreboard(board: dict[str, Any], out: Any = None) -> None:
@@ -281,6 +300,9 @@ def print_scoreboard(board: dict[str, Any], out: Any = None) -> None:
           f"reduction {fmt(board['reduction'], '.0f')}x", file=out)
     for fam, rec in sorted(board["recall_snr20_detail"].items()):
         print(f"  recall S/N>=20    {fam:<14} {rec['n_sent']}/{rec['n_truth']} = {fmt(rec['recall'])}", file=out)
+    cd = board["close_double_blends"]
+    print(f"  close doubles     {cd['n_sent']}/{cd['n_truth']} at the ground, {cd['n_blend']} of them measured as "
+          "two sources (blends are measured, not sent for being blends)", file=out)
     print(f"  ordinary sent     {board['ordinary_sent']}/{board['ordinary_detections']} = "
           f"{fmt(board['ordinary_sent_fraction'])}", file=out)
     print(f"  drops             {board['drops']['frames_dropped']} frames dropped, "
@@ -290,111 +312,3 @@ def print_scoreboard(board: dict[str, Any], out: Any = None) -> None:
     if board.get("rig", {}).get("rig_error"):
         print(f"  rig failed        {board['rig']['rig_error']}", file=out)
     print(f"  output            {board['out_dir']}", file=out)
-
-
-# --- the protocol-only demo ------------------------------------------------------------------
-
-def _protocol_frames(n: int, size: int, seed: int, synthetic: bool) -> tuple[str, Iterator[Any]]:
-    """The frame source's name and an iterator of FrameSource objects."""
-    from edge.testing import synthetic_frames
-    from firmware_bridge.rig import twin_frames
-
-    if not synthetic:
-        try:
-            import twin
-
-            if hasattr(twin, "simulate_frame"):
-                return "twin", twin_frames(n, size_px=size, seed=seed)
-        except ImportError:
-            pass
-    return "synthetic", synthetic_frames(n, size_px=size, seed=seed)
-
-
-def run_protocol_demo(args: argparse.Namespace) -> int:
-    """Run the protocol-only demo and print its report; exit code 0 when every good frame arrived intact."""
-    import zmq
-
-    from edge.errors import ConfigError
-    from firmware_bridge import Frame, FrameReceiver, FrameSender, SeriesEnd
-    from firmware_bridge.protocol import encode_frame
-
-    if args.n < 1 or not 16 <= args.size <= 8192:
-        raise ConfigError("--n must be >= 1 and --size in [16, 8192]")
-    source, frames = _protocol_frames(args.n, args.size, args.seed, args.synthetic)
-    faults = not args.no_faults and args.n >= 3
-    ctx = zmq.Context()
-    rx = FrameReceiver("tcp://127.0.0.1:*", rcvhwm=8, context=ctx)
-    print(f"demo: receiver bound at {rx.endpoint}; sending {args.n} {source} frames of "
-          f"{args.size}x{args.size} uint16, compression {args.compression}"
-          + ("; injecting 1 corrupted frame and 1 skipped seq" if faults else ""))
-    sent: dict[int, bytes] = {}
-    errors: list[BaseException] = []
-
-    def daq() -> None:
-        # not edge.testing's LoopbackDaq: this DAQ misbehaves on purpose, frame by frame
-        try:
-            with FrameSender(rx.endpoint, detector_id="demo-cam", sndhwm=8, send_timeout_ms=30_000,
-                             compression=args.compression, context=ctx) as tx:
-                tx.start_series(1, expected_frames=args.n)
-                for seq, f in enumerate(frames):
-                    if faults and seq == 1:  # lost on the way: the node must see a gap
-                        continue
-                    if faults and seq == 2:  # a bit flip in transit: the node must reject it
-                        parts = encode_frame(f.pixels, detector_id="demo-cam", series_id=1,
-                                             seq=seq, start_utc=f.start_utc,
-                                             exposure_s=f.exposure_s)
-                        payload = bytearray(parts[1])
-                        payload[len(payload) // 2] ^= 0x10
-                        tx.send_parts([parts[0], bytes(payload)])
-                        continue
-                    sent[seq] = f.pixels.tobytes()
-                    tx.send_frame(f.pixels, seq=seq, start_utc=f.start_utc,
-                                  exposure_s=f.exposure_s, wcs=f.wcs, keywords=f.keywords)
-                tx.end_series()
-                tx.close(linger_ms=10_000)
-        except BaseException as exc:  # noqa: BLE001 - reported by the main thread, which owns the exit code
-            errors.append(exc)
-
-    t0 = time.perf_counter()
-    thread = threading.Thread(target=daq, name="demo-daq", daemon=True)
-    thread.start()
-    intact = 0
-    t_first = t_last = None
-    try:
-        while True:
-            msg = rx.recv(timeout_ms=60_000)
-            if msg is None:
-                print("demo: nothing arrived for 60 s; giving up")
-                break
-            if isinstance(msg, Frame):
-                now = time.perf_counter()
-                t_first = t_first or now
-                t_last = now
-                h = msg.header
-                ok = sent.get(h.seq) == msg.pixels.tobytes()
-                intact += ok
-                print(f"  frame seq={h.seq:<3d} {h.shape[1]}x{h.shape[0]} {h.dtype} "
-                      f"{h.payload_nbytes / 2**20:6.2f} MiB on the wire  "
-                      f"median {float(np.median(msg.pixels[::8, ::8])):7.1f} ADU  "
-                      f"{'bit-exact' if ok else 'DIFFERS'}")
-            elif isinstance(msg, SeriesEnd):
-                print(f"  series end: DAQ says {msg.frames_sent} sent, {msg.frames_dropped} dropped")
-                break
-    finally:
-        thread.join(30)
-        rx.close()
-        if not thread.is_alive():  # a stuck DAQ thread still owns a socket; term() would wait on it
-            ctx.term()
-    if errors:
-        raise errors[0]
-    c = rx.counters
-    elapsed = time.perf_counter() - t0
-    span = (t_last - t_first) if (t_first and t_last and t_last > t_first) else None
-    rate = f"{(c.frames - 1) / span:.1f} frames/s" if span else "n/a"
-    print(f"demo: received {c.received} messages ({c.frames} frames, "
-          f"{c.bytes_received / 1e6:.1f} MB) in {elapsed:.1f} s; arrival rate {rate} (paced by how fast the DAQ thread makes frames)")
-    reasons = f" {dict(c.rejected_by_reason)}" if c.rejected_by_reason else ""
-    print(f"demo: accepted {c.accepted}, rejected {c.rejected}{reasons}, gaps {c.gaps} "
-          f"(missing {', '.join(f'{g.first_missing}-{g.last_missing}' for g in rx.gaps) or 'none'})")
-    print(f"demo: {intact} of {len(sent)} good frames arrived bit-exact")
-    return 0 if intact == len(sent) else 1

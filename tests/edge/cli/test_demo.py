@@ -65,3 +65,6 @@ def test_node_demo_delivers_every_record_and_prints_its_scoreboard(tmp_path: Pat
     out = capsys.readouterr().out
     assert out.startswith("astro-edge demo: scoreboard\n  frames            2/2 processed")
     assert f"records           {board['records_spooled']} spooled" in out and f"output            {tmp_path}" in out
+    cd = board["close_double_blends"]
+    assert cd["n_blend"] <= cd["n_sent"] <= cd["n_truth"]
+    assert f"close doubles     {cd['n_sent']}/{cd['n_truth']} at the ground" in out
