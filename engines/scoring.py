@@ -57,6 +57,9 @@ class ScoringConstants:
     #: the distance is to the nearest of the first ``distance_classes`` class Gaussians (the
     #: ordinary classes of an engine that also has unusual ones); None: to every class
     distance_classes: int | None = None
+    #: weight of the "not ordinary" term ``-log(1 - p_unusual)``, p_unusual being the summed
+    #: probability of the classes after the first ``distance_classes`` (0: no such term)
+    unusual_weight: float = 0.0
 
     def __post_init__(self) -> None:
         means = np.asarray(self.class_means, dtype=np.float64)
@@ -67,6 +70,10 @@ class ScoringConstants:
             problems.append(f"temperature must be finite and > 0, got {self.temperature!r}")
         if not np.isfinite(self.entropy_weight) or self.entropy_weight < 0:
             problems.append(f"entropy_weight must be finite and >= 0, got {self.entropy_weight!r}")
+        if not np.isfinite(self.unusual_weight) or self.unusual_weight < 0:
+            problems.append(f"unusual_weight must be finite and >= 0, got {self.unusual_weight!r}")
+        elif self.unusual_weight > 0 and self.distance_classes is None:
+            problems.append("unusual_weight needs distance_classes (which classes are ordinary)")
         if means.ndim != 2 or means.shape[0] < 1 or means.shape[1] < 1:
             problems.append(f"class_means must have shape (C, D), got {means.shape}")
         elif prec.shape != (means.shape[1], means.shape[1]):
@@ -85,6 +92,7 @@ class ScoringConstants:
                                        where="scoring")
         object.__setattr__(self, "temperature", float(self.temperature))
         object.__setattr__(self, "entropy_weight", float(self.entropy_weight))
+        object.__setattr__(self, "unusual_weight", float(self.unusual_weight))
         object.__setattr__(self, "class_means", means)
         object.__setattr__(self, "precision", prec)
         object.__setattr__(self, "conformal_scores", conf)
@@ -106,6 +114,7 @@ class ScoringConstants:
             "entropy_weight": self.entropy_weight,
             "conformal_scores": self.conformal_scores.tolist(),
             **({} if self.distance_classes is None else {"distance_classes": self.distance_classes}),
+            **({} if not self.unusual_weight else {"unusual_weight": self.unusual_weight}),
         }
 
     @classmethod
@@ -125,7 +134,8 @@ class ScoringConstants:
                        precision=np.asarray(data["precision"], dtype=np.float64),
                        entropy_weight=float(data["entropy_weight"]),
                        conformal_scores=np.asarray(data["conformal_scores"], dtype=np.float64),
-                       distance_classes=data.get("distance_classes"))
+                       distance_classes=data.get("distance_classes"),
+                       unusual_weight=float(data.get("unusual_weight", 0.0)))
         except (TypeError, ValueError) as exc:
             raise EngineIntegrityError(f"scoring constants are not numeric arrays: {exc}",
                                        where="scoring") from exc
@@ -223,6 +233,10 @@ def score(logits: NDArray[Any], embedding: NDArray[Any], constants: ScoringConst
     distance = mahalanobis_distance(embedding, constants.class_means[:constants.distance_classes],
                                     constants.precision)
     anomaly = distance + constants.entropy_weight * entropy
+    if constants.unusual_weight and constants.distance_classes is not None:
+        # how surely the detection is none of the ordinary classes
+        p_unusual = probs[:, constants.distance_classes:].sum(axis=1)
+        anomaly = anomaly - constants.unusual_weight * np.log(np.maximum(1.0 - p_unusual, 1e-12))
     return Scores(
         probs=probs,
         label_index=probs.argmax(axis=1).astype(np.int64),

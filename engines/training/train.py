@@ -63,6 +63,8 @@ __all__ = [
 
 #: candidate entropy weights of the anomaly score; the fit keeps the best on held-out data
 ENTROPY_WEIGHTS: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
+#: candidate weights of the "not ordinary" term (engines with unusual classes); picked with the entropy weight
+UNUSUAL_WEIGHTS: tuple[float, ...] = (0.0, 1.0, 3.0, 10.0)
 ALPHA = 0.01
 #: the second false-flag level the evaluation reports (the conformal guarantee holds at every alpha)
 ALPHA_WIDE = 0.05
@@ -295,28 +297,36 @@ def fit_scoring(train_outputs: tuple[NDArray[Any], NDArray[Any]], train_labels: 
     ordinary_a = half_a[calib_labels[half_a] < len(CLASSES)]
     pool = np.ones(len(calib_labels), bool) if conformal_pool is None else conformal_pool
     ordinary_b = half_b[(calib_labels[half_b] < len(CLASSES)) & pool[half_b]]
-    choice: dict[str, Any] = {"entropy_weights": {}}
-    best: tuple[float, float, float] | None = None
-    for w in ENTROPY_WEIGHTS:
-        probe = ScoringConstants(temperature, means, precision, w, np.zeros(1), distance_classes)
-        neg = score(calib_outputs[0][ordinary_a], calib_outputs[1][ordinary_a], probe).anomaly_score
-        pos = score(oe_outputs[0], oe_outputs[1], probe).anomaly_score
-        recall, area = _recall_at(neg, pos, ALPHA), auroc(neg, pos)
-        choice["entropy_weights"][str(w)] = {"oe_recall_at_1pct": recall, "oe_auroc": area}
-        if best is None or (recall, area) > (best[1], best[2]):
-            best = (w, recall, area)
-    assert best is not None
-    weight = best[0]
-    probe = ScoringConstants(temperature, means, precision, weight, np.zeros(1), distance_classes)
+    choice: dict[str, Any] = {"weights": {}}
+    # per unusual weight, the entropy weight with the best (recall, AUROC) on the outlier stamps
+    best: dict[float, tuple[float, float, float]] = {}
+    unusual_weights = UNUSUAL_WEIGHTS if distance_classes is not None and n_classes > len(CLASSES) else (0.0,)
+    for wu in unusual_weights:
+        for w in ENTROPY_WEIGHTS:
+            probe = ScoringConstants(temperature, means, precision, w, np.zeros(1), distance_classes, wu)
+            neg = score(calib_outputs[0][ordinary_a], calib_outputs[1][ordinary_a], probe).anomaly_score
+            pos = score(oe_outputs[0], oe_outputs[1], probe).anomaly_score
+            recall, area = _recall_at(neg, pos, ALPHA), auroc(neg, pos)
+            choice["weights"][f"entropy {w}, unusual {wu}"] = {"oe_recall_at_1pct": recall, "oe_auroc": area}
+            if wu not in best or (recall, area) > best[wu][1:]:
+                best[wu] = (w, recall, area)
+    # generic blobs are easy: many weights catch them all, so they cannot rank the "not ordinary"
+    # term the taught unusual classes give; take the largest unusual weight that still catches the
+    # blobs within 0.01 of the best recall
+    top = max(r for _, r, _ in best.values())
+    unusual_weight = max(wu for wu, (_, r, _) in best.items() if r >= top - 0.01)
+    weight = best[unusual_weight][0]
+    probe = ScoringConstants(temperature, means, precision, weight, np.zeros(1), distance_classes, unusual_weight)
     conformal = np.sort(score(calib_outputs[0][ordinary_b], calib_outputs[1][ordinary_b], probe).anomaly_score)
-    constants = ScoringConstants(temperature, means, precision, weight, conformal, distance_classes)
+    constants = ScoringConstants(temperature, means, precision, weight, conformal, distance_classes, unusual_weight)
     # the budget's alpha, on the first half's ordinary candidates (independent of the conformal set):
     # the largest whose joint false flags (unusual class or unknown) stay within 90 % of the budget
     held = score(calib_outputs[0][ordinary_a], calib_outputs[1][ordinary_a], constants)
     as_unusual = held.label_index >= len(CLASSES)
     joint = {a: float((as_unusual | (held.anomaly_pvalue <= a)).mean()) for a in BUDGET_ALPHAS}
     fits = [a for a in BUDGET_ALPHAS if joint[a] <= 0.9 * BUDGET]
-    choice.update(temperature=temperature, entropy_weight=weight, n_conformal=int(conformal.size),
+    choice.update(temperature=temperature, entropy_weight=weight, unusual_weight=unusual_weight,
+                  n_conformal=int(conformal.size),
                   unknown_distance=unknown_distance, budget=BUDGET,
                   budget_alpha=max(fits) if fits else min(BUDGET_ALPHAS),
                   budget_joint_heldout={str(a): v for a, v in joint.items()})

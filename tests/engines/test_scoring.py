@@ -231,3 +231,22 @@ def test_the_unknown_distance_can_ignore_the_unusual_classes(rng: np.random.Gene
     assert "distance_classes" not in every.to_dict()
     with pytest.raises(EngineIntegrityError, match="distance_classes"):
         ScoringConstants(1.0, means, np.eye(2), 0.0, np.array([0.0]), distance_classes=4)
+
+
+def test_the_not_ordinary_term_raises_the_score_of_whatever_the_unusual_classes_claim(rng: np.random.Generator) -> None:
+    """With unusual_weight, a detection the engine gives to its unusual classes scores higher by
+    -w log(1 - p_unusual) than with no such term; an ordinary-looking one hardly changes."""
+    from engines.scoring import ScoringConstants, score
+
+    means = np.zeros((3, 2))
+    logits = np.array([[[5.0, 0.0, 0.0]], [[0.0, 0.0, 5.0]]])       # ordinary, then unusual
+    embedding = np.zeros((2, 2))
+    plain = ScoringConstants(1.0, means, np.eye(2), 0.0, np.array([0.0]), distance_classes=2)
+    weighted = ScoringConstants(1.0, means, np.eye(2), 0.0, np.array([0.0]), distance_classes=2, unusual_weight=3.0)
+    a, b = score(logits, embedding, plain), score(logits, embedding, weighted)
+    p_unusual = b.probs[:, 2]
+    np.testing.assert_allclose(b.anomaly_score - a.anomaly_score, -3.0 * np.log(1 - p_unusual))
+    assert b.anomaly_score[1] - a.anomaly_score[1] > 10 * (b.anomaly_score[0] - a.anomaly_score[0])
+    assert ScoringConstants.from_dict(weighted.to_dict()).unusual_weight == 3.0
+    with pytest.raises(EngineIntegrityError, match="unusual_weight needs distance_classes"):
+        ScoringConstants(1.0, means, np.eye(2), 0.0, np.array([0.0]), unusual_weight=1.0)
