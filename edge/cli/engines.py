@@ -151,14 +151,16 @@ def _add_finetune(sub: Any) -> None:
         "finetune", help="fine-tune an engine on labelled stamps and write a new engine",
         description="Continue training an engine made by `engines train` on labelled stamps (e.g. "
                     "ground labels of downlinked records), mixed with a small replay set of twin "
-                    "frames so that no class is forgotten. A fixed-seed fifth of the labels is held "
+                    "frames so that no class is forgotten. A label the engine does not have is a new "
+                    "class: every head grows an output for it. A fixed-seed fifth of the labels is held "
                     "out; the new engine gets fresh scoring constants, the full twin evaluation, the "
                     "held-out figures and its own manifest, ready to hot-swap with `astro-edge ctl "
                     "ADDRESS engine load`. Needs the train extra (torch).")
     p.add_argument("--from", dest="from_manifest", type=Path, required=True, metavar="PATH",
                    help="manifest.json (or its folder) of the engine to start from")
     p.add_argument("--labels", type=Path, required=True, metavar="FILE",
-                   help="labelled stamps: .npz with 'stamps' (n, 2, 32, 32) float32 and 'label' (class names)")
+                   help="labelled stamps: .npz with 'stamps' (n, channels, 32, 32) float32, cut by the engine's "
+                        "recipe (as records carry them), and 'label' (class names; a new name adds a class)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder of the new engine (created)")
     p.add_argument("--version", default=None, metavar="VERSION",
                    help="version of the new engine (default: old version + '-ft')")
@@ -319,7 +321,11 @@ def _finetune(args: argparse.Namespace) -> int:
                                   command=_command_line("astro-edge engines finetune"), progress=bars)
     ft = written.evaluation["finetune"]
     fp32 = written.evaluation["fp32"]
-    print(f"engine {written.name} {written.version} written to {written.directory}: held-out accuracy "
-          f"{ft['heldout_accuracy']:.4f} (n = {ft['heldout_n']}), ECE {ft['heldout_ece']:.4f}; twin accuracy "
-          f"S/N>=10 {fp32['accuracy_snr10']:.4f}")
+    new = ft.get("new_classes") or []
+    print(f"engine {written.name} {written.version} written to {written.directory}"
+          + (f" with the new classes {', '.join(new)}" if new else "")
+          + f": held-out accuracy {ft['heldout_accuracy']:.4f} (n = {ft['heldout_n']}), ECE {ft['heldout_ece']:.4f}; "
+          f"twin accuracy S/N>=10 {fp32['accuracy_snr10']:.4f}")
+    if new:
+        print(f"to send them as unusual, add {new} to [triage] classes_of_interest on the node")
     return 0
