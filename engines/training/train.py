@@ -108,6 +108,9 @@ class TrainSettings:
     unusual: tuple[str, ...] = UNUSUAL_CLASSES
     #: objects of each unusual family per 512 x 512 px of training, calibration and evaluation frame
     anomalies_per_frame: int = 6
+    #: star and galaxy densities of the training and calibration frames, relative to the training mix,
+    #: in equal shares of the frames: the context view must see sparse fields as well as crowded ones
+    densities: tuple[float, ...] = (1.0, 1.0, 0.3, 0.05)
     #: the unknown score's distance: to the nearest ordinary class ("ordinary") or any class ("all")
     unknown_distance: str = "ordinary"
     #: classes learned from labelled stamps alone (engines finetune), after the unusual ones
@@ -118,6 +121,9 @@ class TrainSettings:
     def __post_init__(self) -> None:
         object.__setattr__(self, "unusual", tuple(self.unusual))
         object.__setattr__(self, "labelled", tuple(self.labelled))
+        object.__setattr__(self, "densities", tuple(float(d) for d in self.densities))
+        if not self.densities or min(self.densities) <= 0:
+            raise ValueError(f"densities must be positive, got {self.densities}")
         wrong = [f for f in self.unusual if f not in UNUSUAL_CLASSES]
         if wrong or len(set(self.unusual)) != len(self.unusual):
             raise ValueError(f"unusual classes must be distinct names of {UNUSUAL_CLASSES}, got {self.unusual}")
@@ -143,6 +149,7 @@ class TrainSettings:
         out = dataclasses.asdict(self)
         out["unusual"] = list(self.unusual)
         out["labelled"] = list(self.labelled)
+        out["densities"] = list(self.densities)
         out["spec"] = self.spec.to_dict()
         return out
 
@@ -156,21 +163,25 @@ class TrainSettings:
         values.setdefault("unknown_distance", "all")
         values["unusual"] = tuple(values["unusual"])
         values["labelled"] = tuple(values.get("labelled", ()))
+        values["densities"] = tuple(values.get("densities", (1.0,)))
         return cls(**values)
 
 
-def training_twin_config(size_px: int, anomalies: tuple[str, ...] = (), per_frame: int = 0) -> Any:
+def training_twin_config(size_px: int, anomalies: tuple[str, ...] = (), per_frame: int = 0,
+                         density: float = 1.0) -> Any:
     """The twin configuration of the training mix: dense fields with every ordinary class common.
 
     Cosmic rays, streaks and hot pixels are far more frequent than on the default twin so that
     a few tens of frames hold hundreds of each; ``anomalies`` switches families on, with
-    ``per_frame`` objects of each per 512 x 512 px (0: the evaluation's 12 per megapixel, at least 4).
+    ``per_frame`` objects of each per 512 x 512 px (0: the evaluation's 12 per megapixel, at least 4);
+    ``density`` scales the stars and galaxies (1: 1500 stars and 600 galaxies per megapixel).
     """
     from twin import DetectorModel, TwinConfig
 
     area_mpx = size_px * size_px / 1e6
     det = DetectorModel(shape_px=(size_px, size_px), hot_pixel_fraction=3e-4, seed=7)
-    return TwinConfig(detector=det, n_stars=int(1500 * area_mpx), n_galaxies=int(600 * area_mpx),
+    return TwinConfig(detector=det, n_stars=max(1, int(1500 * density * area_mpx)),
+                      n_galaxies=max(1, int(600 * density * area_mpx)),
                       cosmic_ray_rate_per_s=4.0, streak_probability=1.0,
                       anomalies=anomalies,
                       n_anomalies_per_family=(max(1, int(round(per_frame * size_px * size_px / 512 ** 2)))
@@ -297,6 +308,9 @@ def fit_scoring(train_outputs: tuple[NDArray[Any], NDArray[Any]], train_labels: 
     ordinary_a = half_a[calib_labels[half_a] < len(CLASSES)]
     pool = np.ones(len(calib_labels), bool) if conformal_pool is None else conformal_pool
     ordinary_b = half_b[(calib_labels[half_b] < len(CLASSES)) & pool[half_b]]
+    if ordinary_b.size == 0:
+        # so few calibration frames that all were calibrated without the bad-pixel map (tiny test sets)
+        ordinary_b = half_b[calib_labels[half_b] < len(CLASSES)]
     choice: dict[str, Any] = {"weights": {}}
     # per unusual weight, the entropy weight with the best (recall, AUROC) on the outlier stamps
     best: dict[float, tuple[float, float, float]] = {}
@@ -526,6 +540,7 @@ def make_twin_sets(settings: TrainSettings, *, test: StampSet | None = None,
     """Simulate and label the training, calibration and evaluation sets, and the outlier stamps
     (``test``: an evaluation set already made with these settings, used as it is); ``progress`` is
     told of each frame simulated (one stage per set)."""
+    from engines.stamps import RECIPES
     from engines.training.dataset import outlier_stamps, twin_stamp_set
     from engines.training.deform import deformed_stamps
     from twin import ANOMALY_FAMILIES
@@ -533,10 +548,28 @@ def make_twin_sets(settings: TrainSettings, *, test: StampSet | None = None,
     config = training_twin_config(settings.frame_size_px, anomalies=settings.unusual,
                                   per_frame=settings.anomalies_per_frame)
     seed, recipe = settings.seed, settings.recipe
-    train = twin_stamp_set(config, settings.n_train_frames, seed, unmasked_every=settings.unmasked_every,
-                           recipe=recipe, progress=progress, stage="simulating training frames")
-    calib = twin_stamp_set(config, settings.n_calib_frames, seed + 1, unmasked_every=settings.unmasked_every,
-                           recipe=recipe, progress=progress, stage="simulating calibration frames")
+
+    def mixed(n_frames: int, set_seed: int, stage: str) -> StampSet:
+        """n_frames frames in equal shares of the densities; the j-th share's frame indices start at
+        j * 1000 * unmasked_every, so that index % unmasked_every still tells the unmasked frames."""
+        from engines.training.dataset import concat
+
+        parts, start, done = [], 0, 0
+        for j, density in enumerate(settings.densities):
+            n = n_frames * (j + 1) // len(settings.densities) - done
+            done += n
+            start = j * 1000 * max(1, settings.unmasked_every)
+            cfg = training_twin_config(settings.frame_size_px, anomalies=settings.unusual,
+                                       per_frame=settings.anomalies_per_frame, density=density)
+            part = twin_stamp_set(cfg, n, set_seed if len(settings.densities) == 1 else
+                                  int(np.random.SeedSequence([set_seed, j]).generate_state(1)[0]),
+                                  unmasked_every=settings.unmasked_every, recipe=recipe,
+                                  progress=progress, stage=stage)
+            parts.append(replace(part, frame=part.frame + start))
+        return concat(parts, RECIPES[recipe])
+
+    train = mixed(settings.n_train_frames, seed, "simulating training frames")
+    calib = mixed(settings.n_calib_frames, seed + 1, "simulating calibration frames")
     if test is None:
         test, eval_summary = evaluation_set(settings, progress=progress)
     else:
