@@ -33,7 +33,8 @@ def test_manifest_verifies_and_matches_the_node() -> None:
     assert m.ensemble_size >= 4
     assert FRESH_SEED not in m.training["twin_config"]["seeds"].values()
     total = sum(p.stat().st_size for p in DEFAULT_MODEL_DIR.iterdir())
-    assert total < 5 * 2**20
+    # the manifest holds the 336 x 336 precision matrix of the class Gaussians as JSON: about 3.4 MB
+    assert total < 8 * 2**20
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
