@@ -67,8 +67,8 @@ def _add_train(sub: Any) -> None:
                    help="twin frames for training (default: 240)")
     p.add_argument("--calib-frames", type=int, default=80, metavar="N",
                    help="held-out twin frames for temperature, entropy weight and conformal set (default: 80)")
-    p.add_argument("--eval-frames", type=int, default=120, metavar="N",
-                   help="fresh twin frames for evaluation (default: 120)")
+    p.add_argument("--eval-frames", type=int, default=180, metavar="N",
+                   help="fresh twin frames for evaluation, at the training densities (default: 180)")
     p.add_argument("--epochs", type=int, default=20, metavar="N", help="training epochs (default: 20)")
     p.add_argument("--threads", type=int, default=2, metavar="N", help="CPU threads for torch (default: 2)")
     p.add_argument("--unusual", default="lens_arc,comet,lobster_psf,ghost", metavar="LIST",

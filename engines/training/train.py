@@ -86,7 +86,7 @@ class TrainSettings:
     frame_size_px: int = 512
     n_train_frames: int = 240
     n_calib_frames: int = 80
-    n_eval_frames: int = 120
+    n_eval_frames: int = 180
     epochs: int = 20
     batch_size: int = 256
     learning_rate: float = 3e-3
@@ -108,7 +108,7 @@ class TrainSettings:
     unusual: tuple[str, ...] = UNUSUAL_CLASSES
     #: objects of each unusual family per 512 x 512 px of training, calibration and evaluation frame
     anomalies_per_frame: int = 6
-    #: star and galaxy densities of the training and calibration frames, relative to the training mix,
+    #: star and galaxy densities of the training, calibration and evaluation frames, relative to the training mix,
     #: in equal shares of the frames: the context view must see sparse fields as well as crowded ones
     densities: tuple[float, ...] = (1.0, 1.0, 0.3, 0.05)
     #: the unknown score's distance: to the nearest ordinary class ("ordinary") or any class ("all")
@@ -512,15 +512,36 @@ def evaluation_set(settings: TrainSettings, n_frames: int | None = None, *, seed
     """The fresh evaluation set of an engine trained with ``settings`` (seed + 2 unless ``seed``
     says otherwise, every anomaly family), and its twin configuration summary; ``progress`` is
     told of each frame simulated. Labels are the plain ones (ordinary index or UNKNOWN)."""
-    from engines.training.dataset import twin_stamp_set
     from twin import ANOMALY_FAMILIES
 
     config = training_twin_config(settings.frame_size_px, anomalies=ANOMALY_FAMILIES,
                                   per_frame=settings.anomalies_per_frame)
     n = settings.n_eval_frames if n_frames is None else n_frames
-    return (twin_stamp_set(config, n, settings.seed + 2 if seed is None else seed, recipe=settings.recipe,
-                           progress=progress, stage="simulating evaluation frames"),
-            _config_summary(config))
+    return (density_mix(settings, ANOMALY_FAMILIES, n, settings.seed + 2 if seed is None else seed, 0,
+                        "simulating evaluation frames", progress),
+            {**_config_summary(config), "densities": list(settings.densities)})
+
+
+def density_mix(settings: TrainSettings, anomalies: tuple[str, ...], n_frames: int, set_seed: int,
+                unmasked_every: int, stage: str, progress: Progress | None = None) -> StampSet:
+    """The labelled stamps of ``n_frames`` twin frames in equal shares of ``settings.densities``
+    (each share drawn from its own seed of ``set_seed``; one density: ``set_seed`` itself). The j-th
+    share's frame indices start at j * 1000 * unmasked_every, so that index % unmasked_every still
+    tells which frames were calibrated without the bad-pixel map."""
+    from engines.stamps import RECIPES
+    from engines.training.dataset import concat, twin_stamp_set
+
+    parts, done = [], 0
+    for j, density in enumerate(settings.densities):
+        n = n_frames * (j + 1) // len(settings.densities) - done
+        done += n
+        cfg = training_twin_config(settings.frame_size_px, anomalies=anomalies,
+                                   per_frame=settings.anomalies_per_frame, density=density)
+        part = twin_stamp_set(cfg, n, set_seed if len(settings.densities) == 1 else
+                              int(np.random.SeedSequence([set_seed, j]).generate_state(1)[0]),
+                              unmasked_every=unmasked_every, recipe=settings.recipe, progress=progress, stage=stage)
+        parts.append(replace(part, frame=part.frame + j * 1000 * max(1, unmasked_every)))
+    return concat(parts, RECIPES[settings.recipe])
 
 
 @dataclass(frozen=True)
@@ -540,8 +561,7 @@ def make_twin_sets(settings: TrainSettings, *, test: StampSet | None = None,
     """Simulate and label the training, calibration and evaluation sets, and the outlier stamps
     (``test``: an evaluation set already made with these settings, used as it is); ``progress`` is
     told of each frame simulated (one stage per set)."""
-    from engines.stamps import RECIPES
-    from engines.training.dataset import outlier_stamps, twin_stamp_set
+    from engines.training.dataset import outlier_stamps
     from engines.training.deform import deformed_stamps
     from twin import ANOMALY_FAMILIES
 
@@ -549,27 +569,10 @@ def make_twin_sets(settings: TrainSettings, *, test: StampSet | None = None,
                                   per_frame=settings.anomalies_per_frame)
     seed, recipe = settings.seed, settings.recipe
 
-    def mixed(n_frames: int, set_seed: int, stage: str) -> StampSet:
-        """n_frames frames in equal shares of the densities; the j-th share's frame indices start at
-        j * 1000 * unmasked_every, so that index % unmasked_every still tells the unmasked frames."""
-        from engines.training.dataset import concat
-
-        parts, start, done = [], 0, 0
-        for j, density in enumerate(settings.densities):
-            n = n_frames * (j + 1) // len(settings.densities) - done
-            done += n
-            start = j * 1000 * max(1, settings.unmasked_every)
-            cfg = training_twin_config(settings.frame_size_px, anomalies=settings.unusual,
-                                       per_frame=settings.anomalies_per_frame, density=density)
-            part = twin_stamp_set(cfg, n, set_seed if len(settings.densities) == 1 else
-                                  int(np.random.SeedSequence([set_seed, j]).generate_state(1)[0]),
-                                  unmasked_every=settings.unmasked_every, recipe=recipe,
-                                  progress=progress, stage=stage)
-            parts.append(replace(part, frame=part.frame + start))
-        return concat(parts, RECIPES[recipe])
-
-    train = mixed(settings.n_train_frames, seed, "simulating training frames")
-    calib = mixed(settings.n_calib_frames, seed + 1, "simulating calibration frames")
+    train = density_mix(settings, settings.unusual, settings.n_train_frames, seed, settings.unmasked_every,
+                        "simulating training frames", progress)
+    calib = density_mix(settings, settings.unusual, settings.n_calib_frames, seed + 1, settings.unmasked_every,
+                        "simulating calibration frames", progress)
     if test is None:
         test, eval_summary = evaluation_set(settings, progress=progress)
     else:
