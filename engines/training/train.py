@@ -68,6 +68,8 @@ UNUSUAL_WEIGHTS: tuple[float, ...] = (0.0, 1.0, 3.0, 10.0)
 ALPHA = 0.01
 #: the second false-flag level the evaluation reports (the conformal guarantee holds at every alpha)
 ALPHA_WIDE = 0.05
+#: the most training copies a stamp of a sparse frame gets (density_repeats)
+MAX_DENSITY_REPEATS = 8
 #: the joint false-flag budget: ordinary candidates sent as unusual or unknown
 BUDGET = 0.01
 #: the alphas the budget's operating point is chosen from (largest that keeps the budget on held-out frames)
@@ -522,6 +524,15 @@ def evaluation_set(settings: TrainSettings, n_frames: int | None = None, *, seed
             {**_config_summary(config), "densities": list(settings.densities)})
 
 
+def density_repeats(settings: TrainSettings, frame: NDArray[np.int64]) -> NDArray[np.int64]:
+    """Training copies of each stamp by its frame's density (1 / density, at most
+    ``MAX_DENSITY_REPEATS``): a sparse frame holds few objects, and without the copies the isolated
+    object with an empty context would be a small minority of what the network sees."""
+    group = frame // (1000 * max(1, settings.unmasked_every))
+    factors = np.array([min(MAX_DENSITY_REPEATS, max(1, int(round(1.0 / d)))) for d in settings.densities])
+    return factors[np.clip(group, 0, len(factors) - 1)]
+
+
 def density_mix(settings: TrainSettings, anomalies: tuple[str, ...], n_frames: int, set_seed: int,
                 unmasked_every: int, stage: str, progress: Progress | None = None) -> StampSet:
     """The labelled stamps of ``n_frames`` twin frames in equal shares of ``settings.densities``
@@ -756,7 +767,7 @@ def train_engine(out_dir: Any, settings: TrainSettings, *, name: str, version: s
     note("engines.train.dataset", seconds=round(time.perf_counter() - started, 1),
          **{k: v for k, v in sizes.items() if isinstance(v, int)})
     rare = np.isin(sets.train.labels, [CLASSES.index("streak"), CLASSES.index("bogus")])
-    repeat = np.where(rare, settings.rare_repeats, 1)
+    repeat = np.where(rare, settings.rare_repeats, 1) * density_repeats(settings, sets.train.frame)
     model = fit_model(np.repeat(sets.train.stamps, repeat, axis=0), np.repeat(sets.train.labels, repeat),
                       sets.oe_train, settings, on_epoch=lambda **kw: note("engines.train.epoch", **kw),
                       progress=progress)

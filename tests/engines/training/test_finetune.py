@@ -61,7 +61,8 @@ def test_growing_the_heads_keeps_every_trained_output_and_starts_the_new_class_u
 @pytest.mark.slow
 def test_finetune_writes_a_new_verified_engine(tmp_path: Path) -> None:
     """Fine-tuning the shipped engine on labelled twin stamps yields a new engine with its own manifest, provenance and held-out figures."""
-    data = twin_stamp_set(training_twin_config(512), 3, seed=424242)
+    recipe = load_manifest(DEFAULT_MODEL_DIR).normalisation
+    data = twin_stamp_set(training_twin_config(512), 3, seed=424242, recipe=recipe)
     data = data.select(data.labels != UNKNOWN)
     labels = tmp_path / "labels.npz"
     np.savez_compressed(labels, stamps=data.stamps, label=np.array([CLASSES[i] for i in data.labels]))
@@ -91,15 +92,17 @@ def test_finetune_command_with_a_missing_labels_file_exits_2(tmp_path: Path, cap
 
 @pytest.mark.slow
 def test_finetune_adds_a_class_the_engine_does_not_have(tmp_path: Path) -> None:
-    """Ground labels of a class the shipped engine lacks (close doubles, called "double" here) give
+    """Ground labels of a class the context engine lacks (close doubles, called "double" here) give
     an engine with that class added after all the old ones, a verified folder that the runtime
     loads, and held-out figures."""
     from dataclasses import replace
 
+    from edge.node.assemble import MODELS_DIR
     from engines.runtime import load_engine
     from engines.training.dataset import class_labels
 
-    old = load_manifest(DEFAULT_MODEL_DIR)
+    context_engine = MODELS_DIR / "stampnet-v2"
+    old = load_manifest(context_engine)
     config = replace(training_twin_config(512, anomalies=("close_double",)), n_anomalies_per_family=16)
     data = twin_stamp_set(config, 4, seed=515151, recipe=old.normalisation)
     doubles = data.select((data.family == "close_double") & (data.snr >= 10))
@@ -109,7 +112,7 @@ def test_finetune_adds_a_class_the_engine_does_not_have(tmp_path: Path) -> None:
     names = np.array(["double"] * len(doubles) + [old.classes[i] for i in ordinary.labels[:60]])
     labels = tmp_path / "labels.npz"
     np.savez_compressed(labels, stamps=stamps, label=names)
-    new = finetune_engine(DEFAULT_MODEL_DIR, labels, tmp_path / "ft", epochs=1, threads=1,
+    new = finetune_engine(context_engine, labels, tmp_path / "ft", epochs=1, threads=1,
                           replay_frames=12, eval_frames=3)
     assert tuple(new.classes) == tuple(old.classes) + ("double",)
     assert new.evaluation["finetune"]["new_classes"] == ["double"]
