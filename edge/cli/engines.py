@@ -76,6 +76,9 @@ def _add_train(sub: Any) -> None:
                         "(default: lens_arc,comet,lobster_psf,ghost)")
     p.add_argument("--views", type=int, choices=[1, 2], default=2,
                    help="1: the 32 px stamp alone; 2: the stamp and its binned 96 px context (default: 2)")
+    p.add_argument("--densities", default="1,1,0.3,0.05", metavar="LIST",
+                   help="star and galaxy densities of the twin frames relative to the training mix, in equal "
+                        "shares of the frames, comma-separated (default: 1,1,0.3,0.05)")
     p.add_argument("--anomalies-per-frame", type=int, default=6, metavar="N",
                    help="objects of each unusual family per 512x512 px of twin frame (default: 6)")
     p.add_argument("--deformed-oe", type=float, default=0.0, metavar="SHARE",
@@ -216,12 +219,18 @@ def _train(args: argparse.Namespace) -> int:
     if wrong:
         raise ConfigError(f"--unusual {wrong} are not families the twin renders as classes; choose from "
                           f"{list(UNUSUAL_CLASSES)} or 'none'", where="--unusual")
+    try:
+        densities = tuple(float(d) for d in args.densities.split(","))
+    except ValueError:
+        densities = ()
+    if not densities or min(densities) <= 0:
+        raise ConfigError(f"--densities {args.densities!r} must be positive numbers like 1,0.3", where="--densities")
     if args.anomalies_per_frame < 1:
         raise ConfigError("--anomalies-per-frame must be at least 1", where="--anomalies-per-frame")
     settings = TrainSettings(seed=args.seed, frame_size_px=args.frame_size, n_train_frames=args.train_frames,
                              n_calib_frames=args.calib_frames, n_eval_frames=args.eval_frames,
                              epochs=args.epochs, threads=args.threads, oe_deformed_share=args.deformed_oe,
-                             unusual=unusual, anomalies_per_frame=args.anomalies_per_frame,
+                             unusual=unusual, anomalies_per_frame=args.anomalies_per_frame, densities=densities,
                              spec=ModelSpec(n_classes=len(CLASSES) + len(unusual), n_members=args.members,
                                             design=args.design, widths=widths, views=args.views))
     real = None if args.no_real else args.real_data
