@@ -39,18 +39,22 @@ from edge.records import (
 from engines.stamps import cut_stamps
 
 
-def ntt_stamps(real_data: Path, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """SExtractor's catalog rows of the real NTT frame and stamps cut at those objects."""
-    folder = real_data / "sep-ntt"
+def ntt_planes(real_data: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The real NTT frame: image, SExtractor's background and RMS maps, float32."""
     planes = []
     with warnings.catch_warnings():
         # the file's non-standard ESO-LOG header cards warn on read; that is the file's, not ours
         warnings.simplefilter("ignore", AstropyUserWarning)
         for name in ("image.fits", "back.fits", "rms.fits"):
-            with fits.open(folder / name, memmap=False) as hdul:
+            with fits.open(real_data / "sep-ntt" / name, memmap=False) as hdul:
                 planes.append(hdul[0].data.astype(np.float32))
-    image, back, rms = planes
-    cat = np.loadtxt(folder / "image.cat", comments="#")[:n]
+    return planes[0], planes[1], planes[2]
+
+
+def ntt_stamps(real_data: Path, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """SExtractor's catalog rows of the real NTT frame and stamps cut at those objects."""
+    image, back, rms = ntt_planes(real_data)
+    cat = np.loadtxt(real_data / "sep-ntt" / "image.cat", comments="#")[:n]
     # SExtractor positions are 1-based
     return cat, cut_stamps(image - back, rms**2, None, cat[:, 1] - 1.0, cat[:, 2] - 1.0)
 
@@ -297,12 +301,7 @@ def test_a_context_stamp_keeps_both_views_through_the_codec(real_data: Path) -> 
     with both masks exact and both images within the codec's step."""
     from engines.stamps import CONTEXT_NORMALISATION, cut_for
 
-    folder = real_data / "sep-ntt"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", AstropyUserWarning)
-        image = fits.getdata(folder / "image.fits").astype(np.float32)
-        back = fits.getdata(folder / "back.fits").astype(np.float32)
-        rms = fits.getdata(folder / "rms.fits").astype(np.float32)
+    image, back, rms = ntt_planes(real_data)
     mask = np.zeros(image.shape, bool)
     mask[:, :40] = True
     stamps = cut_for(CONTEXT_NORMALISATION, image - back, rms ** 2, mask, np.array([30.0, 200.0]),
