@@ -3,8 +3,9 @@
 The labels file is an ``.npz`` with ``stamps`` (n, channels, 32, 32) float32, cut by the engine's own
 stamp recipe (:func:`engines.stamps.cut_for`, or the ``stamp`` of downlinked records), and
 ``label`` (n class names). A name the engine does not have is a **new class**: every member's
-classifier layer grows one output per new class (the old outputs keep their weights, the new ones
-start at zero weight and a low bias), so the trunks, the ordinary classes and the taught unusual
+classifier layer grows one output per new class (the old outputs keep their weights; the new ones
+are imprinted: the mean hidden activation of the class's labelled stamps, scaled to the trained
+rows, with their mean bias), so the trunks, the ordinary classes and the taught unusual
 classes carry on from where they were; the new class's Gaussian and the scoring constants are
 refitted. New class names are lowercase words (letters, digits, underscores).
 
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from engines.training.train import TrainSettings, TwinSets
     from twin.instrument import Progress
 
-__all__ = ["finetune_engine", "finetune_model", "grow_heads", "read_labels"]
+__all__ = ["finetune_engine", "finetune_model", "grow_heads", "head_imprints", "read_labels"]
 
 log = get_logger(__name__)
 
@@ -84,19 +85,55 @@ def read_labels(path: Path, classes: tuple[str, ...], channels: int = 2, *,
     return stamps, names
 
 
-def grow_heads(state: dict[str, Any], n_new: int) -> dict[str, Any]:
-    """A model state with ``n_new`` more outputs in every member's classifier layer (zero weights,
-    a bias ``_NEW_BIAS_MARGIN`` below the lowest trained one); everything else as it was."""
+def grow_heads(state: dict[str, Any], n_new: int, imprints: list[Any] | None = None) -> dict[str, Any]:
+    """A model state with ``n_new`` more outputs in every member's classifier layer; everything else
+    as it was. Without ``imprints`` the new rows start at zero weight and a bias
+    ``_NEW_BIAS_MARGIN`` below the lowest trained one. With them (per member, an (n_new, hidden)
+    tensor: the mean hidden activation of each new class's labelled stamps) each new row is that
+    mean scaled to the trained rows' mean norm, with their mean bias: weight imprinting, so the
+    new class starts where its examples are rather than many optimiser steps away."""
     import torch
 
     if n_new == 0:
         return state
     out = dict(state)
-    for key in [k for k in state if k.startswith("heads.") and k.endswith(".2.weight")]:
+    keys = sorted((k for k in state if k.startswith("heads.") and k.endswith(".2.weight")),
+                  key=lambda k: int(k.split(".")[1]))
+    for m, key in enumerate(keys):
         weight, bias = state[key], state[key[:-len("weight")] + "bias"]
-        out[key] = torch.cat([weight, torch.zeros((n_new, weight.shape[1]), dtype=weight.dtype)])
-        low = float(bias.min()) - _NEW_BIAS_MARGIN
-        out[key[:-len("weight")] + "bias"] = torch.cat([bias, torch.full((n_new,), low, dtype=bias.dtype)])
+        if imprints is None:
+            rows = torch.zeros((n_new, weight.shape[1]), dtype=weight.dtype)
+            new_bias = torch.full((n_new,), float(bias.min()) - _NEW_BIAS_MARGIN, dtype=bias.dtype)
+        else:
+            direction = imprints[m] / imprints[m].norm(dim=1, keepdim=True).clamp(min=1e-12)
+            rows = (direction * weight.norm(dim=1).mean()).to(weight.dtype)
+            new_bias = torch.full((n_new,), float(bias.mean()), dtype=bias.dtype)
+        out[key] = torch.cat([weight, rows])
+        out[key[:-len("weight")] + "bias"] = torch.cat([bias, new_bias])
+    return out
+
+
+def head_imprints(spec: Any, state: dict[str, Any], stamps: NDArray[np.float32],
+                  labels: NDArray[np.int64], classes: list[int]) -> list[Any]:
+    """Per member, the mean hidden activation (after the first layer of its head) of the stamps
+    of each class in ``classes``: an (len(classes), hidden) tensor each."""
+    import torch
+
+    from engines.training.model import StampEnsemble
+
+    model = StampEnsemble(spec)
+    model.load_state_dict(state)
+    model.eval()
+    v = spec.views
+    trunks = list(model.trunks)
+    out = []
+    with torch.no_grad():
+        x = torch.from_numpy(np.ascontiguousarray(stamps, np.float32))
+        for m, head in enumerate(model.heads):
+            own = trunks if len(trunks) == v else trunks[m * v:(m + 1) * v]
+            last, _ = model._features(own, x)
+            hidden = head[1](head[0](last))  # type: ignore[index]  # the head is Linear, ReLU, Linear
+            out.append(torch.stack([hidden[torch.from_numpy(labels == c)].mean(dim=0) for c in classes]))
     return out
 
 
@@ -122,7 +159,9 @@ def finetune_model(base: TrainSettings, init_state: dict[str, Any], replay: Twin
     rare = np.isin(train.labels, [index["streak"], index["bogus"]])
     rep = np.where(rare, settings.rare_repeats, 1)
     model = fit_model(np.repeat(train.stamps, rep, axis=0), np.repeat(train.labels, rep), replay.oe_train, settings,
-                      init_state=grow_heads(init_state, len(new)),
+                      init_state=grow_heads(init_state, len(new), head_imprints(
+                          base.spec, init_state, user_stamps, labels,
+                          list(range(len(base.classes), len(settings.classes)))) if new else None),
                       on_epoch=lambda **kw: log.info("engines.finetune.epoch", **kw), progress=progress)
     return model, settings
 

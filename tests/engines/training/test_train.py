@@ -93,7 +93,7 @@ def test_train_engine_writes_a_verified_engine_folder(tmp_path: Path) -> None:
     """A small end-to-end run writes every file, a manifest that verifies, golden outputs and a model card."""
     settings = TrainSettings(frame_size_px=512, n_train_frames=12, n_calib_frames=6, n_eval_frames=4,
                              epochs=1, threads=1, unmasked_every=3,
-                             spec=ModelSpec(widths=(8, 16, 32), head_hidden=16))
+                             spec=ModelSpec(n_classes=10, widths=(8, 16, 32), head_hidden=16, views=2))
     m = train_engine(tmp_path / "engine", settings, name="tiny", version="0", command="test")
     assert load_manifest(tmp_path / "engine").name == "tiny"
     assert {"model_fp32.onnx", "model_fp16.onnx", "model_int8.onnx", "golden.npz", "MODEL_CARD.md"} <= set(m.files)
@@ -101,6 +101,7 @@ def test_train_engine_writes_a_verified_engine_folder(tmp_path: Path) -> None:
     logits, embedding = run_onnx(m.path("model_fp32.onnx"), golden["stamps"])
     np.testing.assert_allclose(logits, golden["logits"], atol=1e-4)
     assert m.training["settings"]["seed"] == settings.seed
+    assert tuple(m.classes[6:]) == settings.unusual and tuple(m.input.shape) == (-1, 4, 32, 32)
     for precision in ("fp32", "fp16", "int8"):
         assert 0.0 <= m.evaluation[precision]["accuracy_snr10"] <= 1.0
     card = m.path("MODEL_CARD.md").read_text()
