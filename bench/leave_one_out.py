@@ -62,6 +62,7 @@ def main() -> int:
         make_twin_sets,
         predict,
         save_weights,
+        training_copies,
         training_twin_config,
     )
 
@@ -113,7 +114,7 @@ def main() -> int:
         settings = dataclasses.replace(base, unusual=unusual,
                                        spec=dataclasses.replace(base.spec, n_classes=len(CLASSES) + len(unusual)))
         sets = make_twin_sets(settings, test=test, progress=bars)
-        key = f"without-{fam}-{args.train_frames}-{args.calib_frames}-{args.epochs}.npz"
+        key = f"without-{fam}-{args.train_frames}-{args.calib_frames}-{args.epochs}-copies.npz"
         cached = args.cache / key if args.cache else None
         if cached is not None and cached.is_file():
             from engines.training.model import StampEnsemble
@@ -122,8 +123,7 @@ def main() -> int:
             model.load_state_dict(load_weights(cached))
             model.eval()
         else:
-            rare = np.isin(sets.train.labels, [CLASSES.index("streak"), CLASSES.index("bogus")])
-            repeat = np.where(rare, settings.rare_repeats, 1)
+            repeat = training_copies(settings, sets.train)
             model = fit_model(np.repeat(sets.train.stamps, repeat, axis=0), np.repeat(sets.train.labels, repeat),
                               sets.oe_train, settings, progress=bars)
             if cached is not None:

@@ -143,7 +143,7 @@ def finetune_model(base: TrainSettings, init_state: dict[str, Any], replay: Twin
     """Fine-tune from ``init_state`` (an engine of ``base`` settings) on the user's labelled stamps
     and the replay set; returns the model (eval mode) and its settings (new classes added)."""
     from engines.training.dataset import StampSet, concat
-    from engines.training.train import fit_model
+    from engines.training.train import fit_model, training_copies
 
     new = tuple(dict.fromkeys(n for n in user_names.tolist() if n not in base.classes))
     settings = replace(base, seed=seed, epochs=epochs, learning_rate=learning_rate, threads=threads,
@@ -156,8 +156,8 @@ def finetune_model(base: TrainSettings, init_state: dict[str, Any], replay: Twin
                     np.repeat(user_names, repeat), np.full(len(labels) * repeat, np.nan),
                     np.full(len(labels) * repeat, -1, np.int64))
     train = concat([replay.train, user])
-    rare = np.isin(train.labels, [index["streak"], index["bogus"]])
-    rep = np.where(rare, settings.rare_repeats, 1)
+    # the user's stamps have no twin frame: no density copies
+    rep = training_copies(settings, train, by_density=False)
     model = fit_model(np.repeat(train.stamps, rep, axis=0), np.repeat(train.labels, rep), replay.oe_train, settings,
                       init_state=grow_heads(init_state, len(new), head_imprints(
                           base.spec, init_state, user_stamps, labels,

@@ -524,6 +524,15 @@ def evaluation_set(settings: TrainSettings, n_frames: int | None = None, *, seed
             {**_config_summary(config), "densities": list(settings.densities)})
 
 
+def training_copies(settings: TrainSettings, data: StampSet, *, by_density: bool = True) -> NDArray[np.int64]:
+    """Training copies of each stamp of ``data`` (labels indexing ``settings.classes``):
+    ``rare_repeats`` of each streak and bogus stamp, times (``by_density``) the copies of its
+    frame's density (:func:`density_repeats`)."""
+    rare = np.isin(data.labels, [CLASSES.index("streak"), CLASSES.index("bogus")])
+    copies = np.where(rare, settings.rare_repeats, 1)
+    return copies * density_repeats(settings, data.frame) if by_density else copies
+
+
 def density_repeats(settings: TrainSettings, frame: NDArray[np.int64]) -> NDArray[np.int64]:
     """Training copies of each stamp by its frame's density (1 / density, at most
     ``MAX_DENSITY_REPEATS``): a sparse frame holds few objects, and without the copies the isolated
@@ -766,8 +775,7 @@ def train_engine(out_dir: Any, settings: TrainSettings, *, name: str, version: s
     sizes = set_sizes(sets, settings.classes)
     note("engines.train.dataset", seconds=round(time.perf_counter() - started, 1),
          **{k: v for k, v in sizes.items() if isinstance(v, int)})
-    rare = np.isin(sets.train.labels, [CLASSES.index("streak"), CLASSES.index("bogus")])
-    repeat = np.where(rare, settings.rare_repeats, 1) * density_repeats(settings, sets.train.frame)
+    repeat = training_copies(settings, sets.train)
     model = fit_model(np.repeat(sets.train.stamps, repeat, axis=0), np.repeat(sets.train.labels, repeat),
                       sets.oe_train, settings, on_epoch=lambda **kw: note("engines.train.epoch", **kw),
                       progress=progress)
