@@ -60,6 +60,7 @@ def main() -> int:
         fit_scoring,
         load_weights,
         make_twin_sets,
+        node_calibrated,
         predict,
         save_weights,
         training_copies,
@@ -101,11 +102,10 @@ def main() -> int:
         train_x, train_y = sets.train.stamps, sets.train.labels
         if extra is not None:
             train_x, train_y = np.concatenate([train_x, extra[0]]), np.concatenate([train_y, extra[1]])
-        pool = sets.calib.frame % settings.unmasked_every != 0
         constants, _ = fit_scoring(outputs(model, train_x), train_y, outputs(model, sets.calib.stamps),
                                    sets.calib.labels, outputs(model, sets.oe_val), settings.seed,
                                    n_classes=len(settings.classes), unknown_distance=settings.unknown_distance,
-                                   conformal_pool=pool)
+                                   conformal_pool=node_calibrated(settings, sets.calib))
         return evaluate(outputs(model, test.stamps), test, constants, classes=settings.classes)
 
     trained: dict[str, tuple[object, TrainSettings, object, dict[str, object]]] = {}

@@ -524,6 +524,14 @@ def evaluation_set(settings: TrainSettings, n_frames: int | None = None, *, seed
             {**_config_summary(config), "densities": list(settings.densities)})
 
 
+def node_calibrated(settings: TrainSettings, data: StampSet) -> NDArray[np.bool_]:
+    """Which stamps of a training or calibration set come from frames calibrated as the node
+    calibrates them (with the bad-pixel map; see ``unmasked_every``)."""
+    if not settings.unmasked_every:
+        return np.ones(len(data), bool)
+    return np.asarray(data.frame % settings.unmasked_every != 0)
+
+
 def training_copies(settings: TrainSettings, data: StampSet, *, by_density: bool = True) -> NDArray[np.int64]:
     """Training copies of each stamp of ``data`` (labels indexing ``settings.classes``):
     ``rare_repeats`` of each streak and bogus stamp, times (``by_density``) the copies of its
@@ -691,8 +699,6 @@ def package_engine(out_dir: Any, model: Any, settings: TrainSettings, sets: Twin
         return export.run_onnx(paths[precision], stamps, threads=settings.threads)
 
     classes = settings.classes
-    node_calibrated = (sets.calib.frame % settings.unmasked_every != 0 if settings.unmasked_every
-                       else np.ones(len(sets.calib), bool))
     fit_stamps, fit_labels = sets.train.stamps, sets.train.labels
     if extra_train is not None:
         index = {c: i for i, c in enumerate(classes)}
@@ -701,7 +707,8 @@ def package_engine(out_dir: Any, model: Any, settings: TrainSettings, sets: Twin
     constants, choice = fit_scoring(run("fp32", fit_stamps), fit_labels,
                                     run("fp32", sets.calib.stamps), sets.calib.labels,
                                     run("fp32", sets.oe_val), seed, n_classes=len(classes),
-                                    unknown_distance=settings.unknown_distance, conformal_pool=node_calibrated)
+                                    unknown_distance=settings.unknown_distance,
+                                    conformal_pool=node_calibrated(settings, sets.calib))
     step_done()
     test = sets.test
     evaluation = evaluate_precisions(run, test, constants, classes, choice["budget_alpha"])
