@@ -305,13 +305,21 @@ def twin_stamp_set(config: Any, n_frames: int, seed: int, settings: DetectSettin
 
 
 def outlier_stamps(n: int, rng: np.random.Generator, size: int = STAMP_SIZE,
-                   recipe: str = CONTEXT_NORMALISATION) -> NDArray[np.float32]:
+                   recipe: str = CONTEXT_NORMALISATION, *, field: tuple[float, ...] = (),
+                   field_rng: np.random.Generator | None = None) -> NDArray[np.float32]:
     """Generic random multi-blob shapes for outlier exposure, as stamps (n, channels, size, size)
     of the named ``recipe`` (at the node's 32 px; other sizes are the two sharp channels).
 
     Each stamp holds 2 to 6 elliptical Gaussian blobs (sigma 0.6-5 px, axis ratio 0.2-1, random
     angle and flux) scattered within 8 px of the centre, on sky noise; sometimes a short curved
     chain of blobs. None of these is built to look like a twin anomaly family.
+
+    ``field`` (recipes with a context view): star and galaxy densities relative to the training
+    mix (:func:`engines.training.train.training_twin_config`), taken in turn; each stamp's canvas
+    then also holds a field of round star-like and elongated galaxy-like blobs at that density,
+    drawn by ``field_rng``. Without it every outlier sits on empty sky, and the network learns
+    that an empty context means "uncertain": the isolated stars of a sparse field come out with
+    high entropy and are flagged unknown.
     """
     wide = size == STAMP_SIZE and RECIPES.get(recipe, 2) > 2
     # the context view needs the 96 px around the centre on the canvas
@@ -342,6 +350,8 @@ def outlier_stamps(n: int, rng: np.random.Generator, size: int = STAMP_SIZE,
             u = dx * np.cos(theta) + dy * np.sin(theta)
             v = -dx * np.sin(theta) + dy * np.cos(theta)
             image += np.float32(peak_snr[b] * np.sqrt(sky_e)) * np.exp(-0.5 * (u * u + (v / q) ** 2) / sigma ** 2)
+        if wide and field:
+            image += _field_blobs(canvas, field[k % len(field)], sky_e, field_rng or rng, yy, xx)
         noisy = image + rng.standard_normal((canvas, canvas)).astype(np.float32) * np.sqrt(variance + image)
         variance = variance + image
         # centre on the brightest blob, as detection would
@@ -351,3 +361,31 @@ def outlier_stamps(n: int, rng: np.random.Generator, size: int = STAMP_SIZE,
         else:
             out[k] = cut_stamps(noisy, variance, None, np.array([cx[j]]), np.array([cy[j]]), size)[0]
     return out
+
+
+#: stars and galaxies per megapixel of the training mix at density 1 (training_twin_config)
+_FIELD_PER_MPX = (1500.0, 600.0)
+
+
+def _field_blobs(canvas: int, density: float, sky_e: float, rng: np.random.Generator,
+                 yy: NDArray[np.float32], xx: NDArray[np.float32]) -> NDArray[np.float32]:
+    """A canvas of field objects at ``density``: round blobs of a seeing-limited star (sigma
+    1.0-1.6 px) and elongated extended ones (sigma 1.5-4 px, axis ratio 0.3-1), placed anywhere,
+    with peak S/N from 2 to 300 (log-uniform), in electrons on sky ``sky_e``."""
+    image = np.zeros((canvas, canvas), np.float32)
+    area = canvas * canvas / 1e6
+    n_star, n_gal = (int(rng.poisson(rate * density * area)) for rate in _FIELD_PER_MPX)
+    for b in range(n_star + n_gal):
+        galaxy = b >= n_star
+        sigma = rng.uniform(1.5, 4.0) if galaxy else rng.uniform(1.0, 1.6)
+        q = rng.uniform(0.3, 1.0) if galaxy else 1.0
+        theta = rng.uniform(0, np.pi)
+        x0, y0 = rng.uniform(0, canvas, 2)
+        peak = 10 ** rng.uniform(np.log10(2.0), np.log10(300.0)) * np.sqrt(sky_e)
+        lo_y, hi_y = max(0, int(y0 - 5 * sigma)), min(canvas, int(y0 + 5 * sigma) + 1)
+        lo_x, hi_x = max(0, int(x0 - 5 * sigma)), min(canvas, int(x0 + 5 * sigma) + 1)
+        dx, dy = xx[lo_y:hi_y, lo_x:hi_x] - x0, yy[lo_y:hi_y, lo_x:hi_x] - y0
+        u = dx * np.cos(theta) + dy * np.sin(theta)
+        v = -dx * np.sin(theta) + dy * np.cos(theta)
+        image[lo_y:hi_y, lo_x:hi_x] += np.float32(peak) * np.exp(-0.5 * (u * u + (v / q) ** 2) / sigma ** 2)
+    return image

@@ -12,8 +12,9 @@ The pieces, each usable alone (tests run them small):
 
 Seeds: training frames use ``seed``, the held-out calibration frames ``seed + 1``, evaluation
 frames ``seed + 2`` (never seen by training or by the scoring fit), outlier exposure
-``seed + 3``, and deformed-object outliers (``oe_deformed_share`` > 0) ``seed + 4`` (training) and
-``seed + 5`` (the held-out ones that pick the entropy weight). torch is imported here; the node
+``seed + 3`` (their field of stars and galaxies ``seed + 6``), and deformed-object outliers
+(``oe_deformed_share`` > 0) ``seed + 4`` (training) and ``seed + 5`` (the held-out ones that pick
+the entropy weight). torch is imported here; the node
 never imports this module.
 """
 
@@ -99,6 +100,9 @@ class TrainSettings:
     #: share of the outlier-exposure stamps made by deforming twin stars and galaxies
     #: (engines.training.deform); the rest are the generic blob shapes of engines.training.dataset.outlier_stamps
     oe_deformed_share: float = 0.0
+    #: the blob outliers sit in a field of stars and galaxies at ``densities`` (context-view
+    #: engines; engines.training.dataset.outlier_stamps), not on empty sky
+    oe_in_field: bool = True
     threads: int = 2
     #: every n-th training and calibration frame is calibrated without the bad-pixel map, so that
     #: hot pixels are seen (evaluation frames are always calibrated as the node does)
@@ -110,6 +114,10 @@ class TrainSettings:
     unusual: tuple[str, ...] = UNUSUAL_CLASSES
     #: objects of each unusual family per 512 x 512 px of training, calibration and evaluation frame
     anomalies_per_frame: int = 6
+    #: the unusual objects of a frame scale with its star density (at least one of each family):
+    #: without it a sparse field holds about as many of them as stars, and the network learns that
+    #: an isolated object with an empty context is probably unusual
+    anomalies_follow_density: bool = True
     #: star and galaxy densities of the training, calibration and evaluation frames, relative to the training mix,
     #: in equal shares of the frames: the context view must see sparse fields as well as crowded ones
     densities: tuple[float, ...] = (1.0, 1.0, 0.3, 0.05)
@@ -163,6 +171,8 @@ class TrainSettings:
         values.setdefault("unusual", ())
         values.setdefault("anomalies_per_frame", 0)
         values.setdefault("unknown_distance", "all")
+        values.setdefault("oe_in_field", False)
+        values.setdefault("anomalies_follow_density", False)
         values["unusual"] = tuple(values["unusual"])
         values["labelled"] = tuple(values.get("labelled", ()))
         values["densities"] = tuple(values.get("densities", (1.0,)))
@@ -170,13 +180,15 @@ class TrainSettings:
 
 
 def training_twin_config(size_px: int, anomalies: tuple[str, ...] = (), per_frame: int = 0,
-                         density: float = 1.0) -> Any:
+                         density: float = 1.0, *, anomalies_follow_density: bool = False) -> Any:
     """The twin configuration of the training mix: dense fields with every ordinary class common.
 
     Cosmic rays, streaks and hot pixels are far more frequent than on the default twin so that
     a few tens of frames hold hundreds of each; ``anomalies`` switches families on, with
     ``per_frame`` objects of each per 512 x 512 px (0: the evaluation's 12 per megapixel, at least 4);
-    ``density`` scales the stars and galaxies (1: 1500 stars and 600 galaxies per megapixel).
+    ``density`` scales the stars and galaxies (1: 1500 stars and 600 galaxies per megapixel) and,
+    with ``anomalies_follow_density``, the ``per_frame`` objects of each family too (at least one),
+    so that a sparse field does not hold as many unusual objects as stars.
     """
     from twin import DetectorModel, TwinConfig
 
@@ -186,7 +198,8 @@ def training_twin_config(size_px: int, anomalies: tuple[str, ...] = (), per_fram
                       n_galaxies=max(1, int(600 * density * area_mpx)),
                       cosmic_ray_rate_per_s=4.0, streak_probability=1.0,
                       anomalies=anomalies,
-                      n_anomalies_per_family=(max(1, int(round(per_frame * size_px * size_px / 512 ** 2)))
+                      n_anomalies_per_family=(max(1, int(round(per_frame * size_px * size_px / 512 ** 2
+                                                                   * (density if anomalies_follow_density else 1.0))))
                                               if per_frame else int(max(4, 12 * area_mpx))))
 
 
@@ -564,7 +577,8 @@ def density_mix(settings: TrainSettings, anomalies: tuple[str, ...], n_frames: i
         n = n_frames * (j + 1) // len(settings.densities) - done
         done += n
         cfg = training_twin_config(settings.frame_size_px, anomalies=anomalies,
-                                   per_frame=settings.anomalies_per_frame, density=density)
+                                   per_frame=settings.anomalies_per_frame, density=density,
+                                   anomalies_follow_density=settings.anomalies_follow_density)
         part = twin_stamp_set(cfg, n, set_seed if len(settings.densities) == 1 else
                               int(np.random.SeedSequence([set_seed, j]).generate_state(1)[0]),
                               unmasked_every=unmasked_every, recipe=settings.recipe, progress=progress, stage=stage)
@@ -612,20 +626,23 @@ def make_twin_sets(settings: TrainSettings, *, test: StampSet | None = None,
     calib = replace(calib, labels=class_labels(calib, classes))
     calib = calib.select(calib.labels != UNKNOWN)
     oe_rng = np.random.default_rng(seed + 3)
+    field = settings.densities if settings.oe_in_field else ()
+    field_rng = np.random.default_rng(seed + 6)
     n_oe, n_val = int(len(train) * settings.oe_fraction), OE_VALIDATION_STAMPS
     n_def, n_val_def = (int(round(k * settings.oe_deformed_share)) for k in (n_oe, n_val))
     # blobs first, from the same generator as always: a share of 0 gives the engine it always gave
     plain = training_twin_config(settings.frame_size_px)
-    oe_train = np.concatenate([outlier_stamps(n_oe - n_def, oe_rng, recipe=recipe),
+    oe_train = np.concatenate([outlier_stamps(n_oe - n_def, oe_rng, recipe=recipe, field=field, field_rng=field_rng),
                                deformed_stamps(plain, n_def, seed + 4, recipe=recipe, progress=progress,
                                                stage="deforming stars and galaxies (training)")])
-    oe_val = np.concatenate([outlier_stamps(n_val - n_val_def, oe_rng, recipe=recipe),
+    oe_val = np.concatenate([outlier_stamps(n_val - n_val_def, oe_rng, recipe=recipe, field=field, field_rng=field_rng),
                              deformed_stamps(plain, n_val_def, seed + 5, recipe=recipe, progress=progress,
                                              stage="deforming stars and galaxies (validation)")])
     return TwinSets(train=train, calib=calib, test=test, oe_train=oe_train, oe_val=oe_val,
                     configs={"train": _config_summary(config), "evaluation": eval_summary,
                              "seeds": {"train": seed, "calibration": seed + 1, "evaluation": seed + 2,
-                                       "outlier_exposure": seed + 3, "deformed_outliers": seed + 4,
+                                       "outlier_exposure": seed + 3, "outlier_field": seed + 6,
+                                       "deformed_outliers": seed + 4,
                                        "deformed_outliers_validation": seed + 5}})
 
 

@@ -151,3 +151,41 @@ def test_outlier_stamps_are_bright_finite_and_reproducible() -> None:
     assert np.isfinite(a).all()
     assert (a[:, 0, 14:18, 14:18].max(axis=(1, 2)) > np.arcsinh(5.0)).all()
     assert (a[:, 1] == 0).all() and (a[:, 3] == 0).all()   # the canvas holds the whole context view
+
+
+def test_outliers_in_a_field_have_a_context_as_full_as_the_field_and_the_same_centres() -> None:
+    """With ``field`` densities the outliers sit among field objects: the context view outside the
+    centre holds bright pixels at the crowded density and few at the sparse one, the sharp view's
+    centre is the same outlier as on empty sky, and a separate generator keeps the outliers' own
+    draws unchanged."""
+    def bright_outside(stamps: np.ndarray) -> float:
+        ctx = stamps[:, 2].copy()
+        ctx[:, 10:22, 10:22] = 0.0          # the outlier itself, binned
+        return float((ctx > np.arcsinh(5.0)).mean())
+
+    empty = outlier_stamps(40, np.random.default_rng(3))
+    crowded = outlier_stamps(40, np.random.default_rng(3), field=(1.0,), field_rng=np.random.default_rng(9))
+    sparse = outlier_stamps(40, np.random.default_rng(3), field=(0.05,), field_rng=np.random.default_rng(9))
+    assert bright_outside(crowded) > 5 * bright_outside(sparse) and bright_outside(crowded) > 0.02
+    assert bright_outside(sparse) < 3 * bright_outside(empty) + 0.002
+    # same outlier blobs: the brightest centre pixel agrees within the field's contribution
+    centre = (slice(None), 0, 15, 15)
+    assert np.mean(np.abs(crowded[centre] - empty[centre]) < 0.5) > 0.8
+    # a field needs the context view: the two-channel recipe ignores it
+    from engines.stamps import NORMALISATION
+    plain = outlier_stamps(5, np.random.default_rng(3), recipe=NORMALISATION, field=(1.0,))
+    np.testing.assert_array_equal(plain, outlier_stamps(5, np.random.default_rng(3), recipe=NORMALISATION))
+
+
+def test_unusual_objects_follow_the_field_density_when_asked() -> None:
+    """A sparse training frame holds one object of each unusual family, not as many as a crowded
+    one, when anomalies follow the density; without it the count is the crowded frame's."""
+    from engines.training.train import training_twin_config
+
+    crowded = training_twin_config(512, anomalies=("comet",), per_frame=6, density=1.0,
+                                   anomalies_follow_density=True)
+    sparse = training_twin_config(512, anomalies=("comet",), per_frame=6, density=0.05,
+                                  anomalies_follow_density=True)
+    fixed = training_twin_config(512, anomalies=("comet",), per_frame=6, density=0.05)
+    assert (crowded.n_anomalies_per_family, sparse.n_anomalies_per_family, fixed.n_anomalies_per_family) == (6, 1, 6)
+    assert sparse.n_stars == 19 and crowded.n_stars == 393

@@ -58,6 +58,35 @@ def test_growing_the_heads_keeps_every_trained_output_and_starts_the_new_class_u
     assert (lo_new[..., 7] < lo_old.min(dim=-1).values).all()
 
 
+def test_a_new_class_that_claims_too_much_is_settled_on_held_out_stamps_and_nothing_else_moves() -> None:
+    """A new class whose outputs win on everything gets its bias lowered until it is the top class
+    of at most the allowed share of held-out stamps (none of them of that class); every other
+    output is unchanged, and a class that already claims little is left alone."""
+    import torch
+
+    from engines.training.finetune import NEW_CLASS_CLAIM_MAX, settle_new_classes
+    from engines.training.model import ModelSpec, StampEnsemble
+
+    torch.manual_seed(0)
+    model = StampEnsemble(ModelSpec(n_classes=8, widths=(4, 8, 8), head_hidden=8, views=2)).eval()
+    with torch.no_grad():
+        for head in model.heads:
+            head[2].bias[6] += 25.0    # claims every stamp
+            head[2].bias[7] -= 25.0    # claims none
+    held = torch.randn(2000, 4, 32, 32).numpy()
+    with torch.no_grad():
+        before = model(torch.from_numpy(held))[0]
+    assert (before.mean(dim=1).argmax(dim=1) == 6).all()
+    shifts = settle_new_classes(model, held, [6, 7])
+    with torch.no_grad():
+        after = model(torch.from_numpy(held))[0]
+    probs = torch.softmax(after, dim=-1).mean(dim=1)
+    claimed = float((probs.argmax(dim=1) == 6).float().mean())
+    assert shifts[0] < -20.0 and shifts[1] == 0.0
+    assert 0.0 < claimed <= NEW_CLASS_CLAIM_MAX or claimed == 0.0
+    assert torch.allclose(after[..., :6], before[..., :6]) and torch.allclose(after[..., 7], before[..., 7])
+    assert torch.allclose(after[..., 6], before[..., 6] + shifts[0], atol=1e-4)
+
 @pytest.mark.slow
 def test_finetune_writes_a_new_verified_engine(tmp_path: Path) -> None:
     """Fine-tuning the shipped engine on labelled twin stamps yields a new engine with its own manifest, provenance and held-out figures."""
