@@ -114,7 +114,7 @@ def main() -> int:
         settings = dataclasses.replace(base, unusual=unusual,
                                        spec=dataclasses.replace(base.spec, n_classes=len(CLASSES) + len(unusual)))
         sets = make_twin_sets(settings, test=test, progress=bars)
-        key = f"without-{fam}-{args.train_frames}-{args.calib_frames}-{args.epochs}-copies.npz"
+        key = f"without-{fam}-{args.train_frames}-{args.calib_frames}-{args.epochs}-field.npz"
         cached = args.cache / key if args.cache else None
         if cached is not None and cached.is_file():
             from engines.training.model import StampEnsemble

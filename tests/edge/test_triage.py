@@ -136,6 +136,6 @@ def test_the_default_policy_sends_the_taught_unusual_classes() -> None:
     from edge.node.assemble import MODELS_DIR
     from engines.manifest import load_manifest
 
-    classes = load_manifest(MODELS_DIR / "stampnet-v2").classes
+    classes = load_manifest(MODELS_DIR / "stampnet-v3").classes
     assert len(classes) > 6 and set(classes[6:]) <= set(TriagePolicy().classes_of_interest)
     assert "streak" in TriagePolicy().classes_of_interest

@@ -20,7 +20,7 @@ from twin import ANOMALY_FAMILIES
 #: every shipped engine folder
 SHIPPED = sorted(p for p in MODELS_DIR.iterdir() if (p / "manifest.json").is_file())
 #: the engine with the context view and the unusual classes
-CONTEXT_MODEL_DIR = MODELS_DIR / "stampnet-v2"
+CONTEXT_MODEL_DIR = MODELS_DIR / "stampnet-v3"
 
 #: a seed none of the engine's sets used (they use the training seed + 0 .. 5)
 FRESH_SEED = 777_001
@@ -41,7 +41,7 @@ def test_manifest_verifies_and_matches_the_node(folder: Path) -> None:
     assert m.ensemble_size >= 4
     assert FRESH_SEED not in m.training["twin_config"]["seeds"].values()
     total = sum(p.stat().st_size for p in folder.iterdir())
-    # stampnet-v2's manifest holds the 336 x 336 precision matrix of the class Gaussians as JSON: 3.4 MB
+    # stampnet-v3's manifest holds the 336 x 336 precision matrix of the class Gaussians as JSON: 3.4 MB
     assert total < 8 * 2**20
 
 

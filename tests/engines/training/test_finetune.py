@@ -123,14 +123,14 @@ def test_finetune_command_with_a_missing_labels_file_exits_2(tmp_path: Path, cap
 def test_finetune_adds_a_class_the_engine_does_not_have(tmp_path: Path) -> None:
     """Ground labels of a class the context engine lacks (close doubles, called "double" here) give
     an engine with that class added after all the old ones, a verified folder that the runtime
-    loads, and held-out figures."""
+    loads, held-out figures, and a new class that claims almost no single star."""
     from dataclasses import replace
 
     from edge.node.assemble import MODELS_DIR
     from engines.runtime import load_engine
     from engines.training.dataset import class_labels
 
-    context_engine = MODELS_DIR / "stampnet-v2"
+    context_engine = MODELS_DIR / "stampnet-v3"
     old = load_manifest(context_engine)
     config = replace(training_twin_config(512, anomalies=("close_double",)), n_anomalies_per_family=16)
     data = twin_stamp_set(config, 4, seed=515151, recipe=old.normalisation)
@@ -149,8 +149,16 @@ def test_finetune_adds_a_class_the_engine_does_not_have(tmp_path: Path) -> None:
     assert new.scoring.n_classes == len(new.classes)
     with load_engine(tmp_path / "ft", backend="onnxruntime", precision="int8") as engine:
         logits, _ = engine.infer(doubles.stamps)
+        single, _ = engine.infer(ordinary.stamps[ordinary.labels == 0])
     assert logits.shape[-1] == len(new.classes)
-    # the new class was learned: most of its labelled stamps now get it (a double is, in pixels,
-    # close to a star, so the held-out accuracy of one epoch is only reported)
-    assert (logits.mean(axis=1).argmax(axis=1) == len(old.classes)).mean() >= 0.5
+
+    def margin(z: np.ndarray) -> np.ndarray:
+        mean = z.mean(axis=1)
+        return mean[:, len(old.classes)] - mean[:, :len(old.classes)].max(axis=1)
+
+    # a double is, in pixels, close to a single star, and one epoch on 12 replay frames does not
+    # teach the difference (bench/leave_one_out.py measures how well new classes are learned, on
+    # families that can be): the new class's bias is settled so that it claims almost no single
+    # star instead of a share of all of them; one epoch's held-out accuracy is only reported
+    assert (margin(single) > 0).mean() <= 0.01
     assert 0.0 <= new.evaluation["finetune"]["heldout_accuracy"] <= 1.0
