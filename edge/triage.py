@@ -47,6 +47,9 @@ class TriagePolicy:
     epistemic_max_nats: float = 0.05
     alpha: float = 0.01
     classes_of_interest: tuple[str, ...] = ("streak", "lens_arc", "comet", "lobster_psf", "ghost")
+    # a call of a class of interest is sent as unusual only at this confidence or more (0: every
+    # call); an engine's model card gives the value of its budget operating point
+    unusual_confidence_min: float = 0.0
     send_new: bool = True
     send_blends: bool = False
     blend_lr_min: float = 20.0
@@ -58,6 +61,8 @@ class TriagePolicy:
             raise ValueError(f"version must be an integer >= 1, not {self.version!r}")
         if not 0.0 <= self.confidence_min <= 1.0:
             raise ValueError(f"confidence_min must be in [0, 1], not {self.confidence_min}")
+        if not 0.0 <= self.unusual_confidence_min <= 1.0:
+            raise ValueError(f"unusual_confidence_min must be in [0, 1], not {self.unusual_confidence_min}")
         if not self.epistemic_max_nats >= 0.0:
             raise ValueError(f"epistemic_max_nats must be >= 0, not {self.epistemic_max_nats}")
         if not 0.0 <= self.alpha < 1.0:
@@ -129,7 +134,7 @@ def triage(policy: TriagePolicy, *, labels: Sequence[str], confidence: NDArray[A
     # non-finite scores are not trusted to be ordinary: they count as uncertain
     uncertain = ~(conf >= policy.confidence_min) | ~(epi <= policy.epistemic_max_nats)
     unknown = ~(pval > policy.alpha)
-    unusual = np.isin(lab, np.asarray(policy.classes_of_interest, dtype=object))
+    unusual = np.isin(lab, np.asarray(policy.classes_of_interest, dtype=object)) & (conf >= policy.unusual_confidence_min)
     is_new = is_new & policy.send_new
     blend = np.zeros(n, bool)
     if policy.send_blends and blend_lr is not None:

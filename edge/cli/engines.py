@@ -267,7 +267,8 @@ def _print_figures(ev: dict[str, Any]) -> None:
         print(f"  near an anomaly, not made of its light: {near['n']} (flagged {_fmt(near['flagged_at_alpha'])})")
     budget = ev["fp32"].get("budget")
     if budget:
-        print(f"under one budget (alpha={budget['alpha']}): ordinary flagged {budget['ordinary_flagged']:.4f}; sent S/N>=20 "
+        print(f"under one budget (alpha={budget['alpha']}, unusual calls of p >= {budget.get('unusual_min', 0.0)}): "
+              f"ordinary flagged {budget['ordinary_flagged']:.4f}; sent S/N>=20 "
               + ", ".join(f"{k} {_fmt(v['recall'])} (>= {_fmt(v['wilson_low'])})" for k, v in budget["families"].items()))
 
 

@@ -57,8 +57,9 @@ def reevaluate(model_dir: Path | str, *, n_frames: int | None = None, seed: int 
     def run(precision: str, stamps: Any) -> Any:
         return export.run_onnx(m.path(files[precision]), stamps, threads=threads)
 
-    budget_alpha = m.evaluation.get("scoring_fit", {}).get("budget_alpha")
-    evaluation = evaluate_precisions(run, test, m.scoring, tuple(m.classes), budget_alpha)
+    fit = m.evaluation.get("scoring_fit", {})
+    evaluation = evaluate_precisions(run, test, m.scoring, tuple(m.classes), fit.get("budget_alpha"),
+                                     float(fit.get("budget_unusual_min", 0.0)))
     if seed is not None:
         evaluation["evaluation_seed"] = seed
     evaluation.update({k: m.evaluation[k] for k in _KEPT if k in m.evaluation})

@@ -195,7 +195,7 @@ def settle_new_classes(model: Any, held_out: NDArray[np.float32], new: list[int]
     logits = logits.astype(np.float64)
     shifts = []
     for c in new:
-        def claimed(shift: float) -> float:
+        def claimed(shift: float, c: int = c) -> float:
             z = logits.copy()
             z[:, :, c] += shift
             p = np.exp(z - z.max(axis=2, keepdims=True))
@@ -212,7 +212,7 @@ def settle_new_classes(model: Any, held_out: NDArray[np.float32], new: list[int]
         shift = lo - 0.01 if claimed(0.0) > claim_max else 0.0
         with torch.no_grad():
             for head in model.heads:
-                head[2].bias[c] += shift  # type: ignore[index]  # the head is Linear, ReLU, Linear
+                head[2].bias[c] += shift  # the head is Linear, ReLU, Linear
         shifts.append(float(shift))
     return shifts
 

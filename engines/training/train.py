@@ -75,6 +75,9 @@ MAX_DENSITY_REPEATS = 8
 BUDGET = 0.01
 #: the alphas the budget's operating point is chosen from (largest that keeps the budget on held-out frames)
 BUDGET_ALPHAS = (0.01, 0.005, 0.003, 0.002, 0.001)
+#: the least probability of an unusual call that the budget's operating point sends (0: every call);
+#: chosen with the alpha (bench/budget_threshold.py measures the trade)
+BUDGET_UNUSUAL_MIN = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9)
 #: what the unknown score's distance is measured to: the ordinary classes' Gaussians, or every class's
 UNKNOWN_DISTANCES = ("ordinary", "all")
 #: held-out outlier-exposure stamps that pick the entropy weight
@@ -348,17 +351,30 @@ def fit_scoring(train_outputs: tuple[NDArray[Any], NDArray[Any]], train_labels: 
     probe = ScoringConstants(temperature, means, precision, weight, np.zeros(1), distance_classes, unusual_weight)
     conformal = np.sort(score(calib_outputs[0][ordinary_b], calib_outputs[1][ordinary_b], probe).anomaly_score)
     constants = ScoringConstants(temperature, means, precision, weight, conformal, distance_classes, unusual_weight)
-    # the budget's alpha, on the first half's ordinary candidates (independent of the conformal set):
-    # the largest whose joint false flags (unusual class or unknown) stay within 90 % of the budget
-    held = score(calib_outputs[0][ordinary_a], calib_outputs[1][ordinary_a], constants)
-    as_unusual = held.label_index >= len(CLASSES)
-    joint = {a: float((as_unusual | (held.anomaly_pvalue <= a)).mean()) for a in BUDGET_ALPHAS}
-    fits = [a for a in BUDGET_ALPHAS if joint[a] <= 0.9 * BUDGET]
+    # the budget's operating point, on the first half (independent of the conformal set): among the
+    # alphas and least unusual-call probabilities whose joint false flags (unusual call or unknown)
+    # on ordinary candidates stay within 90 % of the budget, the one that sends most of the taught
+    # unusual classes' candidates (a larger alpha, then a lower threshold, on ties)
+    held = score(calib_outputs[0][half_a], calib_outputs[1][half_a], constants)
+    ordinary_held = calib_labels[half_a] < len(CLASSES)
+    taught_held = ~ordinary_held & (calib_labels[half_a] >= 0)
+    called = held.label_index >= len(CLASSES)
+    confidence = held.probs[np.arange(len(held.probs)), held.label_index]
+    joint, sent = {}, {}
+    for a in BUDGET_ALPHAS:
+        for tau in BUDGET_UNUSUAL_MIN:
+            flagged = (called & (confidence >= tau)) | (held.anomaly_pvalue <= a)
+            joint[(a, tau)] = float(flagged[ordinary_held].mean())
+            sent[(a, tau)] = float(flagged[taught_held].mean()) if taught_held.any() else 0.0
+    fits = [k for k in joint if joint[k] <= 0.9 * BUDGET]
+    point = (max(fits, key=lambda k: (sent[k], k[0], -k[1])) if fits
+             else (min(BUDGET_ALPHAS), max(BUDGET_UNUSUAL_MIN)))
     choice.update(temperature=temperature, entropy_weight=weight, unusual_weight=unusual_weight,
                   n_conformal=int(conformal.size),
                   unknown_distance=unknown_distance, budget=BUDGET,
-                  budget_alpha=max(fits) if fits else min(BUDGET_ALPHAS),
-                  budget_joint_heldout={str(a): v for a, v in joint.items()})
+                  budget_alpha=point[0], budget_unusual_min=point[1],
+                  budget_joint_heldout={f"{a} {tau}": v for (a, tau), v in joint.items()},
+                  budget_sent_heldout={f"{a} {tau}": v for (a, tau), v in sent.items()})
     return constants, choice
 
 
@@ -379,14 +395,15 @@ def _recall(hit: NDArray[np.bool_]) -> dict[str, Any]:
 
 def evaluate(outputs: tuple[NDArray[Any], NDArray[Any]], data: StampSet, constants: ScoringConstants,
              alpha: float = ALPHA, classes: tuple[str, ...] = CLASSES,
-             budget_alpha: float | None = None) -> dict[str, Any]:
+             budget_alpha: float | None = None, budget_unusual_min: float = 0.0) -> dict[str, Any]:
     """The issue's figures on a labelled set (ordinary classes, unusual classes, anomaly families).
 
     ``data.labels`` are the plain labels (ordinary index or UNKNOWN); ``classes`` are the engine's.
     A detection is *flagged* when the engine calls it one of its unusual classes (triage's
     ``unusual``) or its p-value is at most ``alpha`` (``unknown``); ordinary candidates flagged
-    are the false flags of the joint budget. With ``budget_alpha`` (the operating point
-    :func:`fit_scoring` chose for the joint budget) the same figures at that alpha are under ``budget``.
+    are the false flags of the joint budget. With ``budget_alpha`` and ``budget_unusual_min`` (the
+    operating point :func:`fit_scoring` chose for the joint budget: unknown at that alpha, unusual
+    calls of at least that probability) the same figures are under ``budget``.
     """
     s = score(outputs[0], outputs[1], constants)
     n_ord = len(CLASSES)
@@ -424,9 +441,12 @@ def evaluate(outputs: tuple[NDArray[Any], NDArray[Any]], data: StampSet, constan
         }
     neg = s.anomaly_score[ordinary]
     budget: dict[str, Any] = {"families": {}}
+    budget_flagged = np.zeros(len(s.probs), bool)
     if budget_alpha is not None:
-        budget.update(alpha=budget_alpha,
-                      ordinary_flagged=float((as_unusual | (s.anomaly_pvalue <= budget_alpha))[ordinary].mean()))
+        confidence = s.probs[np.arange(len(s.probs)), s.label_index]
+        budget_flagged = (as_unusual & (confidence >= budget_unusual_min)) | (s.anomaly_pvalue <= budget_alpha)
+        budget.update(alpha=budget_alpha, unusual_min=budget_unusual_min,
+                      ordinary_flagged=float(budget_flagged[ordinary].mean()))
         figures["budget"] = budget
     near = np.char.startswith(data.family.astype(str), NEAR_PREFIX)
     figures["near_anomaly"] = {"n": int(near.sum()),
@@ -436,7 +456,7 @@ def evaluate(outputs: tuple[NDArray[Any], NDArray[Any]], data: StampSet, constan
         strong = sel & (data.snr >= 20.0)
         own = classes.index(fam) if fam in classes else None
         if budget_alpha is not None:
-            budget["families"][fam] = _recall((as_unusual | (s.anomaly_pvalue <= budget_alpha))[strong])
+            budget["families"][fam] = _recall(budget_flagged[strong])
         figures["families"][fam] = {
             "n": int(sel.sum()),
             "n_snr20": int(strong.sum()),
@@ -488,9 +508,10 @@ def _golden_indices(data: StampSet, rng: np.random.Generator) -> NDArray[np.int6
 def compare_precisions(reference: dict[str, Any], outputs: tuple[NDArray[Any], NDArray[Any]],
                        ref_outputs: tuple[NDArray[Any], NDArray[Any]], data: StampSet,
                        constants: ScoringConstants, classes: tuple[str, ...] = CLASSES,
-                       budget_alpha: float | None = None) -> dict[str, Any]:
+                       budget_alpha: float | None = None, budget_unusual_min: float = 0.0) -> dict[str, Any]:
     """Agreement of one precision with FP32 on an evaluation set: top-1, ECE and AUROC differences."""
-    figures = evaluate(outputs, data, constants, classes=classes, budget_alpha=budget_alpha)
+    figures = evaluate(outputs, data, constants, classes=classes, budget_alpha=budget_alpha,
+                       budget_unusual_min=budget_unusual_min)
     top = score(outputs[0], outputs[1], constants).label_index
     top_ref = score(ref_outputs[0], ref_outputs[1], constants).label_index
     figures["top1_agreement_vs_fp32"] = float((top == top_ref).mean())
@@ -502,7 +523,8 @@ def compare_precisions(reference: dict[str, Any], outputs: tuple[NDArray[Any], N
 
 
 def evaluate_precisions(run: Any, test: StampSet, constants: ScoringConstants,
-                        classes: tuple[str, ...] = CLASSES, budget_alpha: float | None = None) -> dict[str, Any]:
+                        classes: tuple[str, ...] = CLASSES, budget_alpha: float | None = None,
+                        budget_unusual_min: float = 0.0) -> dict[str, Any]:
     """The evaluation of every precision on one labelled set, as the manifest stores it.
 
     ``run(precision, stamps)`` gives (logits, embedding) of that precision's model file; FP32 is
@@ -510,10 +532,12 @@ def evaluate_precisions(run: Any, test: StampSet, constants: ScoringConstants,
     """
     ref_outputs = run("fp32", test.stamps)
     evaluation: dict[str, Any] = {"fp32": evaluate(ref_outputs, test, constants, classes=classes,
-                                                   budget_alpha=budget_alpha)}
+                                                   budget_alpha=budget_alpha,
+                                                   budget_unusual_min=budget_unusual_min)}
     for precision in ("fp16", "int8"):
         evaluation[precision] = compare_precisions(evaluation["fp32"], run(precision, test.stamps),
-                                                   ref_outputs, test, constants, classes, budget_alpha)
+                                                   ref_outputs, test, constants, classes, budget_alpha,
+                                                   budget_unusual_min)
     target = class_labels(test, classes)
     bright = (target != UNKNOWN) & (test.snr >= 10)
     evaluation["confusion_snr10_fp32"] = confusion(
@@ -728,7 +752,8 @@ def package_engine(out_dir: Any, model: Any, settings: TrainSettings, sets: Twin
                                     conformal_pool=node_calibrated(settings, sets.calib))
     step_done()
     test = sets.test
-    evaluation = evaluate_precisions(run, test, constants, classes, choice["budget_alpha"])
+    evaluation = evaluate_precisions(run, test, constants, classes, choice["budget_alpha"],
+                                     choice["budget_unusual_min"])
     evaluation["scoring_fit"] = choice
     if extra_evaluation:
         evaluation.update(extra_evaluation)
@@ -961,7 +986,8 @@ def write_model_card(out_dir: Any, m: Any) -> None:
     b = ev["fp32"].get("budget")
     if b:
         lines += ["", f"Under one budget of {ev.get('scoring_fit', {}).get('budget', BUDGET):.0%} false flags "
-                  f"(alpha = {b['alpha']}, chosen on held-out frames): ordinary candidates flagged "
+                  f"(alpha = {b['alpha']} and unusual calls of probability >= {b.get('unusual_min', 0.0)}, "
+                  "chosen on held-out frames): ordinary candidates flagged "
                   f"{_fmt(b['ordinary_flagged'], 4)}; families sent at S/N >= 20: "
                   + ", ".join(f"{k} {v['recall']:.3f} (>= {v['wilson_low']:.3f})" for k, v in b["families"].items()
                               if v.get("recall") is not None) + "."]

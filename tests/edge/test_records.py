@@ -28,11 +28,11 @@ from edge.codec import (
 )
 from edge.errors import RecordDecodeError, RecordError, RecordFieldError, RecordVersionError
 from edge.records import (
-    CompressedStamp,
     REASONS,
     STAMP_CODEC,
     STAMP_CODEC_ASINH8,
     STAMP_CODEC_FLOAT16,
+    CompressedStamp,
     DownlinkRecord,
     FrameSummary,
     compress_stamp,

@@ -54,6 +54,19 @@ def test_new_is_ignored_when_the_policy_says_so(rng: np.random.Generator) -> Non
     assert run(policy, [("star", 0.99, 0.0, 0.5, True)], rng) == ((),)
 
 
+def test_an_unusual_call_below_the_confidence_minimum_is_not_sent_as_unusual(rng: np.random.Generator) -> None:
+    """With unusual_confidence_min set, a class-of-interest call is unusual at that confidence and
+    above (inclusive), and below it only what else it is (here: uncertain when also under
+    confidence_min); out-of-range values are refused."""
+    from dataclasses import replace
+
+    policy = replace(POLICY, confidence_min=0.3, unusual_confidence_min=0.6)
+    reasons = run(policy, [("streak", 0.6, 0.01, 0.5, False), ("streak", 0.59, 0.01, 0.5, False),
+                           ("streak", 0.2, 0.01, 0.5, False)], rng)
+    assert reasons == (("unusual",), (), ("uncertain",))
+    with pytest.raises(ValueError, match="unusual_confidence_min"):
+        TriagePolicy(unusual_confidence_min=1.5)
+
 def test_audit_samples_confident_ordinary_detections_at_the_configured_rate() -> None:
     """About audit_rate of confident ordinary detections are sent as audits; flagged ones never carry audit."""
     n = 40_000

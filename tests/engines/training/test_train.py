@@ -52,6 +52,48 @@ def test_fit_scoring_gives_honest_conformal_pvalues(rng: np.random.Generator) ->
     assert 0.03 <= figures["flagged_ordinary_at_alpha"] <= 0.07
 
 
+def test_the_budget_point_sends_only_confident_unusual_calls_when_every_call_would_break_it(
+        rng: np.random.Generator) -> None:
+    """When 3 % of ordinary candidates are called an unusual class with middling probability, no
+    alpha keeps the joint budget; the fit then picks the least call probability that does, the
+    confident calls of the taught unusual class are still sent, and the evaluation's budget block
+    uses that point."""
+    from engines.training.train import BUDGET, BUDGET_UNUSUAL_MIN
+
+    n_classes = C + 1
+    centres = np.eye(n_classes, 8) * 5.0
+
+    def outputs(labels: np.ndarray, muddled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n = labels.size
+        embedding = (centres[labels] + rng.normal(0, 0.3, (n, 8))).astype(np.float32)
+        logits = rng.normal(0, 0.3, (n, 4, n_classes))
+        logits[np.arange(n), :, labels] += 6.0
+        # muddled ordinary candidates: the unusual class just ahead of their own (p about 0.55)
+        rows = np.flatnonzero(muddled)
+        logits[rows, :, C] = logits[rows, :, labels[rows]] + 0.3
+        return logits.astype(np.float32), embedding
+
+    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.where(rng.random(n) < 0.1, C, rng.integers(0, C, n))
+        return labels, (labels < C) & (rng.random(n) < 0.03)
+
+    y_train, m_train = draw(3000)
+    y_cal, m_cal = draw(6000)
+    oe = (rng.normal(0, 0.3, (300, 4, n_classes)).astype(np.float32), rng.normal(0, 3.0, (300, 8)).astype(np.float32))
+    constants, choice = fit_scoring(outputs(y_train, m_train), y_train, outputs(y_cal, m_cal), y_cal, oe, seed=3,
+                                    n_classes=n_classes, unknown_distance="ordinary")
+    assert choice["budget_unusual_min"] in BUDGET_UNUSUAL_MIN and choice["budget_unusual_min"] > 0.5
+    assert choice["budget_joint_heldout"][f"{choice['budget_alpha']} 0.0"] > BUDGET
+    y_new, m_new = draw(6000)
+    data = StampSet(np.zeros((6000, 2, 32, 32), np.float32), np.where(y_new < C, y_new, UNKNOWN),
+                    np.array([CLASSES[i] if i < C else "lens_arc" for i in y_new]), np.full(6000, 50.0),
+                    np.zeros(6000, np.int64))
+    figures = evaluate(outputs(y_new, m_new), data, constants, classes=CLASSES + ("lens_arc",),
+                       budget_alpha=choice["budget_alpha"], budget_unusual_min=choice["budget_unusual_min"])
+    assert figures["ordinary_as_unusual"] > 0.02
+    assert figures["budget"]["ordinary_flagged"] <= BUDGET
+    assert figures["budget"]["families"]["lens_arc"]["recall"] >= 0.95
+
 def test_evaluate_separates_a_far_anomaly_family(rng: np.random.Generator) -> None:
     """A family whose embeddings lie far from every class scores AUROC near 1 and is recalled at S/N >= 20."""
     y = rng.integers(0, C, 3000)
