@@ -77,7 +77,7 @@ BUDGET = 0.01
 BUDGET_ALPHAS = (0.01, 0.005, 0.003, 0.002, 0.001)
 #: the least probability of an unusual call that the budget's operating point sends (0: every call);
 #: chosen with the alpha (bench/budget_threshold.py measures the trade)
-BUDGET_UNUSUAL_MIN = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9)
+BUDGET_UNUSUAL_MIN = (0.0, 0.5, 0.55, 0.6, 0.65, 0.7, 0.8, 0.9)
 #: what the unknown score's distance is measured to: the ordinary classes' Gaussians, or every class's
 UNKNOWN_DISTANCES = ("ordinary", "all")
 #: held-out outlier-exposure stamps that pick the entropy weight
@@ -354,10 +354,12 @@ def fit_scoring(train_outputs: tuple[NDArray[Any], NDArray[Any]], train_labels: 
     # the budget's operating point, on the first half (independent of the conformal set): among the
     # alphas and least unusual-call probabilities whose joint false flags (unusual call or unknown)
     # on ordinary candidates stay within 90 % of the budget, the one that sends most of the taught
-    # unusual classes' candidates (a larger alpha, then a lower threshold, on ties)
+    # unusual classes' candidates, each class weighing the same (a larger alpha, then a lower
+    # threshold, on ties)
     held = score(calib_outputs[0][half_a], calib_outputs[1][half_a], constants)
-    ordinary_held = calib_labels[half_a] < len(CLASSES)
-    taught_held = ~ordinary_held & (calib_labels[half_a] >= 0)
+    labels_held = calib_labels[half_a]
+    ordinary_held = labels_held < len(CLASSES)
+    taught = [c for c in range(len(CLASSES), n_classes) if (labels_held == c).any()]
     called = held.label_index >= len(CLASSES)
     confidence = held.probs[np.arange(len(held.probs)), held.label_index]
     joint, sent = {}, {}
@@ -365,7 +367,7 @@ def fit_scoring(train_outputs: tuple[NDArray[Any], NDArray[Any]], train_labels: 
         for tau in BUDGET_UNUSUAL_MIN:
             flagged = (called & (confidence >= tau)) | (held.anomaly_pvalue <= a)
             joint[(a, tau)] = float(flagged[ordinary_held].mean())
-            sent[(a, tau)] = float(flagged[taught_held].mean()) if taught_held.any() else 0.0
+            sent[(a, tau)] = float(np.mean([flagged[labels_held == c].mean() for c in taught])) if taught else 0.0
     fits = [k for k in joint if joint[k] <= 0.9 * BUDGET]
     point = (max(fits, key=lambda k: (sent[k], k[0], -k[1])) if fits
              else (min(BUDGET_ALPHAS), max(BUDGET_UNUSUAL_MIN)))
