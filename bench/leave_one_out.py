@@ -14,7 +14,8 @@ Then, for each family of ``--finetune`` (a subset of ``--families``), the engine
 learns F from k labelled stamps (k of ``--k``, ``--draws`` random draws each) with
 :func:`engines.training.finetune.finetune_model`, the core of ``astro-edge engines finetune``: the
 stamps are drawn from candidates of F (S/N >= 10) on twin frames of their own seed (``SEED_LABELS``),
-the replay set is the first ``--replay-frames`` training frames, the class Gaussians are fitted on
+the replay set is ``--replay-frames`` training frames (the first of every density's share, as
+the command's replay frames are drawn; a third as many calibration frames), the class Gaussians are fitted on
 up to 1500 training stamps of each class. Reported per k (mean and range over
 the draws): F's recall as its own class at S/N >= 20, the change of ordinary accuracy (S/N >= 10)
 against the engine before fine-tuning, and the ordinary candidates flagged (unusual or unknown at
@@ -151,8 +152,11 @@ def main() -> int:
                                   args.label_frames, SEED_LABELS, recipe=base.recipe, progress=bars,
                                   stage=f"simulating frames with {fam} to label")
         pool_idx = np.flatnonzero((labelled.family == fam) & (labelled.snr >= 10))
-        replay = dataclasses.replace(sets, train=sets.train.select(sets.train.frame < args.replay_frames),
-                                     calib=sets.calib.select(sets.calib.frame < max(4, args.replay_frames // 3)))
+        # the replay set of `engines finetune`: the first frames of every density's share
+        share = 1000 * max(1, base.unmasked_every)
+        per = max(1, args.replay_frames // len(base.densities))
+        replay = dataclasses.replace(sets, train=sets.train.select(sets.train.frame % share < per),
+                                     calib=sets.calib.select(sets.calib.frame % share < max(1, per // 3)))
         # the class Gaussians of the fine-tuned engines: at most GAUSSIAN_STAMPS of each class from the
         # whole training set (the replay frames alone may lack a rare class)
         pick_rng = np.random.default_rng(SEED_LABELS)

@@ -155,7 +155,9 @@ def _add_finetune(sub: Any) -> None:
         description="Continue training an engine made by `engines train` on labelled stamps (e.g. "
                     "ground labels of downlinked records), mixed with a small replay set of twin "
                     "frames so that no class is forgotten. A label the engine does not have is a new "
-                    "class: every head grows an output for it. A fixed-seed fifth of the labels is held "
+                    "class: every head grows an output for it, and only the new outputs are fitted (the "
+                    "network and the trained outputs stay as they are), then held back until the class "
+                    "claims at most 0.2 % of held-out replay candidates. A fixed-seed fifth of the labels is held "
                     "out; the new engine gets fresh scoring constants, the full twin evaluation, the "
                     "held-out figures and its own manifest, ready to hot-swap with `astro-edge ctl "
                     "ADDRESS engine load`. Needs the train extra (torch).")
@@ -167,9 +169,10 @@ def _add_finetune(sub: Any) -> None:
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder of the new engine (created)")
     p.add_argument("--version", default=None, metavar="VERSION",
                    help="version of the new engine (default: old version + '-ft')")
-    p.add_argument("--epochs", type=int, default=3, metavar="N", help="fine-tuning epochs (default: 3)")
+    p.add_argument("--epochs", type=int, default=3, metavar="N",
+                   help="fine-tuning epochs of the whole network, for labels of classes the engine has (default: 3)")
     p.add_argument("--learning-rate", type=float, default=5e-4, metavar="RATE",
-                   help="peak learning rate (default: 5e-4)")
+                   help="peak learning rate of those epochs (default: 5e-4)")
     p.add_argument("--seed", type=int, default=20261128, metavar="N",
                    help="seed of the split and the updates (default: 20261128)")
     p.add_argument("--threads", type=int, default=2, metavar="N", help="CPU threads for torch (default: 2)")

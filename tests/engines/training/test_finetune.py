@@ -149,16 +149,18 @@ def test_finetune_adds_a_class_the_engine_does_not_have(tmp_path: Path) -> None:
     assert new.scoring.n_classes == len(new.classes)
     with load_engine(tmp_path / "ft", backend="onnxruntime", precision="int8") as engine:
         logits, _ = engine.infer(doubles.stamps)
-        single, _ = engine.infer(ordinary.stamps[ordinary.labels == 0])
+        others, _ = engine.infer(ordinary.stamps)
     assert logits.shape[-1] == len(new.classes)
 
-    def margin(z: np.ndarray) -> np.ndarray:
-        mean = z.mean(axis=1)
-        return mean[:, len(old.classes)] - mean[:, :len(old.classes)].max(axis=1)
+    def top(z: np.ndarray) -> np.ndarray:
+        p = np.exp(z - z.max(axis=2, keepdims=True))
+        return (p / p.sum(axis=2, keepdims=True)).mean(axis=1).argmax(axis=1)
 
-    # a double is, in pixels, close to a single star, and one epoch on 12 replay frames does not
-    # teach the difference (bench/leave_one_out.py measures how well new classes are learned, on
-    # families that can be): the new class's bias is settled so that it claims almost no single
-    # star instead of a share of all of them; one epoch's held-out accuracy is only reported
-    assert (margin(single) > 0).mean() <= 0.01
+    # a double is, in pixels, close to a single star (bench/leave_one_out.py measures how well new
+    # classes are learned, on families that can be): the new class's bias is settled on a few
+    # held-out replay frames, so it takes a few per cent of the other candidates of fresh frames,
+    # not a share of all of them, and the doubles many times more often (measured: 2.7 % and 31 %)
+    claimed = (top(others) == len(old.classes)).mean()
+    assert claimed <= 0.05
+    assert (top(logits) == len(old.classes)).mean() > 4 * claimed
     assert 0.0 <= new.evaluation["finetune"]["heldout_accuracy"] <= 1.0
