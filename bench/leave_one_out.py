@@ -25,8 +25,9 @@ alpha = 0.01; the joint budget).
         [--finetune comet,lens_arc,lobster_psf] [--k 10,30,100] [--draws 5]
         [--train-frames 240] [--calib-frames 80] [--epochs 16] [--cache DIR] [--json FILE]
 
-Needs the train extra (torch). With ``--cache DIR`` each leave-one-out engine's weights are kept
-and reused by the next run with the same options.
+Needs the train extra (torch). Each leave-one-out engine's weights are kept in ``--cache DIR``
+(default ``bench/out/leave_one_out``) and reused by the next run with the same options, and by
+bench/new_class_cap.py.
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ def main() -> int:
     parser.add_argument("--label-frames", type=int, default=40, help="twin frames the labelled stamps come from")
     parser.add_argument("--eval-seed", type=int, default=None)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--cache", type=Path, default=None)
+    parser.add_argument("--cache", type=Path, default=Path("bench/out/leave_one_out"),
+                        help="folder that keeps each leave-one-out engine's weights (default: bench/out/leave_one_out)")
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
     args = parser.parse_args()
     families = [f for f in args.families.split(",") if f]

@@ -1,7 +1,7 @@
 """How much of a new class does a claim cap cost? Recall against ordinary claims when the class is learned from k labels.
 
-On the leave-one-out engine of ``--family`` (the weights ``bench/leave_one_out.py --cache DIR``
-keeps, same ``--train-frames``, ``--calib-frames`` and ``--epochs``), one draw of k labelled
+On the leave-one-out engine of ``--family`` (the weights ``bench/leave_one_out.py`` keeps in its
+``--cache``, same ``--train-frames``, ``--calib-frames`` and ``--epochs``), one draw of k labelled
 stamps of the family (S/N >= 10, twin frames of seed ``SEED_LABELS``, as the bench draws them)
 is learned as ``engines finetune`` learns a new class: new outputs imprinted and fitted on the
 frozen network (:func:`engines.training.finetune.fit_new_outputs`) against the replay set of the
@@ -12,8 +12,8 @@ on ``--eval-frames`` evaluation frames: the family's recall as its own class at 
 ordinary accuracy change at S/N >= 10 against the engine before, and the share of ordinary
 candidates the new class takes.
 
-    .venv/bin/python bench/new_class_cap.py --cache DIR [--family comet] [--k 10,30]
-                                            [--caps 0.002,0.005,0.01,1] [--eval-frames 60]
+    .venv/bin/python bench/new_class_cap.py [--cache DIR] [--family comet] [--k 10,30]
+        [--caps 0.002,0.005,0.01,1] [--eval-frames 60] [--train-frames 240] [--calib-frames 80] [--epochs 20]
 
 Needs the train extra (torch) and the cached engine. About 4 minutes on two cores.
 """
@@ -53,13 +53,15 @@ def main() -> int:
     )
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cache", type=Path, required=True, help="bench/leave_one_out.py's --cache folder")
+    parser.add_argument("--cache", type=Path, default=Path("bench/out/leave_one_out"),
+                        help="bench/leave_one_out.py's --cache folder (default: its default)")
     parser.add_argument("--family", default="comet")
     parser.add_argument("--k", default="10,30")
     parser.add_argument("--caps", default="0.002,0.005,0.01,1")
-    parser.add_argument("--train-frames", type=int, default=120)
-    parser.add_argument("--calib-frames", type=int, default=40)
-    parser.add_argument("--epochs", type=int, default=8)
+    # the leave-one-out bench's defaults, so that `./build.sh bench` finds the engines it kept
+    parser.add_argument("--train-frames", type=int, default=240)
+    parser.add_argument("--calib-frames", type=int, default=80)
+    parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--eval-frames", type=int, default=60)
     parser.add_argument("--label-frames", type=int, default=20)
     args = parser.parse_args()
@@ -71,6 +73,11 @@ def main() -> int:
     settings = dataclasses.replace(base, unusual=unusual,
                                    spec=dataclasses.replace(base.spec, n_classes=len(CLASSES) + len(unusual)))
     weights = args.cache / f"without-{fam}-{args.train_frames}-{args.calib_frames}-{args.epochs}-field.npz"
+    if not weights.is_file():
+        print(f"no leave-one-out engine at {weights}: run bench/leave_one_out.py --train-frames {args.train_frames} "
+              f"--calib-frames {args.calib_frames} --epochs {args.epochs} --families {fam} --cache {args.cache} first",
+              file=sys.stderr)
+        return 2
     state = load_weights(weights)
     test, _ = evaluation_set(base, args.eval_frames)
     sets = make_twin_sets(settings, test=test)
