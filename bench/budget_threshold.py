@@ -30,7 +30,6 @@ BUDGET = 0.01
 
 
 def main() -> int:
-    import numpy as np
 
     from edge.node.assemble import default_engine_dir
     from engines.manifest import load_manifest
@@ -55,13 +54,12 @@ def main() -> int:
         s = score(*engine.infer(test.stamps), m.scoring)
     ordinary = (test.labels >= 0) & (test.labels < len(CLASSES))
     called = s.label_index >= len(CLASSES)
-    confidence = s.probs[np.arange(len(s.probs)), s.label_index]
     unknown = s.anomaly_pvalue <= alpha
     print(f"{m.name} {m.version}: {args.frames} frames of seed {args.seed}, {int(ordinary.sum())} ordinary "
           f"candidates; budget alpha {alpha} (the engine's), budget {BUDGET}")
     print("threshold  ordinary as unusual  joint   " + "  ".join(f"{f} (bar {b})" for f, b in BARS.items()))
     for tau in (float(t) for t in args.thresholds.split(",") if t):
-        unusual = called & (confidence >= tau)
+        unusual = called & (s.confidence >= tau)
         joint = unusual | unknown
         sent = {f: float(joint[(test.family == f) & (test.snr >= 20)].mean()) for f in BARS}
         ok = joint[ordinary].mean() <= BUDGET and all(sent[f] >= b for f, b in BARS.items())

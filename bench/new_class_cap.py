@@ -35,6 +35,7 @@ SEED_LABELS = 777000
 def main() -> int:
     import numpy as np
 
+    from engines.scoring import member_probabilities
     from engines.training.dataset import CLASSES, twin_stamp_set
     from engines.training.finetune import (
         fit_new_outputs,
@@ -95,8 +96,7 @@ def main() -> int:
     strong = (test.family == fam) & (test.snr >= 20)
 
     def top(logits: np.ndarray) -> np.ndarray:
-        p = np.exp(logits - logits.max(axis=2, keepdims=True))
-        return (p / p.sum(axis=2, keepdims=True)).mean(axis=1).argmax(axis=1)
+        return member_probabilities(logits).mean(axis=1).argmax(axis=1)
 
     before = StampEnsemble(settings.spec)
     before.load_state_dict(state)

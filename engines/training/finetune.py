@@ -257,6 +257,7 @@ def settle_new_classes(model: Any, held_out: NDArray[np.float32], new: list[int]
     The shift is the prior correction, set where it is checked."""
     import torch
 
+    from engines.scoring import member_probabilities
     from engines.training.train import predict
 
     claim_max = NEW_CLASS_CLAIM_MAX if claim_max is None else claim_max
@@ -267,18 +268,17 @@ def settle_new_classes(model: Any, held_out: NDArray[np.float32], new: list[int]
         def claimed(shift: float, c: int = c) -> float:
             z = logits.copy()
             z[:, :, c] += shift
-            p = np.exp(z - z.max(axis=2, keepdims=True))
-            p /= p.sum(axis=2, keepdims=True)
-            return float(np.mean(p.mean(axis=1).argmax(axis=1) == c))
+            return float(np.mean(member_probabilities(z).mean(axis=1).argmax(axis=1) == c))
 
-        # the largest shift <= 0 that keeps the claim: claimed(lo) <= claim_max < claimed(hi)
-        lo, hi = -40.0, 0.0
-        if claimed(hi) > claim_max:
+        shift = 0.0
+        if claimed(0.0) > claim_max:
+            # the largest shift < 0 that keeps the claim: claimed(lo) <= claim_max < claimed(hi)
+            lo, hi = -40.0, 0.0
             for _ in range(30):
                 mid = 0.5 * (lo + hi)
                 lo, hi = (lo, mid) if claimed(mid) > claim_max else (mid, hi)
-        # a hundredth of a nat more, so that float32 rounding in the exported graphs cannot tip a stamp back
-        shift = lo - 0.01 if claimed(0.0) > claim_max else 0.0
+            # a hundredth of a nat more, so that float32 rounding in the exported graphs cannot tip a stamp back
+            shift = lo - 0.01
         with torch.no_grad():
             for head in model.heads:
                 head[2].bias[c] += shift  # the head is Linear, ReLU, Linear

@@ -361,11 +361,10 @@ def fit_scoring(train_outputs: tuple[NDArray[Any], NDArray[Any]], train_labels: 
     ordinary_held = labels_held < len(CLASSES)
     taught = [c for c in range(len(CLASSES), n_classes) if (labels_held == c).any()]
     called = held.label_index >= len(CLASSES)
-    confidence = held.probs[np.arange(len(held.probs)), held.label_index]
     joint, sent = {}, {}
     for a in BUDGET_ALPHAS:
         for tau in BUDGET_UNUSUAL_MIN:
-            flagged = (called & (confidence >= tau)) | (held.anomaly_pvalue <= a)
+            flagged = (called & (held.confidence >= tau)) | (held.anomaly_pvalue <= a)
             joint[(a, tau)] = float(flagged[ordinary_held].mean())
             sent[(a, tau)] = float(np.mean([flagged[labels_held == c].mean() for c in taught])) if taught else 0.0
     fits = [k for k in joint if joint[k] <= 0.9 * BUDGET]
@@ -445,8 +444,7 @@ def evaluate(outputs: tuple[NDArray[Any], NDArray[Any]], data: StampSet, constan
     budget: dict[str, Any] = {"families": {}}
     budget_flagged = np.zeros(len(s.probs), bool)
     if budget_alpha is not None:
-        confidence = s.probs[np.arange(len(s.probs)), s.label_index]
-        budget_flagged = (as_unusual & (confidence >= budget_unusual_min)) | (s.anomaly_pvalue <= budget_alpha)
+        budget_flagged = (as_unusual & (s.confidence >= budget_unusual_min)) | (s.anomaly_pvalue <= budget_alpha)
         budget.update(alpha=budget_alpha, unusual_min=budget_unusual_min,
                       ordinary_flagged=float(budget_flagged[ordinary].mean()))
         figures["budget"] = budget

@@ -10,6 +10,7 @@ import pytest
 from edge.errors import ConfigError
 from edge.node.assemble import default_engine_dir
 from engines.manifest import load_manifest
+from engines.scoring import member_probabilities
 from engines.training.dataset import CLASSES, UNKNOWN, twin_stamp_set
 from engines.training.finetune import finetune_engine, grow_heads, read_labels
 from engines.training.train import WEIGHTS_FILE, training_twin_config
@@ -153,8 +154,7 @@ def test_finetune_adds_a_class_the_engine_does_not_have(tmp_path: Path) -> None:
     assert logits.shape[-1] == len(new.classes)
 
     def top(z: np.ndarray) -> np.ndarray:
-        p = np.exp(z - z.max(axis=2, keepdims=True))
-        return (p / p.sum(axis=2, keepdims=True)).mean(axis=1).argmax(axis=1)
+        return member_probabilities(z).mean(axis=1).argmax(axis=1)
 
     # a double is, in pixels, close to a single star (bench/leave_one_out.py measures how well new
     # classes are learned, on families that can be): the new class's bias is settled on a few
