@@ -6,9 +6,11 @@ accuracy gate: the golden stamps' parity with the FP32 outputs, within the manif
 (:mod:`engines.check`). ``--precision auto`` keeps the fastest precision that passes; a named
 precision is kept only if it passes. TensorRT plans are built here, explicitly, from the FP32 ONNX
 (fp32, fp16) or the INT8 QDQ ONNX (int8), with a timing cache that later builds reuse. The choice,
-the file it runs and every measured figure go into the manifest's ``build`` record, written to the
-output folder (the model folder itself unless ``--out`` names another; the model files are copied
-there). :func:`choose_precision` is the pure decision rule.
+the file it runs, the platform (CPU architecture, OS, and for TensorRT the CUDA version) and every
+measured figure go into the manifest's ``build`` record, written to the output folder (the model
+folder itself unless ``--out`` names another; the model files are copied there). Each plan's file
+entry records the platform it was built on, which the runtime checks before loading it.
+:func:`choose_precision` is the pure decision rule.
 """
 
 from __future__ import annotations
@@ -142,12 +144,17 @@ def build_engine(model_dir: Path, out_dir: Path | None = None, backend: str = "a
         runs[prec] = rel
         log.info("engines.build.measured", backend=chosen_backend, precision=prec, **figures[prec])
     choice = choose_precision(figures, precision)
+    if device is not None:
+        cpu_arch, os_name, cuda_version = device.cpu_arch, device.os, device.cuda_version
+    else:
+        cpu_arch, os_name, cuda_version = platform.machine(), platform.system(), ""
     info = BuildInfo(backend=chosen_backend, precision=choice, file=runs[choice],
                      device=_device_name(chosen_backend, device),
                      tensorrt_version=device.tensorrt_version if device is not None else None,
                      compute_capability=device.compute_capability if device is not None else None,
                      figures={"threads": threads, "precisions": figures,
-                              "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+                              "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+                     cpu_arch=cpu_arch or None, os=os_name or None, cuda_version=cuda_version or None)
     write_manifest(manifest.with_files(files, build=info), out)
     log.info("engines.build.chosen", backend=chosen_backend, precision=choice, file=runs[choice])
     return load_manifest(out)

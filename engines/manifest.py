@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
@@ -27,6 +28,7 @@ __all__ = [
     "FILE_FORMATS",
     "MANIFEST_FORMAT",
     "MANIFEST_NAME",
+    "PLAN_PLATFORM_KEYS",
     "PRECISIONS",
     "BuildInfo",
     "EngineManifest",
@@ -48,6 +50,8 @@ PRECISIONS = ("fp32", "fp16", "int8", "none")
 #: "onnx-qdq" is an INT8 ONNX graph in QuantizeLinear/DequantizeLinear form
 FILE_FORMATS = ("onnx", "onnx-qdq", "tensorrt-plan", "npz", "markdown", "json")
 _HARDWARE_COMPATIBILITY = (None, "ampere_plus")
+#: the keys of a tensorrt-plan entry that say which platform built it (all optional when read)
+PLAN_PLATFORM_KEYS = ("cpu_arch", "os", "gpu_name", "integrated", "cuda_version")
 
 
 def _integrity(message: str, where: str) -> EngineIntegrityError:
@@ -66,6 +70,24 @@ def _require(data: dict[str, Any], key: str, kind: type | tuple[type, ...], wher
     return value
 
 
+def _optional(data: dict[str, Any], key: str, kind: type[str] | type[bool], where: str) -> Any:
+    """``data[key]`` when present (a non-empty string, or a JSON true/false), else None."""
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, kind) or (isinstance(value, str) and not value.strip()):
+        raise _integrity(f"{key!r} must be a {'non-empty string' if kind is str else 'boolean'}, "
+                         f"got {value!r}", where)
+    return value
+
+
+def _optional_cuda_version(data: dict[str, Any], where: str) -> str | None:
+    version: str | None = _optional(data, "cuda_version", str, where)
+    if version is not None and not re.fullmatch(r"\d+\.\d+", version):
+        raise _integrity(f"cuda_version must be 'major.minor' (e.g. '12.6'), got {version!r}", where)
+    return version
+
+
 @dataclass(frozen=True)
 class FileEntry:
     """One file of the engine folder, by its path relative to the folder."""
@@ -81,6 +103,15 @@ class FileEntry:
     hardware_compatibility: str | None = None
     #: for tensorrt-plan files: the optimisation profile's batch sizes [min, opt, max]
     batch_profile: tuple[int, int, int] | None = None
+    #: for tensorrt-plan files, the platform it was built on (plans do not move across any of these):
+    #: CPU architecture and OS as platform.machine() / platform.system() ("aarch64", "Linux"),
+    #: the GPU's name, whether it is integrated (shares host memory, as on Jetson), and the CUDA
+    #: driver API version "major.minor". None in entries written before they were recorded.
+    cpu_arch: str | None = None
+    os: str | None = None
+    gpu_name: str | None = None
+    integrated: bool | None = None
+    cuda_version: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"sha256": self.sha256, "precision": self.precision, "format": self.format}
@@ -89,6 +120,9 @@ class FileEntry:
                 out[key] = getattr(self, key)
         if self.batch_profile is not None:
             out["batch_profile"] = list(self.batch_profile)
+        for key in PLAN_PLATFORM_KEYS:
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
         return out
 
     @classmethod
@@ -126,7 +160,12 @@ class FileEntry:
         return cls(sha256=sha, precision=precision, format=fmt, size_bytes=size,
                    tensorrt_version=data.get("tensorrt_version"),
                    compute_capability=data.get("compute_capability"),
-                   hardware_compatibility=hw, batch_profile=profile)
+                   hardware_compatibility=hw, batch_profile=profile,
+                   cpu_arch=_optional(data, "cpu_arch", str, where),
+                   os=_optional(data, "os", str, where),
+                   gpu_name=_optional(data, "gpu_name", str, where),
+                   integrated=_optional(data, "integrated", bool, where),
+                   cuda_version=_optional_cuda_version(data, where))
 
 
 @dataclass(frozen=True)
@@ -178,14 +217,18 @@ class BuildInfo:
     tensorrt_version: str | None = None
     compute_capability: str | None = None
     figures: dict[str, Any] = field(default_factory=dict)
+    #: where the figures were measured: platform.machine() and platform.system() of the host, and,
+    #: for TensorRT, the CUDA driver API version "major.minor"
+    cpu_arch: str | None = None
+    os: str | None = None
+    cuda_version: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"backend": self.backend, "precision": self.precision, "file": self.file,
                                "device": self.device, "figures": dict(self.figures)}
-        if self.tensorrt_version is not None:
-            out["tensorrt_version"] = self.tensorrt_version
-        if self.compute_capability is not None:
-            out["compute_capability"] = self.compute_capability
+        for key in ("tensorrt_version", "compute_capability", "cpu_arch", "os", "cuda_version"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
         return out
 
 
@@ -333,7 +376,10 @@ class EngineManifest:
                 device=_require(build, "device", str, f"{where}:build"),
                 tensorrt_version=build.get("tensorrt_version"),
                 compute_capability=build.get("compute_capability"),
-                figures=build.get("figures", {})),
+                figures=build.get("figures", {}),
+                cpu_arch=_optional(build, "cpu_arch", str, f"{where}:build"),
+                os=_optional(build, "os", str, f"{where}:build"),
+                cuda_version=_optional_cuda_version(build, f"{where}:build")),
             directory=directory,
         )
 
@@ -355,7 +401,11 @@ def sha256_file(path: Path) -> str:
 
 
 def file_entry(path: Path, precision: str, fmt: str, **extra: Any) -> FileEntry:
-    """A FileEntry for a file on disk (sha256 and size measured); ``extra`` fills the plan fields."""
+    """A FileEntry for a file on disk (sha256 and size measured).
+
+    ``extra`` fills the plan fields: tensorrt_version, compute_capability, hardware_compatibility,
+    batch_profile, and the platform record (cpu_arch, os, gpu_name, integrated, cuda_version).
+    """
     entry = FileEntry(sha256=sha256_file(path), precision=precision, format=fmt,
                       size_bytes=path.stat().st_size, **extra)
     # round-trip through the parser so a bad precision or format fails when written, not when read

@@ -6,10 +6,12 @@ build arguments, optimisation-profile shapes, timing-cache handling) is tested w
 
 Rules this module enforces:
 
-- A plan is loaded only when its manifest entry's TensorRT version (major.minor.patch) equals the
-  installed one and its compute capability equals the GPU's (or the GPU is Ampere or newer for a
-  plan built with the ``ampere_plus`` hardware-compatibility level); otherwise
-  :class:`~edge.errors.EngineCompatibilityError` is raised before TensorRT sees the bytes.
+- A plan is loaded only when its manifest entry records the platform it was built on and that
+  platform fits this device (:func:`check_plan_compatible`: same OS, CPU architecture, integrated
+  or discrete GPU, TensorRT major.minor.patch and CUDA major version, and the same compute
+  capability, or a discrete Ampere-or-newer GPU for a plan built with the ``ampere_plus``
+  hardware-compatibility level); otherwise :class:`~edge.errors.EngineCompatibilityError` is
+  raised before TensorRT sees the bytes.
 - Nothing is built implicitly: :class:`TensorRTEngine` only loads plans; :func:`build_plan` is
   called by ``astro-edge engines build``.
 - INT8 plans are built from the QDQ ONNX file (explicit quantization, no calibrator); FP16 and
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import platform
 import tempfile
 import time
 from dataclasses import dataclass
@@ -51,11 +54,20 @@ __all__ = [
 
 @dataclass(frozen=True)
 class DeviceInfo:
-    """The installed TensorRT and the GPU it would run on."""
+    """The installed TensorRT and the GPU it would run on, with the platform around them.
+
+    The platform fields default to "unknown" (empty, discrete) so that a hand-made DeviceInfo
+    still constructs; :func:`check_plan_compatible` refuses every plan for a device whose
+    platform is unknown. :func:`probe_device` fills them all.
+    """
 
     tensorrt_version: str      # as tensorrt.__version__, e.g. "10.3.0.26"
     compute_capability: str    # "major.minor", e.g. "8.7"
     name: str = ""
+    cpu_arch: str = ""         # platform.machine(), e.g. "x86_64", "aarch64"
+    os: str = ""               # platform.system(), e.g. "Linux"
+    cuda_version: str = ""     # CUDA driver API "major.minor", e.g. "12.6"
+    integrated: bool = False   # the GPU shares host memory, as on Jetson
 
 
 def version_key(version: str) -> tuple[int, int, int]:
@@ -78,28 +90,93 @@ def _cc_key(cc: str) -> tuple[int, int]:
     return major, minor
 
 
+_REBUILD = "rebuild it here with `astro-edge engines build --backend tensorrt`"
+#: the platform record a plan entry needs before it is compared (gpu_name is only reported)
+_PLAN_RECORD = ("cpu_arch", "os", "integrated", "cuda_version")
+
+
+def _cuda_major(version: str | None, where: str) -> int:
+    try:
+        return int(str(version).split(".")[0])
+    except ValueError as exc:
+        raise EngineIntegrityError(f"CUDA version {version!r} is not 'major.minor'", where=where) from exc
+
+
+def _platform_text(cpu_arch: str | None, os_name: str | None, gpu_name: str | None,
+                   integrated: bool | None, cc: str | None, level: str | None, tensorrt: str | None,
+                   cuda: str | None) -> str:
+    """One side of a refusal, e.g. "aarch64 Linux, Orin (integrated GPU, sm 8.7), TensorRT 10.3.0, CUDA 12.6"."""
+    kind = {True: "integrated GPU, ", False: "discrete GPU, ", None: ""}[integrated]
+    gpu = f"{gpu_name or 'GPU'} ({kind}sm {cc}{', ' + level if level else ''})"
+    return (f"{cpu_arch or 'unknown architecture'} {os_name or 'unknown OS'}, {gpu}, "
+            f"TensorRT {tensorrt}, CUDA {cuda or 'unknown'}")
+
+
+def _refusal(reason: str, entry: FileEntry, device: DeviceInfo, where: str,
+             remedy: str = _REBUILD) -> EngineCompatibilityError:
+    built = _platform_text(entry.cpu_arch, entry.os, entry.gpu_name, entry.integrated,
+                           entry.compute_capability, entry.hardware_compatibility,
+                           entry.tensorrt_version, entry.cuda_version)
+    here = _platform_text(device.cpu_arch, device.os, device.name, device.integrated,
+                          device.compute_capability, None, device.tensorrt_version, device.cuda_version)
+    return EngineCompatibilityError(f"{reason}; plan built on {built}; this device: {here}; {remedy}",
+                                    where=where)
+
+
 def check_plan_compatible(entry: FileEntry, device: DeviceInfo, where: str = "plan") -> None:
-    """Refuse a plan built for another TensorRT version or GPU, with a message saying what to do."""
+    """Refuse a plan built for another platform, TensorRT, CUDA or GPU, before TensorRT reads it.
+
+    The rules, in the order they are applied (the first that fails is reported, naming where the
+    plan was built and what this device is): the entry records its platform; same OS; same CPU
+    architecture; both GPUs integrated or both discrete; same TensorRT major.minor.patch; same CUDA
+    major version; same compute capability, or, for an ``ampere_plus`` plan, a discrete GPU of
+    compute capability 8.0 or newer (TensorRT's hardware compatibility does not cover Jetson).
+    """
     if entry.format != "tensorrt-plan" or entry.tensorrt_version is None or entry.compute_capability is None:
         raise EngineCompatibilityError("not a TensorRT plan entry with tensorrt_version and "
                                        "compute_capability", where=where)
+    missing = [key for key in _PLAN_RECORD if getattr(entry, key) is None]
+    if missing:
+        raise _refusal(f"the plan's entry lacks {', '.join(missing)}: it was built before astro-edge "
+                       "recorded the platform a plan is built on, and must be rebuilt", entry, device, where)
+    unknown = [key for key in ("cpu_arch", "os", "cuda_version") if not getattr(device, key)]
+    if unknown:
+        raise _refusal(f"this device's {', '.join(unknown)} is unknown, so no plan can be checked "
+                       "against it", entry, device, where, remedy="describe the device with probe_device()")
+    if entry.os != device.os:
+        raise _refusal(f"the plan was built for another OS: {entry.os}, this device runs {device.os}",
+                       entry, device, where)
+    if entry.cpu_arch != device.cpu_arch:
+        raise _refusal(f"the plan was built for another CPU architecture: {entry.cpu_arch}, this "
+                       f"device is {device.cpu_arch}", entry, device, where)
+    if entry.integrated != device.integrated:
+        built, here = ("an integrated", "a discrete") if entry.integrated else ("a discrete", "an integrated")
+        raise _refusal(f"the plan was built on {built} GPU, this device has {here} GPU",
+                       entry, device, where)
     if version_key(entry.tensorrt_version) != version_key(device.tensorrt_version):
-        raise EngineCompatibilityError(
-            f"plan was built with TensorRT {entry.tensorrt_version}, this device has "
-            f"{device.tensorrt_version}; rebuild it here with `astro-edge engines build --backend tensorrt`",
-            where=where)
+        raise _refusal(f"the plan was built with TensorRT {entry.tensorrt_version}, this device has "
+                       f"{device.tensorrt_version}", entry, device, where)
+    if _cuda_major(entry.cuda_version, where) != _cuda_major(device.cuda_version, where):
+        raise _refusal(f"the plan was built with CUDA {entry.cuda_version}, this device has CUDA "
+                       f"{device.cuda_version}, another major version", entry, device, where)
     plan_cc, dev_cc = _cc_key(entry.compute_capability), _cc_key(device.compute_capability)
-    ok = dev_cc[0] >= 8 if entry.hardware_compatibility == "ampere_plus" else plan_cc == dev_cc
-    if not ok:
-        raise EngineCompatibilityError(
-            f"plan was built for compute capability {entry.compute_capability}"
-            f"{' (ampere_plus)' if entry.hardware_compatibility else ''}, this GPU "
-            f"{device.name or ''} has {device.compute_capability}; rebuild it here with "
-            "`astro-edge engines build --backend tensorrt`", where=where)
+    if entry.hardware_compatibility == "ampere_plus":
+        if device.integrated:
+            raise _refusal("the plan was built with hardware compatibility ampere_plus, which TensorRT "
+                           "does not support on integrated (Jetson) GPUs", entry, device, where)
+        if dev_cc < (8, 0):
+            raise _refusal(f"the plan was built with hardware compatibility ampere_plus, which needs "
+                           f"compute capability 8.0 or newer; this GPU has {device.compute_capability}",
+                           entry, device, where)
+    elif plan_cc != dev_cc:
+        raise _refusal(f"the plan was built for compute capability {entry.compute_capability} without "
+                       f"a hardware-compatibility level, this GPU has {device.compute_capability}",
+                       entry, device, where)
 
 
 def probe_device(trt_module: Any = None, cuda_module: Any = None) -> DeviceInfo | None:
-    """The installed TensorRT and GPU 0, or None where TensorRT, pycuda or a GPU is missing."""
+    """The installed TensorRT, GPU 0 and the platform around them, or None where TensorRT, pycuda
+    or a GPU is missing."""
     try:
         trt = trt_module if trt_module is not None else __import__("tensorrt")
         cuda = cuda_module if cuda_module is not None else importlib.import_module("pycuda.driver")
@@ -108,8 +185,11 @@ def probe_device(trt_module: Any = None, cuda_module: Any = None) -> DeviceInfo 
             return None
         dev = cuda.Device(0)
         major, minor = dev.compute_capability()
+        driver = int(cuda.get_driver_version())  # e.g. 12060 for CUDA 12.6
         return DeviceInfo(tensorrt_version=str(trt.__version__), compute_capability=f"{major}.{minor}",
-                          name=str(dev.name()))
+                          name=str(dev.name()), cpu_arch=platform.machine(), os=platform.system(),
+                          cuda_version=f"{driver // 1000}.{driver % 1000 // 10}",
+                          integrated=bool(dev.get_attribute(cuda.device_attribute.INTEGRATED)))
     except ImportError:
         return None
     except Exception:  # noqa: BLE001 - pycuda raises its own errors when the driver or GPU is absent
@@ -189,10 +269,14 @@ class BuiltPlan:
 
     def file_fields(self) -> dict[str, Any]:
         """Keyword arguments for engines.manifest.file_entry(path, precision, "tensorrt-plan", ...)."""
-        return {"tensorrt_version": self.device.tensorrt_version,
-                "compute_capability": self.device.compute_capability,
+        device = self.device
+        return {"tensorrt_version": device.tensorrt_version,
+                "compute_capability": device.compute_capability,
                 "hardware_compatibility": self.settings.hardware_compatibility,
-                "batch_profile": self.settings.batch_profile}
+                "batch_profile": self.settings.batch_profile,
+                "cpu_arch": device.cpu_arch or None, "os": device.os or None,
+                "gpu_name": device.name or None, "integrated": device.integrated,
+                "cuda_version": device.cuda_version or None}
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -217,6 +301,13 @@ def build_plan(onnx_path: Path, plan_path: Path, settings: TrtBuildSettings, *, 
         if device is None:
             raise EngineCompatibilityError("no GPU with TensorRT and pycuda here; TensorRT plans are "
                                            "built on the device that runs them", where="tensorrt")
+    if settings.hardware_compatibility == "ampere_plus" and (
+            device.integrated or _cc_key(device.compute_capability) < (8, 0)):
+        raise EngineCompatibilityError(
+            f"hardware compatibility ampere_plus needs a discrete GPU of compute capability 8.0 or "
+            f"newer to build on; {device.name or 'this GPU'} is "
+            f"{'integrated' if device.integrated else 'discrete'}, sm {device.compute_capability}; "
+            "build without it", where="hardware_compatibility")
     start = time.perf_counter()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import engines.runtime
+import engines.runtime.trt
 from edge.errors import ConfigError, EngineCompatibilityError
 from edge.node.assemble import default_engine_dir
 from engines.build import build_engine, choose_precision
-from engines.manifest import load_manifest
-from engines.runtime.trt import probe_device
+from engines.manifest import EngineManifest, load_manifest
+from engines.runtime import OnnxRuntimeEngine
+from engines.runtime.trt import (
+    BuiltPlan,
+    DeviceInfo,
+    TrtBuildSettings,
+    check_plan_compatible,
+    probe_device,
+)
+from engines.testing import write_tiny_engine
 
 #: the shipped engine (what --model defaults to)
 DEFAULT_MODEL_DIR = default_engine_dir()
@@ -53,6 +65,37 @@ def test_build_on_cpu_records_choice_and_figures(tmp_path: Path) -> None:
     passed = {p: f for p, f in measured.items() if f["passed"]}
     assert again.build.precision == max(passed, key=lambda p: passed[p]["stamps_per_s"])
     assert written.build.file in again.files
+    assert (again.build.cpu_arch, again.build.os, again.build.cuda_version) == (
+        platform.machine(), platform.system(), None)
+
+
+def test_tensorrt_build_records_where_each_plan_was_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A TensorRT build writes the device's platform into the plan's entry and the build record, and
+    the entry it writes passes the load-time check on that device."""
+    jetson = DeviceInfo("10.3.0.30", "8.7", "Orin", cpu_arch="aarch64", os="Linux", cuda_version="12.6",
+                        integrated=True)
+
+    def stand_in_build_plan(onnx_path: Path, plan_path: Path, settings: TrtBuildSettings, *,
+                            cache_dir: Path, device: DeviceInfo) -> BuiltPlan:
+        plan_path.write_bytes(b"FAKEPLAN")
+        return BuiltPlan(path=plan_path, device=device, settings=settings, build_s=0.5,
+                         timing_cache=cache_dir / "timing.cache", timing_cache_reused=False)
+
+    def onnx_in_place_of_the_plan(manifest: EngineManifest, file: str, precision: str, *,
+                                  device: DeviceInfo) -> Any:
+        return OnnxRuntimeEngine(manifest, "model_fp32.onnx", "fp32")
+
+    # no GPU here: the device, the builder and the plan's runtime are stand-ins at their seams
+    monkeypatch.setattr(engines.runtime.trt, "probe_device", lambda: jetson)
+    monkeypatch.setattr(engines.runtime.trt, "build_plan", stand_in_build_plan)
+    monkeypatch.setattr(engines.runtime, "TensorRTEngine", onnx_in_place_of_the_plan)
+    built = build_engine(write_tiny_engine(tmp_path / "tiny"), backend="tensorrt", precision="fp32", batch=8)
+    entry = built.files["plan_fp32_sm87.engine"]
+    assert (entry.cpu_arch, entry.os, entry.gpu_name, entry.integrated, entry.cuda_version) == (
+        "aarch64", "Linux", "Orin", True, "12.6")
+    assert built.build is not None and built.build.file == "plan_fp32_sm87.engine"
+    assert (built.build.cpu_arch, built.build.os, built.build.cuda_version) == ("aarch64", "Linux", "12.6")
+    check_plan_compatible(entry, jetson)
 
 
 @pytest.mark.skipif(probe_device() is not None, reason="TensorRT and a GPU are present; this covers their absence")

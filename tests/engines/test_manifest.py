@@ -23,10 +23,18 @@ from engines.manifest import (
     read_manifest,
     write_manifest,
 )
+from engines.runtime import select_backend
+from engines.runtime.trt import DeviceInfo, check_plan_compatible
 from engines.scoring import ScoringConstants
 from engines.stamps import NORMALISATION
+from engines.testing import write_tiny_engine
 
 CLASSES = ("star", "galaxy", "cosmic_ray", "hot_pixel", "streak", "bogus")
+ORIN = DeviceInfo(tensorrt_version="10.3.0.30", compute_capability="8.7", name="Orin",
+                  cpu_arch="aarch64", os="Linux", cuda_version="12.6", integrated=True)
+#: the platform record of a plan built on ORIN
+ORIN_PLATFORM = {"cpu_arch": "aarch64", "os": "Linux", "gpu_name": "Orin", "integrated": True,
+                 "cuda_version": "12.6"}
 
 
 def _scoring(dim: int = 3) -> ScoringConstants:
@@ -46,7 +54,7 @@ def _engine_folder(tmp_path: Path) -> EngineManifest:
         "model_fp32.onnx": file_entry(tmp_path / "model_fp32.onnx", "fp32", "onnx"),
         "plans/model_fp16.plan": file_entry(tmp_path / "plans" / "model_fp16.plan", "fp16", "tensorrt-plan",
                                             tensorrt_version="10.3.0", compute_capability="8.7",
-                                            batch_profile=(1, 64, 512)),
+                                            batch_profile=(1, 64, 512), **ORIN_PLATFORM),
         "golden.npz": file_entry(tmp_path / "golden.npz", "none", "npz"),
     }
     manifest = EngineManifest(
@@ -56,7 +64,7 @@ def _engine_folder(tmp_path: Path) -> EngineManifest:
         evaluation={"accuracy": 0.98},
         golden=GoldenSpec(file="golden.npz", tolerance={"int8": {"logits_max_abs": 0.5}}),
         build=BuildInfo(backend="onnxruntime", precision="fp32", file="model_fp32.onnx", device="x86 CPU",
-                        figures={"stamps_per_s": 1000.0}),
+                        figures={"stamps_per_s": 1000.0}, cpu_arch="x86_64", os="Linux"),
     )
     write_manifest(manifest, tmp_path)
     return manifest
@@ -69,11 +77,43 @@ def test_written_manifest_loads_back_identical(tmp_path: Path) -> None:
     assert loaded.to_dict() == written.to_dict()
     assert loaded.directory == tmp_path
     assert loaded.files["plans/model_fp16.plan"].batch_profile == (1, 64, 512)
+    assert loaded.build is not None and (loaded.build.cpu_arch, loaded.build.os) == ("x86_64", "Linux")
     assert np.array_equal(loaded.scoring.class_means, written.scoring.class_means)
     data = json.loads((tmp_path / MANIFEST_NAME).read_text())
     assert data["format"] == MANIFEST_FORMAT
     assert data["input"] == {"name": "stamps", "shape": [-1, 2, 32, 32], "dtype": "float32"}
     assert loaded.output_shapes == {"logits": [-1, 4, 6], "embedding": [-1, 3]}
+
+
+def test_plan_platform_record_is_written_and_read_back(tmp_path: Path) -> None:
+    """A plan entry's platform record (CPU, OS, GPU name and kind, CUDA version) is written to the JSON
+    and loads back unchanged; keys that are not set are not written."""
+    _engine_folder(tmp_path)
+    data = json.loads((tmp_path / MANIFEST_NAME).read_text())
+    plan = data["files"]["plans/model_fp16.plan"]
+    assert {k: plan[k] for k in ORIN_PLATFORM} == ORIN_PLATFORM
+    assert "cpu_arch" not in data["files"]["model_fp32.onnx"] and "integrated" not in data["files"]["golden.npz"]
+    loaded = load_manifest(tmp_path).files["plans/model_fp16.plan"]
+    assert (loaded.cpu_arch, loaded.os, loaded.gpu_name, loaded.integrated, loaded.cuda_version) == (
+        "aarch64", "Linux", "Orin", True, "12.6")
+    check_plan_compatible(loaded, ORIN)
+
+
+def test_old_plan_entry_without_platform_loads_but_is_refused(tmp_path: Path) -> None:
+    """A plan entry written before the platform was recorded still loads, but the check refuses it
+    (auto falls back to ONNX Runtime, tensorrt says to rebuild)."""
+    folder = write_tiny_engine(tmp_path, plans={"old.plan": {
+        "precision": "fp16", "tensorrt_version": "10.3.0", "compute_capability": "8.7", "batch_profile": (1, 4, 8)}})
+    plan = json.loads((folder / MANIFEST_NAME).read_text())["files"]["old.plan"]
+    assert not set(plan) & {"cpu_arch", "os", "gpu_name", "integrated", "cuda_version"}
+    manifest = load_manifest(folder)
+    entry = manifest.files["old.plan"]
+    assert entry.cpu_arch is None and entry.integrated is None and entry.cuda_version is None
+    with pytest.raises(EngineCompatibilityError, match=r"lacks cpu_arch, os, integrated, cuda_version.*rebuilt"):
+        check_plan_compatible(entry, ORIN, where="old.plan")
+    assert select_backend(manifest, "auto", "auto", ORIN).backend == "onnxruntime"
+    with pytest.raises(EngineCompatibilityError, match="must be rebuilt"):
+        select_backend(manifest, "tensorrt", "fp16", ORIN)
 
 
 def test_engine_id_names_model_version_and_file_hash(tmp_path: Path) -> None:
@@ -125,6 +165,15 @@ def test_unknown_manifest_format_is_a_compatibility_error(tmp_path: Path) -> Non
     (lambda d: d["files"]["model_fp32.onnx"].update(sha256="abc"), "sha256"),
     (lambda d: d["files"]["model_fp32.onnx"].update(precision="int4"), "precision"),
     (lambda d: d["files"]["plans/model_fp16.plan"].pop("tensorrt_version"), "tensorrt_version"),
+    (lambda d: d["files"]["plans/model_fp16.plan"].update(integrated="yes"), "integrated"),
+    (lambda d: d["files"]["plans/model_fp16.plan"].update(integrated=1), "integrated"),
+    (lambda d: d["files"]["plans/model_fp16.plan"].update(cpu_arch=64), "cpu_arch"),
+    (lambda d: d["files"]["plans/model_fp16.plan"].update(os=""), "'os'"),
+    (lambda d: d["files"]["plans/model_fp16.plan"].update(gpu_name=["Orin"]), "gpu_name"),
+    (lambda d: d["files"]["plans/model_fp16.plan"].update(cuda_version="12"), "cuda_version"),
+    (lambda d: d["files"]["plans/model_fp16.plan"].update(cuda_version=12.6), "cuda_version"),
+    (lambda d: d["build"].update(cuda_version="twelve"), "cuda_version"),
+    (lambda d: d["build"].update(cpu_arch=False), "cpu_arch"),
     (lambda d: d["files"].update({"../outside.onnx": d["files"]["model_fp32.onnx"]}), "inside"),
     (lambda d: d["golden"].update(file="nowhere.npz"), "golden"),
     (lambda d: d["scoring"].update(temperature=-1.0), "temperature"),
@@ -175,11 +224,20 @@ def test_file_entries_round_trip(sha: str, precision: str, fmt: str, size: int |
 @settings(max_examples=50, deadline=None)
 @given(tv=st.tuples(st.integers(8, 12), st.integers(0, 20), st.integers(0, 9)).map(lambda t: ".".join(map(str, t))),
        cc=st.sampled_from(["7.2", "8.6", "8.7", "9.0"]), hw=st.sampled_from([None, "ampere_plus"]),
-       profile=st.tuples(st.integers(1, 4), st.integers(4, 64), st.integers(64, 1024)))
-def test_plan_entries_round_trip(tv: str, cc: str, hw: str | None, profile: tuple[int, int, int]) -> None:
-    """A tensorrt-plan entry keeps its TensorRT version, compute capability, hardware level and profile."""
+       profile=st.tuples(st.integers(1, 4), st.integers(4, 64), st.integers(64, 1024)),
+       cpu_arch=st.sampled_from([None, "x86_64", "aarch64"]), os_name=st.sampled_from([None, "Linux", "Windows"]),
+       gpu_name=st.none() | st.text(min_size=1, max_size=20).filter(str.strip),
+       integrated=st.sampled_from([None, True, False]),
+       cuda=st.none() | st.tuples(st.integers(10, 13), st.integers(0, 20)).map(lambda t: f"{t[0]}.{t[1]}"))
+def test_plan_entries_round_trip(tv: str, cc: str, hw: str | None, profile: tuple[int, int, int],
+                                 cpu_arch: str | None, os_name: str | None, gpu_name: str | None,
+                                 integrated: bool | None, cuda: str | None) -> None:
+    """A tensorrt-plan entry keeps its TensorRT version, compute capability, hardware level, profile
+    and platform record (any part of which may be absent)."""
     entry = FileEntry(sha256="0" * 64, precision="int8", format="tensorrt-plan", tensorrt_version=tv,
-                      compute_capability=cc, hardware_compatibility=hw, batch_profile=profile)
+                      compute_capability=cc, hardware_compatibility=hw, batch_profile=profile,
+                      cpu_arch=cpu_arch, os=os_name, gpu_name=gpu_name, integrated=integrated,
+                      cuda_version=cuda)
     assert FileEntry.from_dict(json.loads(json.dumps(entry.to_dict())), "test") == entry
 
 
@@ -207,6 +265,7 @@ def test_whole_manifests_round_trip_through_json(name: str, version: str, k: int
                               training=training, evaluation=evaluation,
                               golden=GoldenSpec(file="g.npz", tolerance=tolerance),
                               build=BuildInfo(backend="onnxruntime", precision="fp32", file="m.onnx",
-                                              device="cpu", figures=evaluation))
+                                              device="cpu", figures=evaluation, cpu_arch="aarch64",
+                                              os="Linux", cuda_version="12.6"))
     text = json.dumps(manifest.to_dict())
     assert EngineManifest.from_dict(json.loads(text)).to_dict() == json.loads(text)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import platform
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -39,7 +41,17 @@ from engines.runtime.trt import (
 )
 from engines.testing import FLAT, C, D, K, tiny_reference, tiny_scoring, write_tiny_engine
 
-ORIN = DeviceInfo(tensorrt_version="10.3.0.30", compute_capability="8.7", name="Orin")
+#: a Jetson Orin (JetPack 6): aarch64, integrated GPU of compute capability 8.7
+ORIN = DeviceInfo(tensorrt_version="10.3.0.30", compute_capability="8.7", name="Orin",
+                  cpu_arch="aarch64", os="Linux", cuda_version="12.6", integrated=True)
+#: an x86 workstation with a discrete Ampere card
+A4000 = DeviceInfo(tensorrt_version="10.3.0.30", compute_capability="8.6", name="NVIDIA RTX A4000",
+                   cpu_arch="x86_64", os="Linux", cuda_version="12.6", integrated=False)
+#: an aarch64 server with a discrete GPU (not a Jetson)
+ARM_SERVER = replace(A4000, cpu_arch="aarch64", name="NVIDIA RTX A6000")
+#: an x86 server with a discrete Turing card (compute capability 7.5, before Ampere)
+T4 = replace(A4000, compute_capability="7.5", name="Tesla T4")
+REBUILD = "rebuild it here with `astro-edge engines build --backend tensorrt`"
 _reference = tiny_reference
 _scoring = tiny_scoring
 
@@ -50,9 +62,21 @@ def _folder(tmp_path: Path, *, plans: dict[str, dict[str, Any]] | None = None,
     return write_tiny_engine(tmp_path, plans=plans, build=build, ensemble_size=ensemble_size)
 
 
-def _plan(precision: str, tv: str = "10.3.0", cc: str = "8.7", **extra: Any) -> dict[str, Any]:
-    return {"precision": precision, "tensorrt_version": tv, "compute_capability": cc,
-            "batch_profile": (1, 4, 8), **extra}
+def _plan_fields(built_on: DeviceInfo, **overrides: Any) -> dict[str, Any]:
+    """The manifest fields of a plan built on ``built_on``, as BuiltPlan.file_fields records them."""
+    return {"tensorrt_version": built_on.tensorrt_version, "compute_capability": built_on.compute_capability,
+            "cpu_arch": built_on.cpu_arch, "os": built_on.os, "gpu_name": built_on.name or None,
+            "integrated": built_on.integrated, "cuda_version": built_on.cuda_version, **overrides}
+
+
+def _plan(precision: str, built_on: DeviceInfo = ORIN, **overrides: Any) -> dict[str, Any]:
+    """write_tiny_engine's description of a stand-in plan built on ``built_on``."""
+    return {"precision": precision, "batch_profile": (1, 4, 8), **_plan_fields(built_on, **overrides)}
+
+
+def _entry(built_on: DeviceInfo = ORIN, **overrides: Any) -> FileEntry:
+    """An in-memory tensorrt-plan entry for a plan built on ``built_on``."""
+    return FileEntry("0" * 64, "fp16", "tensorrt-plan", **_plan_fields(built_on, **overrides))
 
 
 # --------------------------------------------------------------------------- ONNX Runtime
@@ -174,11 +198,11 @@ def test_onnxruntime_precision_picks_the_matching_file(tmp_path: Path) -> None:
 
 def test_tensorrt_on_another_version_or_gpu_is_refused_and_auto_falls_back(tmp_path: Path) -> None:
     """A plan from TensorRT 10.0.1 or for compute capability 7.2 is refused for tensorrt; auto uses ONNX Runtime."""
-    m = load_manifest(_folder(tmp_path, plans={"old.plan": _plan("fp16", tv="10.0.1")}))
+    m = load_manifest(_folder(tmp_path, plans={"old.plan": _plan("fp16", tensorrt_version="10.0.1")}))
     with pytest.raises(EngineCompatibilityError, match=r"TensorRT 10\.0\.1.*10\.3\.0\.30.*rebuild"):
         select_backend(m, "tensorrt", "fp16", ORIN)
     assert select_backend(m, "auto", "auto", ORIN).backend == "onnxruntime"
-    xavier = DeviceInfo("10.3.0", "7.2", "Xavier")
+    xavier = replace(ORIN, compute_capability="7.2", name="Xavier")
     m2 = load_manifest(_folder(tmp_path, plans={"orin.plan": _plan("fp16")}))
     with pytest.raises(EngineCompatibilityError, match="compute capability 8.7.*7.2"):
         select_backend(m2, "tensorrt", "auto", xavier)
@@ -186,22 +210,91 @@ def test_tensorrt_on_another_version_or_gpu_is_refused_and_auto_falls_back(tmp_p
         select_backend(m2, "tensorrt", "auto", None)
 
 
-def test_plan_compatibility_rules() -> None:
-    """Version compares major.minor.patch; ampere_plus plans run on any compute capability >= 8.0."""
-    plan = FileEntry("0" * 64, "fp16", "tensorrt-plan", tensorrt_version="10.3.0.26", compute_capability="8.6")
-    check_plan_compatible(plan, DeviceInfo("10.3.0.30", "8.6"))
-    with pytest.raises(EngineCompatibilityError):
-        check_plan_compatible(plan, DeviceInfo("10.3.1", "8.6"))
-    with pytest.raises(EngineCompatibilityError):
-        check_plan_compatible(plan, DeviceInfo("10.3.0", "8.9"))
-    portable = FileEntry("0" * 64, "fp16", "tensorrt-plan", tensorrt_version="10.3.0",
-                         compute_capability="8.6", hardware_compatibility="ampere_plus")
-    check_plan_compatible(portable, DeviceInfo("10.3.0", "9.0"))
-    with pytest.raises(EngineCompatibilityError):
-        check_plan_compatible(portable, DeviceInfo("10.3.0", "7.5"))
+def test_plan_compatibility_accepts_what_tensorrt_can_load() -> None:
+    """On the platform it was built on a plan passes though the TensorRT build number and the CUDA
+    minor version differ; an ampere_plus plan passes on any discrete GPU of compute capability >= 8.0."""
+    check_plan_compatible(_entry(ORIN), ORIN)
+    check_plan_compatible(_entry(ORIN, tensorrt_version="10.3.0.26"), ORIN)
+    check_plan_compatible(_entry(ORIN, cuda_version="12.2"), ORIN)
+    check_plan_compatible(_entry(ORIN, gpu_name="Jetson AGX Orin 64GB"), ORIN)
+    portable = _entry(A4000, hardware_compatibility="ampere_plus")
+    for cc in ("8.0", "8.6", "8.9", "9.0"):
+        check_plan_compatible(portable, replace(A4000, compute_capability=cc, name=f"sm {cc} card"))
     assert version_key("10.3.0.26") == (10, 3, 0) and version_key("10") == (10, 0, 0)
     with pytest.raises(EngineIntegrityError):
         version_key("ten")
+
+
+#: (plan built on, fields that differ from that device, the device it is loaded on, the refusal's
+#: reason naming the plan's side then the device's)
+_MISMATCHES = {
+    "no platform record": (ORIN, {"cpu_arch": None, "os": None, "gpu_name": None, "integrated": None,
+                                  "cuda_version": None}, ORIN,
+                           r"lacks cpu_arch, os, integrated, cuda_version: .* must be rebuilt; "
+                           r"plan built on unknown architecture unknown OS, GPU \(sm 8\.7\)"),
+    "another OS": (ORIN, {"os": "Windows"}, ORIN, r"another OS: Windows, this device runs Linux"),
+    "x86 ampere_plus plan on a Jetson": (A4000, {"hardware_compatibility": "ampere_plus"}, ORIN,
+                                         r"another CPU architecture: x86_64, this device is aarch64"),
+    "discrete plan on an integrated GPU": (ARM_SERVER, {}, ORIN,
+                                           r"built on a discrete GPU, this device has an integrated GPU"),
+    "Jetson plan on a discrete GPU": (ORIN, {"compute_capability": "8.6"}, ARM_SERVER,
+                                      r"built on an integrated GPU, this device has a discrete GPU"),
+    "another TensorRT": (ORIN, {"tensorrt_version": "10.0.1"}, ORIN,
+                         r"TensorRT 10\.0\.1, this device has 10\.3\.0\.30"),
+    "another CUDA major": (ORIN, {"cuda_version": "11.4"}, ORIN,
+                           r"CUDA 11\.4, this device has CUDA 12\.6, another major version"),
+    "another compute capability, no level": (ORIN, {"compute_capability": "7.2"}, ORIN,
+                                             r"compute capability 7\.2 without a hardware-compatibility "
+                                             r"level, this GPU has 8\.7"),
+    "ampere_plus on a pre-Ampere GPU": (A4000, {"hardware_compatibility": "ampere_plus"}, T4,
+                                        r"ampere_plus, which needs compute capability 8\.0 or newer; "
+                                        r"this GPU has 7\.5"),
+    "ampere_plus on an integrated GPU": (ORIN, {"hardware_compatibility": "ampere_plus"}, ORIN,
+                                         r"ampere_plus, which TensorRT does not support on integrated "
+                                         r"\(Jetson\) GPUs"),
+}
+
+
+@pytest.mark.parametrize("built_on, differs, device, reason", _MISMATCHES.values(), ids=_MISMATCHES)
+def test_mismatched_plan_is_refused_naming_both_sides_before_tensorrt_sees_it(
+        tmp_path: Path, built_on: DeviceInfo, differs: dict[str, Any], device: DeviceInfo, reason: str) -> None:
+    """Each kind of mismatch refuses activation with a message naming where the plan was built and
+    what this device is; the stand-in TensorRT runtime never deserializes the bytes."""
+    folder = _folder(tmp_path, plans={"p.plan": _plan("fp16", built_on, **differs)})
+    fake_trt, fake_cuda = _FakeTrt(), _FakeCuda()
+    _CUDA.append(fake_cuda)  # so that a plan wrongly let through activates instead of crashing
+    engine = TensorRTEngine(load_manifest(folder), "p.plan", "fp16", device=device,
+                            trt_module=fake_trt, cuda_module=fake_cuda)
+    with pytest.raises(EngineCompatibilityError, match=reason) as refused:
+        engine.activate()
+    message = str(refused.value)
+    fields = _plan_fields(built_on, **differs)
+    if fields["cpu_arch"] is not None:
+        assert f"plan built on {fields['cpu_arch']} {fields['os']}, {fields['gpu_name']} (" in message
+    assert f"this device: {device.cpu_arch} {device.os}, {device.name} (" in message
+    assert f"TensorRT {device.tensorrt_version}, CUDA {device.cuda_version}; {REBUILD}" in message
+    assert fake_trt.deserialized == [] and fake_cuda.pushes == 0 and not engine.is_active
+
+
+def test_refusals_come_in_the_documented_order() -> None:
+    """A plan differing in everything is refused for its OS, then, as each difference is removed, for
+    its CPU architecture, GPU kind, TensorRT version, CUDA major version and compute capability."""
+    plan = {"os": "Windows", "cpu_arch": "x86_64", "integrated": False, "tensorrt_version": "10.0.1",
+            "cuda_version": "11.8", "compute_capability": "7.5", "gpu_name": "Tesla T4"}
+    steps = [("os", "Linux", "for another OS"), ("cpu_arch", "aarch64", "for another CPU architecture"),
+             ("integrated", True, "on a discrete GPU"), ("tensorrt_version", "10.3.0", "with TensorRT"),
+             ("cuda_version", "12.2", "with CUDA"), ("compute_capability", "8.7", "for compute capability")]
+    for key, fixed, reason in steps:
+        with pytest.raises(EngineCompatibilityError, match=f"^plan: the plan was built {reason}"):
+            check_plan_compatible(_entry(ORIN, **plan), ORIN)
+        plan[key] = fixed
+    check_plan_compatible(_entry(ORIN, **plan), ORIN)
+
+
+def test_a_device_of_unknown_platform_accepts_no_plan() -> None:
+    """A hand-made DeviceInfo without CPU architecture, OS or CUDA version is refused every plan."""
+    with pytest.raises(EngineCompatibilityError, match="cpu_arch, os, cuda_version is unknown.*probe_device"):
+        check_plan_compatible(_entry(ORIN), DeviceInfo("10.3.0.30", "8.7", "Orin", integrated=True))
 
 
 # --------------------------------------------------------------------------- TensorRT build logic
@@ -348,11 +441,11 @@ def test_build_plan_configures_the_builder_and_reuses_the_timing_cache(tmp_path:
     settings = TrtBuildSettings(precision="int8", opt_batch=64, max_batch=512, workspace_bytes=1 << 28,
                                 hardware_compatibility="ampere_plus")
     first = build_plan(onnx_path, tmp_path / "a.plan", settings, cache_dir=tmp_path / "cache",
-                       device=ORIN, trt_module=fake)
+                       device=A4000, trt_module=fake)
     assert not first.timing_cache_reused
     assert first.timing_cache.read_bytes() == b"+tactics"
     second = build_plan(onnx_path, tmp_path / "b.plan", settings, cache_dir=tmp_path / "cache",
-                        device=ORIN, trt_module=fake)
+                        device=A4000, trt_module=fake)
     assert second.timing_cache_reused
     assert fake.record["cache_in"] == [b"", b"+tactics"]
     assert fake.record["flags"] == ["INT8", "FP16", "INT8", "FP16"]
@@ -361,8 +454,29 @@ def test_build_plan_configures_the_builder_and_reuses_the_timing_cache(tmp_path:
     assert fake.record["ignore_mismatch"] is False
     assert fake.config.hardware_compatibility_level == "AMPERE_PLUS"
     assert (tmp_path / "b.plan").read_bytes() == b"FAKEPLAN-built"
-    assert second.file_fields() == {"tensorrt_version": "10.3.0.30", "compute_capability": "8.7",
-                                    "hardware_compatibility": "ampere_plus", "batch_profile": (1, 64, 512)}
+    assert second.file_fields() == {"tensorrt_version": "10.3.0.30", "compute_capability": "8.6",
+                                    "hardware_compatibility": "ampere_plus", "batch_profile": (1, 64, 512),
+                                    "cpu_arch": "x86_64", "os": "Linux", "gpu_name": "NVIDIA RTX A4000",
+                                    "integrated": False, "cuda_version": "12.6"}
+    # what the build records, the check accepts on the card that built it and refuses on a Jetson
+    entry = file_entry(second.path, "int8", "tensorrt-plan", **second.file_fields())
+    check_plan_compatible(entry, A4000)
+    check_plan_compatible(entry, replace(A4000, compute_capability="8.9", name="NVIDIA L4"))
+    with pytest.raises(EngineCompatibilityError, match="CPU architecture"):
+        check_plan_compatible(entry, ORIN)
+
+
+def test_ampere_plus_is_not_built_where_tensorrt_does_not_support_it(tmp_path: Path) -> None:
+    """An ampere_plus build on an integrated (Jetson) GPU or a pre-Ampere GPU is refused before TensorRT parses anything."""
+    onnx_path = tmp_path / "m.onnx"
+    onnx_path.write_bytes(b"x")
+    fake = _FakeTrt()
+    settings = TrtBuildSettings(precision="fp16", hardware_compatibility="ampere_plus")
+    for device, kind in ((ORIN, "integrated, sm 8.7"), (T4, "discrete, sm 7.5")):
+        with pytest.raises(EngineCompatibilityError, match=f"ampere_plus needs a discrete GPU.*{kind}"):
+            build_plan(onnx_path, tmp_path / "p.plan", settings, cache_dir=tmp_path, device=device,
+                       trt_module=fake)
+    assert "onnx" not in fake.record and not (tmp_path / "p.plan").exists()
 
 
 def test_build_plan_reports_parser_and_builder_failures(tmp_path: Path) -> None:
@@ -385,7 +499,11 @@ def test_build_plan_reports_parser_and_builder_failures(tmp_path: Path) -> None:
 class _FakeCuda:
     """A stand-in for pycuda.driver: device memory is a dict of byte arrays keyed by address."""
 
-    def __init__(self, cc: tuple[int, int] = (8, 7), n_devices: int = 1) -> None:
+    device_attribute = SimpleNamespace(INTEGRATED="INTEGRATED")
+
+    def __init__(self, cc: tuple[int, int] = (8, 7), n_devices: int = 1, integrated: bool = True,
+                 driver_version: int = 12060, name: str = "Fake Orin") -> None:
+        self.driver_version = driver_version
         self.memory: dict[int, np.ndarray] = {}
         self.freed: list[int] = []
         self._addresses = itertools.count(0x1000, 0x1000)
@@ -414,7 +532,10 @@ class _FakeCuda:
                 return cc
 
             def name(self) -> str:
-                return "Fake Orin"
+                return name
+
+            def get_attribute(self, attribute: str) -> int:
+                return {"INTEGRATED": int(integrated)}[attribute]
 
             def retain_primary_context(self) -> Context:
                 return Context()
@@ -436,6 +557,9 @@ class _FakeCuda:
     def init(self) -> None:
         pass
 
+    def get_driver_version(self) -> int:
+        return self.driver_version
+
     @staticmethod
     def pagelocked_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         return np.empty(shape, dtype)
@@ -450,6 +574,26 @@ class _FakeCuda:
 
 
 _CUDA: list[_FakeCuda] = []
+
+
+def _stand_in_device(**cuda: Any) -> DeviceInfo:
+    """What probe_device reports through the stand-in modules: this host's CPU and OS, a fake GPU."""
+    device = probe_device(trt_module=_FakeTrt(), cuda_module=_FakeCuda(**cuda))
+    assert device is not None
+    return device
+
+
+def test_probe_device_records_the_platform() -> None:
+    """probe_device reports this host's CPU architecture and OS, the GPU's name and kind, and the
+    CUDA driver version as major.minor; None without a GPU."""
+    assert _stand_in_device() == DeviceInfo(
+        tensorrt_version="10.3.0.30", compute_capability="8.7", name="Fake Orin", cpu_arch=platform.machine(),
+        os=platform.system(), cuda_version="12.6", integrated=True)
+    card = _stand_in_device(cc=(8, 6), integrated=False, driver_version=13000, name="Fake A4000")
+    assert (card.compute_capability, card.integrated, card.cuda_version, card.name) == (
+        "8.6", False, "13.0", "Fake A4000")
+    assert _stand_in_device(driver_version=11040).cuda_version == "11.4"
+    assert probe_device(trt_module=_FakeTrt(), cuda_module=_FakeCuda(n_devices=0)) is None
 
 
 class _FakeCudaEngine:
@@ -499,7 +643,7 @@ class _FakeCudaEngine:
 
 def test_tensorrt_engine_runs_a_plan_in_profile_sized_chunks(tmp_path: Path, rng: np.random.Generator) -> None:
     """20 stamps through a plan whose profile max is 8 run as 8 + 8 + 4 and match the model; buffers are freed."""
-    folder = _folder(tmp_path, plans={"fp16.plan": _plan("fp16")})
+    folder = _folder(tmp_path, plans={"fp16.plan": _plan("fp16", _stand_in_device())})
     fake_trt, fake_cuda = _FakeTrt(), _FakeCuda()
     _CUDA.append(fake_cuda)
     stamps = rng.normal(size=(20, 2, 32, 32)).astype(np.float32)
@@ -516,15 +660,18 @@ def test_tensorrt_engine_runs_a_plan_in_profile_sized_chunks(tmp_path: Path, rng
 
 
 def test_tensorrt_engine_refuses_a_mismatched_plan_before_deserializing(tmp_path: Path) -> None:
-    """A plan recorded for TensorRT 10.0.1 is refused at activate and its bytes never reach TensorRT."""
-    folder = _folder(tmp_path, plans={"old.plan": _plan("fp16", tv="10.0.1")})
+    """A plan recorded for TensorRT 10.0.1 is refused at activate (device probed through the
+    stand-ins, or given) and its bytes never reach TensorRT."""
+    here = _stand_in_device()
+    folder = _folder(tmp_path, plans={"old.plan": _plan("fp16", here, tensorrt_version="10.0.1")})
     m = load_manifest(folder)
     fake_trt, fake_cuda = _FakeTrt(), _FakeCuda()
     engine = TensorRTEngine(m, "old.plan", "fp16", trt_module=fake_trt, cuda_module=fake_cuda)
     with pytest.raises(EngineCompatibilityError, match="10.0.1"):
         engine.activate()
     assert fake_trt.deserialized == [] and not engine.is_active
-    wrong_gpu = TensorRTEngine(m, "old.plan", "fp16", device=DeviceInfo("10.0.1", "7.2"),
+    wrong_gpu = TensorRTEngine(m, "old.plan", "fp16",
+                               device=replace(here, tensorrt_version="10.0.1", compute_capability="7.2"),
                                trt_module=fake_trt, cuda_module=fake_cuda)
     with pytest.raises(EngineCompatibilityError, match="compute capability"):
         wrong_gpu.activate()
@@ -533,7 +680,7 @@ def test_tensorrt_engine_refuses_a_mismatched_plan_before_deserializing(tmp_path
 
 def test_plan_tensorrt_cannot_read_is_a_compatibility_error(tmp_path: Path) -> None:
     """When TensorRT returns no engine for the bytes, activate raises EngineCompatibilityError and releases the context."""
-    folder = _folder(tmp_path, plans={"fp16.plan": _plan("fp16")})
+    folder = _folder(tmp_path, plans={"fp16.plan": _plan("fp16", _stand_in_device())})
     (folder / "fp16.plan").write_bytes(b"JUNKJUNK" + b"fp16.plan")  # same size, so rehash
     data = json.loads((folder / "manifest.json").read_text())
     data["files"]["fp16.plan"]["sha256"] = file_entry(folder / "fp16.plan", "fp16", "json").sha256

@@ -40,7 +40,8 @@ def _bad_engines(tmp_path: Path, good: Path) -> dict[str, tuple[Path, str, str]]
     write_manifest(dataclasses.replace(m, input=InputSpec(shape=(-1, 2, 16, 16))), shape)
     out["wrong input shape"] = (shape, _sha(shape), "engine_compatibility")
     trt = write_tiny_engine(tmp_path / "trt9", plans={"model_fp16.plan": {
-        "precision": "fp16", "tensorrt_version": "9.2.0", "compute_capability": "8.7", "batch_profile": (1, 64, 256)}})
+        "precision": "fp16", "tensorrt_version": "9.2.0", "compute_capability": "8.7", "batch_profile": (1, 64, 256),
+        "cpu_arch": "aarch64", "os": "Linux", "gpu_name": "Orin", "integrated": True, "cuda_version": "12.6"}})
     data = json.loads((trt / "manifest.json").read_text())
     for rel in ("model_fp32.onnx", "model_int8_qdq.onnx"):
         data["files"].pop(rel)
