@@ -95,8 +95,18 @@ class EngineSection:
     precision: str = "auto"
     threads: int = 1
     batch_size: int = 256
+    #: ONNX Runtime execution providers to use (empty: every one the installed onnxruntime offers,
+    #: TensorRT EP, CUDA EP, CPU EP in that order); each one named must be there at start-up
+    providers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        known = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+        unknown = [p for p in self.providers if p not in known]
+        if unknown:
+            raise ValueError(f"providers {unknown} are not among {list(known)}")
+        if self.backend == "tensorrt" and self.providers:
+            raise ValueError("providers choose ONNX Runtime's execution providers; with backend "
+                             "\"tensorrt\" leave them empty")
         if self.backend not in ("auto", "onnxruntime", "tensorrt"):
             raise ValueError(f"backend must be auto, onnxruntime or tensorrt, not {self.backend!r}")
         if self.precision not in ("auto", "fp32", "fp16", "int8"):

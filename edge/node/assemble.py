@@ -10,8 +10,11 @@ from typing import Any
 import engines
 from edge.config import NodeConfig
 from edge.errors import ConfigError, EngineError
+from edge.log import get_logger
 from edge.pipeline import Pipeline
 from edge.sky import ReferenceCatalog
+
+log = get_logger(__name__)
 
 #: where the shipped engines live, one folder each (package data of ``engines``)
 MODELS_DIR = Path(engines.__file__).resolve().parent / "models"
@@ -34,12 +37,35 @@ def engine_dir(config: NodeConfig) -> Path:
     return Path(config.engine.path) if config.engine.path else default_engine_dir()
 
 
+def check_engine_runtime(section: Any) -> Any:
+    """Probe the engine runtimes of this environment, log them, refuse what they cannot run.
+
+    ``section`` is the ``[engine]`` section. Logs ``engine.runtime`` (the ONNX Runtime version and
+    wheel, the execution providers it really offers, the TensorRT device or why there is none) and
+    raises EngineCompatibilityError for ``backend = "tensorrt"`` without TensorRT, pycuda and a GPU,
+    for a named execution provider the installed ONNX Runtime lacks, or for no ONNX Runtime at all.
+    Returns the :class:`engines.runtime.providers.RuntimeReport`.
+    """
+    from engines.runtime.providers import check_request, probe_runtime
+
+    report = probe_runtime(probe_tensorrt=section.backend in ("auto", "tensorrt"))
+    log.info("engine.runtime", backend=section.backend, requested_providers=list(section.providers),
+             **report.as_log())
+    if report.conflicting:
+        log.warning("engine.onnxruntime_conflict", wheels=list(report.distributions),
+                    detail="both ONNX Runtime wheels are installed and write the same module; "
+                           "keep one (./build.sh setup does)")
+    check_request(report, section.backend, section.providers)
+    return report
+
+
 def open_engine(path: str | Path, backend: str = "auto", precision: str = "auto", threads: int = 1,
-                batch_size: int = 256) -> Any:
-    """Load, verify and activate an engine folder."""
+                batch_size: int = 256, providers: tuple[str, ...] = ()) -> Any:
+    """Load, verify and activate an engine folder (``providers``: ONNX Runtime's, empty for all)."""
     from engines.runtime import load_engine
 
-    engine = load_engine(path, backend=backend, precision=precision, threads=threads)
+    engine = load_engine(path, backend=backend, precision=precision, threads=threads,
+                         providers=list(providers) or None)
     if engine.max_batch is None:
         engine.max_batch = batch_size
     engine.activate()
@@ -74,7 +100,8 @@ def verify_engine(path: str | Path, sha256: str, section: Any) -> str:
         raise EngineCompatibilityError(f"the engine takes stamps of shape {list(manifest.input.shape)}; this "
                                        f"node cuts [-1, {channels}, {STAMP_SIZE}, {STAMP_SIZE}] for the "
                                        f"recipe {manifest.normalisation!r}", where=str(folder))
-    engine = load_engine(folder, backend=section.backend, precision=section.precision, threads=section.threads)
+    engine = load_engine(folder, backend=section.backend, precision=section.precision, threads=section.threads,
+                         providers=list(section.providers) or None)
     failed = [r for r in check_engine(folder, threads=section.threads) if r.skipped is None and not r.passed]
     if failed:
         names = ", ".join(f"{r.file} ({r.backend} {r.precision})" for r in failed)
@@ -99,8 +126,9 @@ def build_pipeline(config: NodeConfig, bundle_override: str | None = None) -> Pi
     path = engine_dir(config)
     if not path.is_dir():
         raise ConfigError(f"engine folder {path} does not exist", where="engine.path")
+    check_engine_runtime(config.engine)
     engine = open_engine(path, config.engine.backend, config.engine.precision, config.engine.threads,
-                         config.engine.batch_size)
+                         config.engine.batch_size, config.engine.providers)
     return Pipeline(node_id=config.node.id, calibrator=calibrator, engine=engine,
                     detect_settings=config.detect, policy=config.triage, catalog=catalog,
                     min_match_radius_arcsec=config.catalog.min_match_radius_arcsec,

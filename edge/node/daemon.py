@@ -38,7 +38,7 @@ from edge.config import NodeConfig
 from edge.link.spool import Spool
 from edge.log import get_logger
 from edge.node.allocator import fix_mmap_threshold
-from edge.node.assemble import build_pipeline, engine_dir
+from edge.node.assemble import build_pipeline, check_engine_runtime, engine_dir
 from edge.node.commands import Commands, OperatorState
 from edge.node.counters import NodeCounters
 from edge.node.engine_swap import EngineSwap
@@ -84,6 +84,7 @@ class NodeDaemon:
                                  forwarder=self.forwarder, status=self.status)
         self._stage_ms: dict[str, deque[float]] = {}   # per-stage timings of the last 1000 frames
         self._last_ping = (0.0, -1)        # (monotonic time, frames finished) at the last watchdog ping
+        self.runtime: Any = None           # the engine runtimes probed at start (RuntimeReport)
 
     @property
     def workers(self) -> list[Worker]:
@@ -110,6 +111,8 @@ class NodeDaemon:
         """Open the spool, start the workers (each builds and checks the pipeline), bind the receiver."""
         cfg = self.config
         fix_mmap_threshold(self.pool.mmap_threshold)
+        # what this environment can run, logged and checked once before any worker starts
+        self.runtime = check_engine_runtime(cfg.engine)
         self.spool = Spool(cfg.spool.path, max_bytes=cfg.spool.max_bytes)
         try:
             self.pool.start(cfg)

@@ -23,8 +23,8 @@ from edge.node.pool import WorkerPool
 
 log = get_logger(__name__)
 
-#: what a worker opens an engine from: (folder, backend, precision, threads, batch size)
-EngineSpec = tuple[str, str, str, int, int]
+#: what a worker opens an engine from: (folder, backend, precision, threads, batch size, providers)
+EngineSpec = tuple[str, str, str, int, int, tuple[str, ...]]
 
 
 @dataclass
@@ -133,7 +133,7 @@ class EngineSwap:
 
     def _spec(self, path: str) -> EngineSpec:
         e = self.section
-        return (path, e.backend, e.precision, e.threads, e.batch_size)
+        return (path, e.backend, e.precision, e.threads, e.batch_size, e.providers)
 
     def _swap_workers(self, spec: EngineSpec, *, shadow: bool = False) -> str:
         """Switch every worker to ``spec`` between two frames: frames handed out before run on the

@@ -19,7 +19,7 @@ from edge.errors import EngineCompatibilityError, EngineIntegrityError
 from engines.manifest import EngineManifest
 from engines.runtime.base import Engine
 
-__all__ = ["PROVIDER_ORDER", "OnnxRuntimeEngine", "select_providers"]
+__all__ = ["CPU_EP", "CUDA_EP", "PROVIDER_ORDER", "TENSORRT_EP", "OnnxRuntimeEngine", "select_providers"]
 
 TENSORRT_EP = "TensorrtExecutionProvider"
 CUDA_EP = "CUDAExecutionProvider"
@@ -32,12 +32,23 @@ def select_providers(available: Sequence[str], *, precision: str = "fp32",
                      batch_profile: tuple[int, int, int] = (1, 64, 512), input_name: str = "stamps",
                      input_chw: tuple[int, int, int] = (2, 32, 32), cache_dir: Path | None = None,
                      allowed: Sequence[str] | None = None) -> list[tuple[str, dict[str, Any]]]:
-    """(provider, options) pairs in preference order, limited to ``available`` (and ``allowed``)."""
+    """(provider, options) pairs in preference order, limited to ``available``.
+
+    ``allowed`` (None: every provider in PROVIDER_ORDER that is available) names the providers to
+    use; each one named must be available, else EngineCompatibilityError.
+    """
     wanted = PROVIDER_ORDER if allowed is None else tuple(allowed)
     unknown = [p for p in wanted if p not in PROVIDER_ORDER]
     if unknown:
         raise EngineCompatibilityError(f"unknown execution providers {unknown}; choose from "
                                        f"{list(PROVIDER_ORDER)}", where="providers")
+    if allowed is not None:
+        # a provider named on purpose must be there: a silent fall back to the CPU would run the
+        # node at a fraction of the speed its operator planned for
+        absent = [p for p in wanted if p not in available]
+        if absent:
+            raise EngineCompatibilityError(f"execution providers {absent} are not available in this "
+                                           f"onnxruntime (it offers {list(available)})", where="providers")
     chosen: list[tuple[str, dict[str, Any]]] = []
     for name in PROVIDER_ORDER:
         if name not in wanted or name not in available:
@@ -92,7 +103,12 @@ class OnnxRuntimeEngine(Engine):
         return [] if self._session is None else list(self._session.get_providers())
 
     def _activate(self) -> None:
-        import onnxruntime as ort
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise EngineCompatibilityError(
+                "no ONNX Runtime is installed here: install astro-edge[cpu], or astro-edge[gpu] on a "
+                "host with an NVIDIA GPU (./build.sh setup picks one)", where="onnxruntime") from exc
 
         chosen = select_providers(ort.get_available_providers(), precision=self.precision,
                                   batch_profile=self._batch_profile,

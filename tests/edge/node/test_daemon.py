@@ -180,3 +180,19 @@ def test_a_worker_killed_mid_frame_is_replaced_and_its_frame_counted_rejected(
         _run_until(node, lambda: c.workers_died == 2)
         assert node.workers[0].pid not in (victim, idle) and node.workers[0].alive()
     assert c.frames_received == len(frames) and c.conserved()
+
+
+def test_node_daemon_refuses_a_missing_provider_before_any_worker_starts(node_config_factory) -> None:
+    """A node asked for the CUDA provider on a CPU-only ONNX Runtime stops at start, with no worker spawned."""
+    import onnxruntime
+
+    from edge.errors import EngineCompatibilityError
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider: the request is honoured here")
+    cfg = node_config_factory(engine={"providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]})
+    node = NodeDaemon(cfg)
+    with pytest.raises(EngineCompatibilityError, match="CUDAExecutionProvider"):
+        node.start()
+    assert node.workers == [] and node.receiver is None
+    node.close()

@@ -1,0 +1,95 @@
+"""What ./build.sh setup installs on each kind of machine: never both ONNX Runtime wheels."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+ORT_WHEELS = {"onnxruntime", "onnxruntime-gpu"}
+
+
+def _project() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+
+
+def _build_sh(*args: str, extras_env: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "ASTRO_EDGE_EXTRAS"}
+    if extras_env is not None:
+        env["ASTRO_EDGE_EXTRAS"] = extras_env
+    return subprocess.run(["bash", str(ROOT / "build.sh"), *args], capture_output=True, text=True,
+                          env=env, timeout=60, check=False)
+
+
+def _resolved_names(extras: str) -> list[str]:
+    """Names of every requirement the core and these extras bring (extras of astro-edge followed)."""
+    project = _project()
+    optional = project["optional-dependencies"]
+    names, todo, seen = [], [e for e in extras.split(",") if e], set()
+    for line in project["dependencies"]:
+        names.append(Requirement(line).name.lower())
+    while todo:
+        extra = todo.pop()
+        if extra in seen:
+            continue
+        seen.add(extra)
+        assert extra in optional, f"build.sh names the extra {extra!r}, which pyproject.toml lacks"
+        for line in optional[extra]:
+            req = Requirement(line)
+            if req.name == project["name"]:
+                todo.extend(req.extras)
+            else:
+                names.append(req.name.lower())
+    return names
+
+
+@pytest.mark.parametrize(("kind", "wheel"), [("cpu", "onnxruntime"), ("gpu", "onnxruntime-gpu"),
+                                             ("jetson", "onnxruntime")])
+def test_each_machine_kind_installs_exactly_one_onnxruntime_wheel(kind: str, wheel: str) -> None:
+    """The requirement set build.sh installs on a CPU host, a GPU host and a Jetson holds one ORT wheel."""
+    proc = _build_sh("extras", kind)
+    assert proc.returncode == 0, proc.stderr
+    names = _resolved_names(proc.stdout.strip())
+    assert [n for n in names if n in ORT_WHEELS] == [wheel]
+
+
+def test_a_jetson_with_a_system_onnxruntime_installs_none() -> None:
+    """A Jetson whose system Python has an ONNX Runtime (seen through the venv) gets no second one."""
+    proc = _build_sh("extras", "jetson", "system-ort")
+    assert proc.returncode == 0, proc.stderr
+    names = _resolved_names(proc.stdout.strip())
+    assert not ORT_WHEELS & set(names)
+    assert "pycuda" in names and "tensorrt" not in names   # TensorRT is JetPack's
+
+
+def test_the_core_and_no_two_extras_bring_both_wheels() -> None:
+    """The core depends on no ONNX Runtime; the extras with one are cpu and gpu, which build.sh never joins."""
+    project = _project()
+    assert not ORT_WHEELS & set(_resolved_names(""))
+    bringing = {extra for extra in project["optional-dependencies"]
+                if ORT_WHEELS & set(_resolved_names(extra)) - set(_resolved_names(""))}
+    assert bringing == {"cpu", "gpu"}
+    gpu_host_with_tensorrt = _build_sh("extras", extras_env="gpu,dev,twin,train,tensorrt")
+    assert [n for n in _resolved_names(gpu_host_with_tensorrt.stdout.strip()) if n in ORT_WHEELS] == [
+        "onnxruntime-gpu"]
+
+
+def test_an_extras_override_naming_both_wheels_is_refused_and_one_naming_none_gets_the_machines() -> None:
+    both = _build_sh("extras", extras_env="dev,cpu,gpu")
+    assert both.returncode == 2
+    assert "name both cpu (onnxruntime) and gpu (onnxruntime-gpu)" in both.stderr
+    machine = _build_sh("extras").stdout.strip().split(",")
+    own = [e for e in machine if e in ("cpu", "gpu")]
+    plain = _build_sh("extras", extras_env="dev,twin")
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout.strip().split(",") == [*own, "dev", "twin"]
