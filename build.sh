@@ -23,9 +23,10 @@ MARKER="$VENV/.astro-edge-setup"
 say() { printf '[build.sh] %s\n' "$*" >&2; }
 
 machine_kind() {
-    # jetson: an aarch64 board with JetPack (TensorRT from the system); gpu: an NVIDIA GPU that
-    # nvidia-smi lists; cpu: everything else
-    if [ "$(uname -m)" = "aarch64" ] && { [ -f /etc/nv_tegra_release ] || [ -d /usr/src/tensorrt ]; }; then
+    # jetson: an aarch64 Tegra board with JetPack (TensorRT from the system; an Arm server with a
+    # discrete GPU is a "gpu" machine); gpu: an NVIDIA GPU that nvidia-smi lists; cpu: the rest
+    if [ "$(uname -m)" = "aarch64" ] && { [ -f /etc/nv_tegra_release ] \
+            || grep -qs 'nvidia,tegra' /proc/device-tree/compatible; }; then
         echo jetson
     elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
         echo gpu
