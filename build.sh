@@ -12,7 +12,8 @@
 # Environment: PYTHON (interpreter to build the venv from, default python3; on a Jetson the system
 #              Python that JetPack's TensorRT belongs to), CUDA_HOME (default /usr/local/cuda),
 #              ASTRO_EDGE_EXTRAS (override the extras list, e.g. "dev,twin"; at most one of cpu and
-#              gpu, and this machine's is added when it names neither).
+#              gpu, and this machine's is added when it names neither), ASTRO_EDGE_MACHINE (jetson,
+#              gpu or cpu: overrides the detected kind, e.g. in a container that hides the board).
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
@@ -23,6 +24,12 @@ MARKER="$VENV/.astro-edge-setup"
 say() { printf '[build.sh] %s\n' "$*" >&2; }
 
 machine_kind() {
+    if [ -n "${ASTRO_EDGE_MACHINE:-}" ]; then
+        case "$ASTRO_EDGE_MACHINE" in
+            jetson|gpu|cpu) echo "$ASTRO_EDGE_MACHINE"; return ;;
+            *) say "ASTRO_EDGE_MACHINE=$ASTRO_EDGE_MACHINE is not jetson, gpu or cpu"; exit 2 ;;
+        esac
+    fi
     # jetson: an aarch64 Tegra board with JetPack (TensorRT from the system; an Arm server with a
     # discrete GPU is a "gpu" machine); gpu: an NVIDIA GPU that nvidia-smi lists; cpu: the rest
     if [ "$(uname -m)" = "aarch64" ] && { [ -f /etc/nv_tegra_release ] \
@@ -222,11 +229,11 @@ sub="${1:-}"
 [ $# -gt 0 ] && shift
 case "$sub" in
     setup) cmd_setup "$@" ;;
-    extras) if [ $# -gt 0 ]; then kind_extras "$@"; else machine_extras "$(machine_kind)"; fi ;;
+    extras) if [ $# -gt 0 ]; then kind_extras "$@"; else kind=$(machine_kind) && machine_extras "$kind"; fi ;;
     test) cmd_test "$@" ;;
     demo) cmd_demo "$@" ;;
     engines) cmd_engines "$@" ;;
     bench) cmd_bench "$@" ;;
     clean) cmd_clean ;;
-    *) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; [ -z "$sub" ] || exit 2 ;;
+    *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; [ -z "$sub" ] || exit 2 ;;
 esac
