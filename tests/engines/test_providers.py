@@ -37,13 +37,9 @@ def _report(providers: tuple[str, ...] = CPU, wheels: tuple[str, ...] = ("onnxru
 
 def test_this_environment_has_exactly_one_onnxruntime_wheel() -> None:
     """The environment the suite runs in holds one ONNX Runtime wheel, and the probe reports it as it is."""
-    installed = []
-    for name in ORT_DISTRIBUTIONS:
-        try:
-            importlib.metadata.distribution(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-        installed.append(name)
+    # every distribution on the path, read independently of the probe's lookup by name
+    installed = sorted({(d.metadata["Name"] or "").lower() for d in importlib.metadata.distributions()}
+                       & set(ORT_DISTRIBUTIONS))
     assert len(installed) == 1, f"ONNX Runtime wheels installed together: {installed}"
     report = probe_runtime()
     assert report.distributions == tuple(installed)
