@@ -126,7 +126,6 @@ def build_pipeline(config: NodeConfig, bundle_override: str | None = None) -> Pi
     path = engine_dir(config)
     if not path.is_dir():
         raise ConfigError(f"engine folder {path} does not exist", where="engine.path")
-    check_engine_runtime(config.engine)
     engine = open_engine(path, config.engine.backend, config.engine.precision, config.engine.threads,
                          config.engine.batch_size, config.engine.providers)
     return Pipeline(node_id=config.node.id, calibrator=calibrator, engine=engine,

@@ -84,7 +84,6 @@ class NodeDaemon:
                                  forwarder=self.forwarder, status=self.status)
         self._stage_ms: dict[str, deque[float]] = {}   # per-stage timings of the last 1000 frames
         self._last_ping = (0.0, -1)        # (monotonic time, frames finished) at the last watchdog ping
-        self.runtime: Any = None           # the engine runtimes probed at start (RuntimeReport)
 
     @property
     def workers(self) -> list[Worker]:
@@ -112,7 +111,7 @@ class NodeDaemon:
         cfg = self.config
         fix_mmap_threshold(self.pool.mmap_threshold)
         # what this environment can run, logged and checked once before any worker starts
-        self.runtime = check_engine_runtime(cfg.engine)
+        check_engine_runtime(cfg.engine)
         self.spool = Spool(cfg.spool.path, max_bytes=cfg.spool.max_bytes)
         try:
             self.pool.start(cfg)
