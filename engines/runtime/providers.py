@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge.errors import EngineCompatibilityError
-from engines.runtime.ort import CPU_EP, PROVIDER_ORDER
+from engines.runtime.ort import CPU_EP
 from engines.runtime.trt import DeviceInfo, probe_device
 
 __all__ = ["ORT_DISTRIBUTIONS", "RuntimeReport", "check_request", "probe_runtime"]
@@ -127,10 +127,6 @@ def check_request(report: RuntimeReport, backend: str = "auto",
     ``backend`` is the ``[engine] backend`` (auto | onnxruntime | tensorrt) and ``providers`` the
     ``[engine] providers`` (empty: every provider ONNX Runtime offers, in preference order).
     """
-    unknown = [p for p in providers if p not in PROVIDER_ORDER]
-    if unknown:
-        raise EngineCompatibilityError(f"unknown execution providers {unknown}; choose from "
-                                       f"{list(PROVIDER_ORDER)}", where="engine.providers")
     gpu_named = [p for p in providers if p != CPU_EP]
     if backend == "tensorrt":
         if report.device is None:
