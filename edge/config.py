@@ -66,8 +66,19 @@ class ReceiveSection:
     queue_frames: int = 4
     queue_policy: str = "drop_oldest"
     timeout_ms: int = 200
+    #: the largest frame accepted, in bytes of pixels (default 256 MiB: 8192 x 8192 of 32-bit
+    #: pixels); a larger declared shape is refused from its header, and libzmq drops a peer that
+    #: sends a message part larger than twice this (ZMQ_MAXMSGSIZE)
+    max_frame_bytes: int = 256 << 20
+    #: a compressed frame of more than 1 MiB of pixels may declare at most this many pixel bytes
+    #: per payload byte (real frames: 1.1-3x); more is refused before it is inflated
+    max_compression_ratio: float = 64.0
 
     def __post_init__(self) -> None:
+        if not 1 << 16 <= self.max_frame_bytes <= 2 << 30:
+            raise ValueError("max_frame_bytes must be from 65536 (64 KiB) to 2147483648 (2 GiB)")
+        if self.max_compression_ratio < 4:
+            raise ValueError("max_compression_ratio must be >= 4: real frames compress up to about 3x")
         if self.queue_policy not in QUEUE_POLICIES:
             raise ValueError(f"queue_policy must be one of {QUEUE_POLICIES}, not {self.queue_policy!r}")
         if self.queue_frames < 1:

@@ -93,6 +93,12 @@ class PayloadSizeError(ProtocolError):
     reason = "payload_size"
 
 
+class CompressionRatioError(ProtocolError):
+    """A compressed payload declares far more pixels than real detector data compresses to."""
+
+    reason = "compression_ratio"
+
+
 class ChecksumError(ProtocolError):
     """The payload checksum does not match the header."""
 

@@ -29,6 +29,7 @@ from numpy.typing import NDArray
 
 from edge.errors import (
     ChecksumError,
+    CompressionRatioError,
     DecompressionError,
     HeaderDecodeError,
     HeaderFieldError,
@@ -54,6 +55,12 @@ MAX_HEADER_BYTES = 65536
 MAX_NDIM = 3
 #: default ceiling on one frame's pixel bytes (2 GiB); a receiver may lower it
 MAX_FRAME_BYTES = 2 << 30
+#: pixel bytes per compressed byte a receiver accepts by default: real detector frames compress
+#: 1.1-3x with zstd or lz4 (docs/protocol.md); a payload of a few KB declaring a frame of hundreds
+#: of MB is a decompression bomb, refused before it is checksummed or inflated
+MAX_COMPRESSION_RATIO = 64
+#: frames this small are never refused for their ratio (a blank test frame compresses 30 000x)
+RATIO_FREE_PIXEL_BYTES = 1 << 20
 MAX_INT = 2**63 - 1
 MAX_ID_CHARS = 64
 MAX_KEYWORDS = 512
@@ -522,11 +529,15 @@ def _decompress(payload: memoryview, compression: str, nbytes: int) -> Buffer:
     return out
 
 
-def decode_message(parts: Sequence[Any], *, max_frame_bytes: int = MAX_FRAME_BYTES) -> Message:
+def decode_message(parts: Sequence[Any], *, max_frame_bytes: int = MAX_FRAME_BYTES,
+                   max_compression_ratio: float = MAX_COMPRESSION_RATIO) -> Message:
     """Validate and decode one multipart message (``bytes``, ``memoryview`` or ``zmq.Frame`` parts).
 
     Raises the specific ``ProtocolError`` subclass for anything that is not a valid version-1
-    message. A frame's pixels are a read-only view of the payload part when uncompressed.
+    message. A frame's pixels are a read-only view of the payload part when uncompressed. A frame
+    over ``max_frame_bytes`` of pixels, or a compressed one of more than 1 MiB of pixels that
+    declares more than ``max_compression_ratio`` pixel bytes per payload byte, is refused from
+    its header and payload length alone, before the checksum or any decompression.
     """
     n = len(parts)
     if not 1 <= n <= 2:
@@ -547,6 +558,13 @@ def decode_message(parts: Sequence[Any], *, max_frame_bytes: int = MAX_FRAME_BYT
         if fh.compression != "none" and len(payload) > max(2 * fh.pixel_nbytes, 1 << 16):
             raise PayloadSizeError(f"{fh.compression} payload is {len(payload)} bytes, more than "
                                    f"twice the {fh.pixel_nbytes} pixel bytes", where="payload")
+        if (fh.compression != "none" and fh.pixel_nbytes > RATIO_FREE_PIXEL_BYTES
+                and fh.pixel_nbytes > max_compression_ratio * len(payload)):
+            raise CompressionRatioError(
+                f"{fh.compression} payload of {len(payload)} bytes declares {fh.pixel_nbytes} pixel "
+                f"bytes, {fh.pixel_nbytes / max(len(payload), 1):.0f}x, over this receiver's bound of "
+                f"{max_compression_ratio:g}x; detector frames compress a few times at most",
+                where="payload")
         actual = checksum_xxh3_64(payload)
         if actual != fh.checksum:
             raise ChecksumError(f"payload xxh3-64 is {actual}, header says {fh.checksum}; "
@@ -632,7 +650,7 @@ class SequenceTracker:
 
 __all__ = [
     "COMPRESSIONS", "DTYPES", "HTYPE_FRAME", "HTYPE_HEARTBEAT", "HTYPE_SERIES_END",
-    "HTYPE_SERIES_START", "MAX_FRAME_BYTES", "Frame", "FrameHeader", "Gap", "Heartbeat",
+    "HTYPE_SERIES_START", "MAX_COMPRESSION_RATIO", "MAX_FRAME_BYTES", "MAX_HEADER_BYTES", "Frame", "FrameHeader", "Gap", "Heartbeat",
     "Message", "SequenceTracker", "SeriesEnd", "SeriesStart", "checksum_xxh3_64", "decode_header",
     "decode_message", "encode_frame", "encode_heartbeat", "encode_message", "encode_series_end",
     "encode_series_start", "format_utc", "parse_utc", "utc_now",

@@ -20,7 +20,9 @@ import zmq
 from edge.errors import ProtocolError
 from edge.log import get_logger
 from firmware_bridge.protocol import (
+    MAX_COMPRESSION_RATIO,
     MAX_FRAME_BYTES,
+    MAX_HEADER_BYTES,
     Frame,
     Gap,
     Heartbeat,
@@ -77,15 +79,22 @@ class FrameReceiver:
         bind: bool = True,
         rcvhwm: int = 4,
         max_frame_bytes: int = MAX_FRAME_BYTES,
+        max_compression_ratio: float = MAX_COMPRESSION_RATIO,
         context: zmq.Context[Any] | None = None,
     ) -> None:
         self.max_frame_bytes = max_frame_bytes
+        self.max_compression_ratio = max_compression_ratio
         self.counters = ReceiverCounters()
         self.gaps: list[Gap] = []
         self._tracker = SequenceTracker()
         self._ctx = context or zmq.Context.instance()
-        self._sock, self.endpoint = open_socket(self._ctx, zmq.PULL, address, bind=bind, hwm=rcvhwm)
-        log.info("receiver.opened", address=self.endpoint, bind=bind)
+        # no part of a valid message is larger than the frame bound (a compressed payload may be
+        # twice its pixels, or 64 KiB) or the header bound: libzmq drops a peer that sends one
+        max_part = max(2 * max_frame_bytes, 1 << 16, MAX_HEADER_BYTES)
+        self._sock, self.endpoint = open_socket(self._ctx, zmq.PULL, address, bind=bind, hwm=rcvhwm,
+                                                max_message_bytes=max_part)
+        log.info("receiver.opened", address=self.endpoint, bind=bind, max_frame_bytes=max_frame_bytes,
+                 max_message_bytes=max_part)
 
     def recv(self, timeout_ms: int | None = None) -> Message | None:
         """The next valid message, or None when none came within ``timeout_ms`` (None: wait).
@@ -116,7 +125,8 @@ class FrameReceiver:
         c.received += 1
         c.bytes_received += sum(len(getattr(p, "buffer", p)) for p in parts)
         try:
-            message = decode_message(parts, max_frame_bytes=self.max_frame_bytes)
+            message = decode_message(parts, max_frame_bytes=self.max_frame_bytes,
+                                     max_compression_ratio=self.max_compression_ratio)
         except ProtocolError as exc:
             c.rejected += 1
             c.rejected_by_reason[exc.reason] += 1

@@ -15,14 +15,17 @@ _NAMES: dict[int, str] = {zmq.PUSH: "PUSH", zmq.PULL: "PULL"}
 
 
 def open_socket(context: zmq.Context[Any], kind: int, address: str, *, bind: bool,
-                hwm: int) -> tuple[zmq.Socket[Any], str]:
+                hwm: int, max_message_bytes: int = -1) -> tuple[zmq.Socket[Any], str]:
     """A PUSH or PULL socket with linger 0 and its high-water mark, bound or connected.
 
-    Returns the socket and its endpoint (the port actually taken when ``address`` asked for any).
+    ``max_message_bytes`` (ZMQ_MAXMSGSIZE, -1: no limit) makes libzmq drop the connection of a
+    peer that sends a larger message part, before any of it is buffered here. Returns the socket
+    and its endpoint (the port actually taken when ``address`` asked for any).
     """
     sock: zmq.Socket[Any] = context.socket(kind)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM if kind == zmq.PUSH else zmq.RCVHWM, hwm)
+    sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
     try:
         if bind:
             sock.bind(address)

@@ -118,7 +118,9 @@ class NodeDaemon:
             self.engines.engine_id = self.pool.workers[0].engine_id
             self.engines.path = str(engine_dir(cfg))
             self.receiver = FrameReceiver(cfg.receive.address, bind=cfg.receive.bind,
-                                          rcvhwm=max(2, cfg.receive.queue_frames))
+                                          rcvhwm=max(2, cfg.receive.queue_frames),
+                                          max_frame_bytes=cfg.receive.max_frame_bytes,
+                                          max_compression_ratio=cfg.receive.max_compression_ratio)
         except BaseException:
             self.close()
             raise

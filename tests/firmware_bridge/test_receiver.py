@@ -175,3 +175,66 @@ def test_receiver_survives_fuzz_and_accepts_the_next_good_frame(
     c = receiver.counters
     assert c.received == c.accepted + c.rejected
     assert c.rejected == sum(c.rejected_by_reason.values())
+
+
+def _zero_bomb(make_frame: Any, shape: tuple[int, int], dtype: str = "<f4") -> list[bytes]:
+    """A zstd payload of a few KB that inflates to a whole frame of zeros, with a matching checksum."""
+    import zstandard
+
+    nbytes = shape[0] * shape[1] * np.dtype(dtype).itemsize
+    writer = zstandard.ZstdCompressor(level=19).compressobj()
+    chunk = bytes(1 << 20)
+    payload = b"".join(writer.compress(chunk[:min(len(chunk), nbytes - i)]) for i in range(0, nbytes, len(chunk)))
+    payload += writer.flush()
+    return _reheader([make_frame()[0], payload], shape=list(shape), dtype=dtype, compression="zstd",
+                     checksum=checksum_xxh3_64(payload))
+
+
+def test_decompression_bombs_and_oversized_headers_are_refused_before_inflating(
+        make_frame: Any, context: zmq.Context[Any], rng: np.random.Generator) -> None:
+    """With the node's default bounds (256 MiB of pixels, 64x compression), a header declaring
+    2 GiB is refused for its shape and zstd payloads of a few KB declaring 64 MiB and 256 MiB for
+    their ratio; a real frame compressed the same way still arrives."""
+    from edge.config import ReceiveSection
+
+    section = ReceiveSection()
+    huge = _reheader(make_frame(), shape=[32768, 16384], dtype="<f4")     # 2 GiB declared
+    bombs = [_zero_bomb(make_frame, (4096, 4096)), _zero_bomb(make_frame, (8192, 8192))]
+    assert all(len(b[1]) < 65536 for b in bombs)
+    ntt = rng.normal(1000.0, 30.0, (512, 512)).astype("<f4")              # 1 MiB of noisy sky
+    with FrameReceiver("tcp://127.0.0.1:*", rcvhwm=64, context=context,
+                       max_frame_bytes=section.max_frame_bytes,
+                       max_compression_ratio=section.max_compression_ratio) as rx, \
+            FrameSender(rx.endpoint, detector_id="cam0", context=context) as tx:
+        push = context.socket(zmq.PUSH)
+        push.linger = 0
+        push.connect(rx.endpoint)
+        try:
+            with capture_logs() as logs:
+                for parts in (huge, *bombs):
+                    push.send_multipart(parts)
+                assert tx.send_frame(np.pad(ntt, ((0, 512), (0, 0))), exposure_s=1.0, compression="zstd")
+                msg = rx.recv(10000)
+        finally:
+            push.close()
+    assert isinstance(msg, Frame) and msg.pixels.shape == (1024, 512)
+    assert dict(rx.counters.rejected_by_reason) == {"header_field": 1, "compression_ratio": 2}
+    reasons = [e["reason"] for e in logs if e["event"] == "frame.rejected"]
+    assert sorted(reasons) == ["compression_ratio", "compression_ratio", "header_field"]
+
+
+def test_a_peer_sending_a_part_over_the_message_bound_is_dropped_and_the_stream_goes_on(
+        make_frame: Any, context: zmq.Context[Any]) -> None:
+    """ZMQ_MAXMSGSIZE: a 4 MiB part to a receiver bounded at 64 KiB of pixels never reaches it."""
+    with FrameReceiver("tcp://127.0.0.1:*", rcvhwm=64, context=context, max_frame_bytes=1 << 16) as rx:
+        push = context.socket(zmq.PUSH)
+        push.linger = 0
+        push.connect(rx.endpoint)
+        try:
+            push.send_multipart([make_frame()[0], bytes(4 << 20)])
+            push.send_multipart(make_frame(seq=1))
+            msg = rx.recv(10000)
+        finally:
+            push.close()
+    assert isinstance(msg, Frame) and msg.header.seq == 1
+    assert rx.counters.received == 1 and rx.counters.rejected == 0
