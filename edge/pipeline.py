@@ -195,7 +195,7 @@ class Pipeline:
             by_class=dict(Counter(labels)), sent_by_reason=verdict.counts_by_reason(),
             sent=verdict.sent, suppressed=verdict.suppressed, dropped_frames=tuple(dropped_frames),
             noise_model=cal.noise_model, timings_ms=timings, engine_id=engine_id,
-            policy_version=self.policy.version,
+            policy_version=self.policy.version, capped=verdict.capped,
         )
         return FrameResult(records=records, summary=summary, labels=labels, shadow=shadow)
 

@@ -40,7 +40,7 @@ RECORD_VERSION = 1
 #: the triage reasons a record may carry, in the order triage reports them
 REASONS: tuple[str, ...] = ("uncertain", "unknown", "unusual", "new", "blend", "audit")
 #: record fields added within version 1: a record written before them reads with None
-OPTIONAL_FIELDS: tuple[str, ...] = ("blend_lr", "blend_sep_px", "blend_flux_ratio")
+OPTIONAL_FIELDS: tuple[str, ...] = ("blend_lr", "blend_sep_px", "blend_flux_ratio", "capped")
 NOISE_MODELS: tuple[str, ...] = ("bundle", "header", "estimated")
 #: keys the ground adds to a record when it writes it; a reader accepts and ignores them
 GROUND_FIELDS: tuple[str, ...] = ("received_time",)
@@ -292,11 +292,16 @@ class FrameSummary:
     engine_id: str
     policy_version: int
     version: int = field(default=RECORD_VERSION)
+    #: of the suppressed, detections a triage reason applied to that the per-frame record cap
+    #: kept back ([triage] max_records_per_frame); summaries written before it read 0
+    capped: int = 0
 
     def __post_init__(self) -> None:
         where = f"summary of frame {self.frame!r}"
         _check_str(self, ("node_id", "detector_id", "series_id", "frame_time", "engine_id"), where)
-        _check_int(self, ("frame", "detections", "sent", "suppressed", "policy_version"), where)
+        _check_int(self, ("frame", "detections", "sent", "suppressed", "policy_version", "capped"), where)
+        if self.capped > self.suppressed:
+            raise RecordFieldError(f"capped {self.capped} > suppressed {self.suppressed}", where=where)
         if self.noise_model not in NOISE_MODELS:
             raise RecordFieldError(f"noise_model {self.noise_model!r} is not one of {NOISE_MODELS}",
                                    where=where)

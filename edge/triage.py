@@ -55,8 +55,15 @@ class TriagePolicy:
     blend_lr_min: float = 20.0
     audit_rate: float = 0.002
     epistemic_weight_per_nat: float = 10.0
+    # at most this many records leave one frame, the highest priorities first; the rest are
+    # counted as capped in the frame's summary. A broken frame (wrong byte order, a flood of
+    # artefacts) then costs the downlink a bounded amount, and its summary says it was capped
+    max_records_per_frame: int = 500
 
     def __post_init__(self) -> None:
+        if (isinstance(self.max_records_per_frame, bool) or not isinstance(self.max_records_per_frame, int)
+                or self.max_records_per_frame < 1):
+            raise ValueError(f"max_records_per_frame must be an integer >= 1, not {self.max_records_per_frame!r}")
         if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 1:
             raise ValueError(f"version must be an integer >= 1, not {self.version!r}")
         if not 0.0 <= self.confidence_min <= 1.0:
@@ -84,6 +91,8 @@ class TriageResult:
     reasons: tuple[tuple[str, ...], ...]
     send: NDArray[np.bool_]
     priority: NDArray[np.float64]
+    #: detections a reason applied to that the per-frame cap kept back (counted as suppressed)
+    capped: int = 0
 
     def __len__(self) -> int:
         return len(self.reasons)
@@ -149,4 +158,14 @@ def triage(policy: TriagePolicy, *, labels: Sequence[str], confidence: NDArray[A
     reasons = tuple(tuple(r for r, f in zip(REASONS, row, strict=True) if f) for row in flags.tolist())
     prio = priority(np.where(np.isfinite(pval), pval, _P_FLOOR),
                     np.where(np.isfinite(epi), epi, 0.0), policy.epistemic_weight_per_nat)
-    return TriageResult(reasons=reasons, send=np.asarray(flags.any(axis=1)), priority=prio)
+    send = np.asarray(flags.any(axis=1))
+    flagged = np.flatnonzero(send)
+    capped = max(0, flagged.size - policy.max_records_per_frame)
+    if capped:
+        # keep the highest priorities (ties: the earlier detection); the rest leave no record
+        order = flagged[np.lexsort((flagged, -prio[flagged]))]
+        held = order[policy.max_records_per_frame:]
+        send[held] = False
+        kept_back = set(held.tolist())
+        reasons = tuple(() if i in kept_back else r for i, r in enumerate(reasons))
+    return TriageResult(reasons=reasons, send=send, priority=prio, capped=capped)

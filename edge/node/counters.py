@@ -31,6 +31,7 @@ class NodeCounters:
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
     detections: int = 0
     suppressed: int = 0
+    capped: int = 0               # of the suppressed: kept back by [triage] max_records_per_frame
     spooled: int = 0              # records committed to the spool (they leave as acked or evicted)
     spool_duplicates: int = 0
     evicted: int = 0

@@ -265,6 +265,7 @@ class NodeDaemon:
         self.engines.note_shadow(result.shadow)
         c.detections += s.detections
         c.suppressed += s.suppressed
+        c.capped += s.capped
         c.spooled += s.sent
         c.spool_duplicates += n_dup
         c.evicted += len(put.evicted)
@@ -275,6 +276,11 @@ class NodeDaemon:
         log.info("frame.processed", series=s.series_id, seq=s.frame, detections=s.detections,
                  sent=s.sent, suppressed=s.suppressed, noise_model=s.noise_model,
                  ms=round(c.latency_ms[-1], 1))
+        if s.capped:
+            log.warning("frame.capped", series=s.series_id, seq=s.frame, detections=s.detections,
+                        sent=s.sent, capped=s.capped,
+                        detail="more detections asked to be sent than [triage] max_records_per_frame; "
+                               "the highest priorities were sent, the summary counts the rest")
 
     def _read_checkpoint(self, key: str) -> str | None:
         return self.spool.checkpoint(key) if self.spool is not None else None

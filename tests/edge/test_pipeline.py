@@ -112,3 +112,40 @@ def test_sent_records_carry_the_multiplicity_measured_with_the_frames_psf(node_c
     assert any(np.hypot(r.x - double["x0"], r.y - double["y0"]) < 2.0 for r in sent)
     assert all(r.reasons == ("blend",) and r.blend_lr >= 20.0 for r in sent)
     assert len(sent) < 0.2 * len(result.records)
+
+
+def test_a_frame_read_in_the_wrong_byte_order_sends_at_most_the_per_frame_cap(node_config_factory,
+                                                                              small_twin) -> None:
+    """A DAQ that declares the wrong byte order turns sky into noise and thousands of detections;
+    the frame sends no more than [triage] max_records_per_frame, the summary counts the rest as capped."""
+    twin_frame = simulate_frame(small_twin, 0, 3)
+    frame = frame_input(twin_frame)
+    good_sent = build_pipeline(node_config_factory()).process(frame).summary.sent
+    cap = good_sent + 1    # the frame read right stays under the cap
+    pipeline = build_pipeline(node_config_factory(triage={"max_records_per_frame": cap}))
+    good = pipeline.process(frame).summary
+    assert good.capped == 0 and good.sent == good_sent
+    raw = np.ascontiguousarray(frame.pixels)
+    swapped = raw.view(raw.dtype.newbyteorder())     # the same bytes read the other way round
+    result = pipeline.process(dataclasses.replace(frame, pixels=swapped))
+    s = result.summary
+    assert s.detections > 3 * cap, "the byte-swapped frame should flood the detector"
+    assert s.sent == len(result.records) == cap
+    assert s.capped > 0 and s.sent + s.suppressed == s.detections
+    assert sum(s.sent_by_reason.values()) >= cap and all(r.reasons for r in result.records)
+
+
+def test_summaries_written_before_the_cap_read_as_uncapped() -> None:
+    """A summary line without "capped" (written before it existed) reads with capped = 0."""
+    import json
+
+    from edge.records import FrameSummary
+
+    summary = FrameSummary(node_id="n", detector_id="d", series_id="1", frame=3, frame_time="2026-03-20T03:00:00Z",
+                           detections=5, by_class={"star": 5}, sent_by_reason={}, sent=0, suppressed=5,
+                           dropped_frames=(), noise_model="header", timings_ms={}, engine_id="e",
+                           policy_version=1)
+    data = json.loads(to_json_line(summary))
+    assert data["capped"] == 0
+    del data["capped"]
+    assert from_json_line(json.dumps(data)) == summary

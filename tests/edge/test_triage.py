@@ -70,7 +70,7 @@ def test_an_unusual_call_below_the_confidence_minimum_is_not_sent_as_unusual(rng
 def test_audit_samples_confident_ordinary_detections_at_the_configured_rate() -> None:
     """About audit_rate of confident ordinary detections are sent as audits; flagged ones never carry audit."""
     n = 40_000
-    policy = TriagePolicy(audit_rate=0.01, confidence_min=0.9)
+    policy = TriagePolicy(audit_rate=0.01, confidence_min=0.9, max_records_per_frame=n)  # no cap here
     rng = np.random.default_rng(7)
     conf = np.where(np.arange(n) % 4 == 0, 0.5, 0.99)  # a quarter is uncertain
     result = triage(policy, labels=["star"] * n, confidence=conf, epistemic_nats=np.zeros(n),
@@ -152,3 +152,26 @@ def test_the_default_policy_sends_the_taught_unusual_classes() -> None:
     classes = load_manifest(MODELS_DIR / "stampnet-v3").classes
     assert len(classes) > 6 and set(classes[6:]) <= set(TriagePolicy().classes_of_interest)
     assert "streak" in TriagePolicy().classes_of_interest
+
+
+def test_the_per_frame_cap_keeps_the_highest_priorities_and_counts_the_rest() -> None:
+    """1000 unknown detections under a cap of 100: the 100 of highest priority are sent, with their
+    reasons; the other 900 are suppressed, carry no reason and are counted as capped."""
+    n, cap = 1000, 100
+    rng = np.random.default_rng(3)
+    pvalue = rng.uniform(1e-6, 1e-3, n)           # every one unknown at alpha 0.01
+    policy = TriagePolicy(max_records_per_frame=cap)
+    result = triage(policy, labels=["star"] * n, confidence=np.full(n, 0.99), epistemic_nats=np.zeros(n),
+                    anomaly_pvalue=pvalue, new=np.zeros(n, bool), rng=np.random.default_rng(0))
+    assert (result.sent, result.suppressed, result.capped) == (cap, n - cap, n - cap)
+    sent = np.flatnonzero(result.send)
+    assert set(sent.tolist()) == set(np.argsort(-result.priority, kind="stable")[:cap].tolist())
+    assert all(result.reasons[i] == ("unknown",) for i in sent)
+    assert all(result.reasons[i] == () for i in np.flatnonzero(~result.send))
+    assert result.counts_by_reason()["unknown"] == cap
+    under = triage(TriagePolicy(max_records_per_frame=n), labels=["star"] * n, confidence=np.full(n, 0.99),
+                   epistemic_nats=np.zeros(n), anomaly_pvalue=pvalue, new=np.zeros(n, bool),
+                   rng=np.random.default_rng(0))
+    assert (under.sent, under.capped) == (n, 0)
+    with pytest.raises(ValueError, match="max_records_per_frame"):
+        TriagePolicy(max_records_per_frame=0)
