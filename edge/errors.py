@@ -15,6 +15,7 @@ nothing of the project.
      |    +-- UnsupportedVersionError           unknown htype or protocol version
      |    +-- HeaderFieldError                  a key is missing, has the wrong type or a bad value
      |    +-- PayloadSizeError                  shape x dtype does not match the payload length
+     |    +-- CompressionRatioError             a compressed payload declares far more pixels than it could hold
      |    +-- ChecksumError                     payload checksum does not match the header
      |    +-- DecompressionError                compressed payload cannot be decoded
      +-- TransportError (OSError)               a socket could not be bound, connected or used
@@ -28,6 +29,7 @@ nothing of the project.
      |    +-- EngineIntegrityError              file missing, truncated, sha256 mismatch
      |    +-- EngineCompatibilityError          manifest does not fit this device or backend
      +-- SpoolError (OSError)                   the store-and-forward spool cannot be used
+     +-- StatusFileError (OSError)              the node's status file cannot be written
      +-- GroundStoreError (OSError)             the ground's output folder or id index cannot be used
      +-- RecordError (ValueError)               a downlink record or frame summary cannot be accepted
           +-- RecordDecodeError                 bytes are not msgpack / JSON, or message parts are wrong
@@ -177,6 +179,12 @@ class SpoolError(AstroEdgeError, OSError):
     reason = "spool"
 
 
+class StatusFileError(AstroEdgeError, OSError):
+    """The node's status file cannot be written (the node goes on without it)."""
+
+    reason = "status_file"
+
+
 class GroundStoreError(AstroEdgeError, OSError):
     """The ground receiver's output folder or its index cannot be used."""
 
@@ -213,6 +221,7 @@ __all__ = [
     "CalibrationError",
     "CalibrationInputError",
     "ChecksumError",
+    "CompressionRatioError",
     "ConfigError",
     "DecompressionError",
     "DetectionError",
@@ -231,6 +240,7 @@ __all__ = [
     "RecordFieldError",
     "RecordVersionError",
     "SpoolError",
+    "StatusFileError",
     "TransportError",
     "TwinError",
     "UnsupportedVersionError",

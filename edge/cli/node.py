@@ -59,6 +59,9 @@ def _run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # a file-size limit (ulimit -f) makes a spool write fail with EFBIG, which the node outlives
+    # as a degraded spool; the signal it also sends would otherwise end the process
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     from edge.node.supervision import SystemdNotifier
 
     # systemd's notify socket and watchdog period are read here, at the shell, and passed down

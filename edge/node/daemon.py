@@ -35,14 +35,17 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from edge.config import NodeConfig
+from edge.errors import SpoolError, StatusFileError
 from edge.link.spool import Spool
 from edge.log import get_logger
 from edge.node.allocator import fix_mmap_threshold
 from edge.node.assemble import build_pipeline, check_engine_runtime, engine_dir
 from edge.node.commands import Commands, OperatorState
 from edge.node.counters import NodeCounters
+from edge.node.done import DoneSet
 from edge.node.engine_swap import EngineSwap
 from edge.node.forward import Forwarder
+from edge.node.health import Health
 from edge.node.housekeeping import Housekeeping
 from edge.node.ingest import DoneSets, Ingest
 from edge.node.pool import PipelineBuilder, WorkerPool
@@ -50,6 +53,7 @@ from edge.node.status import housekeeping_figures, node_status, write_status
 from edge.node.supervision import SystemdNotifier
 from edge.node.workers import FrameFailure, Worker
 from edge.pipeline import FrameResult
+from edge.records import FrameSummary
 from edge.triage import TriagePolicy
 from firmware_bridge import FrameReceiver
 
@@ -67,6 +71,7 @@ class NodeDaemon:
                  notifier: SystemdNotifier | None = None) -> None:
         self.config = config
         self.counters = NodeCounters()
+        self.health = Health()
         self.status_path = Path(status_path) if status_path else None
         self.notifier = notifier or SystemdNotifier(None)
         self.receiver: FrameReceiver | None = None
@@ -79,7 +84,7 @@ class NodeDaemon:
         self.ingest = Ingest(config.receive, self.counters, self.done)
         self.pool = WorkerPool(config.node, build, bundle_override, self.counters, self._worker_config)
         self.engines = EngineSwap(config.engine, self.pool, self._finish_in_workers)
-        self.forwarder = Forwarder(config.downlink)
+        self.forwarder = Forwarder(config.downlink, self.health)
         self.commands = Commands(self.operator, pool=self.pool, engines=self.engines,
                                  forwarder=self.forwarder, status=self.status)
         self._stage_ms: dict[str, deque[float]] = {}   # per-stage timings of the last 1000 frames
@@ -257,9 +262,18 @@ class NodeDaemon:
         s = result.summary
         series_key = f"{s.detector_id}:{s.series_id}"
         done = self.done.of(series_key)
+        # the frame counts as finished only once its records are durable: a frame the spool could
+        # not keep is processed again when the DAQ sends it again
+        finished = DoneSet.from_json(done.to_json())
+        finished.add(s.frame)
+        try:
+            put = self.spool.put([*result.records, s],  # type: ignore[union-attr]
+                                 checkpoint={DoneSets.key(series_key): finished.to_json()})
+        except SpoolError as exc:
+            self._spool_failed(s, exc)
+            return
         done.add(s.frame)
-        put = self.spool.put([*result.records, s],  # type: ignore[union-attr]
-                             checkpoint={DoneSets.key(series_key): done.to_json()})
+        self.health.ok("spool")
         n_dup = sum(1 for i in put.duplicates if i != s.id)
         c.frames_processed += 1
         self.engines.note_shadow(result.shadow)
@@ -281,6 +295,19 @@ class NodeDaemon:
                         sent=s.sent, capped=s.capped,
                         detail="more detections asked to be sent than [triage] max_records_per_frame; "
                                "the highest priorities were sent, the summary counts the rest")
+
+    def _spool_failed(self, s: FrameSummary, exc: SpoolError) -> None:
+        """A frame whose records the spool could not keep (disk full, I/O error, read-only): the
+        node goes on degraded; the frame counts as dropped, and the next summary names it."""
+        c = self.counters
+        c.frames_dropped += 1
+        c.dropped_seqs.append(s.frame)
+        # the lost summary named earlier drops too: they ride in the next summary with this frame
+        for seq in (*s.dropped_frames, s.frame):
+            self.ingest.note_dropped(seq)
+        self.health.degraded("spool", exc)
+        log.warning("frame.dropped", stage="spool", series=s.series_id, seq=s.frame, records=s.sent,
+                    error=str(exc))
 
     def _read_checkpoint(self, key: str) -> str | None:
         return self.spool.checkpoint(key) if self.spool is not None else None
@@ -311,12 +338,19 @@ class NodeDaemon:
         """Counters of the node, its receiver, spool and downlink, as one JSON-ready dict."""
         return node_status(self.config.node.id, self.counters, engines=self.engines, operator=self.operator,
                            ingest=self.ingest, pool=self.pool, receiver=self.receiver, spool=self.spool,
-                           downlink=self.forwarder.counters)
+                           downlink=self.forwarder.counters, health=self.health)
 
     def housekeeping_figures(self) -> dict[str, Any]:
         """status() plus per-stage latency p50/p99, spool age and the process's CPU, memory and GPU figures."""
         return housekeeping_figures(self.status(), self._stage_ms, self.spool)
 
     def _write_status(self) -> None:
-        if self.status_path is not None:
+        if self.status_path is None:
+            return
+        try:
             write_status(self.status_path, self.status())
+        except OSError as exc:   # a full or failing disk under the status file: the node goes on
+            self.health.degraded("status_file", StatusFileError(f"cannot write the status file: {exc}",
+                                                                where=str(self.status_path)))
+            return
+        self.health.ok("status_file")

@@ -13,10 +13,11 @@ from dataclasses import asdict
 from typing import Any
 
 from edge.config import DownlinkSection
-from edge.errors import AstroEdgeError
+from edge.errors import AstroEdgeError, SpoolError
 from edge.link.downlink import Downlink
 from edge.link.spool import Spool
 from edge.log import get_logger
+from edge.node.health import Health
 
 log = get_logger(__name__)
 
@@ -24,8 +25,9 @@ log = get_logger(__name__)
 class Forwarder:
     """The downlink thread and the figures it last reported."""
 
-    def __init__(self, section: DownlinkSection) -> None:
+    def __init__(self, section: DownlinkSection, health: Health | None = None) -> None:
         self.section = section
+        self.health = health if health is not None else Health()
         #: the downlink's counters, refreshed by the thread at every turn
         self.counters: dict[str, Any] = {}
         self._stop = threading.Event()
@@ -58,11 +60,23 @@ class Forwarder:
                           contact_window_bytes=cfg.contact_window_bytes,
                           ack_timeout_s=cfg.ack_timeout_s, curve=curve,
                           compression=cfg.compression) as downlink:
+                backoff_s = 0.0
                 while not self._stop.is_set():
                     if self._flush.is_set():
                         self._flush.clear()
                         downlink.open_window(cfg.contact_window_bytes)
-                    downlink.pump(poll_ms=50)
+                    try:
+                        downlink.pump(poll_ms=50)
+                    except SpoolError as exc:
+                        # the disk under the spool failed: wait (0.1 s doubling to 5 s) and retry;
+                        # unacknowledged records stay spooled and are sent again
+                        self.health.degraded("downlink", exc)
+                        backoff_s = min(5.0, max(0.1, 2 * backoff_s))
+                        self._stop.wait(backoff_s)
+                        continue
+                    if backoff_s:
+                        backoff_s = 0.0
+                        self.health.ok("downlink")
                     self.counters = asdict(downlink.counters())
                 if self._drain_s > 0:
                     downlink.drain(self._drain_s)

@@ -108,6 +108,11 @@ class Ingest:
         self.queue.append((frame, time.monotonic()))
         c.frames_in_flight += 1
 
+    def note_dropped(self, seq: int) -> None:
+        """A frame lost after the queue (its records could not be spooled): the next frame taken
+        reports it in its summary's ``dropped_frames``."""
+        self._pending_drops.append(seq)
+
     def take(self) -> tuple[FrameInput, float, tuple[int, ...]]:
         """The oldest frame, when it arrived, and the seqs dropped since the last frame was taken
         (its summary reports them)."""

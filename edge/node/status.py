@@ -19,10 +19,12 @@ from typing import Any
 import numpy as np
 
 from edge.codec import decode_msgpack
+from edge.errors import SpoolError
 from edge.link.spool import Spool
 from edge.node.commands import OperatorState
 from edge.node.counters import NodeCounters
 from edge.node.engine_swap import EngineSwap
+from edge.node.health import Health
 from edge.node.ingest import Ingest
 from edge.node.pool import WorkerPool
 from edge.node.supervision import process_figures
@@ -32,11 +34,17 @@ from firmware_bridge import FrameReceiver
 
 def node_status(node_id: str, counters: NodeCounters, *, engines: EngineSwap, operator: OperatorState,
                 ingest: Ingest, pool: WorkerPool, receiver: FrameReceiver | None, spool: Spool | None,
-                downlink: dict[str, Any]) -> dict[str, Any]:
+                downlink: dict[str, Any], health: Health) -> dict[str, Any]:
     """Counters of the node, its receiver, spool and downlink, as one JSON-ready dict."""
-    spool_counters = spool.counters() if spool is not None else None
+    spool_counters = None
+    if spool is not None:
+        try:
+            spool_counters = spool.counters()
+        except SpoolError as exc:   # the disk under the spool failed: the status still answers
+            health.degraded("spool", exc)
     return {
         "node": node_id,
+        **health.status(),
         "engine_id": engines.engine_id,
         "policy_version": operator.policy.version,
         "paused": operator.paused,
