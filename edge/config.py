@@ -161,9 +161,15 @@ class DownlinkSection:
     curve_client_secret_key: str = ""   # this node's NAME.key_secret
     curve_server_public_key: str = ""   # the ground's NAME.key
     compression: str = "zstd-dict-1"    # "none" or a dictionary of edge.link.zdict
+    #: sends without an ack, while the ground acknowledged other messages, before a message is
+    #: moved to the spool's dead letters (the ground cannot take it)
+    max_tries: int = 8
 
     def __post_init__(self) -> None:
         from edge.link.zdict import COMPRESSIONS
+
+        if self.max_tries < 1:
+            raise ValueError("max_tries must be >= 1")
 
         if self.compression not in COMPRESSIONS:
             raise ValueError(f"compression must be one of {list(COMPRESSIONS)}, not {self.compression!r}")

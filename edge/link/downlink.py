@@ -53,6 +53,7 @@ class DownlinkCounters:
     window_exhausted: int   # pumps that stopped at the contact window's budget
     send_blocked: int       # pumps that stopped because no ground was connected or its queue was full
     malformed_acks: int     # messages from the ground that were not acks
+    dead_lettered: int      # messages moved to the spool's dead letters after max_tries
     in_flight: int          # sent, not yet acked, not yet timed out
 
 
@@ -63,10 +64,14 @@ class Downlink:
                  contact_window_bytes: int = 0, ack_timeout_s: float = 5.0, max_in_flight: int = 512,
                  clock: Callable[[], float] = time.monotonic,
                  context: zmq.Context[Any] | None = None, curve: tuple[str, str] | None = None,
-                 compression: str = "none") -> None:
-        if budget_bytes_per_s <= 0 or contact_window_bytes < 0 or ack_timeout_s <= 0 or max_in_flight < 1:
-            raise ValueError("budget_bytes_per_s, ack_timeout_s and max_in_flight must be > 0, "
+                 compression: str = "none", max_tries: int = 8) -> None:
+        if (budget_bytes_per_s <= 0 or contact_window_bytes < 0 or ack_timeout_s <= 0 or max_in_flight < 1
+                or max_tries < 1):
+            raise ValueError("budget_bytes_per_s, ack_timeout_s, max_in_flight and max_tries must be > 0, "
                              "contact_window_bytes >= 0")
+        #: a message sent this many times without an ack, while the ground acknowledged others
+        #: sent after it, is poison (the ground cannot take it): it moves to the dead letters
+        self.max_tries = int(max_tries)
         self.spool = spool
         self.address = address
         # "none" sends the spooled msgpack as it is; a dictionary name compresses each message
@@ -92,9 +97,15 @@ class Downlink:
         # evicts is never sent again, so the set is swept of ids the spool no longer holds
         self._timed_out: set[str] = set()
         self._sweep_at = _SWEEP_MIN
+        # acks seen so far, the count when each in-flight id was last sent, and each id's tries
+        # that ended in a timeout while the ground acknowledged something else (a silent or dead
+        # ground acknowledges nothing, so an outage makes no message poison)
+        self._acks_seen = 0
+        self._sent_at_ack: dict[str, int] = {}
+        self._tries: dict[str, int] = {}
         self._n = dict.fromkeys(("sent", "sent_bytes", "retries", "acked", "ack_unknown", "timeouts",
                                  "budget_waits", "window_exhausted", "send_blocked",
-                                 "malformed_acks"), 0)
+                                 "malformed_acks", "dead_lettered"), 0)
 
     def open_window(self, contact_window_bytes: int) -> None:
         """Start a contact window of ``contact_window_bytes`` (0: no window limit)."""
@@ -146,24 +157,42 @@ class Downlink:
             removed = self.spool.ack(acked)
             self._n["acked"] += removed
             self._n["ack_unknown"] += len(acked) - removed
+            self._acks_seen += len(acked)
             for i in acked:
                 self._deadlines.pop(i, None)
                 self._timed_out.discard(i)
+                self._sent_at_ack.pop(i, None)
+                self._tries.pop(i, None)
 
     def _expire(self) -> None:
         now = self._clock()
         late = [i for i, deadline in self._deadlines.items() if deadline <= now]
         if not late:
             return
+        poison: dict[str, int] = {}
         for i in late:
             del self._deadlines[i]
+            if self._acks_seen > self._sent_at_ack.pop(i, self._acks_seen):
+                tries = self._tries[i] = self._tries.get(i, 0) + 1
+                if tries >= self.max_tries:
+                    poison[i] = tries
         self._timed_out.update(late)
         if len(self._timed_out) > self._sweep_at:
             self._timed_out = self.spool.holding(self._timed_out)
+            self._tries = {i: n for i, n in self._tries.items() if i in self._timed_out}
             self._sweep_at = max(_SWEEP_MIN, 2 * len(self._timed_out))
         self.spool.release(late)
         self._n["timeouts"] += len(late)
         log.info("downlink.ack_timeout", count=len(late), ack_timeout_s=self.ack_timeout_s)
+        if poison:
+            moved = self.spool.dead_letter(poison)
+            for i in poison:
+                self._tries.pop(i, None)
+                self._timed_out.discard(i)
+            self._n["dead_lettered"] += len(moved)
+            log.warning("downlink.dead_letter", count=len(moved), ids=moved[:20], max_tries=self.max_tries,
+                        detail="the ground acknowledged other messages but never these; they are kept "
+                               "in the spool's dead_letters table")
 
     def _refill(self) -> None:
         now = self._clock()
@@ -229,6 +258,7 @@ class Downlink:
                 self._timed_out.discard(item.id)
                 self._n["retries"] += 1
             self._deadlines[item.id] = self._clock() + self.ack_timeout_s
+            self._sent_at_ack[item.id] = self._acks_seen
             sent.append(item.id)
         return sent, False
 

@@ -18,8 +18,9 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
@@ -38,7 +39,7 @@ _SCHEMA_VERSION = 1
 # victims read per query when the spool is over its bound (one put usually evicts a frame's worth)
 _EVICT_CHUNK = 64
 _COUNTERS = tuple(f"{kind}.{what}" for kind in KINDS
-                  for what in ("accepted", "acked", "evicted", "duplicates", "evicted_bytes"))
+                  for what in ("accepted", "acked", "evicted", "duplicates", "evicted_bytes", "dead_lettered"))
 
 # seq needs no AUTOINCREMENT: a new row always gets max(seq) + 1, so the order among equal
 # priorities (oldest first) holds even when SQLite reuses the number of a deleted last row
@@ -54,6 +55,15 @@ CREATE TABLE IF NOT EXISTS items (
 CREATE INDEX IF NOT EXISTS items_by_priority ON items (priority DESC, seq ASC);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    priority REAL NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    tries INTEGER NOT NULL,
+    dead_time REAL NOT NULL
+);
 """
 
 
@@ -83,7 +93,8 @@ class PutResult:
 
 @dataclass(frozen=True)
 class SpoolCounters:
-    """The spool's counters, durable across crashes: ``accepted == acked + evicted + pending`` per kind."""
+    """The spool's counters, durable across crashes:
+    ``accepted == acked + evicted + dead_lettered + pending`` per kind."""
 
     accepted: Mapping[str, int]
     acked: Mapping[str, int]
@@ -92,10 +103,13 @@ class SpoolCounters:
     duplicates: Mapping[str, int]
     pending: Mapping[str, int]
     pending_bytes: int
+    #: messages the ground never acknowledged while it acknowledged others, moved aside
+    dead_lettered: Mapping[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
 
     def conserved(self) -> bool:
-        """True when, for every kind, accepted = acked + evicted + pending."""
-        return all(self.accepted[k] == self.acked[k] + self.evicted[k] + self.pending[k] for k in KINDS)
+        """True when, for every kind, accepted = acked + evicted + dead_lettered + pending."""
+        return all(self.accepted[k] == self.acked[k] + self.evicted[k] + self.dead_lettered[k] + self.pending[k]
+                   for k in KINDS)
 
 
 class Spool:
@@ -296,6 +310,45 @@ class Spool:
             self._forget_in_flight(ids)
         return len(removed)
 
+    def dead_letter(self, tries: Mapping[str, int]) -> list[str]:
+        """Move the messages ``tries`` names (id -> sends without an ack) to the dead-letter table,
+        durably, in one transaction; returns the ids that were still spooled and were moved."""
+        if not tries:
+            return []
+        delta = {c: 0 for c in _COUNTERS}
+        moved: list[tuple[str, str, int]] = []
+        now = time.time()
+        with self._locked() as db:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                for item_id, n in tries.items():
+                    row = db.execute("SELECT kind, size_bytes FROM items WHERE id = ?", (item_id,)).fetchone()
+                    if row is None:
+                        continue
+                    db.execute("INSERT OR REPLACE INTO dead_letters (id, kind, priority, size_bytes, payload, "
+                               "tries, dead_time) SELECT id, kind, priority, size_bytes, payload, ?, ? "
+                               "FROM items WHERE id = ?", (int(n), now, item_id))
+                    db.execute("DELETE FROM items WHERE id = ?", (item_id,))
+                    moved.append((item_id, row[0], int(row[1])))
+                    delta[f"{row[0]}.dead_lettered"] += 1
+                self._bump(delta)
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise SpoolError(f"cannot move {len(tries)} message(s) to the dead letters: {exc}; they "
+                                 "stay spooled", where=str(self.path)) from exc
+            for _, kind, size in moved:
+                self._pending_rows[kind] -= 1
+                self._pending_bytes -= size
+            self._forget_in_flight([m[0] for m in moved])
+        return [m[0] for m in moved]
+
+    def dead_letters(self) -> list[tuple[str, str, int, float]]:
+        """(id, kind, tries, dead_time as Unix seconds) of every dead-lettered message, oldest first."""
+        with self._locked() as db:
+            rows = db.execute("SELECT id, kind, tries, dead_time FROM dead_letters ORDER BY dead_time, id").fetchall()
+        return [(str(r[0]), str(r[1]), int(r[2]), float(r[3])) for r in rows]
+
     def _delete(self, item_id: str) -> tuple[str, int] | None:
         row = self._db.execute("SELECT kind, size_bytes FROM items WHERE id = ?", (item_id,)).fetchone()
         if row is not None:
@@ -372,7 +425,7 @@ class Spool:
         return SpoolCounters(accepted=by_kind("accepted"), acked=by_kind("acked"),
                              evicted=by_kind("evicted"), evicted_bytes=by_kind("evicted_bytes"),
                              duplicates=by_kind("duplicates"), pending=pending,
-                             pending_bytes=pending_bytes)
+                             pending_bytes=pending_bytes, dead_lettered=by_kind("dead_lettered"))
 
     def __len__(self) -> int:
         with self._lock:

@@ -58,7 +58,7 @@ class Forwarder:
                      if cfg.curve_client_secret_key else None)
             with Downlink(spool, cfg.address, budget_bytes_per_s=cfg.budget_bytes_per_s,
                           contact_window_bytes=cfg.contact_window_bytes,
-                          ack_timeout_s=cfg.ack_timeout_s, curve=curve,
+                          ack_timeout_s=cfg.ack_timeout_s, curve=curve, max_tries=cfg.max_tries,
                           compression=cfg.compression) as downlink:
                 backoff_s = 0.0
                 while not self._stop.is_set():

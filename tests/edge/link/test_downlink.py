@@ -348,3 +348,68 @@ def test_curve_downlink_delivers_to_a_known_node_and_nothing_from_a_stranger(
             assert len(bad) == 3
     finally:
         ctx.term()
+
+
+def _round(sock: zmq.Socket[Any], dl: Downlink, clock: Clock, *, ack_all_but: str | None) -> list[str]:
+    """Take what arrives (pumping the downlink), ack every id but one (None: ack nothing), let the
+    ack timeout pass; returns the ids that arrived."""
+    got: list[list[bytes]] = []
+    end = time.monotonic() + 2.0
+    while time.monotonic() < end:
+        dl.pump(10)
+        while sock.poll(0):
+            got.append(sock.recv_multipart())
+        if got and not sock.poll(50):
+            break
+    ids = ids_of(got)
+    if ack_all_but is not None and got:
+        sock.send_multipart([got[0][0], *encode_ack([i for i in ids if i != ack_all_but])])
+        end = time.monotonic() + 2.0
+        while dl.counters().acked < dl.counters().sent - dl.counters().retries - 1 and time.monotonic() < end:
+            dl.pump(10)
+    clock.t += 1.5
+    return ids
+
+
+def test_a_message_the_ground_never_acknowledges_while_it_acknowledges_others_is_dead_lettered(
+        tmp_path: Path, ctx: zmq.Context[Any], raw_ground: tuple[zmq.Socket[Any], str],
+        rng: np.random.Generator) -> None:
+    """A poison record (the ground takes every other message, never this one) is sent max_tries
+    times, then moved to the spool's dead letters, counted and logged, and never sent again."""
+    sock, address = raw_ground
+    clock = Clock()
+    with Spool(tmp_path / "s.sqlite") as spool:
+        poison = make_record(0, 0, 5.0, rng)
+        spool.put([poison])
+        with Downlink(spool, address, context=ctx, clock=clock, ack_timeout_s=1.0, max_tries=3) as dl:
+            wait_connected(dl, spool)
+            sends = 0
+            with capture_logs() as logs:
+                for r in range(1, 7):
+                    spool.put([make_record(r, 0, 1.0, rng)])      # the ground keeps acknowledging these
+                    sends += poison.record_id in _round(sock, dl, clock, ack_all_but=poison.record_id)
+                    dl.pump(0)
+            assert spool.dead_letters()[0][:3] == (poison.record_id, "record", 3)
+            assert sends == 3, "sent exactly max_tries times, never after it was dead-lettered"
+            c, sc = dl.counters(), spool.counters()
+            assert c.dead_lettered == 1 and sc.dead_lettered["record"] == 1 and sc.conserved()
+            assert len(spool) == 0
+            (event,) = [e for e in logs if e["event"] == "downlink.dead_letter"]
+            assert event["ids"] == [poison.record_id]
+
+
+def test_a_silent_ground_makes_no_message_poison(
+        tmp_path: Path, ctx: zmq.Context[Any], raw_ground: tuple[zmq.Socket[Any], str],
+        rng: np.random.Generator) -> None:
+    """A ground that acknowledges nothing (down, stuck) is an outage: messages are retried as long
+    as it lasts, and none is dead-lettered however many times it times out."""
+    sock, address = raw_ground
+    clock = Clock()
+    with Spool(tmp_path / "s.sqlite") as spool:
+        spool.put([make_record(0, i, 1.0, rng) for i in range(3)])
+        with Downlink(spool, address, context=ctx, clock=clock, ack_timeout_s=1.0, max_tries=2) as dl:
+            wait_connected(dl, spool)
+            for _ in range(6):
+                _round(sock, dl, clock, ack_all_but=None)
+            assert dl.counters().retries >= 10
+            assert dl.counters().dead_lettered == 0 and spool.dead_letters() == [] and len(spool) == 3
