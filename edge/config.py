@@ -73,8 +73,13 @@ class ReceiveSection:
     #: a compressed frame of more than 1 MiB of pixels may declare at most this many pixel bytes
     #: per payload byte (real frames: 1.1-3x); more is refused before it is inflated
     max_compression_ratio: float = 64.0
+    #: the DAQ's heartbeat period: in the middle of a series, no message for three of them puts
+    #: the node's "daq" part in the degraded state (silence), until the next message
+    daq_heartbeat_s: float = 5.0
 
     def __post_init__(self) -> None:
+        if self.daq_heartbeat_s <= 0:
+            raise ValueError("daq_heartbeat_s must be > 0")
         if not 1 << 16 <= self.max_frame_bytes <= 2 << 30:
             raise ValueError("max_frame_bytes must be from 65536 (64 KiB) to 2147483648 (2 GiB)")
         if self.max_compression_ratio < 4:

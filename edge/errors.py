@@ -19,6 +19,7 @@ nothing of the project.
      |    +-- ChecksumError                     payload checksum does not match the header
      |    +-- DecompressionError                compressed payload cannot be decoded
      +-- TransportError (OSError)               a socket could not be bound, connected or used
+     +-- PeerSilentError (OSError)              the DAQ (mid-series) or the ground has gone quiet
      +-- TwinError (ValueError)                 bad digital-twin parameters
      +-- CalibrationError (ValueError)          calibration frames or bundle cannot be used
      |    +-- CalibrationInputError             a calibration or science FITS file is unusable
@@ -179,6 +180,12 @@ class SpoolError(AstroEdgeError, OSError):
     reason = "spool"
 
 
+class PeerSilentError(AstroEdgeError, OSError):
+    """A peer the node expects to hear from (the DAQ mid-series, the ground) has gone quiet."""
+
+    reason = "peer_silent"
+
+
 class StatusFileError(AstroEdgeError, OSError):
     """The node's status file cannot be written (the node goes on without it)."""
 
@@ -234,6 +241,7 @@ __all__ = [
     "MissingMasterError",
     "PartCountError",
     "PayloadSizeError",
+    "PeerSilentError",
     "ProtocolError",
     "RecordDecodeError",
     "RecordError",

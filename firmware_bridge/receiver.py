@@ -85,6 +85,12 @@ class FrameReceiver:
         self.max_frame_bytes = max_frame_bytes
         self.max_compression_ratio = max_compression_ratio
         self.counters = ReceiverCounters()
+        #: monotonic time of the last valid message, and whether it ended a series (a DAQ that
+        #: ended its series may fall silent; one in the middle of a series may not)
+        self.last_message_at: float | None = None
+        self.series_open = False
+        #: per detector, the figures of its last heartbeat (the DAQ's own sent / dropped counts)
+        self.daq: dict[str, dict[str, Any]] = {}
         self.gaps: list[Gap] = []
         self._tracker = SequenceTracker()
         self._ctx = context or zmq.Context.instance()
@@ -133,6 +139,8 @@ class FrameReceiver:
             log.warning("frame.rejected", reason=exc.reason, error=str(exc), parts=len(parts))
             return None
         c.accepted += 1
+        self.last_message_at = time.monotonic()
+        self.series_open = not isinstance(message, SeriesEnd)
         if isinstance(message, Frame):
             c.frames += 1
             h = message.header
@@ -155,6 +163,8 @@ class FrameReceiver:
                      frames_sent=message.frames_sent, frames_dropped=message.frames_dropped)
         elif isinstance(message, Heartbeat):
             c.heartbeats += 1
+            self.daq[message.detector_id] = {"time_utc": message.time_utc, "frames_sent": message.frames_sent,
+                                             "frames_dropped": message.frames_dropped}
         return message
 
     def _note_gap(self, gap: Gap | None) -> None:

@@ -23,6 +23,7 @@ from types import TracebackType
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from edge.errors import RecordDecodeError, TransportError
 from edge.link.spool import Spool, SpooledItem
@@ -85,6 +86,13 @@ class Downlink:
         self._own_context = context is None
         self._context = zmq.Context() if context is None else context
         self._sock: zmq.Socket[Any] | None = node_socket(self._context, address, curve)
+        # the connection's life as libzmq sees it: up when the handshake is done, down when the
+        # ground closed it or three heartbeats went unanswered
+        self._monitor: zmq.Socket[Any] | None = self._sock.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+        self._connected = False
+        self._ever_connected = False
+        self._link_changed_at = clock()
         # token bucket: at most one second's budget may be saved up
         self._tokens = float(self.budget_bytes_per_s)
         self._refilled_at = clock()
@@ -122,9 +130,39 @@ class Downlink:
 
         Returns the number of messages sent by this call.
         """
+        self._watch_link()
         self._receive_acks(poll_ms)
         self._expire()
         return self._send()
+
+    @property
+    def connected(self) -> bool:
+        """Whether a ground is connected now (handshake done, not dropped since)."""
+        return self._connected
+
+    @property
+    def ever_connected(self) -> bool:
+        """Whether a ground was connected at some time since the downlink started."""
+        return self._ever_connected
+
+    @property
+    def link_changed_at(self) -> float:
+        """When (on the downlink's clock) the connection last came up or went down; at start, the start."""
+        return self._link_changed_at
+
+    def _watch_link(self) -> None:
+        monitor = self._monitor
+        while monitor is not None and monitor.poll(0):
+            event = parse_monitor_message(monitor.recv_multipart())["event"]
+            up = event == zmq.EVENT_HANDSHAKE_SUCCEEDED
+            if up != self._connected:
+                self._connected = up
+                self._ever_connected |= up
+                self._link_changed_at = self._clock()
+                if up:
+                    log.info("downlink.connected", address=self.address)
+                else:
+                    log.warning("downlink.disconnected", address=self.address)
 
     def drain(self, timeout_s: float, poll_ms: int = 20) -> bool:
         """Pump until the spool is empty or ``timeout_s`` passes; True when everything was acked."""
@@ -269,6 +307,10 @@ class Downlink:
     def close(self) -> None:
         """Close the socket (and the context when this object made it); safe to call twice."""
         if self._sock is not None:
+            if self._monitor is not None:
+                self._sock.disable_monitor()
+                self._monitor.close(linger=0)
+                self._monitor = None
             self._sock.close(linger=0)
             self._sock = None
             if self._own_context:

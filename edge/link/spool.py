@@ -20,12 +20,21 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
 from edge.codec import encode_msgpack
 from edge.errors import SpoolError
+from edge.link.spool_schema import (
+    COUNTERS,
+    KINDS,
+    SCHEMA,
+    SCHEMA_VERSION,
+    PutResult,
+    SpoolCounters,
+    SpooledItem,
+    item_from_row,
+)
 from edge.link.sqlite_ids import ids_present
 from edge.log import get_logger
 from edge.records import DownlinkRecord, FrameSummary
@@ -34,82 +43,8 @@ __all__ = ["KINDS", "PutResult", "SpoolCounters", "Spool", "SpooledItem"]
 
 log = get_logger(__name__)
 
-KINDS: tuple[str, ...] = ("record", "frame_summary")
-_SCHEMA_VERSION = 1
 # victims read per query when the spool is over its bound (one put usually evicts a frame's worth)
 _EVICT_CHUNK = 64
-_COUNTERS = tuple(f"{kind}.{what}" for kind in KINDS
-                  for what in ("accepted", "acked", "evicted", "duplicates", "evicted_bytes", "dead_lettered"))
-
-# seq needs no AUTOINCREMENT: a new row always gets max(seq) + 1, so the order among equal
-# priorities (oldest first) holds even when SQLite reuses the number of a deleted last row
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS items (
-    seq INTEGER PRIMARY KEY,
-    id TEXT NOT NULL UNIQUE,
-    kind TEXT NOT NULL,
-    priority REAL NOT NULL,
-    size_bytes INTEGER NOT NULL,
-    payload BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS items_by_priority ON items (priority DESC, seq ASC);
-CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS dead_letters (
-    id TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,
-    priority REAL NOT NULL,
-    size_bytes INTEGER NOT NULL,
-    payload BLOB NOT NULL,
-    tries INTEGER NOT NULL,
-    dead_time REAL NOT NULL
-);
-"""
-
-
-@dataclass(frozen=True)
-class SpooledItem:
-    """One spooled message as the downlink sends it: its id, kind, priority and msgpack bytes."""
-
-    id: str
-    kind: str
-    priority: float
-    payload: bytes
-
-
-def _item(row: tuple[str, str, float, bytes]) -> SpooledItem:
-    """A SpooledItem from an ``id, kind, priority, payload`` row."""
-    return SpooledItem(id=row[0], kind=row[1], priority=float(row[2]), payload=bytes(row[3]))
-
-
-@dataclass(frozen=True)
-class PutResult:
-    """What one :meth:`Spool.put` did; everything in ``accepted`` is durable."""
-
-    accepted: tuple[str, ...]
-    duplicates: tuple[str, ...]
-    evicted: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class SpoolCounters:
-    """The spool's counters, durable across crashes:
-    ``accepted == acked + evicted + dead_lettered + pending`` per kind."""
-
-    accepted: Mapping[str, int]
-    acked: Mapping[str, int]
-    evicted: Mapping[str, int]
-    evicted_bytes: Mapping[str, int]
-    duplicates: Mapping[str, int]
-    pending: Mapping[str, int]
-    pending_bytes: int
-    #: messages the ground never acknowledged while it acknowledged others, moved aside
-    dead_lettered: Mapping[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
-
-    def conserved(self) -> bool:
-        """True when, for every kind, accepted = acked + evicted + dead_lettered + pending."""
-        return all(self.accepted[k] == self.acked[k] + self.evicted[k] + self.dead_lettered[k] + self.pending[k]
-                   for k in KINDS)
 
 
 class Spool:
@@ -146,20 +81,20 @@ class Spool:
         if str(mode).lower() != "wal":
             raise sqlite3.DatabaseError(f"journal_mode is {mode}, WAL is needed")
         db.execute("PRAGMA synchronous=FULL")
-        db.executescript(_SCHEMA)
+        db.executescript(SCHEMA)
         # a TEMP table lives outside the spool file: marking rows in flight costs no fsync
         db.execute("CREATE TEMP TABLE IF NOT EXISTS in_flight (id TEXT PRIMARY KEY)")
         db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany("INSERT OR IGNORE INTO counters (name, value) VALUES (?, 0)",
-                           [(c,) for c in _COUNTERS])
+                           [(c,) for c in COUNTERS])
             row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             if row is None:
                 db.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
-                           (str(_SCHEMA_VERSION),))
-            elif row[0] != str(_SCHEMA_VERSION):
+                           (str(SCHEMA_VERSION),))
+            elif row[0] != str(SCHEMA_VERSION):
                 raise sqlite3.DatabaseError(f"spool schema version {row[0]}, this node reads "
-                                            f"{_SCHEMA_VERSION}")
+                                            f"{SCHEMA_VERSION}")
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -200,7 +135,7 @@ class Spool:
         accepted: list[str] = []
         duplicates: list[str] = []
         evicted: list[str] = []
-        delta = {c: 0 for c in _COUNTERS}
+        delta = {c: 0 for c in COUNTERS}
         pending_rows = dict(self._pending_rows)
         pending_bytes = self._pending_bytes
         try:
@@ -288,7 +223,7 @@ class Spool:
         ids = list(ids)
         if not ids:
             return 0
-        delta = {c: 0 for c in _COUNTERS}
+        delta = {c: 0 for c in COUNTERS}
         removed: list[tuple[str, str, int]] = []
         with self._locked() as db:
             try:
@@ -315,7 +250,7 @@ class Spool:
         durably, in one transaction; returns the ids that were still spooled and were moved."""
         if not tries:
             return []
-        delta = {c: 0 for c in _COUNTERS}
+        delta = {c: 0 for c in COUNTERS}
         moved: list[tuple[str, str, int]] = []
         now = time.time()
         with self._locked() as db:
@@ -363,13 +298,13 @@ class Spool:
             cur = self._db.execute(
                 "SELECT id, kind, priority, payload FROM items WHERE id NOT IN "
                 "(SELECT id FROM temp.in_flight) ORDER BY priority DESC, seq ASC LIMIT ?", (limit,))
-            return [_item(row) for row in cur]
+            return [item_from_row(row) for row in cur]
 
     def oldest(self) -> SpooledItem | None:
         """The message that has waited longest in the spool (in flight or not), or None when empty."""
         with self._locked():
             row = self._db.execute("SELECT id, kind, priority, payload FROM items ORDER BY seq ASC LIMIT 1").fetchone()
-        return None if row is None else _item(row)
+        return None if row is None else item_from_row(row)
 
     def holding(self, ids: Iterable[str]) -> set[str]:
         """Which of ``ids`` are still in the spool."""
@@ -381,7 +316,7 @@ class Spool:
         with self._locked():
             row = self._db.execute("SELECT id, kind, priority, payload FROM items WHERE id = ?",
                                    (item_id,)).fetchone()
-        return None if row is None else _item(row)
+        return None if row is None else item_from_row(row)
 
     def mark_in_flight(self, ids: Iterable[str]) -> None:
         """Hide ids from :meth:`pending` until acked or :meth:`release`d (memory only, by design)."""

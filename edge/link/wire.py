@@ -16,6 +16,7 @@ import zmq
 
 from edge.errors import RecordDecodeError, TransportError
 from edge.link.curve import make_curve_client, make_curve_server
+from edge.liveness import DEFAULT_HEARTBEAT_MS, keep_alive
 
 __all__ = ["ACK", "DATA", "HWM", "TAG", "ZDATA", "decode_ack", "encode_ack", "ground_socket", "node_socket"]
 
@@ -28,7 +29,8 @@ HWM = 1000
 
 
 def node_socket(context: zmq.Context[Any], address: str,
-                curve: tuple[str, str] | None = None) -> zmq.Socket[Any]:
+                curve: tuple[str, str] | None = None,
+                heartbeat_ms: int = DEFAULT_HEARTBEAT_MS) -> zmq.Socket[Any]:
     """The node's end of the downlink: a DEALER connected to ``address``, linger 0.
 
     ``curve`` = (this node's NAME.key_secret, the ground's NAME.key) makes it a CURVE client.
@@ -40,6 +42,9 @@ def node_socket(context: zmq.Context[Any], address: str,
     # queue only on live connections: with no ground, send() refuses and the spool keeps the record
     sock.setsockopt(zmq.IMMEDIATE, 1)
     sock.setsockopt(zmq.SNDHWM, HWM)
+    # a ground that vanished without closing is dropped after three silent heartbeats; sends are
+    # then refused (IMMEDIATE) and the records stay spooled until the reconnect
+    keep_alive(sock, heartbeat_ms)
     try:
         sock.connect(address)
     except zmq.ZMQError as exc:
@@ -50,7 +55,8 @@ def node_socket(context: zmq.Context[Any], address: str,
 
 
 def ground_socket(context: zmq.Context[Any], address: str,
-                  curve: tuple[str, Sequence[str]] | None = None) -> tuple[zmq.Socket[Any], Any]:
+                  curve: tuple[str, Sequence[str]] | None = None,
+                  heartbeat_ms: int = DEFAULT_HEARTBEAT_MS) -> tuple[zmq.Socket[Any], Any]:
     """The ground's end of the downlink: a ROUTER bound to ``address``, linger 0.
 
     ``curve`` = (the ground's NAME.key_secret, the nodes' NAME.key files allowed in) makes it a
@@ -59,6 +65,7 @@ def ground_socket(context: zmq.Context[Any], address: str,
     sock = context.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVHWM, HWM)
+    keep_alive(sock, heartbeat_ms)
     auth = None
     try:
         if curve is not None:

@@ -20,6 +20,7 @@ import zmq
 from edge.config import ControlSection
 from edge.errors import TransportError
 from edge.link.curve import make_curve_client, make_curve_server
+from edge.liveness import keep_alive
 from edge.log import get_logger
 
 log = get_logger(__name__)
@@ -47,6 +48,7 @@ class ControlServer:
         self._auth: Any = None
         self._sock: zmq.Socket[Any] = self._ctx.socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        keep_alive(self._sock)
         try:
             if section.curve:
                 self._auth = make_curve_server(self._ctx, self._sock, section.server_secret_key,
@@ -121,6 +123,7 @@ def request(address: str, command: str, args: dict[str, Any] | None = None, *, t
     ctx = context or zmq.Context.instance()
     sock: zmq.Socket[Any] = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    keep_alive(sock)
     try:
         if server_public_key or client_secret_key:
             if not (server_public_key and client_secret_key):

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from edge.config import NodeConfig
-from edge.errors import SpoolError, StatusFileError
+from edge.errors import PeerSilentError, SpoolError, StatusFileError
 from edge.link.spool import Spool
 from edge.log import get_logger
 from edge.node.allocator import fix_mmap_threshold
@@ -221,6 +221,22 @@ class NodeDaemon:
         self.pool.dispatch(self.ingest)
         self._collect(0 if receiving else timeout_ms / 1000)
         self.pool.maintain(may_recycle=not self.engines.shadow_running)
+        self._watch_daq()
+
+    def _watch_daq(self) -> None:
+        """The DAQ is silent when, mid-series, nothing came for three of its heartbeat periods."""
+        rx = self.receiver
+        if rx is None or rx.last_message_at is None:
+            return
+        quiet_s = time.monotonic() - rx.last_message_at
+        limit_s = 3 * self.config.receive.daq_heartbeat_s
+        silent = rx.series_open and quiet_s > limit_s
+        if silent and not self.health.is_degraded("daq"):
+            self.health.degraded("daq", PeerSilentError(
+                f"no message from the DAQ for more than {limit_s:g} s in the middle of a series "
+                f"(3 x [receive] daq_heartbeat_s)", where=self.receiver_endpoint))
+        elif not silent:
+            self.health.ok("daq")
 
     def finish(self) -> None:
         """Process every frame already accepted (queue and workers) and spool its records."""

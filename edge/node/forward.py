@@ -9,13 +9,15 @@ touches the receiver, the queue or a worker.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import asdict
 from typing import Any
 
 from edge.config import DownlinkSection
-from edge.errors import AstroEdgeError, SpoolError
+from edge.errors import AstroEdgeError, PeerSilentError, SpoolError
 from edge.link.downlink import Downlink
 from edge.link.spool import Spool
+from edge.liveness import DEFAULT_HEARTBEAT_MS
 from edge.log import get_logger
 from edge.node.health import Health
 
@@ -51,6 +53,20 @@ class Forwarder:
         if self._thread is not None:
             self._thread.join(drain_s + 10.0)
 
+    def _watch_ground(self, downlink: Downlink) -> None:
+        """The ground is unreachable from the moment its connection drops (closed, or three
+        heartbeats unanswered), or when none came up within three heartbeats of the start."""
+        if downlink.connected:
+            self.health.ok("ground")
+            return
+        waited_s = time.monotonic() - downlink.link_changed_at
+        if self.health.is_degraded("ground"):
+            return
+        if downlink.ever_connected or waited_s > 3 * DEFAULT_HEARTBEAT_MS / 1000:
+            self.health.degraded("ground", PeerSilentError(
+                "the ground's connection dropped" if downlink.ever_connected else
+                f"no ground connected within {waited_s:.1f} s of the start", where=downlink.address))
+
     def _loop(self, spool: Spool) -> None:
         cfg = self.section
         try:
@@ -77,6 +93,7 @@ class Forwarder:
                     if backoff_s:
                         backoff_s = 0.0
                         self.health.ok("downlink")
+                    self._watch_ground(downlink)
                     self.counters = asdict(downlink.counters())
                 if self._drain_s > 0:
                     downlink.drain(self._drain_s)

@@ -16,6 +16,7 @@ from typing import Any
 import zmq
 
 from edge.errors import TransportError
+from edge.liveness import keep_alive
 from edge.log import get_logger
 
 log = get_logger(__name__)
@@ -60,6 +61,7 @@ class Housekeeping:
             ctx = context or zmq.Context.instance()
             self._sock = ctx.socket(zmq.PUB)
             self._sock.setsockopt(zmq.LINGER, 0)
+            keep_alive(self._sock)
             try:
                 self._sock.bind(address)
             except zmq.ZMQError as exc:

@@ -52,7 +52,8 @@ def node_status(node_id: str, counters: NodeCounters, *, engines: EngineSwap, op
         "queue_depth": len(ingest),
         "worker_frames": [w.frames_submitted for w in pool.workers],
         "counters": counters.snapshot(),
-        "receiver": receiver.counters.as_dict() if receiver is not None else None,
+        # with each DAQ's own figures from its last heartbeat (frames it sent and dropped)
+        "receiver": {**receiver.counters.as_dict(), "daq": dict(receiver.daq)} if receiver is not None else None,
         "spool": asdict(spool_counters) if spool_counters is not None else None,
         "downlink": downlink,
     }
