@@ -10,14 +10,13 @@ from typing import Any
 import zmq
 
 from edge.errors import TransportError
-from edge.liveness import DEFAULT_HEARTBEAT_MS, keep_alive
+from edge.liveness import keep_alive
 
 _NAMES: dict[int, str] = {zmq.PUSH: "PUSH", zmq.PULL: "PULL"}
 
 
 def open_socket(context: zmq.Context[Any], kind: int, address: str, *, bind: bool,
-                hwm: int, max_message_bytes: int = -1,
-                heartbeat_ms: int = DEFAULT_HEARTBEAT_MS) -> tuple[zmq.Socket[Any], str]:
+                hwm: int, max_message_bytes: int = -1) -> tuple[zmq.Socket[Any], str]:
     """A PUSH or PULL socket with linger 0 and its high-water mark, bound or connected.
 
     ``max_message_bytes`` (ZMQ_MAXMSGSIZE, -1: no limit) makes libzmq drop the connection of a
@@ -28,7 +27,8 @@ def open_socket(context: zmq.Context[Any], kind: int, address: str, *, bind: boo
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM if kind == zmq.PUSH else zmq.RCVHWM, hwm)
     sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
-    keep_alive(sock, heartbeat_ms)
+    # the node stops reading the feed on purpose (the block policy): no ZMTP heartbeats here
+    keep_alive(sock, heartbeats=False)
     try:
         if bind:
             sock.bind(address)
