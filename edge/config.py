@@ -45,8 +45,13 @@ class NodeSection:
     #: switched in between two frames), so that the slow growth of a long-lived native heap stays
     #: bounded however long the node runs; 0 keeps workers for the node's lifetime
     worker_max_frames: int = 20000
+    #: a worker that holds one frame longer than this is killed and replaced, and the frame is
+    #: rejected as ``frame_timeout`` (a hung native call, a pathological frame)
+    frame_deadline_s: float = 120.0
 
     def __post_init__(self) -> None:
+        if self.frame_deadline_s <= 0:
+            raise ValueError("frame_deadline_s must be > 0")
         if not self.id:
             raise ValueError("id must not be empty")
         if self.workers < 1:

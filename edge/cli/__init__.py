@@ -2,8 +2,11 @@
 
 Each command group has its own module here (``register(subparsers)``), which declares the
 arguments, checks them, calls the library and prints; it imports its heavy modules only when a
-subcommand runs, so ``astro-edge --help`` is fast. Typed errors end the command with exit code 2
-and one line that says what to do; they are never shown as tracebacks. Long commands draw
+subcommand runs, so ``astro-edge --help`` is fast. Typed errors end the command with one line that
+says what to do, never a traceback, and an exit code per cause (:data:`EXIT_CODES`): 2 for bad
+config or input, 74 for a disk that cannot be used (EX_IOERR); an error nobody foresaw is logged
+with its traceback and exits 70 (EX_SOFTWARE). systemd can then restart on the last two and not
+on the first (``RestartPreventExitStatus=2``), which no restart can fix. Long commands draw
 progress bars on stderr when it is a terminal (:mod:`edge.cli.progress`); ``--quiet`` turns them off.
 """
 
@@ -69,10 +72,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except AstroEdgeError as exc:
-        log.error("command.failed", command=args.command, reason=exc.reason, error=str(exc))
+        code = exit_code(exc)
+        log.error("command.failed", command=args.command, reason=exc.reason, error=str(exc), exit_code=code)
         print(f"astro-edge {args.command}: {exc}", file=sys.stderr)
-        return 2
+        return code
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: say so, with the traceback
+        log.exception("command.crashed", command=args.command, error=f"{type(exc).__name__}: {exc}")
+        print(f"astro-edge {args.command}: internal error {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+#: exit code per cause: bad config or input (also every typed error not listed), a disk the node
+#: or ground cannot use, and an error nobody foresaw
+EXIT_CONFIG, EXIT_DISK, EXIT_INTERNAL = 2, 74, 70
+EXIT_CODES = {"spool": EXIT_DISK, "ground_store": EXIT_DISK, "status_file": EXIT_DISK}
+
+
+def exit_code(exc: AstroEdgeError) -> int:
+    """The exit code of a typed error: by its reason, else that of bad config or input."""
+    return EXIT_CODES.get(exc.reason, EXIT_CONFIG)
 
 

@@ -184,6 +184,9 @@ class NodeDaemon:
         """Receive and process until ``should_stop()``; then finish every accepted frame."""
         now = time.monotonic()
         next_status = now + status_every_s
+        # systemd asks for a ping every half watchdog period; the status period is usually shorter
+        ping_every_s = min(status_every_s, self.notifier.watchdog_interval_s or status_every_s)
+        next_ping = now + ping_every_s
         next_hk = now + self.config.housekeeping.interval_s
         self.notifier.notify("READY=1", f"STATUS=receiving on {self.receiver_endpoint}, engine {self.engine_id}")
         while not should_stop() and not self.operator.shutdown_requested:
@@ -191,8 +194,10 @@ class NodeDaemon:
             now = time.monotonic()
             if now >= next_status:
                 self._write_status()
-                self._watchdog(now)
                 next_status = now + status_every_s
+            if now >= next_ping:
+                self._watchdog(now)
+                next_ping = now + ping_every_s
             if self.housekeeping is not None and now >= next_hk:
                 self.housekeeping.publish(self.housekeeping_figures())
                 next_hk = now + self.config.housekeeping.interval_s
@@ -336,9 +341,18 @@ class NodeDaemon:
 
     # ---- supervision, control and figures ---------------------------------------------------
     def _watchdog(self, now: float) -> None:
-        """Ping systemd's watchdog only when frames were finished since the last ping, or when the
-        node has nothing to do; a pipeline holding frames without finishing any gets no ping."""
+        """Ping systemd's watchdog only while the node makes progress: the downlink thread goes
+        round its loop, no worker holds a frame past its deadline, and frames were finished since
+        the last ping (or there are none to do). No ping, and systemd restarts the node."""
         c = self.counters
+        stuck = [] if self.forwarder.alive() else ["downlink"]
+        if self.pool.oldest_frame_s() > self.config.node.frame_deadline_s:
+            stuck.append("worker")
+        if stuck:
+            if self._last_ping[1] != -2:
+                log.error("watchdog.withheld", stuck=stuck, detail="no progress: the watchdog is not pinged")
+                self._last_ping = (self._last_ping[0], -2)
+            return
         finished = c.frames_processed + c.frames_rejected
         idle = not self.ingest.queue and not self.pool.busy()
         if finished != self._last_ping[1] or idle:

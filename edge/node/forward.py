@@ -36,11 +36,18 @@ class Forwarder:
         self._flush = threading.Event()
         self._drain_s = 0.0
         self._thread: threading.Thread | None = None
+        #: monotonic time the thread last went round its loop (the watchdog's proof of progress)
+        self.last_turn = time.monotonic()
 
     def start(self, spool: Spool) -> None:
         """Start the thread; it opens the downlink socket and sends from ``spool``."""
         self._thread = threading.Thread(target=self._loop, args=(spool,), name="downlink", daemon=True)
         self._thread.start()
+
+    def alive(self, stalled_after_s: float = 30.0) -> bool:
+        """Whether the thread runs and went round its loop within ``stalled_after_s``."""
+        return (self._thread is not None and self._thread.is_alive()
+                and time.monotonic() - self.last_turn < stalled_after_s)
 
     def open_window(self) -> None:
         """Open a new contact window (``[downlink] contact_window_bytes``) at the thread's next turn."""
@@ -78,6 +85,7 @@ class Forwarder:
                           compression=cfg.compression) as downlink:
                 backoff_s = 0.0
                 while not self._stop.is_set():
+                    self.last_turn = time.monotonic()
                     if self._flush.is_set():
                         self._flush.clear()
                         downlink.open_window(cfg.contact_window_bytes)
@@ -100,3 +108,4 @@ class Forwarder:
                 self.counters = asdict(downlink.counters())
         except AstroEdgeError as exc:
             log.error("downlink.failed", reason=exc.reason, error=str(exc))
+            self.health.degraded("downlink", exc)

@@ -26,6 +26,11 @@ from edge.triage import TriagePolicy
 
 log = get_logger(__name__)
 
+#: a worker that dies within this many seconds of its start continues a crash streak
+RESTART_STREAK_S = 60.0
+#: the longest delay before restarting a worker on a crash streak
+RESTART_DELAY_MAX_S = 30.0
+
 #: builds a worker's pipeline from the node config and the calibration bundle override; it runs
 #: in the worker process, so it must be importable there (a module-level function)
 PipelineBuilder = Callable[[NodeConfig, "str | None"], Pipeline]
@@ -49,6 +54,8 @@ class WorkerPool:
         self.replacements: dict[int, Worker] = {}   # worker index -> its successor, starting
         self._recycle_at: dict[int, int] = {}        # worker index -> frames at which to replace it
         self._turn = 0                               # the worker that is offered the next frame first
+        self._deaths: dict[int, int] = {}            # worker index -> deaths in a row, each soon after its start
+        self.restart_at: dict[int, float] = {}       # worker index -> monotonic time its restart is due
 
     def start(self, config: NodeConfig) -> None:
         """Start every worker and wait until each has built (and checked) its pipeline."""
@@ -62,6 +69,7 @@ class WorkerPool:
             w.close()
         self.workers = []
         self.replacements = {}
+        self.restart_at = {}
 
     def busy(self) -> bool:
         """Whether any worker holds a frame."""
@@ -88,6 +96,10 @@ class WorkerPool:
         """Each frame a worker has finished (waiting up to ``timeout_s`` for the first), with the
         monotonic time it was received; a worker that died holding a frame is replaced and its
         frame comes back as a ``worker_died`` failure. Yields each as soon as it is read."""
+        now = time.monotonic()
+        for w in [w for w in self.workers if w.busy is not None]:
+            if now - w.submitted_at > self.section.frame_deadline_s and not w.connection.poll(0):
+                yield self._worker_hung(w, now - w.submitted_at), w.received_at
         busy = [w for w in self.workers if w.busy is not None]
         if not busy:
             if timeout_s:
@@ -104,9 +116,15 @@ class WorkerPool:
                 yield result, received_at
 
     def maintain(self, *, may_recycle: bool = True) -> None:
-        """Replace dead idle workers; replace workers past [node] worker_max_frames by a fresh
-        process started beside them and switched in between two frames. ``may_recycle=False``
-        starts no successor (one would not carry a shadow engine now loaded)."""
+        """Restart the workers whose delayed restart is due; replace dead idle workers; replace
+        workers past [node] worker_max_frames by a fresh process started beside them and switched
+        in between two frames. ``may_recycle=False`` starts no successor (one would not carry a
+        shadow engine now loaded)."""
+        now = time.monotonic()
+        for index, due in sorted(self.restart_at.items()):
+            if now >= due:
+                del self.restart_at[index]
+                self._restart(index)
         limit = self.section.worker_max_frames
         for w in list(self.workers):
             if w.busy is None and not w.alive():
@@ -161,6 +179,23 @@ class WorkerPool:
         self._replace_dead(w, seq=frame.seq, series=frame.series_id)
         return FrameFailure(frame.seq, frame.series_id, "worker_died", detail)
 
+    def _worker_hung(self, w: Worker, held_s: float) -> FrameFailure:
+        """A worker held its frame past [node] frame_deadline_s: kill it, replace it, reject the frame."""
+        frame = w.busy
+        assert frame is not None
+        log.error("worker.hung", worker=w.index, pid=w.pid, seq=frame.seq, series=frame.series_id,
+                  held_s=round(held_s, 1), deadline_s=self.section.frame_deadline_s)
+        w.kill()
+        detail = (f"worker {w.index} (pid {w.pid}) held the frame {held_s:.1f} s, past [node] "
+                  f"frame_deadline_s = {self.section.frame_deadline_s:g}; it was killed and replaced")
+        self._replace_dead(w, seq=frame.seq, series=frame.series_id)
+        return FrameFailure(frame.seq, frame.series_id, "frame_timeout", detail)
+
+    def oldest_frame_s(self) -> float:
+        """How long the busy worker that has held its frame longest has held it (0: none busy)."""
+        now = time.monotonic()
+        return max((now - w.submitted_at for w in self.workers if w.busy is not None), default=0.0)
+
     def _replace_dead(self, w: Worker, **context: Any) -> None:
         self.counters.workers_died += 1
         log.error("worker.died", worker=w.index, pid=w.pid, exitcode=w.exitcode, **context)
@@ -169,15 +204,28 @@ class WorkerPool:
         successor = self.replacements.pop(w.index, None)
         if successor is not None:
             successor.close()
-        i = self.workers.index(w)
+        self.workers.remove(w)
+        self._turn = 0
+        # a worker that dies soon after its start, again and again (a frame or an engine that
+        # kills it, a machine out of memory), is restarted after 0.5 s, 1 s, 2 s ... 30 s at most
+        soon = time.monotonic() - w.started_at < RESTART_STREAK_S
+        streak = self._deaths[w.index] = self._deaths.get(w.index, 0) + 1 if soon else 1
+        delay_s = 0.0 if streak <= 1 else min(RESTART_DELAY_MAX_S, 0.5 * 2 ** (streak - 2))
+        if delay_s:
+            self.restart_at[w.index] = time.monotonic() + delay_s
+            log.warning("worker.restart_delayed", worker=w.index, delay_s=delay_s, deaths_in_a_row=streak)
+            return
+        self._restart(w.index)
+
+    def _restart(self, index: int) -> None:
         try:
-            self.workers[i] = self._new_worker(w.index, wait=True)
+            worker = self._new_worker(index, wait=True)
         except AstroEdgeError as exc:
-            del self.workers[i]
-            self._turn = 0
-            log.error("worker.restart_failed", worker=w.index, error=str(exc), workers_left=len(self.workers))
-            if not self.workers:
+            log.error("worker.restart_failed", worker=index, error=str(exc), workers_left=len(self.workers))
+            if not self.workers and not self.restart_at:
                 raise
             return
-        self._recycle_at.pop(w.index, None)
-        log.warning("worker.restarted", worker=w.index, pid=self.workers[i].pid)
+        self.workers.append(worker)
+        self.workers.sort(key=lambda w: w.index)
+        self._recycle_at.pop(index, None)
+        log.warning("worker.restarted", worker=index, pid=worker.pid)

@@ -10,6 +10,7 @@ no socket and no file but its calibration bundle and engine; the parent owns the
 from __future__ import annotations
 
 import multiprocessing as mp
+import time
 import traceback
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
@@ -135,13 +136,15 @@ class Worker:
         self._proc = ctx.Process(target=_worker_main, args=(child, build, build_args, mmap_threshold),
                                  name=f"astro-edge-worker-{index}", daemon=True)
         self._proc.start()
+        self.started_at = time.monotonic()
         child.close()
         self._slot: SharedMemory | None = None
         self.busy: FrameInput | None = None
         #: frames handed to this worker since it started
         self.frames_submitted = 0
-        #: monotonic time the busy frame was received, for the node's latency figures
+        #: monotonic time the busy frame was received, for the node's latency figures, and handed over
         self.received_at = 0.0
+        self.submitted_at = 0.0
         self.engine_id = ""
         self.ready = False
         if wait:
@@ -205,6 +208,7 @@ class Worker:
         self._conn.send(("frame", self._slot.name, pixels.shape, pixels.dtype.str, meta, dropped))
         self.busy = frame
         self.received_at = received_at
+        self.submitted_at = time.monotonic()
         self.frames_submitted += 1
 
     def result(self) -> FrameResult | FrameFailure:
@@ -241,6 +245,11 @@ class Worker:
 
     def alive(self) -> bool:
         return self._proc.is_alive()
+
+    def kill(self) -> None:
+        """End the process at once (SIGKILL): it is hung, so it would not read a stop message."""
+        self._proc.kill()
+        self._proc.join(10.0)
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Stop the process and free the slot."""

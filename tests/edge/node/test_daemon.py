@@ -177,7 +177,8 @@ def test_a_worker_killed_mid_frame_is_replaced_and_its_frame_counted_rejected(
         idle = node.workers[0].pid
         os.kill(idle, signal.SIGKILL)
         node.workers[0]._proc.join(10)
-        _run_until(node, lambda: c.workers_died == 2)
+        # dying again soon after its start, the worker comes back after a short delay
+        _run_until(node, lambda: c.workers_died == 2 and len(node.workers) == 1)
         assert node.workers[0].pid not in (victim, idle) and node.workers[0].alive()
     assert c.frames_received == len(frames) and c.conserved()
 
@@ -196,3 +197,55 @@ def test_node_daemon_refuses_a_missing_provider_before_any_worker_starts(node_co
         node.start()
     assert node.workers == [] and node.receiver is None
     node.close()
+
+
+def test_a_hung_worker_is_killed_at_its_deadline_and_its_frame_rejected(
+        node_config_factory, small_twin, ground: Ground) -> None:
+    """A worker stopped (SIGSTOP) while it holds a frame is a hung worker: past [node]
+    frame_deadline_s it is killed and replaced, the frame is rejected as frame_timeout, and the
+    frames after it are processed by the new worker."""
+    import os
+    import signal
+
+    deadline_s = 8.0   # a fresh worker's first frame, on a loaded machine, stays well inside it
+    cfg = node_config_factory(node={"workers": 1, "frame_deadline_s": deadline_s},
+                              receive={"queue_policy": "block", "queue_frames": 4},
+                              downlink={"address": ground.address})
+    frames = _twin_frames(small_twin, 4)
+    with NodeDaemon(cfg) as node:
+        sender = LoopbackDaq(node.receiver_endpoint, frames, series_id=8)
+        c = node.counters
+        _run_until(node, lambda: node.workers[0].busy is not None)
+        victim = node.workers[0].pid
+        os.kill(victim, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        _run_until(node, lambda: c.frames_rejected == 1)
+        held = time.monotonic() - stopped_at
+        _run_until(node, lambda: c.frames_processed + c.frames_rejected == len(frames))
+        sender.join(10)
+        assert c.rejected_by_reason == {"frame_timeout": 1} and c.frames_processed == len(frames) - 1
+        assert node.workers[0].pid != victim and c.workers_died == 1
+        assert deadline_s - 0.5 < held < deadline_s + 5.0
+    assert c.conserved()
+
+
+def test_a_worker_that_keeps_dying_is_restarted_after_growing_delays(node_config_factory) -> None:
+    """Killed again and again right after each start, a worker is restarted after 0.5 s, 1 s, 2 s:
+    a crash loop costs the node a few restarts a minute, not a restart per turn."""
+    import os
+    import signal
+
+    from structlog.testing import capture_logs
+
+    with NodeDaemon(node_config_factory(node={"workers": 1})) as node:
+        c = node.counters
+        with capture_logs() as logs:
+            for deaths in range(1, 5):
+                victim = node.workers[0]
+                os.kill(victim.pid, signal.SIGKILL)
+                victim._proc.join(10)
+                _run_until(node, lambda d=deaths: c.workers_died == d and len(node.workers) == 1, timeout_s=60)
+        delays = [e["delay_s"] for e in logs if e["event"] == "worker.restart_delayed"]
+        assert delays == [0.5, 1.0, 2.0]
+        assert [e["event"] for e in logs if e["event"] == "worker.restarted"] == ["worker.restarted"] * 4
+        assert node.workers[0].alive()

@@ -58,6 +58,7 @@ def test_no_watchdog_ping_while_frames_wait_and_none_finish(node_config_factory,
     """With frames waiting and none finished since the last ping, the watchdog is not pinged."""
     path, sock = notify_socket
     node = NodeDaemon(node_config_factory(), notifier=SystemdNotifier(path))
+    node.start()
     try:
         node.ingest.queue = deque([("stuck frame", 0.0)])  # type: ignore[list-item]
         node._watchdog(1.0)
@@ -68,7 +69,29 @@ def test_no_watchdog_ping_while_frames_wait_and_none_finish(node_config_factory,
         node._watchdog(3.0)
         assert any("WATCHDOG=1" in m for m in _messages(sock))
     finally:
-        node.notifier.close()
+        node.ingest.queue.clear()
+        node.close()
+
+
+def test_a_dead_downlink_loop_stops_the_watchdog_pings(node_config_factory, notify_socket) -> None:
+    """An idle node pings; once its downlink thread has ended, the next watchdog turn withholds the
+    ping (logged once as watchdog.withheld), so systemd restarts a node that can no longer send."""
+    from structlog.testing import capture_logs
+
+    path, sock = notify_socket
+    node = NodeDaemon(node_config_factory(), notifier=SystemdNotifier(path))
+    node.start()
+    try:
+        node._watchdog(1.0)
+        assert any("WATCHDOG=1" in m for m in _messages(sock))
+        node.forwarder.stop()
+        with capture_logs() as logs:
+            node._watchdog(2.0)
+            node._watchdog(3.0)
+        assert not any("WATCHDOG=1" in m for m in _messages(sock))
+        assert [e["stuck"] for e in logs if e["event"] == "watchdog.withheld"] == [["downlink"]]
+    finally:
+        node.close()
 
 
 def test_housekeeping_pub_and_prometheus(node_config_factory) -> None:
