@@ -19,7 +19,7 @@ import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -221,62 +221,25 @@ class Spool:
     def ack(self, ids: Iterable[str]) -> int:
         """Remove what the ground acknowledged, durably; returns how many were still spooled."""
         ids = list(ids)
-        if not ids:
-            return 0
-        delta = {c: 0 for c in COUNTERS}
-        removed: list[tuple[str, str, int]] = []
-        with self._locked() as db:
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                for item_id in ids:
-                    row = self._delete(item_id)
-                    if row is not None:
-                        removed.append((item_id, row[0], int(row[1])))
-                        delta[f"{row[0]}.acked"] += 1
-                self._bump(delta)
-                db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self._rollback()
-                raise SpoolError(f"cannot remove {len(ids)} acknowledged message(s): {exc}; they "
-                                 "stay spooled and will be sent again", where=str(self.path)) from exc
-            for _, kind, size in removed:
-                self._pending_rows[kind] -= 1
-                self._pending_bytes -= size
+        removed = self._take_out(ids, "acked", lambda item_id: None,
+                                 "acknowledged message(s): {exc}; they stay spooled and will be sent again")
+        # an ack for a message no longer spooled still ends its time in flight
+        with self._locked():
             self._forget_in_flight(ids)
         return len(removed)
 
     def dead_letter(self, tries: Mapping[str, int]) -> list[str]:
         """Move the messages ``tries`` names (id -> sends without an ack) to the dead-letter table,
         durably, in one transaction; returns the ids that were still spooled and were moved."""
-        if not tries:
-            return []
-        delta = {c: 0 for c in COUNTERS}
-        moved: list[tuple[str, str, int]] = []
         now = time.time()
-        with self._locked() as db:
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                for item_id, n in tries.items():
-                    row = db.execute("SELECT kind, size_bytes FROM items WHERE id = ?", (item_id,)).fetchone()
-                    if row is None:
-                        continue
-                    db.execute("INSERT OR REPLACE INTO dead_letters (id, kind, priority, size_bytes, payload, "
-                               "tries, dead_time) SELECT id, kind, priority, size_bytes, payload, ?, ? "
-                               "FROM items WHERE id = ?", (int(n), now, item_id))
-                    db.execute("DELETE FROM items WHERE id = ?", (item_id,))
-                    moved.append((item_id, row[0], int(row[1])))
-                    delta[f"{row[0]}.dead_lettered"] += 1
-                self._bump(delta)
-                db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self._rollback()
-                raise SpoolError(f"cannot move {len(tries)} message(s) to the dead letters: {exc}; they "
-                                 "stay spooled", where=str(self.path)) from exc
-            for _, kind, size in moved:
-                self._pending_rows[kind] -= 1
-                self._pending_bytes -= size
-            self._forget_in_flight([m[0] for m in moved])
-        return [m[0] for m in moved]
+
+        def keep(item_id: str) -> None:
+            self._db.execute("INSERT OR REPLACE INTO dead_letters (id, kind, priority, size_bytes, payload, "
+                             "tries, dead_time) SELECT id, kind, priority, size_bytes, payload, ?, ? "
+                             "FROM items WHERE id = ?", (int(tries[item_id]), now, item_id))
+
+        return self._take_out(list(tries), "dead_lettered", keep,
+                              "message(s) to the dead letters: {exc}; they stay spooled")
 
     def dead_letters(self) -> list[tuple[str, str, int, float]]:
         """(id, kind, tries, dead_time as Unix seconds) of every dead-lettered message, oldest first."""
@@ -284,11 +247,37 @@ class Spool:
             rows = db.execute("SELECT id, kind, tries, dead_time FROM dead_letters ORDER BY dead_time, id").fetchall()
         return [(str(r[0]), str(r[1]), int(r[2]), float(r[3])) for r in rows]
 
-    def _delete(self, item_id: str) -> tuple[str, int] | None:
-        row = self._db.execute("SELECT kind, size_bytes FROM items WHERE id = ?", (item_id,)).fetchone()
-        if row is not None:
-            self._db.execute("DELETE FROM items WHERE id = ?", (item_id,))
-        return row
+    def _take_out(self, ids: list[str], counter: str, before_delete: Callable[[str], None],
+                  failure: str) -> list[str]:
+        """Delete the spooled ones of ``ids`` in one transaction, counting each under
+        ``<kind>.<counter>`` and calling ``before_delete(id)`` first; the ids taken out. On a
+        database error nothing changes and SpoolError says ``failure`` (``{exc}`` filled in)."""
+        if not ids:
+            return []
+        delta = {c: 0 for c in COUNTERS}
+        taken: list[tuple[str, str, int]] = []
+        with self._locked() as db:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                for item_id in ids:
+                    row = db.execute("SELECT kind, size_bytes FROM items WHERE id = ?", (item_id,)).fetchone()
+                    if row is None:
+                        continue
+                    before_delete(item_id)
+                    db.execute("DELETE FROM items WHERE id = ?", (item_id,))
+                    taken.append((item_id, row[0], int(row[1])))
+                    delta[f"{row[0]}.{counter}"] += 1
+                self._bump(delta)
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise SpoolError(f"cannot take out {len(ids)} " + failure.format(exc=exc),
+                                 where=str(self.path)) from exc
+            for _, kind, size in taken:
+                self._pending_rows[kind] -= 1
+                self._pending_bytes -= size
+            self._forget_in_flight([t[0] for t in taken])
+        return [t[0] for t in taken]
 
     # -- reading -------------------------------------------------------------------------------
 

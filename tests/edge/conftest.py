@@ -74,3 +74,43 @@ def ground(tmp_path: Path) -> Iterator[Ground]:
     """A ground station on loopback, serving in a thread, writing under tmp_path/ground."""
     with Ground(tmp_path / "ground") as g:
         yield g
+
+
+def stop_node(proc: Any, timeout_s: float = 60.0) -> int:
+    """SIGTERM a node process (it finishes and spools the accepted frames) and wait: its exit code."""
+    import signal
+
+    proc.send_signal(signal.SIGTERM)
+    return int(proc.wait(timeout_s))
+
+
+def kill_if_running(proc: Any) -> None:
+    """A node process a test started and that still runs (the test failed before stopping it):
+    kill it and reap it, so no process outlives its test."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_node_toml(folder: Path, node_id: str, engine: Path, ground_address: str, extra: str = "") -> tuple[Path, int]:
+    """A one-worker node config for `astro-edge run` in a subprocess: frames on a free loopback
+    port (block policy), the tiny engine, a spool in ``folder``, records to ``ground_address``;
+    ``extra`` is appended TOML. Returns the file and the frame port."""
+    port = free_port()
+    config = folder / "node.toml"
+    config.write_text(
+        f'[node]\nid = "{node_id}"\nworkers = 1\n'
+        f'[receive]\naddress = "tcp://127.0.0.1:{port}"\nqueue_policy = "block"\nqueue_frames = 2\n'
+        f'[engine]\npath = "{engine}"\n'
+        f'[spool]\npath = "{folder / "spool.sqlite"}"\n'
+        f'[downlink]\naddress = "{ground_address}"\nack_timeout_s = 1.0\n' + extra)
+    return config, port

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,15 +20,9 @@ from edge.testing import Ground, LoopbackDaq
 from firmware_bridge.rig import header_fields
 from twin import simulate_frame
 
-from ..conftest import frame_input
+from ..conftest import frame_input, kill_if_running, stop_node, write_node_toml
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _status(path: Path) -> dict[str, Any]:
@@ -57,15 +50,7 @@ def test_kill_9_and_restart_gives_every_record_exactly_once(tmp_path: Path, tiny
     """After kill -9 mid-run and a restart on the same spool, the ground holds exactly the record
     ids an uninterrupted run makes, each once, and a summary for every frame."""
     ground = Ground(tmp_path / "ground")
-    port = _free_port()
-    config = tmp_path / "node.toml"
-    config.write_text(
-        f'[node]\nid = "crash-node"\nworkers = 1\n'
-        f'[receive]\naddress = "tcp://127.0.0.1:{port}"\nqueue_policy = "block"\nqueue_frames = 2\n'
-        f'[engine]\npath = "{tiny_engine}"\n'
-        f'[spool]\npath = "{tmp_path / "spool.sqlite"}"\n'
-        f'[downlink]\naddress = "{ground.address}"\nack_timeout_s = 1.0\n'
-    )
+    config, port = write_node_toml(tmp_path, "crash-node", tiny_engine, ground.address)
     frames = [simulate_frame(small_twin, i, 9) for i in range(8)]
     status = tmp_path / "status.json"
     log = (tmp_path / "node.log").open("ab")
@@ -87,13 +72,10 @@ def test_kill_9_and_restart_gives_every_record_exactly_once(tmp_path: Path, tiny
         announced = sum(s.sent for s in ground.summaries())
         _wait(lambda: len({r.record_id for r in ground.records()}) >= announced, 60,
               "every record the summaries announce")
-        node.send_signal(signal.SIGTERM)
-        assert node.wait(60) == 0
+        assert stop_node(node) == 0
     finally:
         ground.close()
-        if node.poll() is None:
-            node.kill()
-            node.wait(10)
+        kill_if_running(node)
         log.close()
     final = _status(status)["counters"]
     assert final["frames_duplicate"] >= before > 0

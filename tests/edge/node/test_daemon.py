@@ -3,10 +3,11 @@ counters that conserve frames and detections, and bounded queues under overload.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -152,6 +153,20 @@ def test_workers_past_their_frame_limit_are_replaced_between_frames(node_config_
     assert len(records) == len({r.record_id for r in records}) == c.spooled
 
 
+@contextlib.contextmanager
+def _busy_worker(node_config_factory: Any, small_twin: Any, ground: Ground, *, series_id: int,
+                 **node_section: Any) -> Iterator[tuple[NodeDaemon, LoopbackDaq, list[Any]]]:
+    """A one-worker node fed 4 twin frames (block policy), handed over once its worker holds one."""
+    cfg = node_config_factory(node={"workers": 1, **node_section},
+                              receive={"queue_policy": "block", "queue_frames": 4},
+                              downlink={"address": ground.address})
+    frames = _twin_frames(small_twin, 4)
+    with NodeDaemon(cfg) as node:
+        sender = LoopbackDaq(node.receiver_endpoint, frames, series_id=series_id)
+        _run_until(node, lambda: node.workers[0].busy is not None)
+        yield node, sender, frames
+
+
 def test_a_worker_killed_mid_frame_is_replaced_and_its_frame_counted_rejected(
         node_config_factory, small_twin, ground: Ground) -> None:
     """A worker process killed while it holds a frame does not take the node down: that frame is
@@ -160,13 +175,8 @@ def test_a_worker_killed_mid_frame_is_replaced_and_its_frame_counted_rejected(
     import os
     import signal
 
-    cfg = node_config_factory(node={"workers": 1}, receive={"queue_policy": "block", "queue_frames": 4},
-                              downlink={"address": ground.address})
-    frames = _twin_frames(small_twin, 4)
-    with NodeDaemon(cfg) as node:
-        sender = LoopbackDaq(node.receiver_endpoint, frames, series_id=7)
+    with _busy_worker(node_config_factory, small_twin, ground, series_id=7) as (node, sender, frames):
         c = node.counters
-        _run_until(node, lambda: node.workers[0].busy is not None)
         victim = node.workers[0].pid
         os.kill(victim, signal.SIGKILL)
         _run_until(node, lambda: c.frames_processed + c.frames_rejected == len(frames))
@@ -208,14 +218,9 @@ def test_a_hung_worker_is_killed_at_its_deadline_and_its_frame_rejected(
     import signal
 
     deadline_s = 8.0   # a fresh worker's first frame, on a loaded machine, stays well inside it
-    cfg = node_config_factory(node={"workers": 1, "frame_deadline_s": deadline_s},
-                              receive={"queue_policy": "block", "queue_frames": 4},
-                              downlink={"address": ground.address})
-    frames = _twin_frames(small_twin, 4)
-    with NodeDaemon(cfg) as node:
-        sender = LoopbackDaq(node.receiver_endpoint, frames, series_id=8)
+    with _busy_worker(node_config_factory, small_twin, ground, series_id=8,
+                      frame_deadline_s=deadline_s) as (node, sender, frames):
         c = node.counters
-        _run_until(node, lambda: node.workers[0].busy is not None)
         victim = node.workers[0].pid
         os.kill(victim, signal.SIGSTOP)
         stopped_at = time.monotonic()

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import resource
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,16 +19,12 @@ import pytest
 from edge.testing import Ground, LoopbackDaq
 from twin import simulate_frame
 
+from ..conftest import kill_if_running, stop_node, write_node_toml
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 #: a commit writes at least two pages to the WAL; no WAL write past 8 KiB succeeds
 FAILING_LIMIT = 8192
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class _Log:
@@ -76,15 +70,7 @@ def test_a_failing_spool_disk_degrades_the_node_and_it_recovers_when_the_disk_re
     names 3-5 as dropped. Forever: frames 6-8 are dropped too, and the node still stops only when
     told to, with exit code 0 and its counters conserved."""
     ground = Ground(tmp_path / "ground")
-    port = _free_port()
-    config = tmp_path / "node.toml"
-    config.write_text(
-        f'[node]\nid = "fault-node"\nworkers = 1\n'
-        f'[receive]\naddress = "tcp://127.0.0.1:{port}"\nqueue_policy = "block"\nqueue_frames = 2\n'
-        f'[engine]\npath = "{tiny_engine}"\n'
-        f'[spool]\npath = "{tmp_path / "spool.sqlite"}"\n'
-        f'[downlink]\naddress = "{ground.address}"\nack_timeout_s = 1.0\n'
-        f'[log]\njson = true\n')
+    config, port = write_node_toml(tmp_path, "fault-node", tiny_engine, ground.address, "[log]\njson = true\n")
     status = tmp_path / "status.json"
     node = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", str(config),
                              "--status-file", str(status)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -114,13 +100,10 @@ def test_a_failing_spool_disk_degrades_the_node_and_it_recovers_when_the_disk_re
             time.sleep(2.0)
             assert node.poll() is None, "the node ended while its spool kept failing"
             resource.prlimit(node.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
-        node.send_signal(signal.SIGTERM)
-        assert node.wait(60) == 0
+        assert stop_node(node) == 0
     finally:
         ground.close()
-        if node.poll() is None:
-            node.kill()
-            node.wait(10)
+        kill_if_running(node)
         log.close()
     dropped = sorted(e["seq"] for e in log.named("frame.dropped", stage="spool"))
     at_ground = sorted({s.frame for s in ground.summaries()})

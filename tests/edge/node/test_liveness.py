@@ -6,7 +6,6 @@ process's file descriptors come back to where they were."""
 from __future__ import annotations
 
 import os
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,8 @@ from edge.node.health import Health
 from edge.records import DownlinkRecord, compress_stamp, record_id
 from firmware_bridge import FrameSender
 
+from ..conftest import free_port
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 CYCLES = 100
@@ -33,12 +34,6 @@ CYCLES = 100
 
 def _fds() -> int:
     return len(os.listdir("/proc/self/fd"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait(predicate: Any, timeout_s: float, what: str, step: Any = None) -> float:
@@ -68,7 +63,7 @@ def test_the_ground_vanishing_and_returning_a_hundred_times(tmp_path: Path, rng:
     arrives, the ground closes; the downlink thread reports the ground unreachable within three
     heartbeats and reachable again on its return. 100 records at the ground, each once; the fd
     count ends where it started."""
-    address = f"tcp://127.0.0.1:{_free_port()}"
+    address = f"tcp://127.0.0.1:{free_port()}"
     out = tmp_path / "ground"
     ctx = zmq.Context()
     health = Health()
