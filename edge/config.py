@@ -81,8 +81,14 @@ class ReceiveSection:
     #: the DAQ's heartbeat period: in the middle of a series, no message for three of them puts
     #: the node's "daq" part in the degraded state (silence), until the next message
     daq_heartbeat_s: float = 5.0
+    #: CURVE on the frame feed: this node's NAME.key_secret, and the NAME.key files of the DAQs
+    #: allowed to send (empty: no CURVE; any peer that reaches the port may send frames)
+    curve_server_secret_key: str = ""
+    allowed_daq_keys: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if bool(self.curve_server_secret_key) != bool(self.allowed_daq_keys):
+            raise ValueError("CURVE on the frame feed needs both curve_server_secret_key and allowed_daq_keys")
         if self.daq_heartbeat_s <= 0:
             raise ValueError("daq_heartbeat_s must be > 0")
         if not 1 << 16 <= self.max_frame_bytes <= 2 << 30:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -81,7 +82,9 @@ class FrameReceiver:
         max_frame_bytes: int = MAX_FRAME_BYTES,
         max_compression_ratio: float = MAX_COMPRESSION_RATIO,
         context: zmq.Context[Any] | None = None,
+        setup: Callable[[zmq.Socket[Any]], None] | None = None,
     ) -> None:
+        """``setup(sock)`` runs on the PULL socket before it binds or connects (the node's CURVE)."""
         self.max_frame_bytes = max_frame_bytes
         self.max_compression_ratio = max_compression_ratio
         self.counters = ReceiverCounters()
@@ -98,7 +101,7 @@ class FrameReceiver:
         # twice its pixels, or 64 KiB) or the header bound: libzmq drops a peer that sends one
         max_part = max(2 * max_frame_bytes, 1 << 16, MAX_HEADER_BYTES)
         self._sock, self.endpoint = open_socket(self._ctx, zmq.PULL, address, bind=bind, hwm=rcvhwm,
-                                                max_message_bytes=max_part)
+                                                max_message_bytes=max_part, setup=setup)
         log.info("receiver.opened", address=self.endpoint, bind=bind, max_frame_bytes=max_frame_bytes,
                  max_message_bytes=max_part)
 

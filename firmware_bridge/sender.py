@@ -72,6 +72,7 @@ class FrameSender:
         send_timeout_ms: int = 0,
         context: zmq.Context[Any] | None = None,
         clock: Callable[[], datetime] | None = None,
+        setup: Callable[[zmq.Socket[Any]], None] | None = None,
     ) -> None:
         if sndhwm < 1:
             raise ValueError(f"sndhwm must be >= 1, not {sndhwm}")
@@ -86,7 +87,9 @@ class FrameSender:
         self._series_dropped = 0
         self._clock = clock or (lambda: datetime.now(timezone.utc))
         self._ctx = context or zmq.Context.instance()
-        self._sock, self.endpoint = open_socket(self._ctx, zmq.PUSH, address, bind=bind, hwm=sndhwm)
+        # setup(sock) runs before connect: a DAQ's CURVE client keys, for instance
+        self._sock, self.endpoint = open_socket(self._ctx, zmq.PUSH, address, bind=bind, hwm=sndhwm,
+                                                setup=setup)
         log.info("sender.opened", address=self.endpoint, bind=bind, sndhwm=sndhwm)
 
     def _now(self) -> str:

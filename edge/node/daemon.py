@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from edge.config import NodeConfig
-from edge.errors import PeerSilentError, SpoolError, StatusFileError
+from edge.errors import SpoolError, StatusFileError
+from edge.link.curve import make_curve_server
 from edge.link.spool import Spool
 from edge.log import get_logger
 from edge.node.allocator import fix_mmap_threshold
@@ -75,6 +76,7 @@ class NodeDaemon:
         self.status_path = Path(status_path) if status_path else None
         self.notifier = notifier or SystemdNotifier(None)
         self.receiver: FrameReceiver | None = None
+        self._feed_auth: Any = None        # the frame feed's CURVE authenticator thread, if any
         self.receiver_endpoint = ""
         self.spool: Spool | None = None
         self.control: ControlServer | None = None
@@ -125,7 +127,8 @@ class NodeDaemon:
             self.receiver = FrameReceiver(cfg.receive.address, bind=cfg.receive.bind,
                                           rcvhwm=max(2, cfg.receive.queue_frames),
                                           max_frame_bytes=cfg.receive.max_frame_bytes,
-                                          max_compression_ratio=cfg.receive.max_compression_ratio)
+                                          max_compression_ratio=cfg.receive.max_compression_ratio,
+                                          setup=self._feed_curve)
         except BaseException:
             self.close()
             raise
@@ -153,6 +156,16 @@ class NodeDaemon:
                  receive=self.receiver_endpoint, downlink=cfg.downlink.address, spool=str(cfg.spool.path),
                  queue_policy=cfg.receive.queue_policy)
 
+    def _feed_curve(self, sock: zmq.Socket[Any]) -> None:
+        """CURVE on the frame feed when [receive] names the keys; else a warning, like the downlink's."""
+        rc = self.config.receive
+        if not rc.curve_server_secret_key:
+            log.warning("receive.insecure", address=rc.address,
+                        detail="CURVE is off on the frame feed: any peer that reaches the port may send frames")
+            return
+        self._feed_auth = make_curve_server(zmq.Context.instance(), sock, rc.curve_server_secret_key,
+                                            rc.allowed_daq_keys, "receive")
+
     def close(self, drain_s: float = 0.0) -> None:
         """Stop the workers and the downlink (after up to ``drain_s`` of sending), close everything."""
         self.forwarder.stop(drain_s)
@@ -160,6 +173,9 @@ class NodeDaemon:
         if self.receiver is not None:
             self.receiver.close()
             self.receiver = None
+        if self._feed_auth is not None:
+            self._feed_auth.stop()
+            self._feed_auth = None
         if self.control is not None:
             self.control.close()
             self.control = None
@@ -226,22 +242,8 @@ class NodeDaemon:
         self.pool.dispatch(self.ingest)
         self._collect(0 if receiving else timeout_ms / 1000)
         self.pool.maintain(may_recycle=not self.engines.shadow_running)
-        self._watch_daq()
-
-    def _watch_daq(self) -> None:
-        """The DAQ is silent when, mid-series, nothing came for three of its heartbeat periods."""
-        rx = self.receiver
-        if rx is None or rx.last_message_at is None:
-            return
-        quiet_s = time.monotonic() - rx.last_message_at
-        limit_s = 3 * self.config.receive.daq_heartbeat_s
-        silent = rx.series_open and quiet_s > limit_s
-        if silent and not self.health.is_degraded("daq"):
-            self.health.degraded("daq", PeerSilentError(
-                f"no message from the DAQ for more than {limit_s:g} s in the middle of a series "
-                f"(3 x [receive] daq_heartbeat_s)", where=self.receiver_endpoint))
-        elif not silent:
-            self.health.ok("daq")
+        if self.receiver is not None:
+            self.ingest.watch_daq(self.receiver, self.health, self.receiver_endpoint)
 
     def finish(self) -> None:
         """Process every frame already accepted (queue and workers) and spool its records."""

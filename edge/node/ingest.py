@@ -16,9 +16,11 @@ from collections.abc import Callable
 from typing import Any
 
 from edge.config import ReceiveSection
+from edge.errors import PeerSilentError
 from edge.log import get_logger
 from edge.node.counters import NodeCounters
 from edge.node.done import DoneSet
+from edge.node.health import Health
 from edge.pipeline import FrameInput
 from firmware_bridge import Frame, FrameReceiver
 
@@ -107,6 +109,20 @@ class Ingest:
                         policy=self.section.queue_policy)
         self.queue.append((frame, time.monotonic()))
         c.frames_in_flight += 1
+
+    def watch_daq(self, receiver: FrameReceiver, health: Health, where: str) -> None:
+        """The DAQ is silent when, mid-series, nothing came for three of its heartbeat periods
+        (``[receive] daq_heartbeat_s``): its part goes degraded until the next message."""
+        if receiver.last_message_at is None:
+            return
+        limit_s = 3 * self.section.daq_heartbeat_s
+        silent = receiver.series_open and time.monotonic() - receiver.last_message_at > limit_s
+        if silent and not health.is_degraded("daq"):
+            health.degraded("daq", PeerSilentError(
+                f"no message from the DAQ for more than {limit_s:g} s in the middle of a series "
+                f"(3 x [receive] daq_heartbeat_s)", where=where))
+        elif not silent:
+            health.ok("daq")
 
     def note_dropped(self, seq: int) -> None:
         """A frame lost after the queue (its records could not be spooled): the next frame taken

@@ -254,3 +254,47 @@ def test_a_worker_that_keeps_dying_is_restarted_after_growing_delays(node_config
         assert delays == [0.5, 1.0, 2.0]
         assert [e["event"] for e in logs if e["event"] == "worker.restarted"] == ["worker.restarted"] * 4
         assert node.workers[0].alive()
+
+
+def test_curve_on_the_frame_feed_lets_in_only_the_daqs_it_knows(node_config_factory, tmp_path) -> None:
+    """With [receive] CURVE keys, frames from the allowed DAQ's key arrive; a DAQ with another key
+    and one without CURVE are refused at the handshake, and none of their frames reach the node."""
+    import numpy as np
+    import zmq
+    from structlog.testing import capture_logs
+
+    from edge.link.curve import make_curve_client
+    from edge.link.keys import new_keypair
+    from firmware_bridge import FrameSender
+
+    keys = {name: new_keypair(tmp_path / "keys", name) for name in ("node", "daq", "stranger")}
+    cfg = node_config_factory(receive={"curve_server_secret_key": str(keys["node"][1]),
+                                       "allowed_daq_keys": [str(keys["daq"][0])], "queue_frames": 16})
+    pixels = np.arange(64, dtype="<u2").reshape(8, 8)
+
+    def client(name: str):
+        return lambda sock: make_curve_client(sock, keys[name][1], keys["node"][0])
+
+    ctx = zmq.Context()
+    with capture_logs() as logs, NodeDaemon(cfg) as node:
+        senders = {"daq": FrameSender(node.receiver_endpoint, detector_id="daq", context=ctx, setup=client("daq")),
+                   "stranger": FrameSender(node.receiver_endpoint, detector_id="stranger", context=ctx,
+                                           setup=client("stranger")),
+                   "plain": FrameSender(node.receiver_endpoint, detector_id="plain", context=ctx)}
+        try:
+            for _ in range(50):   # the handshakes settle while the node turns
+                node.step(10)
+            for tx in senders.values():
+                tx.send_frame(pixels, exposure_s=1.0)
+            end = time.monotonic() + 10
+            while node.receiver.counters.received < 1 and time.monotonic() < end:
+                node.step(10)
+            for _ in range(100):
+                node.step(10)
+            got = node.receiver.counters.as_dict()
+        finally:
+            for tx in senders.values():
+                tx.close()
+    ctx.term()
+    assert got["frames"] == 1 and got["received"] == 1, got
+    assert any(e["event"] == "receive.refused" for e in logs)
