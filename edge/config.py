@@ -122,6 +122,9 @@ class EngineSection:
     precision: str = "auto"
     threads: int = 1
     batch_size: int = 256
+    #: the only folder engines may be loaded from at run time (``ctl engine load / shadow``); empty:
+    #: the folder that holds the engine the node starts with (the shipped models for the default)
+    root: str = ""
     #: ONNX Runtime execution providers to use (empty: every one the installed onnxruntime offers,
     #: TensorRT EP, CUDA EP, CPU EP in that order); each one named must be there at start-up
     providers: tuple[str, ...] = ()

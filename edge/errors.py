@@ -29,6 +29,7 @@ nothing of the project.
      +-- EngineError (RuntimeError)             a neural engine cannot be loaded or run
      |    +-- EngineIntegrityError              file missing, truncated, sha256 mismatch
      |    +-- EngineCompatibilityError          manifest does not fit this device or backend
+     |    +-- EngineOriginError                 an engine offered from outside the engine root
      +-- SpoolError (OSError)                   the store-and-forward spool cannot be used
      +-- StatusFileError (OSError)              the node's status file cannot be written
      +-- GroundStoreError (OSError)             the ground's output folder or id index cannot be used
@@ -174,6 +175,12 @@ class EngineCompatibilityError(EngineError):
     reason = "engine_compatibility"
 
 
+class EngineOriginError(EngineError):
+    """An engine offered from outside the node's engine root."""
+
+    reason = "engine_origin"
+
+
 class SpoolError(AstroEdgeError, OSError):
     """The store-and-forward spool cannot be used."""
 
@@ -235,6 +242,7 @@ __all__ = [
     "EngineCompatibilityError",
     "EngineError",
     "EngineIntegrityError",
+    "EngineOriginError",
     "GroundStoreError",
     "HeaderDecodeError",
     "HeaderFieldError",

@@ -299,3 +299,13 @@ def synthetic_frames(n: int, *, size_px: int, seed: int) -> Iterator[FrameSource
     for i in range(n):
         yield FrameSource(synthetic_frame((size_px, size_px), rng), f"2026-11-28T00:00:{i % 60:02d}.000000Z",
                           30.0, {}, {"FILTER": "r"}, f"synthetic-{i}")
+
+
+def crashing_verifier(path: str, sha256: str, section: Any) -> str:
+    """An engine check that dies the way a native crash in a runtime does (SIGSEGV), for tests of
+    :func:`edge.node.engine_swap.verify_in_child`."""
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGSEGV)
+    raise AssertionError("unreachable: the process has ended")

@@ -11,12 +11,15 @@ it never reads the receiver or writes the spool itself.
 
 from __future__ import annotations
 
+import multiprocessing as mp
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
+from edge import errors
 from edge.config import EngineSection
-from edge.errors import AstroEdgeError
+from edge.errors import AstroEdgeError, EngineIntegrityError, EngineOriginError
 from edge.log import get_logger
 from edge.node.assemble import verify_engine
 from edge.node.pool import WorkerPool
@@ -54,6 +57,21 @@ class EngineSwap:
         self.history: list[str] = []       # the folders run before, the latest last
         self.shadow: ShadowRun | None = None   # the last shadow run and its agreement
 
+    def root(self) -> Path:
+        """The folder engines may come from: ``[engine] root``, else the one holding the first engine."""
+        first = self.history[0] if self.history else self.path
+        return Path(self.section.root or Path(first).parent).resolve()
+
+    def verify(self, path: str, sha256: str) -> str:
+        """Check an engine offered at run time: inside the engine root, then verified (sha256,
+        manifest, files, golden stamps) in a child process, so that an engine that crashes its
+        runtime is refused instead of taking the node down. Its engine id, or a typed error."""
+        folder = Path(path).resolve()
+        if not folder.is_relative_to(self.root()):
+            raise EngineOriginError(f"{folder} is outside the engine root {self.root()}; copy the engine "
+                                    "there (or set [engine] root) to load it", where=path)
+        return verify_in_child(str(folder), sha256, self.section)
+
     @property
     def shadow_running(self) -> bool:
         """Whether a shadow run is under way."""
@@ -69,7 +87,7 @@ class EngineSwap:
         if not isinstance(path, str) or not isinstance(sha, str):
             return {"ok": False, "error": "engine.load needs path and sha256 (of the folder's manifest.json)"}
         try:
-            new_id = verify_engine(path, sha, self.section)
+            new_id = self.verify(path, sha)
             self._swap_workers(self._spec(path))
         except AstroEdgeError as exc:
             log.error("engine.refused", user=user, path=path, reason=exc.reason, error=str(exc),
@@ -90,7 +108,7 @@ class EngineSwap:
         if self.shadow is not None and not self.shadow.done:
             return {"ok": False, "error": f"a shadow run of {self.shadow.engine_id} is under way"}
         try:
-            verify_engine(path, sha, self.section)
+            self.verify(path, sha)
             shadow_id = self._swap_workers(self._spec(path), shadow=True)
         except AstroEdgeError as exc:
             log.error("engine.refused", user=user, path=path, reason=exc.reason, error=str(exc), shadow=True)
@@ -164,3 +182,42 @@ class EngineSwap:
             for w in self.pool.workers:
                 w.engine_id = new_id
         return new_id
+
+
+def verify_in_child(path: str, sha256: str, section: EngineSection, timeout_s: float = 300.0,
+                    verify: Callable[[str, str, Any], str] = verify_engine) -> str:
+    """``verify(path, sha256, section)`` in a spawned process; its engine id, or the typed error it
+    raised. A child that dies (a native crash in a runtime, killed) or does not answer within
+    ``timeout_s`` is an EngineIntegrityError: the engine is refused and the node goes on."""
+    ctx = mp.get_context("spawn")
+    receiver, sender = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_verify_main, args=(sender, verify, path, sha256, section), daemon=True)
+    proc.start()
+    sender.close()
+    try:
+        if not receiver.poll(timeout_s):
+            proc.kill()
+            proc.join(10)
+            why = (f"its verification ended with exit code {proc.exitcode}" if proc.exitcode is not None
+                   and proc.exitcode != -9 else f"its verification did not finish within {timeout_s:.0f} s")
+            raise EngineIntegrityError(f"engine refused: {why}", where=path)
+        try:
+            kind, *detail = receiver.recv()
+        except EOFError:
+            proc.join(10)
+            raise EngineIntegrityError(f"engine refused: its verification crashed the checking process "
+                                       f"(exit code {proc.exitcode})", where=path) from None
+    finally:
+        receiver.close()
+        proc.join(10)
+    if kind == "ok":
+        return str(detail[0])
+    cls = getattr(errors, detail[0], EngineIntegrityError)
+    raise cls(detail[1])
+
+
+def _verify_main(conn: Any, verify: Callable[[str, str, Any], str], path: str, sha256: str, section: Any) -> None:
+    try:
+        conn.send(("ok", verify(path, sha256, section)))
+    except AstroEdgeError as exc:
+        conn.send(("error", type(exc).__name__, str(exc)))

@@ -134,3 +134,35 @@ def test_swap_under_load_switches_at_one_frame_boundary(node_config_factory, sma
     if worker_max_frames < len(frames):
         assert answers["engines_after_first_replacements"] == {old_id}
         assert answers["engines_after_swap_and_replacements"] == {answers["good"]["engine_id"]}
+
+
+def test_engines_from_outside_the_root_or_that_crash_their_check_are_refused(node_config_factory, tmp_path: Path,
+                                                                            tiny_engine: Path) -> None:
+    """Only engines inside [engine] root load at run time (a symlink out of it is outside); an
+    engine whose check kills the checking process (a native crash) is refused, and the node, which
+    ran the check in a child process, goes on with the engine it had."""
+    from edge.config import EngineSection
+    from edge.errors import EngineIntegrityError
+    from edge.node.engine_swap import verify_in_child
+    from edge.testing import crashing_verifier
+    from engines.testing import write_tiny_engine
+
+    root = tmp_path / "engines"
+    inside = write_tiny_engine(root / "tiny-0.3", version="0.3")
+    outside = write_tiny_engine(tmp_path / "elsewhere" / "tiny-0.4", version="0.4")
+    (root / "link").symlink_to(outside, target_is_directory=True)
+    cfg = node_config_factory(engine={"root": str(root)})
+    node = NodeDaemon(cfg)
+    node.start()
+    try:
+        before = node.engine_id
+        for path in (outside, root / "link"):
+            answer = node.handle_command("test", "engine.load", {"path": str(path), "sha256": _sha(path)})
+            assert not answer["ok"] and answer["reason"] == "engine_origin", answer
+            assert "outside the engine root" in answer["error"] and node.engine_id == before
+        answer = node.handle_command("test", "engine.load", {"path": str(inside), "sha256": _sha(inside)})
+        assert answer["ok"] and node.engine_id != before
+    finally:
+        node.close()
+    with pytest.raises(EngineIntegrityError, match="crashed the checking process"):
+        verify_in_child(str(inside), _sha(inside), EngineSection(), verify=crashing_verifier)
