@@ -125,6 +125,9 @@ class EngineSection:
     #: the only folder engines may be loaded from at run time (``ctl engine load / shadow``); empty:
     #: the folder that holds the engine the node starts with (the shipped models for the default)
     root: str = ""
+    #: NAME.verify_key files (astro-edge keys new --signing); when any is given, the node loads only
+    #: engines whose manifest.json.sig is a signature by one of them (at start and at run time)
+    trusted_keys: tuple[str, ...] = ()
     #: ONNX Runtime execution providers to use (empty: every one the installed onnxruntime offers,
     #: TensorRT EP, CUDA EP, CPU EP in that order); each one named must be there at start-up
     providers: tuple[str, ...] = ()

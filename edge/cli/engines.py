@@ -34,6 +34,7 @@ def register(subparsers: Any) -> None:
     _add_evaluate(sub)
     _add_build(sub)
     _add_check(sub)
+    _add_sign(sub)
     _add_finetune(sub)
 
 
@@ -147,6 +148,27 @@ def _add_check(sub: Any) -> None:
     p.add_argument("--threads", type=int, default=1, metavar="N",
                    help="intra-op threads for ONNX Runtime (default: 1)")
     p.set_defaults(func=_check)
+
+
+def _add_sign(sub: Any) -> None:
+    p = sub.add_parser(
+        "sign", help="sign an engine folder's manifest with an Ed25519 key",
+        description="Write MODEL/manifest.json.sig, an Ed25519 signature of the manifest (which lists the "
+                    "sha256 of every file), with a key made by `astro-edge keys new --signing`. A node whose "
+                    "[engine] trusted_keys lists the matching NAME.verify_key loads only engines signed so.")
+    _add_model(p)
+    p.add_argument("--key", type=Path, required=True, metavar="FILE", help="NAME.sign_key to sign with")
+    p.set_defaults(func=_sign)
+
+
+def _sign(args: argparse.Namespace) -> int:
+    from engines.manifest import load_manifest
+    from engines.signing import sign_engine
+
+    folder = _model_dir(args.model)
+    load_manifest(folder)   # sign only what verifies
+    print(f"signed: {sign_engine(folder, args.key)}")
+    return 0
 
 
 def _add_finetune(sub: Any) -> None:

@@ -26,12 +26,20 @@ def register(subparsers: Any) -> None:
     new.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the key files")
     new.add_argument("--name", required=True, metavar="NAME",
                      help="name of the key pair, e.g. node-1 or operator-anna")
+    new.add_argument("--signing", action="store_true",
+                     help="an Ed25519 key pair to sign engines with instead (astro-edge engines sign): "
+                          "NAME.verify_key (public, for [engine] trusted_keys) and NAME.sign_key (secret)")
     new.set_defaults(func=_new)
 
 
 def _new(args: argparse.Namespace) -> int:
-    from edge.link.keys import new_keypair
+    if args.signing:
+        from engines.signing import new_signing_key
 
-    public, secret = new_keypair(args.out, args.name)
+        public, secret = new_signing_key(args.out, args.name)
+    else:
+        from edge.link.keys import new_keypair
+
+        public, secret = new_keypair(args.out, args.name)
     print(f"public key (hand out): {public}\nsecret key (keep): {secret}")
     return 0

@@ -78,11 +78,17 @@ def _run(args: argparse.Namespace) -> int:
 
 def _process(args: argparse.Namespace) -> int:
     from edge.config import load_config
-    from edge.node.assemble import build_pipeline, check_engine_runtime
+    from edge.node.assemble import (
+        build_pipeline,
+        check_engine_origin,
+        check_engine_runtime,
+        engine_dir,
+    )
     from edge.node.process import process_files
 
     config = load_config(args.config)
     check_engine_runtime(config.engine)
+    check_engine_origin(engine_dir(config), config.engine)
     pipeline = build_pipeline(config, bundle_override=args.calibration)
     report = process_files(args.frames, args.out, pipeline)
     json.dump({"frames": report.frames, "detections": report.detections, "sent": report.sent,

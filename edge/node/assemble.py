@@ -59,6 +59,15 @@ def check_engine_runtime(section: Any) -> Any:
     return report
 
 
+def check_engine_origin(folder: str | Path, section: Any) -> None:
+    """With ``[engine] trusted_keys``, refuse (EngineOriginError) an engine not signed by one of them."""
+    if section.trusted_keys:
+        from engines.signing import check_signature
+
+        signer = check_signature(folder, section.trusted_keys)
+        log.info("engine.signature_verified", path=str(folder), signer=signer[:16])
+
+
 def open_engine(path: str | Path, backend: str = "auto", precision: str = "auto", threads: int = 1,
                 batch_size: int = 256, providers: tuple[str, ...] = ()) -> Any:
     """Load, verify and activate an engine folder (``providers``: ONNX Runtime's, empty for all)."""
@@ -93,6 +102,7 @@ def verify_engine(path: str | Path, sha256: str, section: Any) -> str:
     actual = sha256_file(manifest_file)
     if actual != sha256.strip().lower():
         raise EngineIntegrityError(f"manifest.json has sha256 {actual}, not the {sha256} given", where=str(folder))
+    check_engine_origin(folder, section)
     manifest = load_manifest(folder)
     manifest.check_normalisation(tuple(RECIPES))
     channels = RECIPES[manifest.normalisation]

@@ -40,7 +40,7 @@ from edge.link.curve import make_curve_server
 from edge.link.spool import Spool
 from edge.log import get_logger
 from edge.node.allocator import fix_mmap_threshold
-from edge.node.assemble import build_pipeline, check_engine_runtime, engine_dir
+from edge.node.assemble import build_pipeline, check_engine_origin, check_engine_runtime, engine_dir
 from edge.node.commands import Commands, OperatorState
 from edge.node.counters import NodeCounters
 from edge.node.done import DoneSet
@@ -119,6 +119,7 @@ class NodeDaemon:
         fix_mmap_threshold(self.pool.mmap_threshold)
         # what this environment can run, logged and checked once before any worker starts
         check_engine_runtime(cfg.engine)
+        check_engine_origin(engine_dir(cfg), cfg.engine)
         self.spool = Spool(cfg.spool.path, max_bytes=cfg.spool.max_bytes)
         try:
             self.pool.start(cfg)

@@ -166,3 +166,26 @@ def test_engines_from_outside_the_root_or_that_crash_their_check_are_refused(nod
         node.close()
     with pytest.raises(EngineIntegrityError, match="crashed the checking process"):
         verify_in_child(str(inside), _sha(inside), EngineSection(), verify=crashing_verifier)
+
+
+def test_a_node_with_trusted_keys_refuses_an_unsigned_engine_at_start_and_at_run_time(
+        node_config_factory, tmp_path: Path) -> None:
+    """With [engine] trusted_keys the node starts only on a signed engine, and `engine load` of an
+    unsigned one is refused as engine_origin while the node runs on."""
+    from edge.errors import EngineOriginError
+    from engines.signing import new_signing_key, sign_engine
+    from engines.testing import write_tiny_engine
+
+    engine = write_tiny_engine(tmp_path / "engines" / "tiny-signed")
+    verify, sign = new_signing_key(tmp_path / "keys", "maker")
+    sign_engine(engine, sign)
+    unsigned = write_tiny_engine(tmp_path / "engines" / "tiny-unsigned", version="0.5")
+    cfg = node_config_factory(engine={"path": str(engine), "trusted_keys": [str(verify)]})
+    with NodeDaemon(cfg) as node:
+        answer = node.handle_command("test", "engine.load", {"path": str(unsigned), "sha256": _sha(unsigned)})
+        assert not answer["ok"] and answer["reason"] == "engine_origin", answer
+        assert "no manifest.json.sig" in answer["error"]
+    bad = NodeDaemon(node_config_factory(engine={"path": str(unsigned), "trusted_keys": [str(verify)]}))
+    with pytest.raises(EngineOriginError, match="no manifest.json.sig"):
+        bad.start()
+    bad.close()
