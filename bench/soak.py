@@ -13,7 +13,14 @@ warm-up, and the last line prints how far the last minute's floor and peak are a
 against the bound.
 
     .venv/bin/python bench/soak.py [--seconds 600] [--rate-hz 2] [--size 2048] [--mmap-threshold-kib 4096]
-                                   [--worker-max-frames 20000]
+                                   [--worker-max-frames 20000] [--overload]
+
+With --overload the DAQ first floods the node for the warm-up (as fast as the socket takes frames),
+which measures the rate the node sustains, and then sends at twice that rate for the rest of the
+soak: the node must drop, count every dropped frame with its sequence number, and keep its memory
+and file descriptors flat. The exit code is 1 when the memory grew past the bound, the least-squares
+slope of the per-minute floor is over SLOPE_BOUND_MB_PER_H, the file descriptors grew, or a frame
+is unaccounted for; 0 otherwise.
 
 With --worker-max-frames small enough for workers to be replaced during the soak, each worker
 slot's memory is that of the process in the slot at the sample (plus its successor while one is
@@ -35,6 +42,32 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 #: the growth the node may show over a soak, beyond its memory after warm-up
 BOUND_MB = 64.0
+#: the steady growth the node may show, after warm-up (least squares over the per-minute floors)
+SLOPE_BOUND_MB_PER_H = 5.0
+
+
+def fd_count(pids: list[int]) -> int:
+    """Open file descriptors of these processes (those that still run)."""
+    import os
+
+    total = 0
+    for pid in pids:
+        try:
+            total += len(os.listdir(f"/proc/{pid}/fd"))
+        except OSError:
+            continue
+    return total
+
+
+def slope_mb_per_h(minutes: list[dict[str, Any]]) -> float:
+    """Least-squares slope of the per-minute floor, in MB per hour (0 with fewer than 2 minutes)."""
+    if len(minutes) < 2:
+        return 0.0
+    import numpy as np
+
+    t = np.array([m["minute"] for m in minutes], float) / 60.0
+    y = np.array([m["floor"] for m in minutes], float)
+    return float(np.polyfit(t, y, 1)[0])
 
 
 def rss_mb(pids: list[int]) -> float:
@@ -70,7 +103,7 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def main() -> None:
+def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=600.0)
     p.add_argument("--warmup-s", type=float, default=60.0)
@@ -80,6 +113,8 @@ def main() -> None:
                    help="[node] worker_max_frames (default 20000; 0: workers live as long as the node)")
     p.add_argument("--mmap-threshold-kib", type=int, default=4096,
                    help="[node] mmap_threshold_kib (default 4096; 0: glibc's moving threshold)")
+    p.add_argument("--overload", action="store_true",
+                   help="flood during the warm-up to measure the sustainable rate, then send at twice it")
     args = p.parse_args()
 
     from edge.config import config_from_mapping
@@ -108,9 +143,11 @@ def main() -> None:
         node.start()
         pids = [os.getpid(), *(w._proc.pid for w in node.workers)]
         # a DAQ at a set rate never waits: a frame the node has no room for is dropped and counted
+        rate_hz = 0.0 if args.overload else args.rate_hz
         rig = LoopbackDaq(node.receiver_endpoint, itertools.cycle(frames), sndhwm=4, send_timeout_ms=0,
-                          rate_hz=args.rate_hz)
+                          rate_hz=rate_hz, series_id=1)
         t_start = time.monotonic()
+        daq_sent = daq_dropped = 0
         # about every second, each process's resident set; a worker's memory swings by the size of a
         # frame's temporaries between idle and mid-frame, so minutes are summarised by their
         # floor (the least seen) and their peak (the most)
@@ -122,15 +159,28 @@ def main() -> None:
             if time.monotonic() >= next_sample:
                 if not samples:
                     cpu_start, frames_start = [cpu_s(pid) for pid in pids], node.counters.frames_processed
+                    if args.overload:
+                        # the flood of the warm-up measured what the node sustains: twice that from now
+                        rate_hz = 2.0 * node.counters.frames_processed / (time.monotonic() - t_start)
+                        rig.close()
+                        daq_sent, daq_dropped = rig.counters.frames_sent, rig.counters.frames_dropped
+                        rig = LoopbackDaq(node.receiver_endpoint, itertools.cycle(frames), sndhwm=4,
+                                          send_timeout_ms=0, rate_hz=rate_hz, series_id=2)
+                    fds_start = fd_count([os.getpid(), *(w.pid for w in node.workers if w.pid)])
                 samples.append((time.monotonic() - t_start, slot_rss(node)))
                 # a random interval: a fixed one, locked to the frame rate, would see each worker
                 # at the same point of its frame every time
                 next_sample += jitter.uniform(0.5, 1.5)
+        fds_end = fd_count([os.getpid(), *(w.pid for w in node.workers if w.pid)])
         recycled = node.counters.workers_recycled + node.counters.workers_died
         cpu_ms = [] if recycled else [(cpu_s(pid) - c0) * 1000 / max(1, node.counters.frames_processed - frames_start)
                                       for pid, c0 in zip(pids, cpu_start, strict=True)]
         rig.close()
+        daq_sent += rig.counters.frames_sent
+        daq_dropped += rig.counters.frames_dropped
         time.sleep(0.5)
+        for _ in range(200):   # take in what is still on its way
+            node.step()
         node.finish()
         c = node.counters
         status = node.status()
@@ -158,8 +208,23 @@ def main() -> None:
     print("CPU ms per frame the node processed, after warm-up (main with the rig's sender thread, workers...): "
           + (", ".join(f"{ms:.0f}" for ms in cpu_ms) if cpu_ms else "n/a (the worker processes changed)"))
     worst = max(floor_growth, peak_growth)
+    slope = slope_mb_per_h(minutes)
+    # what the DAQ queued and the node never saw can only be what its socket and the node's held
+    # when the DAQ closed (linger 0): at most the two high-water marks
+    in_transit = daq_sent - c.frames_received
+    accounted = c.conserved() and 0 <= in_transit <= 8 and (
+        c.frames_dropped == len(c.dropped_seqs) or len(c.dropped_seqs) == c.dropped_seqs.maxlen)
+    print(f"frames: DAQ sent {daq_sent} (dropped {daq_dropped} itself at its socket), node received "
+          f"{c.frames_received} ({in_transit} in transit at the DAQ's close): processed {c.frames_processed}, dropped {c.frames_dropped} "
+          f"({len(c.dropped_seqs)} sequence numbers kept), rejected {c.frames_rejected}; "
+          f"{'all accounted for' if accounted else 'NOT all accounted for'}"
+          + (f"; overload at {rate_hz:.2f} Hz, twice the {rate_hz / 2:.2f} Hz measured" if args.overload else ""))
+    print(f"file descriptors (main + workers) after warm-up -> at the end: {fds_start} -> {fds_end}")
     print(f"growth: floor {floor_growth:+.1f} MB, peak {peak_growth:+.1f} MB "
-          f"({'within' if worst <= BOUND_MB else 'BEYOND'} the bound)")
+          f"({'within' if worst <= BOUND_MB else 'BEYOND'} the bound); floor slope {slope:+.1f} MB/hour "
+          f"(bound {SLOPE_BOUND_MB_PER_H:.0f})")
+    failed = worst > BOUND_MB or slope > SLOPE_BOUND_MB_PER_H or fds_end > fds_start or not accounted
+    return 1 if failed else 0
 
 
 def by_minute(samples: list[tuple[float, list[float]]], warmup_s: float) -> list[dict[str, Any]]:
@@ -179,4 +244,4 @@ def by_minute(samples: list[tuple[float, list[float]]], warmup_s: float) -> list
     return out
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

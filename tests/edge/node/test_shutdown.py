@@ -16,7 +16,8 @@ from firmware_bridge import FrameSender
 from firmware_bridge.rig import header_fields
 from twin import simulate_frame
 
-from .test_crash import _free_port, _status, _wait
+from ..conftest import free_port
+from .test_crash import _status, _wait
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -24,12 +25,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 def test_sigterm_mid_run_spools_every_accepted_frame(tmp_path: Path, tiny_engine: Path, small_twin: Any) -> None:
     """After SIGTERM the node finishes the frames it accepted: none is left in flight, and the spool
     holds exactly the records its counters say were spooled."""
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "node.toml"
     config.write_text(
         f'[node]\nworkers = 1\n[receive]\naddress = "tcp://127.0.0.1:{port}"\nqueue_policy = "block"\n'
         f'queue_frames = 3\n[engine]\npath = "{tiny_engine}"\n[spool]\npath = "{tmp_path / "spool.sqlite"}"\n'
-        f'[downlink]\naddress = "tcp://127.0.0.1:{_free_port()}"\n'   # no ground: everything stays spooled
+        f'[downlink]\naddress = "tcp://127.0.0.1:{free_port()}"\n'   # no ground: everything stays spooled
     )
     status = tmp_path / "status.json"
     with (tmp_path / "node.log").open("ab") as log:
