@@ -15,9 +15,9 @@ against the bound.
     .venv/bin/python bench/soak.py [--seconds 600] [--rate-hz 2] [--size 2048] [--mmap-threshold-kib 4096]
                                    [--worker-max-frames 20000] [--overload]
 
-With --overload the DAQ first floods the node for the warm-up (as fast as the socket takes frames),
-which measures the rate the node sustains, and then sends at twice that rate for the rest of the
-soak: the node must drop, count every dropped frame with its sequence number, and keep its memory
+With --overload the warm-up (at --rate-hz) measures the CPU time the node's processes spend per
+frame, which gives the rate the node sustains on this machine (its workers, or its cores if fewer,
+kept busy), and the DAQ then sends at twice that rate for the rest of the soak: the node must drop, count every dropped frame with its sequence number, and keep its memory
 and file descriptors flat. The exit code is 1 when the memory grew past the bound, the least-squares
 slope of the per-minute floor is over SLOPE_BOUND_MB_PER_H, the file descriptors grew, or a frame
 is unaccounted for; 0 otherwise.
@@ -143,7 +143,7 @@ def main() -> int:
         node.start()
         pids = [os.getpid(), *(w._proc.pid for w in node.workers)]
         # a DAQ at a set rate never waits: a frame the node has no room for is dropped and counted
-        rate_hz = 0.0 if args.overload else args.rate_hz
+        rate_hz = args.rate_hz
         rig = LoopbackDaq(node.receiver_endpoint, itertools.cycle(frames), sndhwm=4, send_timeout_ms=0,
                           rate_hz=rate_hz, series_id=1)
         t_start = time.monotonic()
@@ -154,14 +154,23 @@ def main() -> int:
         samples: list[tuple[float, list[float]]] = []
         jitter = random.Random(0)
         next_sample = t_start + args.warmup_s
+        mid_warmup: tuple[float, int] | None = None   # CPU seconds and frames half-way through the warm-up
         while time.monotonic() - t_start < args.seconds:
             node.step()
+            if mid_warmup is None and time.monotonic() - t_start >= args.warmup_s / 2:
+                mid_warmup = (sum(cpu_s(pid) for pid in pids), node.counters.frames_processed)
             if time.monotonic() >= next_sample:
                 if not samples:
                     cpu_start, frames_start = [cpu_s(pid) for pid in pids], node.counters.frames_processed
                     if args.overload:
-                        # the flood of the warm-up measured what the node sustains: twice that from now
-                        rate_hz = 2.0 * node.counters.frames_processed / (time.monotonic() - t_start)
+                        # CPU seconds per frame over the warm-up, all processes: what the node
+                        # sustains with its workers (or the machine's cores) busy; twice that from now
+                        # (the second half of the warm-up: the start-up's imports and engine loads excluded)
+                        assert mid_warmup is not None
+                        cpu_per_frame = ((sum(cpu_s(pid) for pid in pids) - mid_warmup[0])
+                                         / max(1, node.counters.frames_processed - mid_warmup[1]))
+                        busy = min(len(node.workers), os.cpu_count() or 1)
+                        rate_hz = 2.0 * busy / cpu_per_frame
                         rig.close()
                         daq_sent, daq_dropped = rig.counters.frames_sent, rig.counters.frames_dropped
                         rig = LoopbackDaq(node.receiver_endpoint, itertools.cycle(frames), sndhwm=4,
