@@ -77,6 +77,9 @@ class GroundCounters:
     acks_sent: int                # ack messages sent
     write_failures: int           # batches that could not be stored (not acknowledged)
     fits_writes: int              # FITS files (re)written
+    #: why the ground cannot store what arrives now (disk full, I/O error, read-only media), and
+    #: since when (UTC); None while batches are stored
+    degraded: dict[str, str] | None = None
 
 
 class GroundReceiver:
@@ -117,8 +120,8 @@ class GroundReceiver:
             self._rows.update(rows_by_day(self.out_dir / RECORDS_NAME, load,
                                            start=min(per_day[d][1] for d in load)))
         self._dirty_days |= stale
-        self._records_fh: IO[str] = (self.out_dir / RECORDS_NAME).open("a", encoding="utf-8")
-        self._frames_fh: IO[str] = (self.out_dir / FRAMES_NAME).open("a", encoding="utf-8")
+        self._records_fh: IO[str] | None = (self.out_dir / RECORDS_NAME).open("a", encoding="utf-8")
+        self._frames_fh: IO[str] | None = (self.out_dir / FRAMES_NAME).open("a", encoding="utf-8")
         # the files' directory entries must be durable too before the first ack
         dir_fd = os.open(self.out_dir, os.O_RDONLY)
         try:
@@ -137,6 +140,7 @@ class GroundReceiver:
         self._fits_due = clock() + self.fits_interval_s
         self._n = dict.fromkeys(("received", "records", "summaries", "duplicates", "acks_sent",
                                  "write_failures", "fits_writes"), 0)
+        self._degraded: dict[str, str] | None = None
         self._malformed: dict[str, int] = {}
         log.info("ground.started", address=self.address, out=str(self.out_dir), seen=self._index.count(),
                  indexed_at_start=caught_up, fits_days_to_rebuild=sorted(stale))
@@ -252,10 +256,11 @@ class GroundReceiver:
 
     def _append(self, lines: dict[str, list[str]]) -> dict[str, int] | None:
         """Append and fsync; returns each file's size before the append, or None on failure (disk
-        full, I/O error), after cutting the files back."""
-        handles = {RECORDS_NAME: self._records_fh, FRAMES_NAME: self._frames_fh}
-        sizes = {name: os.fstat(fh.fileno()).st_size for name, fh in handles.items()}
+        full, I/O error, read-only media), after cutting the files back."""
+        sizes: dict[str, int] = {}
         try:
+            handles = self._handles()
+            sizes = {name: os.fstat(fh.fileno()).st_size for name, fh in handles.items()}
             for name, fh in handles.items():
                 if lines[name]:
                     fh.write("".join(lines[name]))
@@ -266,20 +271,38 @@ class GroundReceiver:
             self._n["write_failures"] += 1
             log.error("ground.write_failed", error=str(exc), messages=sum(map(len, lines.values())),
                       out=str(self.out_dir))
-            self._reopen(sizes)
+            if self._degraded is None:
+                # a state, not a crash: nothing is acknowledged, so the nodes keep their records
+                # and send them again until the disk takes them
+                self._degraded = {"error": str(exc), "since": self._utc_now()}
+                log.warning("ground.degraded", error=str(exc), out=str(self.out_dir))
+            self._cut_back(sizes)
             return None
+        if self._degraded is not None:
+            log.warning("ground.recovered", since=self._degraded["since"],
+                        write_failures=self._n["write_failures"], out=str(self.out_dir))
+            self._degraded = None
         return sizes
 
-    def _reopen(self, sizes: dict[str, int]) -> None:
-        # a failed write may leave bytes in the file and in the text buffer: drop both
+    def _handles(self) -> dict[str, IO[str]]:
+        """The two files, opened again after a failure closed them (raises OSError while the disk
+        refuses, e.g. remounted read-only)."""
+        if self._records_fh is None or self._records_fh.closed:
+            self._records_fh = (self.out_dir / RECORDS_NAME).open("a", encoding="utf-8")
+        if self._frames_fh is None or self._frames_fh.closed:
+            self._frames_fh = (self.out_dir / FRAMES_NAME).open("a", encoding="utf-8")
+        return {RECORDS_NAME: self._records_fh, FRAMES_NAME: self._frames_fh}
+
+    def _cut_back(self, sizes: dict[str, int]) -> None:
+        """A failed write may leave bytes in the file and in the text buffer: close both files
+        (their buffers go) and cut them back to ``sizes``; the next batch opens them again."""
         for fh in (self._records_fh, self._frames_fh):
             with contextlib.suppress(OSError):
-                fh.close()
+                if fh is not None:
+                    fh.close()
         for name, size in sizes.items():
             with contextlib.suppress(OSError):
                 os.truncate(self.out_dir / name, size)
-        self._records_fh = (self.out_dir / RECORDS_NAME).open("a", encoding="utf-8")
-        self._frames_fh = (self.out_dir / FRAMES_NAME).open("a", encoding="utf-8")
 
     @staticmethod
     def _decode(parts: list[bytes]) -> DownlinkRecord | FrameSummary:
@@ -294,6 +317,7 @@ class GroundReceiver:
         self._fits_due = self._clock() + self.fits_interval_s
         today = fits_day(self._utc_now())
         written = []
+        failed: set[str] = set()
         for day in sorted(self._dirty_days):
             parts = self._rows.get(day)
             if not parts:
@@ -301,21 +325,32 @@ class GroundReceiver:
             table = stack(parts)
             self._rows[day] = [table]
             path = self.out_dir / FITS_PATTERN.format(day=day)
-            write_table(table, path)
+            try:
+                write_table(table, path)
+            except OSError as exc:
+                # the JSON lines hold every record: the day stays due and is written when the
+                # disk takes it (or rebuilt from the lines at the next start)
+                failed.add(day)
+                log.error("ground.fits_failed", day=day, error=str(exc), path=str(path))
+                with contextlib.suppress(OSError):
+                    path.with_name(path.name + ".tmp").unlink(missing_ok=True)
+                continue
             written.append(path)
             self._n["fits_writes"] += 1
-        self._dirty_days.clear()
-        for day in [d for d in self._rows if d != today]:
+        self._dirty_days = failed
+        for day in [d for d in self._rows if d != today and d not in failed]:
             del self._rows[day]
         return written
 
     def counters(self) -> GroundCounters:
         """A snapshot of the counters."""
-        return GroundCounters(malformed=dict(self._malformed), **self._n)
+        return GroundCounters(malformed=dict(self._malformed),
+                              degraded=dict(self._degraded) if self._degraded else None, **self._n)
 
     def _close_files(self) -> None:
         for fh in (self._records_fh, self._frames_fh):
-            fh.close()
+            if fh is not None:
+                fh.close()
         self._index.close()
 
     def close(self) -> None:
