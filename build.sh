@@ -2,7 +2,7 @@
 # astro-edge: set-up, test, demo, engines, benchmarks. See README.md.
 #
 #   ./build.sh setup     create .venv and install astro-edge with the extras this machine can use
-#   ./build.sh test      set up if needed, then ruff, mypy and the whole test suite (extra args go to pytest)
+#   ./build.sh test      set up if needed (and a C compiler), then ruff, mypy and the whole test suite (extra args go to pytest)
 #   ./build.sh demo      set up if needed, then run the demo (extra args go to `astro-edge demo`)
 #   ./build.sh engines   set up if needed, then `astro-edge engines ARGS...` (default: build)
 #   ./build.sh bench     set up if needed, then run every benchmark in bench/ (or the ones named)
@@ -189,8 +189,21 @@ ensure_setup() {
     fi
 }
 
+# the disk-fault tests compile a small preloaded shim (tests/faults/ioshim.c)
+ensure_cc() {
+    if command -v cc >/dev/null 2>&1 || command -v gcc >/dev/null 2>&1; then return; fi
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        say "installing a C compiler (gcc) for the disk-fault tests"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev >/dev/null
+    else
+        say "the disk-fault tests need a C compiler: sudo apt install gcc (or your system's equivalent)"
+        exit 1
+    fi
+}
+
 cmd_test() {
     ensure_setup
+    ensure_cc
     # lint and types first: a suite that passes on code ruff or mypy refuses does not pass
     say "ruff check"
     "$VENV/bin/ruff" check .

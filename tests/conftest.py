@@ -60,3 +60,59 @@ def _structlog_defaults():
     structlog.reset_defaults()
     yield
     structlog.reset_defaults()
+
+
+class DiskFault:
+    """A disk that fails on command under one path prefix (tests/faults/ioshim.c, preloaded into
+    the processes started with :attr:`env`): ``fail("ENOSPC" | "EIO" | "EROFS")`` makes every
+    write and sync there fail in the kernel's words until ``heal()``."""
+
+    def __init__(self, library: Path, prefix: Path, control: Path) -> None:
+        self.prefix = prefix
+        self.control = control
+        #: the environment of a process whose writes under ``prefix`` obey this fault
+        self.env = {**os.environ, "LD_PRELOAD": str(library), "IOSHIM_PREFIX": str(prefix),
+                    "IOSHIM_CONTROL": str(control)}
+
+    def fail(self, error: str) -> None:
+        """From now on, writes and syncs under the prefix fail with ``error``."""
+        assert error in ("ENOSPC", "EIO", "EROFS"), error
+        self.control.write_text(error)
+
+    def heal(self) -> None:
+        """The disk works again."""
+        self.control.unlink(missing_ok=True)
+
+    def refusals(self) -> int:
+        """How many calls the shim has refused so far, over every process."""
+        counts = self.control.with_name(self.control.name + ".count")
+        return len(counts.read_text().splitlines()) if counts.exists() else 0
+
+
+@pytest.fixture(scope="session")
+def ioshim(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fault shim, compiled for this machine (./build.sh setup installs a C compiler)."""
+    import shutil
+    import subprocess
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    assert cc, "the disk-fault tests compile tests/faults/ioshim.c: install a C compiler (./build.sh setup does)"
+    library = tmp_path_factory.mktemp("ioshim") / "libioshim.so"
+    subprocess.run([cc, "-shared", "-fPIC", "-O2", "-o", str(library),
+                    str(REPO / "tests" / "faults" / "ioshim.c"), "-ldl"], check=True)
+    return library
+
+
+@pytest.fixture
+def disk_fault(ioshim: Path, tmp_path: Path):
+    """``disk_fault(prefix)``: a :class:`DiskFault` for the files under ``prefix``."""
+    made: list[DiskFault] = []
+
+    def make(prefix: Path) -> DiskFault:
+        fault = DiskFault(ioshim, prefix, tmp_path / f"ioshim-{len(made)}.ctl")
+        made.append(fault)
+        return fault
+
+    yield make
+    for fault in made:
+        fault.heal()

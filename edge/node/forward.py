@@ -23,6 +23,11 @@ from edge.node.health import Health
 
 log = get_logger(__name__)
 
+#: after a spool failure the downlink counts as recovered once an acknowledged record was deleted
+#: from the spool, or once this many seconds passed without a failure (a pump that only reads
+#: proves nothing about a disk that refuses writes)
+RECOVERED_AFTER_S = 30.0
+
 
 class Forwarder:
     """The downlink thread and the figures it last reported."""
@@ -84,6 +89,7 @@ class Forwarder:
                           ack_timeout_s=cfg.ack_timeout_s, curve=curve, max_tries=cfg.max_tries,
                           compression=cfg.compression) as downlink:
                 backoff_s = 0.0
+                failed_at: tuple[float, int] | None = None   # (when, acked then) of the last spool failure
                 while not self._stop.is_set():
                     self.last_turn = time.monotonic()
                     if self._flush.is_set():
@@ -95,11 +101,14 @@ class Forwarder:
                         # the disk under the spool failed: wait (0.1 s doubling to 5 s) and retry;
                         # unacknowledged records stay spooled and are sent again
                         self.health.degraded("downlink", exc)
+                        failed_at = (time.monotonic(), downlink.counters().acked)
                         backoff_s = min(5.0, max(0.1, 2 * backoff_s))
                         self._stop.wait(backoff_s)
                         continue
-                    if backoff_s:
-                        backoff_s = 0.0
+                    backoff_s = 0.0
+                    if failed_at is not None and (downlink.counters().acked > failed_at[1]
+                                                  or time.monotonic() - failed_at[0] > RECOVERED_AFTER_S):
+                        failed_at = None
                         self.health.ok("downlink")
                     self._watch_ground(downlink)
                     self.counters = asdict(downlink.counters())

@@ -1,12 +1,12 @@
-"""A spool whose disk fails under a running node: real write failures, injected by lowering the
-node process's file-size limit (RLIMIT_FSIZE) from outside, so that every spool commit fails in
-the kernel with EFBIG, as a full disk fails one with ENOSPC. Once: the limit is lifted again and
-the node recovers by itself. Forever: it never is, and the node still never exits on its own."""
+"""A disk that fails under a running node: real write failures, injected below SQLite and the
+ground's files by a preloaded shim (tests/faults/ioshim.c) that makes write, pwrite, fsync and
+fdatasync on the spool's (or the ground's) files fail with ENOSPC, EIO or EROFS, as a full disk, a
+failing one and media remounted read-only do. Once: the disk comes back and the node (or the
+ground) recovers by itself. Forever: it never does, and neither ever exits on its own."""
 
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 import threading
@@ -23,8 +23,8 @@ from ..conftest import kill_if_running, stop_node, write_node_toml
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
-#: a commit writes at least two pages to the WAL; no WAL write past 8 KiB succeeds
-FAILING_LIMIT = 8192
+#: what SQLite makes of each errno (its message, in the node's log)
+SQLITE_SAYS = {"ENOSPC": "database or disk is full", "EIO": "disk I/O error", "EROFS": "disk I/O error"}
 
 
 class _Log:
@@ -54,42 +54,49 @@ class _Log:
                 if e.get("event") == event and all(e.get(k) == v for k, v in match.items())]
 
 
-def _wait(predicate: Any, timeout_s: float, what: str) -> None:
+def _wait(predicate: Any, timeout_s: float, what: Any) -> None:
+    """Wait for ``predicate()``; ``what`` (text, or a function that says it at the timeout) names it."""
     end = time.monotonic() + timeout_s
     while not predicate():
-        assert time.monotonic() < end, f"timed out waiting for {what}"
+        assert time.monotonic() < end, f"timed out waiting for {what() if callable(what) else what}"
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("mode", ["once", "forever"])
+@pytest.mark.parametrize(("error", "mode"), [("ENOSPC", "once"), ("ENOSPC", "forever"), ("EIO", "once"),
+                                             ("EIO", "forever"), ("EROFS", "once")])
 def test_a_failing_spool_disk_degrades_the_node_and_it_recovers_when_the_disk_returns(
-        mode: str, tmp_path: Path, tiny_engine: Path, small_twin: Any) -> None:
-    """Frames 0-2 spool; the limit drops and frames 3-5 cannot be kept: the node reports the spool
-    degraded, counts them as dropped with their sequence numbers and goes on. Once: the limit
-    returns, frames 6-8 reach the ground, the node reports the spool recovered and the next summary
-    names 3-5 as dropped. Forever: frames 6-8 are dropped too, and the node still stops only when
-    told to, with exit code 0 and its counters conserved."""
+        error: str, mode: str, tmp_path: Path, tiny_engine: Path, small_twin: Any, disk_fault: Any) -> None:
+    """Frames 0-2 spool; the spool's disk fails and frames 3-5 cannot be kept: the node reports the
+    spool degraded with SQLite's words for the error, counts them as dropped with their sequence
+    numbers and goes on. Once: the disk returns, frames 6-8 reach the ground, the node reports the
+    spool recovered and the next summary names 3-5 as dropped. Forever: frames 6-8 are dropped
+    too, and the node still stops only when told to, with exit code 0 and its counters conserved."""
     ground = Ground(tmp_path / "ground")
     config, port = write_node_toml(tmp_path, "fault-node", tiny_engine, ground.address, "[log]\njson = true\n")
     status = tmp_path / "status.json"
+    disk = disk_fault(tmp_path / "spool.sqlite")
     node = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", str(config),
-                             "--status-file", str(status)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                             "--status-file", str(status)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env=disk.env)
     log = _Log(node)
     fail, heal = threading.Event(), threading.Event()
     frames = [simulate_frame(small_twin, i, 11) for i in range(9)]
     try:
         daq = LoopbackDaq(f"tcp://127.0.0.1:{port}", frames, series_id=4, gates={3: fail, 6: heal})
         _wait(lambda: {s.frame for s in ground.summaries()} >= {0, 1, 2}, 120, "frames 0-2 at the ground")
-        resource.prlimit(node.pid, resource.RLIMIT_FSIZE, (FAILING_LIMIT, resource.RLIM_INFINITY))
+        disk.fail(error)
         fail.set()
         _wait(lambda: len(log.named("frame.dropped", stage="spool")) >= 3, 120, "frames 3-5 dropped at the spool")
-        # the downlink's deletes of acknowledged records fail on the same disk; the status file may too
-        parts = [e["part"] for e in log.named("node.degraded")]
-        assert "spool" in parts and set(parts) <= {"spool", "downlink", "status_file"}
+        assert disk.refusals() > 0
+        # the downlink's deletes of acknowledged records fail on the same disk
+        degraded = log.named("node.degraded")
+        parts = [e["part"] for e in degraded]
+        assert "spool" in parts and set(parts) <= {"spool", "downlink"}
         assert len(parts) == len(set(parts)), "a part's degradation is logged once, not per fault"
+        assert SQLITE_SAYS[error] in next(e for e in degraded if e["part"] == "spool")["error"]
         assert node.poll() is None, "the node ended when its spool failed"
         if mode == "once":
-            resource.prlimit(node.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+            disk.heal()
         heal.set()
         daq.join(120)
         if mode == "once":
@@ -99,7 +106,6 @@ def test_a_failing_spool_disk_degrades_the_node_and_it_recovers_when_the_disk_re
             _wait(lambda: len(log.named("frame.dropped", stage="spool")) >= 6, 120, "frames 6-8 dropped")
             time.sleep(2.0)
             assert node.poll() is None, "the node ended while its spool kept failing"
-            resource.prlimit(node.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
         assert stop_node(node) == 0
     finally:
         ground.close()
@@ -121,3 +127,60 @@ def test_a_failing_spool_disk_degrades_the_node_and_it_recovers_when_the_disk_re
         assert at_ground == [0, 1, 2]
         assert counters["frames_dropped"] == 6
         assert counters["frames_processed"] == 3
+
+
+@pytest.mark.parametrize(("error", "mode"), [("ENOSPC", "once"), ("EIO", "forever")])
+def test_a_failing_ground_disk_loses_nothing_and_the_ground_recovers_when_it_returns(
+        error: str, mode: str, tmp_path: Path, tiny_engine: Path, small_twin: Any, disk_fault: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Frames 0-2 reach the ground; its disk fails, and what frames 3-5 send is neither stored
+    nor acknowledged, so the node keeps it spooled and sends it again. Once: the disk returns and
+    every record arrives exactly once, and the ground reports itself recovered. Forever: the ground
+    still runs and says why it is degraded, and the node still holds every record of frames 3-5."""
+    disk = disk_fault(tmp_path / "ground")
+    with monkeypatch.context() as env:   # the ground's process (spawned now) loads the shim
+        for name in ("LD_PRELOAD", "IOSHIM_PREFIX", "IOSHIM_CONTROL"):
+            env.setenv(name, disk.env[name])
+        ground = Ground(tmp_path / "ground", own_process=True)
+    config, port = write_node_toml(tmp_path, "fault-node", tiny_engine, ground.address, "[log]\njson = true\n")
+    status = tmp_path / "status.json"
+    node = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", str(config),
+                             "--status-file", str(status)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log = _Log(node)
+    fail = threading.Event()
+    frames = [simulate_frame(small_twin, i, 12) for i in range(6)]
+    try:
+        daq = LoopbackDaq(f"tcp://127.0.0.1:{port}", frames, series_id=5, gates={3: fail})
+        _wait(lambda: {s.frame for s in ground.summaries()} == {0, 1, 2}, 120, "frames 0-2 at the ground")
+        disk.fail(error)
+        fail.set()
+        daq.join(120)
+        _wait(lambda: len(log.named("frame.processed")) == 6, 120, "frames 3-5 processed")
+        _wait(lambda: disk.refusals() > 0, 30, "the ground's disk refusing a batch")
+        time.sleep(3.0)   # a few ack timeouts: the node sends again, the ground refuses again
+        assert {s.frame for s in ground.summaries()} == {0, 1, 2}, "nothing reached the ground's files"
+        sent_later = sum(e["sent"] for e in log.named("frame.processed") if e["seq"] >= 3)
+        held = {"record": sent_later, "frame_summary": 3}
+        seen: list[Any] = []
+        _wait(lambda: seen.append(json.loads(status.read_text())["spool"]) or seen[-1]["pending"] == held,
+              30, lambda: f"the node holding every record and summary of frames 3-5 ({held}; last status: {seen[-1:]})")
+        if mode == "once":
+            disk.heal()
+            _wait(lambda: {s.frame for s in ground.summaries()} == set(range(6)), 120, "every frame at the ground")
+        assert node.poll() is None
+        assert stop_node(node) == 0
+    finally:
+        ground.close()
+        kill_if_running(node)
+        log.close()
+    counters = ground.counters
+    assert counters is not None and counters.write_failures > 0
+    records = [r.record_id for r in ground.records()]
+    assert len(records) == len(set(records)), "a record stored twice"
+    announced = sum(s.sent for s in ground.summaries())
+    if mode == "once":
+        assert counters.degraded is None
+        assert len(records) == announced == sum(e["sent"] for e in log.named("frame.processed"))
+    else:
+        assert counters.degraded is not None and "Input/output error" in counters.degraded["error"]
+        assert len(records) == announced
