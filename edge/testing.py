@@ -168,6 +168,8 @@ class LoopbackDaq:
     dropped and counted (0: never, like a flight DAQ); at the end the sender lingers as long, so
     nothing queued is lost. ``rate_hz`` paces the frames (0: as fast as the node takes them).
     ``gates`` maps a frame's position (from 0) to an event that must be set before that frame is sent.
+    ``series_start_utc`` is the series start's time (default: when it leaves); give a series sent
+    again after a node crash its first start time.
 
     ``join()`` waits for the whole series; ``close()`` (and leaving a ``with`` block) stops it
     early. Both raise what stopped the thread.
@@ -175,11 +177,13 @@ class LoopbackDaq:
 
     def __init__(self, address: str, frames: Iterable[FrameSource | TwinFrame], *, series_id: int = 1,
                  expected_frames: int | None = None, sndhwm: int = 1, send_timeout_ms: int = 60_000,
-                 rate_hz: float = 0.0, gates: Mapping[int, threading.Event] | None = None) -> None:
+                 rate_hz: float = 0.0, gates: Mapping[int, threading.Event] | None = None,
+                 series_start_utc: str | None = None) -> None:
         """``expected_frames`` goes in the series start (default: ``len(frames)`` when it has one)."""
         self.address = address
         self._frames = frames
         self._series_id = series_id
+        self._series_start_utc = series_start_utc
         self._expected = len(frames) if expected_frames is None and isinstance(frames, Sized) else expected_frames
         self._sndhwm = sndhwm
         self._send_timeout_ms = send_timeout_ms
@@ -197,7 +201,8 @@ class LoopbackDaq:
             with FrameSender(self.address, detector_id=DETECTOR_ID, sndhwm=self._sndhwm,
                              send_timeout_ms=self._send_timeout_ms) as sender:
                 self.counters = sender.counters
-                sender.start_series(self._series_id, expected_frames=self._expected)
+                sender.start_series(self._series_id, expected_frames=self._expected,
+                                    start_utc=self._series_start_utc)
                 t0 = time.monotonic()
                 for i, frame in enumerate(self._frames):
                     if self._stop.is_set() or not self._wait_gate(i):

@@ -138,14 +138,20 @@ class FrameSender:
         return False
 
     def start_series(self, series_id: int | None = None, *, expected_frames: int | None = None,
-                     keywords: Keywords | None = None) -> bool:
-        """Open a series (default: the previous id + 1); its frames count seq from 0."""
+                     keywords: Keywords | None = None, start_utc: str | None = None) -> bool:
+        """Open a series (default: the previous id + 1); its frames count seq from 0.
+
+        ``start_utc`` (default: now) names the series with its id: a DAQ that sends a series again
+        (the node crashed) gives its original start time, so the node skips the frames it already
+        finished; a new start time under a known id is a new run of that id (docs/protocol.md 2.7).
+        """
         self.series_id = self.series_id + 1 if series_id is None else int(series_id)
         self._next_seq = 0
         self._series_sent = self.counters.frames_sent
         self._series_dropped = self.counters.frames_dropped
         return self._control(encode_series_start(
-            detector_id=self.detector_id, series_id=self.series_id, start_utc=self._now(),
+            detector_id=self.detector_id, series_id=self.series_id,
+            start_utc=self._now() if start_utc is None else start_utc,
             expected_frames=expected_frames, keywords=keywords))
 
     def end_series(self) -> bool:

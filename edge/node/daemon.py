@@ -48,7 +48,7 @@ from edge.node.engine_swap import EngineSwap
 from edge.node.forward import Forwarder
 from edge.node.health import Health
 from edge.node.housekeeping import Housekeeping
-from edge.node.ingest import DoneSets, Ingest
+from edge.node.ingest import DoneSets, Ingest, SeriesBook
 from edge.node.pool import PipelineBuilder, WorkerPool
 from edge.node.status import housekeeping_figures, node_status, write_status
 from edge.node.supervision import SystemdNotifier
@@ -83,7 +83,8 @@ class NodeDaemon:
         self.housekeeping: Housekeeping | None = None
         self.operator = OperatorState(config.triage)
         self.done = DoneSets(self._read_checkpoint)   # finished frames per series, mirrored in the spool
-        self.ingest = Ingest(config.receive, self.counters, self.done)
+        self.ingest = Ingest(config.receive, self.counters, self.done,
+                             SeriesBook(self._read_checkpoint, self._write_checkpoint))
         self.pool = WorkerPool(config.node, build, bundle_override, self.counters, self._worker_config)
         self.engines = EngineSwap(config.engine, self.pool, self._finish_in_workers)
         self.forwarder = Forwarder(config.downlink, self.health)
@@ -335,6 +336,15 @@ class NodeDaemon:
 
     def _read_checkpoint(self, key: str) -> str | None:
         return self.spool.checkpoint(key) if self.spool is not None else None
+
+    def _write_checkpoint(self, key: str, value: str) -> None:
+        """Store one checkpoint on its own (a series' run); a failing disk leaves it in memory only."""
+        if self.spool is None:
+            return
+        try:
+            self.spool.put([], checkpoint={key: value})
+        except SpoolError as exc:
+            self.health.degraded("spool", exc)
 
     def _worker_config(self) -> NodeConfig:
         """The config a new worker is built with: the engine and policy the node runs now."""

@@ -56,7 +56,9 @@ def test_kill_9_and_restart_gives_every_record_exactly_once(tmp_path: Path, tiny
     log = (tmp_path / "node.log").open("ab")
     try:
         node = _start_node(config, status, log)
-        sender = LoopbackDaq(f"tcp://127.0.0.1:{port}", frames, series_id=3)
+        # the series keeps its start time when it is sent again: the same series, not a new run of id 3
+        started = "2026-12-03T20:00:00.000000Z"
+        sender = LoopbackDaq(f"tcp://127.0.0.1:{port}", frames, series_id=3, series_start_utc=started)
         _wait(lambda: _status(status).get("counters", {}).get("frames_processed", 0) >= 3, 120,
               "three frames processed")
         node.send_signal(signal.SIGKILL)
@@ -66,7 +68,7 @@ def test_kill_9_and_restart_gives_every_record_exactly_once(tmp_path: Path, tiny
         # the DAQ re-sends the series; the restarted node skips the frames already spooled
         node = _start_node(config, status, log)
         time.sleep(0.5)
-        sender = LoopbackDaq(f"tcp://127.0.0.1:{port}", frames, series_id=3)
+        sender = LoopbackDaq(f"tcp://127.0.0.1:{port}", frames, series_id=3, series_start_utc=started)
         sender.join(120)
         _wait(lambda: len({s.frame for s in ground.summaries()}) == len(frames), 120, "every summary at the ground")
         announced = sum(s.sent for s in ground.summaries())

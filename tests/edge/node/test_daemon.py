@@ -153,6 +153,31 @@ def test_workers_past_their_frame_limit_are_replaced_between_frames(node_config_
     assert len(records) == len({r.record_id for r in records}) == c.spooled
 
 
+def test_a_daq_that_restarts_and_reuses_its_series_id_has_every_new_frame_processed(
+        node_config_factory, small_twin, ground: Ground) -> None:
+    """A DAQ sends series 9; it restarts and counts series 9 from seq 0 again, with a new start
+    time: every frame of the new run is processed (none taken for a duplicate), its records and
+    summaries reach the ground under series 9-1 beside the first run's; the same run sent again
+    (its original start time) is skipped as duplicates."""
+    cfg = node_config_factory(receive={"queue_policy": "block", "queue_frames": 2},
+                              downlink={"address": ground.address, "ack_timeout_s": 2.0})
+    frames = _twin_frames(small_twin, 3)
+    runs = ["2026-12-03T20:00:00.000000Z", "2026-12-03T21:00:00.000000Z", "2026-12-03T21:00:00.000000Z"]
+    with NodeDaemon(cfg) as node:
+        c = node.counters
+        for n, start in enumerate(runs, 1):
+            sender = LoopbackDaq(node.receiver_endpoint, frames, series_id=9, series_start_utc=start)
+            _run_until(node, lambda n=n: c.frames_processed + c.frames_duplicate == n * len(frames))
+            sender.join(10)
+        _run_until(node, lambda: len(node.spool) == 0, timeout_s=60)
+    assert c.frames_processed == 6 and c.frames_duplicate == 3 and c.conserved()
+    by_series = sorted((s.series_id, s.frame) for s in ground.summaries())
+    assert by_series == [("9", 0), ("9", 1), ("9", 2), ("9-1", 0), ("9-1", 1), ("9-1", 2)]
+    records = ground.records()
+    assert len(records) == len({r.record_id for r in records}) == c.spooled > 0
+    assert {r.series_id for r in records} == {"9", "9-1"}
+
+
 @contextlib.contextmanager
 def _busy_worker(node_config_factory: Any, small_twin: Any, ground: Ground, *, series_id: int,
                  **node_section: Any) -> Iterator[tuple[NodeDaemon, LoopbackDaq, list[Any]]]:
