@@ -123,7 +123,8 @@ def test_a_frame_read_in_the_wrong_byte_order_sends_at_most_the_per_frame_cap(no
     good_sent = build_pipeline(node_config_factory()).process(frame).summary.sent
     cap = good_sent + 1    # the frame read right stays under the cap
     pipeline = build_pipeline(node_config_factory(triage={"max_records_per_frame": cap}))
-    good = pipeline.process(frame).summary
+    good_result = pipeline.process(frame)
+    good = good_result.summary
     assert good.capped == 0 and good.sent == good_sent
     raw = np.ascontiguousarray(frame.pixels)
     swapped = raw.view(raw.dtype.newbyteorder())     # the same bytes read the other way round
@@ -133,6 +134,12 @@ def test_a_frame_read_in_the_wrong_byte_order_sends_at_most_the_per_frame_cap(no
     assert s.sent == len(result.records) == cap
     assert s.capped > 0 and s.sent + s.suppressed == s.detections
     assert sum(s.sent_by_reason.values()) >= cap and all(r.reasons for r in result.records)
+    # a record's size is fixed by its stamp, so the cap bounds the frame's bytes too: no more
+    # than the cap's worth of the good frame's largest record (a tenth more for longer reasons)
+    from edge.codec import encode_msgpack
+
+    largest = max(len(encode_msgpack(r)) for r in good_result.records)
+    assert sum(len(encode_msgpack(r)) for r in result.records) <= 1.1 * cap * largest
 
 
 def test_summaries_written_before_the_cap_read_as_uncapped() -> None:
