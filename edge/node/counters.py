@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edge.records import FrameSummary
 
 #: how many of the most recent dropped sequence numbers the counters (and so every status and
 #: housekeeping message) carry; every drop is also in the next frame summary's ``dropped_frames``
@@ -32,12 +35,30 @@ class NodeCounters:
     detections: int = 0
     suppressed: int = 0
     capped: int = 0               # of the suppressed: kept back by [triage] max_records_per_frame
+    by_class: dict[str, int] = field(default_factory=dict)         # detections by predicted class
+    sent_by_reason: dict[str, int] = field(default_factory=dict)   # records sent, by reason
     spooled: int = 0              # records committed to the spool (they leave as acked or evicted)
     spool_duplicates: int = 0
     evicted: int = 0
     latency_ms: list[float] = field(default_factory=list)   # receive -> spooled, last 1000 frames
     workers_recycled: int = 0     # workers replaced after [node] worker_max_frames frames
     workers_died: int = 0         # worker processes that ended on their own (and were replaced)
+
+    def add_frame(self, s: FrameSummary, *, duplicates: int, evicted: int, latency_ms: float) -> None:
+        """Count a frame whose records and summary are in the spool (``duplicates`` of its records
+        were there already, ``evicted`` others made room), ``latency_ms`` after it arrived."""
+        self.frames_processed += 1
+        self.detections += s.detections
+        self.suppressed += s.suppressed
+        self.capped += s.capped
+        self.spooled += s.sent
+        self.spool_duplicates += duplicates
+        self.evicted += evicted
+        for into, add in ((self.by_class, s.by_class), (self.sent_by_reason, s.sent_by_reason)):
+            for key, n in add.items():
+                into[key] = into.get(key, 0) + n
+        self.latency_ms.append(latency_ms)
+        del self.latency_ms[:-1000]
 
     def conserved(self) -> bool:
         """Both conservation laws hold."""

@@ -300,18 +300,13 @@ class NodeDaemon:
         done.add(s.frame)
         self.health.ok("spool")
         n_dup = sum(1 for i in put.duplicates if i != s.id)
-        c.frames_processed += 1
         self.engines.note_shadow(result.shadow)
-        c.detections += s.detections
-        c.suppressed += s.suppressed
-        c.capped += s.capped
-        c.spooled += s.sent
-        c.spool_duplicates += n_dup
-        c.evicted += len(put.evicted)
-        c.latency_ms.append((time.monotonic() - received_at) * 1000.0)
+        c.add_frame(s, duplicates=n_dup, evicted=len(put.evicted),
+                    latency_ms=(time.monotonic() - received_at) * 1000.0)
         for stage, ms in s.timings_ms.items():
             self._stage_ms.setdefault(stage, deque(maxlen=1000)).append(ms)
-        del c.latency_ms[:-1000]
+        if self.housekeeping is not None:
+            self.housekeeping.observe(c.latency_ms[-1], s.timings_ms)
         log.info("frame.processed", series=s.series_id, seq=s.frame, detections=s.detections,
                  sent=s.sent, suppressed=s.suppressed, noise_model=s.noise_model,
                  ms=round(c.latency_ms[-1], 1))

@@ -1,51 +1,31 @@
-"""Housekeeping: the node's figures on a PUB socket every few seconds, and the same figures as a
-Prometheus text endpoint when the config asks for one.
+"""Housekeeping: the node's figures on a PUB socket every few seconds, and the same figures as
+Prometheus metrics when the config asks for them.
 
 PUB messages are two parts: the topic ``housekeeping`` and one JSON object (docs/operations.md).
-The HTTP endpoint serves ``GET /metrics`` from a thread of its own; it only reads the latest
-figures, which the daemon's thread replaces as a whole.
+The HTTP endpoint serves ``GET /metrics`` from a thread of its own (:mod:`edge.node.metrics`
+makes the metric families); it only reads the latest figures, which the daemon's thread replaces
+as a whole, and the frame-time histograms the daemon observes.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import zmq
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from edge.errors import TransportError
 from edge.liveness import keep_alive
 from edge.log import get_logger
+from edge.node.metrics import FrameTimings, node_registry
 
 log = get_logger(__name__)
 
 TOPIC = b"housekeeping"
-
-
-def flatten(figures: dict[str, Any], prefix: str = "astro_edge") -> dict[str, float]:
-    """Numeric leaves of nested figures as Prometheus-style names (``astro_edge_counters_frames_received``)."""
-    out: dict[str, float] = {}
-    for key, value in figures.items():
-        name = f"{prefix}_{''.join(c if c.isalnum() else '_' for c in str(key))}"
-        if isinstance(value, (bool, int, float)):
-            out[name] = float(value)
-        elif isinstance(value, dict):
-            out.update(flatten(value, name))
-        elif isinstance(value, list) and value and all(isinstance(v, (int, float)) for v in value):
-            for i, v in enumerate(value):
-                out[f"{name}_{i}"] = float(v)
-    return out
-
-
-def prometheus_text(figures: dict[str, Any]) -> str:
-    """The figures in Prometheus' text exposition format, every number a gauge."""
-    lines = []
-    for name, value in sorted(flatten(figures).items()):
-        lines.append(f"# TYPE {name} gauge")
-        lines.append(f"{name} {value!r}")
-    return "\n".join(lines) + "\n"
 
 
 class Housekeeping:
@@ -55,6 +35,7 @@ class Housekeeping:
         self._latest: dict[str, Any] = {}
         self._sock: zmq.Socket[Any] | None = None
         self._http: ThreadingHTTPServer | None = None
+        self._timings: FrameTimings | None = None
         self.endpoint = ""
         self.prometheus_port: int | None = None
         if address:
@@ -70,16 +51,16 @@ class Housekeeping:
             self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
         if prometheus_address:
             host, _, port = prometheus_address.rpartition(":")
-            owner = self
+            registry, self._timings = node_registry(lambda: self._latest)
 
             class Handler(BaseHTTPRequestHandler):
                 def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
                     if self.path.rstrip("/") != "/metrics":
                         self.send_error(404, "only /metrics is served here")
                         return
-                    body = prometheus_text(owner._latest).encode()
+                    body = generate_latest(registry)
                     self.send_response(200)
-                    self.send_header("Content-Type", "text/plain; version=0.0.4")
+                    self.send_header("Content-Type", CONTENT_TYPE_LATEST)
                     self.send_header("Content-Length", str(len(body)))
                     self.end_headers()
                     self.wfile.write(body)
@@ -95,6 +76,11 @@ class Housekeeping:
             self.prometheus_port = int(self._http.server_address[1])
             threading.Thread(target=self._http.serve_forever, name="prometheus", daemon=True).start()
         log.info("housekeeping.opened", pub=self.endpoint or None, prometheus_port=self.prometheus_port)
+
+    def observe(self, latency_ms: float, stages_ms: Mapping[str, float]) -> None:
+        """A frame finished ``latency_ms`` after it arrived, its stages taking ``stages_ms``."""
+        if self._timings is not None:
+            self._timings.observe(latency_ms, stages_ms)
 
     def publish(self, figures: dict[str, Any]) -> None:
         """Publish one housekeeping message and keep it for the Prometheus endpoint."""

@@ -26,6 +26,7 @@ from edge.node.counters import NodeCounters
 from edge.node.engine_swap import EngineSwap
 from edge.node.health import Health
 from edge.node.ingest import Ingest
+from edge.node.metrics import worker_rss_bytes
 from edge.node.pool import WorkerPool
 from edge.node.supervision import process_figures
 from edge.records import DownlinkRecord
@@ -51,6 +52,7 @@ def node_status(node_id: str, counters: NodeCounters, *, engines: EngineSwap, op
         "shadow": engines.shadow_status(),
         "queue_depth": len(ingest),
         "worker_frames": [w.frames_submitted for w in pool.workers],
+        "worker_pids": [w.pid for w in pool.workers],
         "counters": counters.snapshot(),
         # with each DAQ's own figures from its last heartbeat (frames it sent and dropped)
         "receiver": {**receiver.counters.as_dict(), "daq": dict(receiver.daq)} if receiver is not None else None,
@@ -61,14 +63,15 @@ def node_status(node_id: str, counters: NodeCounters, *, engines: EngineSwap, op
 
 def housekeeping_figures(status: dict[str, Any], stage_ms: Mapping[str, deque[float]],
                          spool: Spool | None) -> dict[str, Any]:
-    """``status`` plus per-stage latency p50/p99 (ms), the spool's oldest record's age and the
-    process's CPU, memory and GPU figures."""
+    """``status`` plus per-stage latency p50/p99 (ms), the spool's oldest record's age, the
+    process's CPU, memory and GPU figures and each worker's resident memory."""
     figures = status
     figures["stage_latency_ms"] = {
         stage: {"p50": float(np.percentile(v, 50)), "p99": float(np.percentile(v, 99))}
         for stage, v in stage_ms.items() if v}
     figures["spool_oldest_age_s"] = spool_oldest_age_s(spool)
     figures["process"] = process_figures()
+    figures["worker_rss_bytes"] = worker_rss_bytes(status.get("worker_pids") or [])
     return figures
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 import urllib.request
 from collections import deque
 from pathlib import Path
@@ -94,10 +95,20 @@ def test_a_dead_downlink_loop_stops_the_watchdog_pings(node_config_factory, noti
         node.close()
 
 
-def test_housekeeping_pub_and_prometheus(node_config_factory) -> None:
-    """The PUB socket carries the node's figures and /metrics serves the same as gauges."""
+def test_housekeeping_pub_and_prometheus(node_config_factory, small_twin, ground) -> None:
+    """The PUB socket carries the node's figures; /metrics, scraped over HTTP and read with
+    prometheus_client's own parser, carries them as typed metrics: counters with labels per
+    reason, class, kind and stage, histograms of a frame's time, gauges, the process's memory
+    and descriptors, each worker's memory; the values are the node's own."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from edge.testing import LoopbackDaq
+    from twin import simulate_frame
+
     cfg = node_config_factory(housekeeping={"address": "tcp://127.0.0.1:0", "interval_s": 0.1,
-                                            "prometheus_address": "127.0.0.1:0"})
+                                            "prometheus_address": "127.0.0.1:0"},
+                              receive={"queue_policy": "block", "queue_frames": 2},
+                              downlink={"address": ground.address})
     node = NodeDaemon(cfg)
     node.start()
     ctx = zmq.Context.instance()
@@ -106,28 +117,68 @@ def test_housekeeping_pub_and_prometheus(node_config_factory) -> None:
     sub.setsockopt(zmq.SUBSCRIBE, b"housekeeping")
     try:
         sub.connect(node.housekeeping.endpoint)
-        turns = iter(range(10_000))
+        frames = [simulate_frame(small_twin, i, 6) for i in range(3)]
+        daq = LoopbackDaq(node.receiver_endpoint, frames, series_id=1)
+        # a malformed message: a reason to label
+        raw = ctx.socket(zmq.PUSH)
+        raw.setsockopt(zmq.LINGER, 0)
+        raw.connect(node.receiver_endpoint)
+        raw.send_multipart([b"not a header"])
+        raw.close()
         message = None
+        deadline = time.monotonic() + 120
 
         def stop() -> bool:
             nonlocal message
-            if sub.poll(0):
+            while sub.poll(0):
                 message = sub.recv_multipart()
-            return message is not None or next(turns) > 5_000
+            done = node.counters.frames_processed == len(frames) and node.counters.frames_rejected == 1
+            return (done and message is not None and json.loads(message[1])["counters"]["frames_processed"] == 3
+                    ) or time.monotonic() > deadline
 
         node.run(stop)
+        daq.join(10)
         assert message is not None and message[0] == b"housekeeping"
         figures = json.loads(message[1])
-        for key in ("counters", "engine_id", "policy_version", "queue_depth", "spool", "process", "stage_latency_ms"):
+        for key in ("counters", "engine_id", "policy_version", "queue_depth", "spool", "process",
+                    "stage_latency_ms", "worker_rss_bytes"):
             assert key in figures, key
-        assert figures["process"]["memory_rss_bytes"] > 0
+        assert figures["process"]["memory_rss_bytes"] > 0 and figures["worker_rss_bytes"][0] > 0
         url = f"http://127.0.0.1:{node.housekeeping.prometheus_port}/metrics"
-        body = urllib.request.urlopen(url, timeout=5).read().decode()
-        assert "# TYPE astro_edge_counters_frames_received gauge" in body
-        assert "astro_edge_policy_version 1.0" in body
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            assert reply.headers["Content-Type"].startswith("text/plain")
+            body = reply.read().decode()
+        c = node.counters
     finally:
         sub.close()
         node.close()
+    families = {f.name: f for f in text_string_to_metric_families(body)}
+
+    def value(name: str, **labels: str) -> float:
+        return next(s.value for s in families[name].samples
+                    if s.name.endswith(("_total", name)) and s.labels == labels)
+
+    assert families["astro_edge_frames_processed"].type == "counter"
+    assert value("astro_edge_frames_processed") == c.frames_processed == 3
+    assert value("astro_edge_detections") == c.detections > 0
+    assert value("astro_edge_frames_rejected", reason="header_decode") == 1
+    by_class = {s.labels["class"]: s.value for s in families["astro_edge_detections_by_class"].samples
+                if s.name.endswith("_total")}
+    assert by_class == c.by_class and sum(by_class.values()) == c.detections
+    sent = {s.labels["reason"]: s.value for s in families["astro_edge_records_sent_by_reason"].samples
+            if s.name.endswith("_total")}
+    assert sent == c.sent_by_reason
+    latency = families["astro_edge_frame_latency_seconds"]
+    assert latency.type == "histogram"
+    assert next(s.value for s in latency.samples if s.name.endswith("_count")) == 3
+    stages = {s.labels["stage"] for s in families["astro_edge_stage_seconds"].samples if s.name.endswith("_count")}
+    assert {"detect", "infer"} <= stages
+    assert {s.labels["kind"] for s in families["astro_edge_spool_accepted"].samples} == {"record", "frame_summary"}
+    assert families["astro_edge_queue_depth"].type == "gauge"
+    assert value("astro_edge_policy_version") == 1
+    assert families["process_resident_memory_bytes"].samples[0].value > 0
+    assert families["process_open_fds"].samples[0].value > 0
+    assert families["astro_edge_worker_resident_memory_bytes"].samples[0].labels == {"worker": "0"}
 
 
 def test_process_figures_read_this_machine() -> None:
