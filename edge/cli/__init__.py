@@ -31,6 +31,7 @@ _AREAS = (
     "edge.cli.calib",
     "edge.cli.engines",
     "edge.cli.ground",
+    "edge.cli.alerts",
     "edge.cli.link",
     "edge.cli.node",
     "edge.cli.ctl",
