@@ -2,7 +2,8 @@
 # astro-edge: set-up, test, demo, engines, benchmarks. See README.md.
 #
 #   ./build.sh setup     create .venv and install astro-edge with the extras this machine can use
-#   ./build.sh test      set up if needed (and a C compiler), then ruff, mypy and the whole test suite (extra args go to pytest)
+#   ./build.sh test      set up if needed (and a C compiler, and the C client), then ruff, mypy and the whole test suite (extra args go to pytest)
+#   ./build.sh build-c   build the reference DAQ client in C (clients/c) into clients/c/build, installing its -dev packages with apt when root
 #   ./build.sh demo      set up if needed, then run the demo (extra args go to `astro-edge demo`)
 #   ./build.sh engines   set up if needed, then `astro-edge engines ARGS...` (default: build)
 #   ./build.sh bench     set up if needed, then run every benchmark in bench/ (or the ones named)
@@ -189,21 +190,48 @@ ensure_setup() {
     fi
 }
 
-# the disk-fault tests compile a small preloaded shim (tests/faults/ioshim.c)
+# the disk-fault tests compile a small preloaded shim (tests/faults/ioshim.c); the C client is C
 ensure_cc() {
     if command -v cc >/dev/null 2>&1 || command -v gcc >/dev/null 2>&1; then return; fi
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        say "installing a C compiler (gcc) for the disk-fault tests"
+        say "installing a C compiler (gcc) for the disk-fault tests and the C client"
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev >/dev/null
     else
-        say "the disk-fault tests need a C compiler: sudo apt install gcc (or your system's equivalent)"
+        say "the disk-fault tests and the C client need a C compiler: sudo apt install gcc (or your system's equivalent)"
         exit 1
     fi
+}
+
+# the reference DAQ client in C (clients/c): libzmq and libxxhash, and lz4 / zstd payloads when
+# their libraries are there; its tests (tests/clients) run what this builds
+C_CLIENT_PACKAGES="make pkg-config libzmq3-dev libxxhash-dev liblz4-dev libzstd-dev"
+
+ensure_c_client_deps() {
+    if command -v make >/dev/null 2>&1 && command -v pkg-config >/dev/null 2>&1 \
+            && pkg-config --exists libzmq libxxhash liblz4 libzstd; then
+        return
+    fi
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        say "installing the C client's build dependencies: $C_CLIENT_PACKAGES"
+        # shellcheck disable=SC2086  # a list of package names
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $C_CLIENT_PACKAGES >/dev/null
+    elif ! { command -v make && command -v pkg-config && pkg-config --exists libzmq libxxhash; } >/dev/null 2>&1; then
+        say "the C client (clients/c) needs make, pkg-config, libzmq and libxxhash: sudo apt install $C_CLIENT_PACKAGES"
+        exit 1
+    fi
+}
+
+cmd_build_c() {
+    ensure_cc
+    ensure_c_client_deps
+    make -C clients/c --no-print-directory
+    say "C client built: clients/c/build (libastro_edge_daq.a, libastro_edge_daq.so, example_daq)"
 }
 
 cmd_test() {
     ensure_setup
     ensure_cc
+    cmd_build_c
     # lint and types first: a suite that passes on code ruff or mypy refuses does not pass
     say "ruff check"
     "$VENV/bin/ruff" check .
@@ -234,7 +262,7 @@ cmd_bench() {
 }
 
 cmd_clean() {
-    rm -rf "$VENV" build dist ./*.egg-info .pytest_cache .ruff_cache .hypothesis bench/out
+    rm -rf "$VENV" build dist ./*.egg-info .pytest_cache .ruff_cache .hypothesis bench/out clients/c/build
     find . -name __pycache__ -type d -prune -exec rm -rf {} +
 }
 
@@ -244,9 +272,10 @@ case "$sub" in
     setup) cmd_setup "$@" ;;
     extras) if [ $# -gt 0 ]; then kind_extras "$@"; else kind=$(machine_kind) && machine_extras "$kind"; fi ;;
     test) cmd_test "$@" ;;
+    build-c) cmd_build_c ;;
     demo) cmd_demo "$@" ;;
     engines) cmd_engines "$@" ;;
     bench) cmd_bench "$@" ;;
     clean) cmd_clean ;;
-    *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; [ -z "$sub" ] || exit 2 ;;
+    *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; [ -z "$sub" ] || exit 2 ;;
 esac
