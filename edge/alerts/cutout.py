@@ -52,8 +52,9 @@ def _fits_gz(planes: list[NDArray[Any]], cards: dict[str, Any], unit: str | None
 def cutouts(stamp: CompressedStamp, *, candid: int, record_id: str) -> Cutouts:
     """The science and mask cut-outs of ``stamp`` as gzipped FITS files (mask None for float16 stamps)."""
     values = stamp.decompress()
-    cards = {"CANDID": (candid, "alert id"), "RECID": (record_id, "downlink record id"),
-             "CODEC": (stamp.codec, "stamp codec of the downlink record")}
+    cards: dict[str, Any] = {"CANDID": (candid, "alert id"), "CODEC": (stamp.codec, "stamp codec")}
+    if record_id.isascii() and record_id.isprintable():  # FITS headers hold printable ASCII only
+        cards["RECID"] = (record_id, "downlink record id")
     if stamp.codec == STAMP_CODEC_FLOAT16:
         return _fits_gz([values], cards, None), None
     images = [values[k] for k in range(0, values.shape[0], 2)]
