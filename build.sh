@@ -228,9 +228,22 @@ cmd_build_c() {
     say "C client built: clients/c/build (libastro_edge_daq.a, libastro_edge_daq.so, example_daq)"
 }
 
+# the JetStream tests start nats-server (the distribution's package)
+ensure_nats_server() {
+    if command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ]; then return; fi
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        say "installing nats-server for the JetStream tests"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server >/dev/null
+    else
+        say "the JetStream tests need nats-server: sudo apt install nats-server (or the release binary on PATH)"
+        exit 1
+    fi
+}
+
 cmd_test() {
     ensure_setup
     ensure_cc
+    ensure_nats_server
     cmd_build_c
     # lint and types first: a suite that passes on code ruff or mypy refuses does not pass
     say "ruff check"
