@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import fastavro
+from fastavro.read import SchemaResolutionError
 from fastavro.types import Schema
 
 from edge.alerts.packet import SCHEMA_NAME, SCHEMA_VERSION, from_alert, to_alert
@@ -92,8 +93,9 @@ def read_packets(path: str | Path) -> Iterator[dict[str, Any]]:
             name = f"{writer['namespace']}.{name}"
         if name != SCHEMA_NAME:
             raise RecordVersionError(f"holds {name!r} packets, not {SCHEMA_NAME}", where=where)
-        version = str(writer.get("version", ""))
-        if version.split(".")[0] != major:
+        # a writer that drops the schema's version attribute is judged by schema resolution alone
+        version = writer.get("version")
+        if version is not None and str(version).split(".")[0] != major:
             raise RecordVersionError(f"alert schema version {version!r} is not {major}.x; upgrade "
                                      "the reader to read it", where=where)
         fh.seek(0)
@@ -101,6 +103,9 @@ def read_packets(path: str | Path) -> Iterator[dict[str, Any]]:
             for packet in fastavro.reader(fh, reader_schema=load_schema()):
                 # the schema is a record, so every datum is a map (fastavro types it as any Avro value)
                 yield cast(dict[str, Any], packet)
+        except SchemaResolutionError as exc:
+            raise RecordVersionError(f"packets do not resolve to alert schema {SCHEMA_VERSION}: {exc}",
+                                     where=where) from exc
         except (ValueError, EOFError, KeyError, TypeError, zlib.error) as exc:
             # fastavro says a damaged block in its own words (zlib, EOF, sync marker): say which file
             raise RecordDecodeError(f"damaged Avro data: {type(exc).__name__}: {exc}", where=where) from exc

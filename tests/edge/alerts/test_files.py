@@ -4,6 +4,7 @@ fastavro, and files that are not ours or are damaged refused with typed errors."
 from __future__ import annotations
 
 import dataclasses
+import json
 import struct
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import fastavro
 import pytest
 from structlog.testing import capture_logs
 
-from edge.alerts import CODEC, read_alerts, read_packets, write_alerts
+from edge.alerts import CODEC, read_alerts, read_packets, schema_file, to_alert, write_alerts
 from edge.errors import RecordDecodeError, RecordFieldError, RecordVersionError
 from edge.records import DownlinkRecord
 
@@ -94,3 +95,46 @@ def test_a_failed_write_leaves_the_previous_file_whole(pipeline_records: tuple[D
         write_alerts([*pipeline_records[:3], bad], path)
     assert path.read_bytes() == before
     assert not list(tmp_path.glob("*.part"))
+
+
+def schema_variant(version: str | None, extra: dict | None = None) -> dict:
+    """The shipped schema with another version attribute (None: none) and an extra top-level field."""
+    raw = json.loads(schema_file())
+    if version is None:
+        raw.pop("version")
+    else:
+        raw["version"] = version
+    if extra is not None:
+        raw["fields"].append(extra)
+    return raw
+
+
+def test_a_later_minor_version_reads_and_another_major_is_refused(
+        pipeline_records: tuple[DownlinkRecord, ...], tmp_path: Path) -> None:
+    """A 1.1 file with a field this reader does not know, and a file whose schema lost its version
+    attribute, read as the same records; a 2.0 file, or one whose packets do not resolve to this
+    schema, is refused with RecordVersionError."""
+    packets = [to_alert(r) for r in pipeline_records[:4]]
+    later = tmp_path / "later.avro"
+    added = {"name": "brokerNote", "type": ["null", "string"], "default": None, "doc": "added in 1.1"}
+    with later.open("wb") as fh:
+        fastavro.writer(fh, fastavro.parse_schema(schema_variant("1.1", added)),
+                        [{**p, "schemavsn": "1.1", "brokerNote": "seen"} for p in packets])
+    assert read_alerts(later) == list(pipeline_records[:4])
+    major = tmp_path / "major.avro"
+    with major.open("wb") as fh:
+        fastavro.writer(fh, fastavro.parse_schema(schema_variant("2.0")), packets)
+    with pytest.raises(RecordVersionError, match="2.0"):
+        read_alerts(major)
+    unversioned = tmp_path / "unversioned.avro"
+    with unversioned.open("wb") as fh:
+        fastavro.writer(fh, fastavro.parse_schema(schema_variant(None)), packets)
+    assert read_alerts(unversioned) == list(pipeline_records[:4])
+    short_file = tmp_path / "short.avro"
+    short = schema_variant(None)
+    short["fields"] = [f for f in short["fields"] if f["name"] != "candidate"]
+    with short_file.open("wb") as fh:
+        fastavro.writer(fh, fastavro.parse_schema(short), [{k: v for k, v in p.items() if k != "candidate"}
+                                                           for p in packets])
+    with pytest.raises(RecordVersionError, match="do not resolve"):
+        read_alerts(short_file)
