@@ -37,6 +37,11 @@ def register(subparsers: Any) -> None:
                    help="a node's NAME.key allowed to downlink (repeat for several); with CURVE only")
     p.add_argument("--duration-s", type=float, default=0.0, metavar="S",
                    help="stop after this many seconds (default 0: run until stopped)")
+    p.add_argument("--publish", default="", metavar="nats://HOST:PORT",
+                   help="also publish every stored record and frame summary, once, to the NATS "
+                        "JetStream stream ASTRO_EDGE there (needs astro-edge[ground]; docs/jetstream.md)")
+    p.add_argument("--publish-replicas", type=int, default=1, metavar="N",
+                   help="replicas of the stream when this ground creates it (default 1; 3 on a 3-server cluster)")
     p.set_defaults(func=_ground)
 
 
@@ -46,6 +51,13 @@ def _ground(args: argparse.Namespace) -> int:
 
     if args.fits_interval_s < 0 or args.duration_s < 0:
         raise ConfigError("--fits-interval-s and --duration-s must be >= 0", where="ground")
+    if args.publish:
+        if not args.publish.startswith(("nats://", "tls://")) or args.publish_replicas < 1:
+            raise ConfigError("--publish takes nats://HOST:PORT and --publish-replicas a count >= 1", where="ground")
+        try:
+            import nats  # noqa: F401 - only to say what is missing before anything starts
+        except ImportError:
+            raise ConfigError("--publish needs nats-py: pip install 'astro-edge[ground]'", where="ground") from None
     if bool(args.curve_secret_key) != bool(args.allow_key):
         raise ConfigError("CURVE needs both --curve-secret-key and at least one --allow-key", where="ground")
     log = get_logger(__name__)
@@ -63,9 +75,22 @@ def _ground(args: argparse.Namespace) -> int:
         with GroundReceiver(args.bind, args.out, fits_interval_s=args.fits_interval_s, curve=curve) as ground:
             print(f"astro-edge ground: listening on {ground.address}, writing {ground.out_dir}",
                   flush=True)
-            # Ctrl-C is the normal way to stop: fall through to write the FITS table
-            with contextlib.suppress(KeyboardInterrupt):
-                ground.serve(lambda: stop["now"] or (end is not None and time.monotonic() >= end))
+            publisher = None
+            if args.publish:
+                from edge.ground.publish import Publisher
+
+                publisher = Publisher(ground.out_dir, args.publish, replicas=args.publish_replicas)
+                publisher.start()
+            try:
+                # Ctrl-C is the normal way to stop: fall through to write the FITS table
+                with contextlib.suppress(KeyboardInterrupt):
+                    ground.serve(lambda: stop["now"] or (end is not None and time.monotonic() >= end))
+            finally:
+                if publisher is not None:
+                    published = publisher.stop(drain_s=5.0)
+                    print(f"astro-edge ground: published {published.published} to {args.publish} "
+                          f"({published.duplicates} already there, {publisher.lag_bytes()} bytes left "
+                          f"for the next start)", flush=True)
             counters = ground.counters()
     finally:
         signal.signal(signal.SIGTERM, previous)
