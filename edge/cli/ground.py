@@ -37,9 +37,10 @@ def register(subparsers: Any) -> None:
                    help="a node's NAME.key allowed to downlink (repeat for several); with CURVE only")
     p.add_argument("--duration-s", type=float, default=0.0, metavar="S",
                    help="stop after this many seconds (default 0: run until stopped)")
-    p.add_argument("--publish", default="", metavar="nats://HOST:PORT",
+    p.add_argument("--publish", default="", metavar="URL",
                    help="also publish every stored record and frame summary, once, to the NATS "
-                        "JetStream stream ASTRO_EDGE there (needs astro-edge[ground]; docs/jetstream.md)")
+                        "JetStream stream ASTRO_EDGE at URL, nats://HOST:PORT (needs astro-edge[ground]; "
+                        "docs/jetstream.md)")
     p.add_argument("--publish-replicas", type=int, default=1, metavar="N",
                    help="replicas of the stream when this ground creates it (default 1; 3 on a 3-server cluster)")
     p.set_defaults(func=_ground)

@@ -38,8 +38,10 @@ CURSOR_NAME = "publish_cursor.json"
 #: how long JetStream remembers a message id; longer than any re-send after an outage of the
 #: publisher's own (a re-publish older than this is prevented by the cursor instead)
 DUPLICATE_WINDOW_S = 3600.0
-#: lines published concurrently before the cursor moves
+#: lines published concurrently as one batch; the cursor moves past a batch once all are acknowledged
 BATCH = 256
+#: batches in flight at once: the next batch is read and sent while the previous one's acks come
+IN_FLIGHT_BATCHES = 2
 _TOKEN = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -92,6 +94,7 @@ class Publisher:
         self._drain_s = 0.0
         self._thread: threading.Thread | None = None
         self._cursor = self._read_cursor()
+        self._read_at = dict(self._cursor)   # how far the lines were read (ahead of the cursor)
 
     # ---- the caller's side -----------------------------------------------------------------
     def start(self) -> None:
@@ -146,7 +149,7 @@ class Publisher:
         """Up to ``limit`` complete lines of ``name`` past the cursor: (subject, id, line) and
         the offset just past the last one."""
         path = self.out_dir / name
-        start = self._cursor.get(name, 0)
+        start = self._read_at.get(name, 0)
         kind = "record" if name == RECORDS_NAME else "frame_summary"
         out: list[tuple[str, str, bytes]] = []
         end = start
@@ -227,25 +230,46 @@ class Publisher:
                         raise
 
     async def _publish_some(self, js: Any) -> int:
-        """Publish one batch of each file's new lines; returns how many were sent (0: none new).
-        A batch that fails is sent again from its start (JetStream drops what it holds)."""
+        """Publish the new lines of both files, up to IN_FLIGHT_BATCHES batches at a time, moving
+        the cursor past each batch once JetStream acknowledged all of it, in order; returns how
+        many lines were sent (0: none new). A batch that fails is sent again from the cursor
+        (JetStream drops what it holds)."""
+        import collections
+
+        flying: collections.deque[tuple[str, int, asyncio.Future[list[Any]]]] = collections.deque()
         total = 0
-        for name in (RECORDS_NAME, FRAMES_NAME):
-            lines, end = self._new_lines(name, BATCH)
-            if not lines and end == self._cursor.get(name, 0):
-                continue
-            try:
-                acks = await asyncio.gather(*(js.publish(subject, payload, headers={"Nats-Msg-Id": mid})
-                                              for subject, mid, payload in lines))
-            except Exception as exc:  # noqa: BLE001 - server gone, timeout, no quorum: retry the batch
-                self.counters.failures += 1
-                log.warning("publish.failed", file=name, messages=len(lines), error=f"{type(exc).__name__}: {exc}")
-                await asyncio.sleep(0.25)
-                return total + 1   # not idle: try again at once
-            dup = sum(1 for a in acks if getattr(a, "duplicate", False))
-            self.counters.duplicates += dup
-            self.counters.published += len(acks) - dup
-            self._cursor[name] = end
-            self._write_cursor()
-            total += len(lines) or 1
+        try:
+            for name in (RECORDS_NAME, FRAMES_NAME):
+                while True:
+                    lines, end = self._new_lines(name, BATCH)
+                    if end == self._read_at.get(name, 0):
+                        break
+                    self._read_at[name] = end
+                    flying.append((name, end, asyncio.gather(*(
+                        js.publish(subject, payload, headers={"Nats-Msg-Id": mid})
+                        for subject, mid, payload in lines))))
+                    total += len(lines) or 1
+                    while len(flying) >= IN_FLIGHT_BATCHES:
+                        await self._settle(flying.popleft())
+            while flying:
+                await self._settle(flying.popleft())
+        except Exception as exc:  # noqa: BLE001 - server gone, timeout, no quorum: retry from the cursor
+            for _, _, future in flying:
+                future.cancel()
+            await asyncio.gather(*(f for _, _, f in flying), return_exceptions=True)
+            self._read_at = dict(self._cursor)
+            self.counters.failures += 1
+            log.warning("publish.failed", error=f"{type(exc).__name__}: {exc}", cursor=self._cursor)
+            await asyncio.sleep(0.25)
+            return max(total, 1)   # not idle: try again at once
         return total
+
+    async def _settle(self, batch: tuple[str, int, asyncio.Future[list[Any]]]) -> None:
+        """Wait for one batch's acks and move the cursor past it."""
+        name, end, future = batch
+        acks = await future
+        dup = sum(1 for a in acks if getattr(a, "duplicate", False))
+        self.counters.duplicates += dup
+        self.counters.published += len(acks) - dup
+        self._cursor[name] = end
+        self._write_cursor()
