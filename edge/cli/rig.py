@@ -1,4 +1,4 @@
-"""The ``astro-edge rig`` subcommands: stream, replay, record, score.
+"""The ``astro-edge rig`` subcommands: stream, replay, record, score, conformance.
 
 Light on purpose: argparse only at import; the rig, sockets, astropy and the twin are imported
 inside the handlers, so ``astro-edge --help`` stays fast.
@@ -18,10 +18,11 @@ DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
 def register(subparsers: Any) -> None:
     """Add ``rig`` and its subcommands to the ``astro-edge`` parser."""
     rig = subparsers.add_parser(
-        "rig", help="hardware-in-the-loop rig: stream, replay, record, score",
+        "rig", help="hardware-in-the-loop rig: stream, replay, record, score, conformance",
         description="The hardware-in-the-loop rig: play a detector into a node through the frame "
                     "protocol (the node cannot tell it from a DAQ), record a live feed, score what a "
-                    "node sent down against truth (docs/rig.md).")
+                    "node sent down against truth (docs/rig.md), check a DAQ's stream against the "
+                    "protocol (docs/protocol.md).")
     sub = rig.add_subparsers(dest="rig_command", metavar="ACTION", required=True)
 
     def add_sender_args(p: argparse.ArgumentParser) -> None:
@@ -88,6 +89,26 @@ def register(subparsers: Any) -> None:
     p.add_argument("--radius-px", type=float, default=3.0, metavar="PX", help="match radius in pixels (default 3)")
     p.add_argument("--out", type=Path, default=None, metavar="FILE", help="also write the score here as JSON")
     p.set_defaults(func=_score)
+
+    p = sub.add_parser(
+        "conformance", help="check a DAQ's stream against the frame protocol",
+        description="Bind a PULL socket where a DAQ sends its frames and judge every message against "
+                    "docs/protocol.md: what a receiver rejects (section 3), sequence numbers, gaps and the "
+                    "series accounting (sections 2.5 and 2.7), and 2-D images for the node. Prints a "
+                    "report with each check PASS or FAIL and, below a failure, the offending message's "
+                    "index (0-based, in arrival order) and reason. Stops after --count messages or "
+                    "--timeout-s seconds without one, or on Ctrl-C. Exit code 0 when every check passes, "
+                    "1 otherwise.")
+    p.add_argument("--bind", required=True, metavar="ADDRESS",
+                   help="address to bind, where the DAQ connects (e.g. tcp://0.0.0.0:5555)")
+    p.add_argument("--count", type=int, default=None, metavar="N",
+                   help="stop after this many messages (default: no limit)")
+    p.add_argument("--timeout-s", type=float, default=10.0, metavar="S",
+                   help="stop when no message has arrived for this long (default 10)")
+    p.add_argument("--max-frame-bytes", type=int, default=None, metavar="N",
+                   help="the largest frame accepted, in pixel bytes (default: the node's, 268435456)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON instead of text")
+    p.set_defaults(func=_conformance)
 
 
 def _check_rate(args: argparse.Namespace) -> None:
@@ -156,3 +177,24 @@ def _score(args: argparse.Namespace) -> int:
         args.out.write_text(text + "\n", encoding="utf-8")
     sys.stdout.flush()
     return 0
+
+
+def _conformance(args: argparse.Namespace) -> int:
+    from edge.config import ReceiveSection
+    from edge.errors import ConfigError
+    from firmware_bridge.conformance import ConformanceListener
+
+    if args.count is not None and args.count < 1:
+        raise ConfigError(f"--count must be >= 1, not {args.count}")
+    if not args.timeout_s > 0:
+        raise ConfigError(f"--timeout-s must be > 0, not {args.timeout_s}")
+    node = ReceiveSection()
+    with ConformanceListener(args.bind, max_frame_bytes=args.max_frame_bytes or node.max_frame_bytes,
+                             max_compression_ratio=node.max_compression_ratio) as listener:
+        try:
+            report = listener.run(count=args.count, timeout_s=args.timeout_s)
+        except KeyboardInterrupt:
+            report = listener.report("interrupted")
+    print(json.dumps(report.as_dict(), indent=2) if args.json else report.to_text())
+    sys.stdout.flush()
+    return 0 if report.passed else 1
