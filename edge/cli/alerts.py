@@ -2,7 +2,8 @@
 
 ``export`` reads a ground folder's ``downlink.jsonl`` and writes one Avro container file, one
 packet per record (docs/alerts.md); every line it cannot turn into an alert is counted by reason,
-printed and logged, never dropped unseen. ``show`` prints packets readably. Light on purpose:
+printed and logged, never dropped unseen. ``show`` prints packets readably, and ``tail`` the
+records the grounds publish to NATS JetStream as they arrive (:mod:`edge.ground.tail`). Light on purpose:
 fastavro and astropy are imported inside the handlers, so ``astro-edge --help`` stays fast.
 """
 
@@ -46,6 +47,25 @@ def register(subparsers: Any) -> None:
     s.add_argument("file", metavar="FILE", help="an alert file (astro-edge alerts export)")
     s.add_argument("--n", type=int, default=10, metavar="N", help="packets to print (default 10)")
     s.set_defaults(func=_show)
+    t = sub.add_parser(
+        "tail", help="watch the records the grounds publish to NATS JetStream",
+        description="Print one line per record from the JetStream stream ASTRO_EDGE that "
+                    "`astro-edge ground --publish` fills (docs/jetstream.md), as they arrive, "
+                    "filtered by node and reason. Stops on Ctrl-C, after --n records, or after "
+                    "--timeout-s without one.")
+    t.add_argument("url", metavar="URL", help="a NATS server of the stream, nats://HOST:PORT")
+    t.add_argument("--reason", default=None, choices=REASONS, metavar="R",
+                   help=f"only records sent for this reason ({', '.join(REASONS)})")
+    t.add_argument("--node", default=None, metavar="NODE", help="only this node's records")
+    t.add_argument("--durable", default=None, metavar="NAME",
+                   help="a durable consumer: the stream remembers where NAME stopped, so the next "
+                        "tail with it starts there (default: none, a consumer for this run only)")
+    t.add_argument("--from-start", action="store_true",
+                   help="start at the stream's first record rather than the next one to arrive")
+    t.add_argument("--n", type=int, default=0, metavar="N", help="stop after N records (default 0: no limit)")
+    t.add_argument("--timeout-s", type=float, default=0.0, metavar="S",
+                   help="stop after S seconds without a record (default 0: wait for ever)")
+    t.set_defaults(func=_tail)
 
 
 def _parse_since(text: str) -> datetime:
@@ -160,4 +180,21 @@ def _show(args: argparse.Namespace) -> int:
         print(f"  cutouts {', '.join(sizes) or '-'}")
     shown = min(total, args.n)
     print(f"astro-edge alerts show: {shown} of {total} alerts in {args.file}")
+    return 0
+
+
+def _tail(args: argparse.Namespace) -> int:
+    import contextlib
+
+    if not args.url.startswith(("nats://", "tls://")) or args.n < 0 or args.timeout_s < 0:
+        raise ConfigError("tail takes nats://HOST:PORT, --n >= 0 and --timeout-s >= 0", where="alerts tail")
+    try:
+        import nats  # noqa: F401 - only to say what is missing before connecting
+    except ImportError:
+        raise ConfigError("alerts tail needs nats-py: pip install 'astro-edge[ground]'", where="alerts tail") from None
+    from edge.ground.tail import run_tail
+
+    with contextlib.suppress(KeyboardInterrupt):
+        run_tail(args.url, node=args.node, reason=args.reason, durable=args.durable, from_start=args.from_start,
+                 count=args.n, timeout_s=args.timeout_s, out=lambda line: print(line, flush=True))
     return 0

@@ -291,3 +291,32 @@ def test_astro_edge_ground_publish_stores_acknowledges_and_publishes(nats: NatsS
     assert "published 200 to " in out and "0 bytes left" in out
     count, got, _ = stream_contents(nats.url)
     assert count == 200 and sorted(got) == sorted(ids)
+
+
+def test_alerts_tail_shows_one_reason_of_one_node_and_a_durable_reader_sees_each_record_once(
+        nats: NatsServer, tmp_path: Path) -> None:
+    """`astro-edge alerts tail` filtered by node and reason prints exactly those records, one
+    line each; a durable reader that comes back sees nothing twice."""
+    import sys
+
+    spools = [node_spool(tmp_path / f"node{n}.sqlite", f"node{n}", 90)[0] for n in range(2)]
+    with Ground(tmp_path / "g") as ground:
+        publisher = Publisher(ground.out_dir, nats.url)
+        publisher.start()
+        try:
+            downlink_all(spools, [ground.address, ground.address])
+            wait_published([publisher])
+        finally:
+            publisher.stop()
+        wanted = sorted(r.record_id for r in ground.records() if r.node_id == "node1" and r.reasons[0] == "unusual")
+
+    def tail(*extra: str) -> list[str]:
+        done = subprocess.run([sys.executable, "-m", "edge.cli", "alerts", "tail", nats.url, "--node", "node1",
+                               "--reason", "unusual", "--from-start", "--timeout-s", "3", *extra],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return [line.split()[0] for line in done.stdout.splitlines() if line.strip()]
+
+    assert len(wanted) == 27 and sorted(tail()) == wanted
+    assert sorted(tail("--durable", "desk")) == wanted
+    assert tail("--durable", "desk") == [], "a durable reader sees each record once"
