@@ -214,7 +214,7 @@ class LoopbackDaq:
                                       wcs=f.wcs, keywords=f.keywords)
                 stopped = self._stop.is_set()
                 if stopped:  # stopped from outside: the series end goes if there is room, nothing waits
-                    sender.send_timeout_ms = 0
+                    sender.send_timeout_ms = sender.control_retry_ms = 0
                 sender.end_series()
                 sender.close(linger_ms=0 if stopped else self._send_timeout_ms)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller by join() and close()

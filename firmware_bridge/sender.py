@@ -10,6 +10,7 @@ without bound, or wait for the node (the rig may opt in to a bounded wait, see
 from __future__ import annotations
 
 import collections
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -58,7 +59,10 @@ class FrameSender:
 
     By default the sender connects and the node binds (``bind=False``). ``sndhwm`` is the number
     of messages ZeroMQ may queue before frames are dropped. ``send_timeout_ms=0`` (the DAQ's
-    setting) never waits; a positive value lets a test rig wait that long for room.
+    setting) never waits for room for a frame; a positive value lets a test rig wait that long.
+    Series starts, series ends and heartbeats wait up to ``control_retry_ms`` for room (they carry
+    the series' accounting), and ``close()`` lingers up to ``linger_ms`` for what is queued
+    (docs/protocol.md, 4.1 and 4.2).
     """
 
     def __init__(
@@ -73,9 +77,15 @@ class FrameSender:
         context: zmq.Context[Any] | None = None,
         clock: Callable[[], datetime] | None = None,
         setup: Callable[[zmq.Socket[Any]], None] | None = None,
+        control_retry_ms: int = 1000,
+        linger_ms: int = 5000,
     ) -> None:
         if sndhwm < 1:
             raise ValueError(f"sndhwm must be >= 1, not {sndhwm}")
+        if control_retry_ms < 0 or linger_ms < 0:
+            raise ValueError(f"control_retry_ms and linger_ms must be >= 0, not {control_retry_ms}, {linger_ms}")
+        self.control_retry_ms = control_retry_ms
+        self.linger_ms = linger_ms
         self.address = address
         self.detector_id = detector_id
         self.compression = compression
@@ -173,20 +183,25 @@ class FrameSender:
         return self._control(parts)
 
     def _control(self, parts: list[Buffer]) -> bool:
-        if self._send(parts):
+        sent = self._send(parts)
+        deadline = time.monotonic() + self.control_retry_ms / 1000.0
+        while not sent and time.monotonic() < deadline:
+            # a series start or end lost is a series' accounting lost: wait for room, within a bound
+            self._sock.poll(max(1, min(50, int((deadline - time.monotonic()) * 1000))), zmq.POLLOUT)
+            sent = self._send(parts)
+        if sent:
             self.counters.messages_sent += 1
             return True
         self.counters.messages_dropped += 1
         log.warning("sender.message_dropped", messages_dropped=self.counters.messages_dropped)
         return False
 
-    def close(self, linger_ms: int = 0) -> None:
-        """Close the socket, waiting at most ``linger_ms`` for queued messages to leave.
-
-        The default discards what is still queued, so the DAQ never waits on a dead node.
-        """
+    def close(self, linger_ms: int | None = None) -> None:
+        """Close the socket, waiting at most ``linger_ms`` (default: the sender's ``linger_ms``,
+        5 s) for queued messages to leave; 0 discards what is still queued. The wait is bounded,
+        so a dead node delays the DAQ by the linger at most."""
         if not self._sock.closed:
-            self._sock.close(linger=linger_ms)
+            self._sock.close(linger=self.linger_ms if linger_ms is None else linger_ms)
             log.info("sender.closed", frames_sent=self.counters.frames_sent,
                      frames_dropped=self.counters.frames_dropped)
 

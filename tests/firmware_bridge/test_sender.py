@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from typing import Any
 
 import numpy as np
@@ -91,3 +92,46 @@ def test_roles_can_be_flipped_daq_binds_node_connects(context: zmq.Context[Any])
         assert tx.send_frame(np.full((3, 3), 7, np.int16), seq=0)
         msg = rx.recv(2000)
     assert isinstance(msg, Frame) and int(msg.pixels.sum()) == 63
+
+
+def test_a_series_end_waits_for_room_and_what_was_queued_at_close_still_arrives(context: zmq.Context[Any]) -> None:
+    """docs/protocol.md 4.1 and 4.2: a node that stops reading for a moment fills the queues; the
+    series end waits for room (within control_retry_ms) instead of being dropped, and closing
+    straight after it loses nothing that was queued: the node gets every frame sent and the end."""
+    import threading
+
+    frame = np.arange(1024 * 1024, dtype=np.uint16).reshape(1024, 1024)   # 2 MiB: beyond the kernel's buffers
+    got: list[Any] = []
+    with FrameReceiver("tcp://127.0.0.1:*", rcvhwm=1, context=context) as rx:
+        tx = FrameSender(rx.endpoint, sndhwm=2, context=context, control_retry_ms=3000)
+        tx.start_series(5)
+        results = [tx.send_frame(frame) for _ in range(20)]
+        time.sleep(0.2)   # what could leave has left: the kernel's buffers are full too now
+        while tx.send_frame(frame):   # the last places in the queue
+            results.append(True)
+        results.append(False)
+        assert results.count(False) > 1, "the queues should have filled"
+
+        def read_later() -> None:
+            time.sleep(0.5)
+            while (msg := rx.recv(2000)) is not None:
+                got.append(msg)
+                if isinstance(msg, SeriesEnd):
+                    return
+
+        reader = threading.Thread(target=read_later)
+        reader.start()
+        t0 = time.monotonic()
+        try:
+            ended = tx.end_series()
+            waited = time.monotonic() - t0
+        finally:
+            tx.close()
+            reader.join(10)
+        assert ended, "the series end was dropped instead of waiting for room"
+    assert 0.3 < waited < 3.0
+    assert tx.counters.messages_dropped == 0
+    frames = [m.header.seq for m in got if isinstance(m, Frame)]
+    assert frames == [seq for seq, ok in enumerate(results) if ok]
+    assert isinstance(got[-1], SeriesEnd) and got[-1].frames_sent == len(frames)
+    assert isinstance(got[0], SeriesStart)
