@@ -17,6 +17,7 @@ reads the files, so it cannot delay an acknowledgement.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import re
@@ -43,8 +44,29 @@ BATCH = 256
 #: batches in flight at once: the next batch is read and sent while the previous one's acks come
 IN_FLIGHT_BATCHES = 2
 _TOKEN = re.compile(r"[^A-Za-z0-9_-]")
+_JSON = json.JSONDecoder()
+#: the fields a line's subject and message id are made from
+_FIELDS = {"record": ("record_id", "node_id", "reasons"), "frame_summary": ("node_id", "series_id", "frame")}
 
 
+def line_fields(kind: str, line: str) -> dict[str, Any]:
+    """The fields of a stored JSON line that name its subject and id, decoded without parsing
+    the whole line (its stamp is most of it). A key is found where ``"key":`` follows ``{`` or
+    ``,``: inside a JSON string a quote is always escaped, so no value can imitate one. A line
+    that lacks a field raises KeyError; one that is not JSON there, ValueError."""
+    out: dict[str, Any] = {}
+    for key in _FIELDS[kind]:
+        marker = f'"{key}":'
+        i = line.find(marker)
+        while i > 0 and line[i - 1] not in ",{":
+            i = line.find(marker, i + 1)
+        if i <= 0:
+            raise KeyError(key)
+        out[key] = _JSON.raw_decode(line, i + len(marker))[0]
+    return out
+
+
+@functools.lru_cache(maxsize=4096)
 def subject_token(text: str) -> str:
     """A NATS subject token for ``text`` (a node id, a reason): anything but letters, digits,
     ``_`` and ``-`` becomes ``_`` (dots, wildcards and spaces would split or widen a subject)."""
@@ -161,7 +183,7 @@ class Publisher:
                         break  # the ground is still writing it
                     end += len(line)
                     try:
-                        data = json.loads(line)
+                        data = line_fields(kind, line.decode("utf-8"))
                         out.append((subject_of(kind, data), message_id(kind, data), line.rstrip(b"\n")))
                     except (ValueError, KeyError, TypeError) as exc:
                         self.counters.unreadable += 1
@@ -178,16 +200,16 @@ class Publisher:
 
         backoff_s = 0.1
         nc: Any = None
-        while nc is None and not self._stop.is_set():
+        while nc is None:   # at least one try, even when told to stop at once (to drain)
             try:
                 nc = await nats.connect(servers=[self.url], max_reconnect_attempts=-1, reconnect_time_wait=0.25,
                                         connect_timeout=2, allow_reconnect=True)
             except Exception as exc:  # noqa: BLE001 - no server yet: try again, backing off
                 log.warning("publish.connect_failed", url=self.url, error=str(exc), retry_s=backoff_s)
+                if self._stop.is_set():
+                    return
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(5.0, 2 * backoff_s)
-        if nc is None:
-            return
         self.counters.connected = True
         log.info("publish.connected", url=self.url, stream=self.stream, cursor=self._cursor)
         try:

@@ -170,6 +170,22 @@ def wait_published(publishers: list[Publisher], timeout_s: float = 120.0) -> Non
         time.sleep(0.1)
 
 
+def test_the_fields_of_a_stored_line_are_read_as_json_reads_them(tmp_path: Path) -> None:
+    """The publisher reads a line's id, node and reasons without parsing its stamp; a value
+    that contains the text of a key cannot fool it, and every real line reads as json.loads does."""
+    import json
+
+    from edge.codec import to_json_line
+    from edge.ground.publish import line_fields
+
+    record = make_record('n"1,"record_id":"x', 0, 1, np.random.default_rng(0))
+    line = to_json_line(record, received_time="2026-12-03T10:00:02Z")
+    data = json.loads(line)
+    assert line_fields("record", line) == {k: data[k] for k in ("record_id", "node_id", "reasons")}
+    with pytest.raises(KeyError):
+        line_fields("record", '{"node_id":"n1","note":"\\"record_id\\":\\"x\\""}')
+
+
 def test_subjects_are_per_node_and_reason_and_safe() -> None:
     """A node id with dots or wildcards cannot split or widen a subject."""
     assert subject_token("cam.1 *>") == "cam_1___"
