@@ -12,6 +12,9 @@ from __future__ import annotations
 from edge.alerts.cutout import cutouts, open_cutout
 from edge.alerts.files import (
     CODEC,
+    PACKET_CONTENT_TYPE,
+    decode_packet,
+    encode_packet,
     load_schema,
     read_alerts,
     read_packets,
@@ -30,11 +33,14 @@ from edge.alerts.packet import (
 
 __all__ = [
     "CODEC",
+    "PACKET_CONTENT_TYPE",
     "PUBLISHER",
     "SCHEMA_NAME",
     "SCHEMA_VERSION",
     "alert_id",
     "cutouts",
+    "decode_packet",
+    "encode_packet",
     "from_alert",
     "load_schema",
     "mjd",

@@ -11,6 +11,7 @@ Shell: reads and writes the files it is given and logs what it did.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import zlib
@@ -116,3 +117,25 @@ def read_alerts(path: str | Path) -> list[DownlinkRecord]:
     records = [from_alert(packet) for packet in read_packets(path)]
     log.debug("alerts.read", path=str(path), alerts=len(records))
     return records
+
+
+#: the Content-Type of one packet without a container (a message on a stream)
+PACKET_CONTENT_TYPE = f"application/avro; schema={SCHEMA_NAME}-{SCHEMA_VERSION}"
+
+
+def encode_packet(record: DownlinkRecord, *, received_time: str | None = None) -> bytes:
+    """One alert packet as Avro binary without a container (as a stream carries it: the reader
+    knows the schema from the message's Content-Type, :data:`PACKET_CONTENT_TYPE`)."""
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, load_schema(), to_alert(record, received_time=received_time))
+    return buf.getvalue()
+
+
+def decode_packet(data: bytes) -> DownlinkRecord:
+    """The record of one container-less packet (:func:`encode_packet`); RecordDecodeError when
+    the bytes are not such a packet."""
+    try:
+        packet = fastavro.schemaless_reader(io.BytesIO(data), load_schema(), load_schema())
+    except (ValueError, EOFError, KeyError, TypeError, IndexError, UnicodeDecodeError) as exc:
+        raise RecordDecodeError(f"not an alert packet: {type(exc).__name__}: {exc}", where="packet") from exc
+    return from_alert(cast(dict[str, Any], packet))

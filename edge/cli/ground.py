@@ -41,6 +41,9 @@ def register(subparsers: Any) -> None:
                    help="also publish every stored record and frame summary, once, to the NATS "
                         "JetStream stream ASTRO_EDGE at URL, nats://HOST:PORT (needs astro-edge[ground]; "
                         "docs/jetstream.md)")
+    p.add_argument("--publish-packets", default="json", choices=("json", "avro"), metavar="FORMAT",
+                   help="what a record's message carries: its JSON line (json, default) or its Avro "
+                        "alert packet (avro, docs/alerts.md); the Content-Type header says which")
     p.add_argument("--publish-replicas", type=int, default=1, metavar="N",
                    help="replicas of the stream when this ground creates it (default 1; 3 on a 3-server cluster)")
     p.set_defaults(func=_ground)
@@ -80,7 +83,8 @@ def _ground(args: argparse.Namespace) -> int:
             if args.publish:
                 from edge.ground.publish import Publisher
 
-                publisher = Publisher(ground.out_dir, args.publish, replicas=args.publish_replicas)
+                publisher = Publisher(ground.out_dir, args.publish, replicas=args.publish_replicas,
+                                      packets=args.publish_packets)
                 publisher.start()
             try:
                 # Ctrl-C is the normal way to stop: fall through to write the FITS table

@@ -8,8 +8,9 @@ lines JetStream acknowledged: after a crash of the ground, of the publisher or o
 publishing resumes at the cursor, and what it sends again (at most one batch) is dropped as a
 duplicate. Several grounds may publish to one stream; a record two of them stored is kept once.
 
-Subjects: ``astro_edge.record.NODE.REASON`` (the first triage reason of the record) and
-``astro_edge.frame.NODE``; the stream (file storage) takes ``astro_edge.>``. The publisher runs
+A record's message carries its stored JSON line, or with ``packets="avro"`` its Avro alert
+packet (docs/alerts.md), as the ``Content-Type`` header says. Subjects:
+``astro_edge.record.NODE.REASON`` (the first triage reason of the record) and ``astro_edge.frame.NODE``; the stream (file storage) takes ``astro_edge.>``. The publisher runs
 an asyncio loop in a thread of its own and never touches the ground's socket or index: it only
 reads the files, so it cannot delay an acknowledgement.
 """
@@ -27,9 +28,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from edge.errors import AstroEdgeError
 from edge.ground.writers import FRAMES_NAME, RECORDS_NAME
 from edge.log import get_logger
-from edge.records import summary_id
+from edge.records import DownlinkRecord, summary_id
 
 log = get_logger(__name__)
 
@@ -45,6 +47,8 @@ BATCH = 256
 IN_FLIGHT_BATCHES = 2
 _TOKEN = re.compile(r"[^A-Za-z0-9_-]")
 _JSON = json.JSONDecoder()
+#: what a message carries -> its Content-Type header (the Avro one is edge.alerts.PACKET_CONTENT_TYPE)
+PACKET_FORMATS = {"json": "application/json", "avro": "application/avro"}
 #: the fields a line's subject and message id are made from
 _FIELDS = {"record": ("record_id", "node_id", "reasons"), "frame_summary": ("node_id", "series_id", "frame")}
 
@@ -89,6 +93,18 @@ def message_id(kind: str, data: dict[str, Any]) -> str:
     return summary_id(str(data["node_id"]), str(data["series_id"]), int(data["frame"]))
 
 
+def _avro_packet(line: str) -> bytes:
+    """The Avro alert packet of a stored record line (with the time the ground stored it)."""
+    from edge.alerts import encode_packet
+    from edge.codec import from_dict
+
+    data = json.loads(line)
+    record = from_dict(data)
+    if not isinstance(record, DownlinkRecord):
+        raise TypeError(f"a {type(record).__name__} is not a record")
+    return encode_packet(record, received_time=data.get("received_time"))
+
+
 @dataclass
 class PublishCounters:
     """What the publisher did since it started."""
@@ -104,7 +120,13 @@ class Publisher:
     """Tails a ground's folder and publishes to JetStream at ``url``, in a thread of its own."""
 
     def __init__(self, out_dir: str | Path, url: str, *, replicas: int = 1,
-                 duplicate_window_s: float = DUPLICATE_WINDOW_S, stream: str = STREAM) -> None:
+                 duplicate_window_s: float = DUPLICATE_WINDOW_S, stream: str = STREAM,
+                 packets: str = "json") -> None:
+        """``packets``: what a record's message carries, its stored JSON line (``json``) or its
+        Avro alert packet (``avro``, docs/alerts.md); a frame summary is always its JSON line."""
+        if packets not in PACKET_FORMATS:
+            raise ValueError(f"packets must be one of {sorted(PACKET_FORMATS)}, not {packets!r}")
+        self.packets = packets
         self.out_dir = Path(out_dir)
         self.url = url
         self.replicas = int(replicas)
@@ -117,6 +139,11 @@ class Publisher:
         self._thread: threading.Thread | None = None
         self._cursor = self._read_cursor()
         self._read_at = dict(self._cursor)   # how far the lines were read (ahead of the cursor)
+        self._avro_type = ""
+        if packets == "avro":
+            from edge.alerts import PACKET_CONTENT_TYPE
+
+            self._avro_type = PACKET_CONTENT_TYPE
 
     # ---- the caller's side -----------------------------------------------------------------
     def start(self) -> None:
@@ -167,13 +194,13 @@ class Publisher:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
 
-    def _new_lines(self, name: str, limit: int) -> tuple[list[tuple[str, str, bytes]], int]:
-        """Up to ``limit`` complete lines of ``name`` past the cursor: (subject, id, line) and
-        the offset just past the last one."""
+    def _new_lines(self, name: str, limit: int) -> tuple[list[tuple[str, str, bytes, str]], int]:
+        """Up to ``limit`` complete lines of ``name`` past the cursor: (subject, id, payload,
+        content type) and the offset just past the last one."""
         path = self.out_dir / name
         start = self._read_at.get(name, 0)
         kind = "record" if name == RECORDS_NAME else "frame_summary"
-        out: list[tuple[str, str, bytes]] = []
+        out: list[tuple[str, str, bytes, str]] = []
         end = start
         try:
             with path.open("rb") as fh:
@@ -183,9 +210,14 @@ class Publisher:
                         break  # the ground is still writing it
                     end += len(line)
                     try:
-                        data = line_fields(kind, line.decode("utf-8"))
-                        out.append((subject_of(kind, data), message_id(kind, data), line.rstrip(b"\n")))
-                    except (ValueError, KeyError, TypeError) as exc:
+                        text = line.decode("utf-8")
+                        data = line_fields(kind, text)
+                        if kind == "record" and self.packets == "avro":
+                            payload, content = _avro_packet(text), self._avro_type
+                        else:
+                            payload, content = line.rstrip(b"\n"), PACKET_FORMATS["json"]
+                        out.append((subject_of(kind, data), message_id(kind, data), payload, content))
+                    except (ValueError, KeyError, TypeError, AstroEdgeError) as exc:
                         self.counters.unreadable += 1
                         log.warning("publish.unreadable", file=name, offset=end - len(line), error=str(exc))
                     if len(out) >= limit:
@@ -268,8 +300,8 @@ class Publisher:
                         break
                     self._read_at[name] = end
                     flying.append((name, end, asyncio.gather(*(
-                        js.publish(subject, payload, headers={"Nats-Msg-Id": mid})
-                        for subject, mid, payload in lines))))
+                        js.publish(subject, payload, headers={"Nats-Msg-Id": mid, "Content-Type": content})
+                        for subject, mid, payload, content in lines))))
                     total += len(lines) or 1
                     while len(flying) >= IN_FLIGHT_BATCHES:
                         await self._settle(flying.popleft())

@@ -4,7 +4,8 @@ A pull consumer on ``astro_edge.record.NODE.REASON`` (``*`` where no node or rea
 for) takes the records; a durable one (named) remembers where its reader stopped, so a person
 who comes back sees each record once; without a name it lives as long as the command. Each line
 shows the record id, node, class and confidence, the reasons it was sent, its anomaly p-value
-and its epistemic uncertainty. Every message is acknowledged once printed.
+and its epistemic uncertainty, whether the message carries the record's JSON line or its Avro
+alert packet. Every message is acknowledged once printed.
 """
 
 from __future__ import annotations
@@ -24,12 +25,24 @@ def filter_subject(node: str | None, reason: str | None) -> str:
             f"{subject_token(reason) if reason else '*'}")
 
 
-def record_line(payload: bytes) -> str:
-    """One readable line of a published record."""
-    try:
-        r = json.loads(payload)
-    except ValueError:
-        return f"(not a JSON record: {payload[:60]!r})"
+def record_line(payload: bytes, content_type: str | None = None) -> str:
+    """One readable line of a published record: its JSON line, or its Avro alert packet when
+    ``content_type`` says so."""
+    if content_type and content_type.startswith("application/avro"):
+        from dataclasses import asdict
+
+        from edge.alerts import decode_packet
+        from edge.errors import RecordError
+
+        try:
+            r: dict[str, Any] = asdict(decode_packet(payload))
+        except RecordError as exc:
+            return f"(not an alert packet: {exc})"
+    else:
+        try:
+            r = json.loads(payload)
+        except ValueError:
+            return f"(not a JSON record: {payload[:60]!r})"
     p = r.get("anomaly_pvalue")
     return (f"{r.get('record_id')}  {r.get('label')} {float(r.get('confidence') or 0):.2f}  "
             f"sent: {','.join(r.get('reasons') or [])}  p={'-' if p is None else f'{p:.3g}'}  "
@@ -54,10 +67,10 @@ async def tail(url: str, *, node: str | None = None, reason: str | None = None, 
         while count == 0 or printed < count:
             try:
                 batch = await sub.fetch(min(100, count - printed) if count else 100, timeout=1.0)
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):   # nats-py raises either
                 batch = []
             for msg in batch:
-                out(record_line(msg.data))
+                out(record_line(msg.data, (msg.headers or {}).get("Content-Type")))
                 await msg.ack()
                 printed += 1
             if batch:

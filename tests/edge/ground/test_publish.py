@@ -336,3 +336,44 @@ def test_alerts_tail_shows_one_reason_of_one_node_and_a_durable_reader_sees_each
     assert len(wanted) == 27 and sorted(tail()) == wanted
     assert sorted(tail("--durable", "desk")) == wanted
     assert tail("--durable", "desk") == [], "a durable reader sees each record once"
+
+
+def test_a_ground_can_publish_avro_alert_packets_that_read_back_as_its_records(nats: NatsServer, tmp_path: Path) -> None:
+    """With packets="avro" each record's message is its Avro alert packet (Content-Type says
+    so), which decodes with the shipped schema to exactly the record the ground stored; frame
+    summaries stay JSON; `alerts tail` reads both kinds of message."""
+    import sys
+
+    import nats as nats_py
+
+    from edge.alerts import PACKET_CONTENT_TYPE, decode_packet
+
+    spool, ids = node_spool(tmp_path / "node.sqlite", "node0", 30)
+    with Ground(tmp_path / "g") as ground:
+        publisher = Publisher(ground.out_dir, nats.url, packets="avro")
+        publisher.start()
+        try:
+            downlink_all([spool], [ground.address])
+            wait_published([publisher])
+        finally:
+            counters = publisher.stop()
+        stored = {r.record_id: r for r in ground.records()}
+
+    async def read() -> list[Any]:
+        nc = await nats_py.connect(servers=[nats.url])
+        try:
+            sub = await nc.jetstream().pull_subscribe("astro_edge.record.>", stream=STREAM)
+            return list(await sub.fetch(30, timeout=10))
+        finally:
+            await nc.close()
+
+    messages = asyncio.run(read())
+    assert counters.published == 30 and counters.unreadable == 0
+    assert {m.headers["Content-Type"] for m in messages} == {PACKET_CONTENT_TYPE}
+    records = [decode_packet(m.data) for m in messages]
+    assert sorted(r.record_id for r in records) == sorted(ids)
+    assert all(r == stored[r.record_id] for r in records)
+    done = subprocess.run([sys.executable, "-m", "edge.cli", "alerts", "tail", nats.url, "--from-start",
+                           "--timeout-s", "3"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert sorted(line.split()[0] for line in done.stdout.splitlines()) == sorted(ids)
