@@ -17,7 +17,9 @@ against the bound.
 
 With --overload the warm-up (at --rate-hz) measures the CPU time the node's processes spend per
 frame, which gives the rate the node sustains on this machine (its workers, or its cores if fewer,
-kept busy), and the DAQ then sends at twice that rate for the rest of the soak: the node must drop, count every dropped frame with its sequence number, and keep its memory
+kept busy), and the DAQ then sends at twice that rate for the rest of the soak; memory is sampled
+after a second warm-up at that rate (its queues full), so the reference minute is the node under
+the overload, not the step into it: the node must drop, count every dropped frame with its sequence number, and keep its memory
 and file descriptors flat. The exit code is 1 when the memory grew past the bound, the least-squares
 slope of the per-minute floor is over SLOPE_BOUND_MB_PER_H, the file descriptors grew, or a frame
 is unaccounted for; 0 otherwise.
@@ -155,26 +157,32 @@ def main() -> int:
         jitter = random.Random(0)
         next_sample = t_start + args.warmup_s
         mid_warmup: tuple[float, int] | None = None   # CPU seconds and frames half-way through the warm-up
+        switched = False                               # --overload: the DAQ sends at twice the rate now
         while time.monotonic() - t_start < args.seconds:
             node.step()
             if mid_warmup is None and time.monotonic() - t_start >= args.warmup_s / 2:
                 mid_warmup = (sum(cpu_s(pid) for pid in pids), node.counters.frames_processed)
+            if args.overload and not switched and time.monotonic() >= next_sample:
+                # CPU seconds per frame over the warm-up, all processes: what the node sustains
+                # with its workers (or the machine's cores) busy; twice that from now (the second
+                # half of the warm-up: the start-up's imports and engine loads excluded). Memory is
+                # sampled from one more warm-up later, once the queues the overload fills are full:
+                # the reference is then the node under the load measured, not the step into it
+                assert mid_warmup is not None
+                cpu_per_frame = ((sum(cpu_s(pid) for pid in pids) - mid_warmup[0])
+                                 / max(1, node.counters.frames_processed - mid_warmup[1]))
+                busy = min(len(node.workers), os.cpu_count() or 1)
+                rate_hz = 2.0 * busy / cpu_per_frame
+                rig.close()
+                daq_sent, daq_dropped = rig.counters.frames_sent, rig.counters.frames_dropped
+                rig = LoopbackDaq(node.receiver_endpoint, itertools.cycle(frames), sndhwm=4,
+                                  send_timeout_ms=0, rate_hz=rate_hz, series_id=2)
+                switched = True
+                next_sample += args.warmup_s
+                continue
             if time.monotonic() >= next_sample:
                 if not samples:
                     cpu_start, frames_start = [cpu_s(pid) for pid in pids], node.counters.frames_processed
-                    if args.overload:
-                        # CPU seconds per frame over the warm-up, all processes: what the node
-                        # sustains with its workers (or the machine's cores) busy; twice that from now
-                        # (the second half of the warm-up: the start-up's imports and engine loads excluded)
-                        assert mid_warmup is not None
-                        cpu_per_frame = ((sum(cpu_s(pid) for pid in pids) - mid_warmup[0])
-                                         / max(1, node.counters.frames_processed - mid_warmup[1]))
-                        busy = min(len(node.workers), os.cpu_count() or 1)
-                        rate_hz = 2.0 * busy / cpu_per_frame
-                        rig.close()
-                        daq_sent, daq_dropped = rig.counters.frames_sent, rig.counters.frames_dropped
-                        rig = LoopbackDaq(node.receiver_endpoint, itertools.cycle(frames), sndhwm=4,
-                                          send_timeout_ms=0, rate_hz=rate_hz, series_id=2)
                     fds_start = fd_count([os.getpid(), *(w.pid for w in node.workers if w.pid)])
                 samples.append((time.monotonic() - t_start, slot_rss(node)))
                 # a random interval: a fixed one, locked to the frame rate, would see each worker
@@ -195,7 +203,7 @@ def main() -> int:
         status = node.status()
         node.close(drain_s=5)
         ground.close()
-    minutes = by_minute(samples, args.warmup_s)
+    minutes = by_minute(samples, args.warmup_s * (2 if args.overload else 1))
     first, last = minutes[0], minutes[-1]
     floor_growth = last["floor"] - first["floor"]
     peak_growth = last["peak"] - first["peak"]
