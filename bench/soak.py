@@ -85,6 +85,21 @@ def rss_mb(pids: list[int]) -> float:
     return total / 2**20
 
 
+def rss_parts(pid: int) -> dict[str, float]:
+    """A process's resident MB by kind: anonymous (its heaps), file-backed (code, libraries) and
+    shared memory (a worker's frame slot), from /proc/PID/status."""
+    out = {}
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key in ("RssAnon", "RssFile", "RssShmem"):
+                    out[key[3:].lower()] = int(value.split()[0]) / 1024
+    except OSError:
+        pass
+    return out
+
+
 def slot_rss(node: Any) -> list[float]:
     """Resident MB of the main process and of each worker slot (with its successor while one starts)."""
     import os
@@ -184,11 +199,13 @@ def main() -> int:
                 if not samples:
                     cpu_start, frames_start = [cpu_s(pid) for pid in pids], node.counters.frames_processed
                     fds_start = fd_count([os.getpid(), *(w.pid for w in node.workers if w.pid)])
+                    parts_start = [rss_parts(pid) for pid in pids]
                 samples.append((time.monotonic() - t_start, slot_rss(node)))
                 # a random interval: a fixed one, locked to the frame rate, would see each worker
                 # at the same point of its frame every time
                 next_sample += jitter.uniform(0.5, 1.5)
         fds_end = fd_count([os.getpid(), *(w.pid for w in node.workers if w.pid)])
+        parts_end = [rss_parts(pid) for pid in pids]
         recycled = node.counters.workers_recycled + node.counters.workers_died
         cpu_ms = [] if recycled else [(cpu_s(pid) - c0) * 1000 / max(1, node.counters.frames_processed - frames_start)
                                       for pid, c0 in zip(pids, cpu_start, strict=True)]
@@ -220,6 +237,10 @@ def main() -> int:
         f"{m['minute']}: {m['floor']:.1f}/{m['peak']:.1f}" for m in minutes[::step] + minutes[-1:]))
     print("per-process floor (main, workers...), first minute -> last minute, MB: " + ", ".join(
         f"{a:.1f} -> {b:.1f}" for a, b in zip(first["floors"], last["floors"], strict=True)))
+    print("resident MB by kind (anon / file / shmem), after warm-up -> at the end: " + "; ".join(
+        f"{name} " + " / ".join(f"{a.get(k, 0):.1f} -> {b.get(k, 0):.1f}" for k in ("anon", "file", "shmem"))
+        for name, a, b in zip(["main"] + [f"worker {i}" for i in range(len(pids) - 1)], parts_start, parts_end,
+                              strict=True)))
     print(f"workers replaced: {c.workers_recycled} after worker_max_frames {args.worker_max_frames}, "
           f"{c.workers_died} died")
     print("CPU ms per frame the node processed, after warm-up (main with the rig's sender thread, workers...): "
