@@ -72,6 +72,13 @@ def test_unknown_key_gets_nothing_and_a_known_key_changes_the_policy(
 
         op = {"server_public_key": str(keys["node"]), "client_secret_key": str(keys["operator_secret"])}
         LoopbackDaq(node.receiver_endpoint, [simulate_frame(small_twin, 0, 4)], series_id=1).join()
+        # the frame was sent, not yet processed: the policy changes only once it is (series 1: policy 1)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            status = request(address, "status", **op)
+            if status and status["status"]["counters"]["frames_processed"] == 1:
+                break
+            time.sleep(0.1)
         answer = request(address, "set", {"alpha": 0.02, "classes_of_interest": ["streak", "galaxy"]}, **op)
         assert answer is not None and answer["ok"] and answer["policy_version"] == 2
         assert answer["changed"]["alpha"] == [cfg.triage.alpha, 0.02]

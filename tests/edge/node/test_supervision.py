@@ -121,12 +121,11 @@ def test_housekeeping_pub_and_prometheus(node_config_factory, small_twin, ground
         daq = LoopbackDaq(node.receiver_endpoint, frames, series_id=1)
         # a malformed message: a reason to label
         raw = ctx.socket(zmq.PUSH)
-        raw.setsockopt(zmq.LINGER, 0)
         raw.connect(node.receiver_endpoint)
         raw.send_multipart([b"not a header"])
-        raw.close()
+        raw.close(linger=5000)   # it must leave: linger 0 could drop it before the connection is up
         message = None
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 60
 
         def stop() -> bool:
             nonlocal message
@@ -138,6 +137,8 @@ def test_housekeeping_pub_and_prometheus(node_config_factory, small_twin, ground
 
         node.run(stop)
         daq.join(10)
+        assert node.counters.frames_processed == len(frames) and node.counters.frames_rejected == 1, \
+            node.counters.snapshot()
         assert message is not None and message[0] == b"housekeeping"
         figures = json.loads(message[1])
         for key in ("counters", "engine_id", "policy_version", "queue_depth", "spool", "process",
