@@ -1,9 +1,12 @@
 """Source detection on a calibrated frame: background, S/N threshold, centroids, flux, shape, flags.
 
 The node and the engine's training set both call these functions, so that serving and training
-find the same candidates. Everything here is a pure function of numpy arrays (sep does the
-background and the extraction): no sockets, no files, no logging, no clocks. sep's C status
-errors are turned into :class:`~edge.errors.DetectionError` in one place (:func:`_sep_call`).
+find the same candidates. Everything here is a pure function of numpy arrays: no sockets, no
+files, no logging, no clocks. Two backends do the background and the extraction, chosen by
+:attr:`DetectSettings.backend`: ``"sep"`` (the reference and the default) and ``"fast"``
+(:mod:`edge.fastdetect`, the same algorithms compiled with numba, free of the GIL and parallel).
+sep's C status errors are turned into :class:`~edge.errors.DetectionError` in one place
+(:func:`_sep_call`).
 
 Conventions: pixel coordinates are 0-based numpy coordinates, ``x`` is the column and ``y`` the
 row, pixel centres at integers (sep's convention as well). Images are in electrons (``_e``),
@@ -63,6 +66,8 @@ _KRON_FACTOR = 2.5
 _KRON_SEARCH = 6.0
 _PIXSTACK = 3_000_000
 _SUB_OBJECT_LIMIT = 8192
+#: the detection backends ``[detect] backend`` may name
+BACKENDS = ("sep", "fast")
 
 
 @dataclass(frozen=True)
@@ -85,8 +90,13 @@ class DetectSettings:
     edge_margin_px: int = 16
     #: smallest radius of the AUTO aperture, as SExtractor's PHOT_AUTOPARAMS second value
     min_aperture_radius_px: float = 3.5
+    #: "sep" (the reference) or "fast" (edge.fastdetect: compiled, GIL-free, same columns)
+    backend: str = "sep"
 
     def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise DetectionError(f"backend={self.backend!r} is not a detection backend; use one of "
+                                 f"{', '.join(repr(b) for b in BACKENDS)}", where="DetectSettings")
         checks = {
             "threshold_snr": self.threshold_snr > 0 and np.isfinite(self.threshold_snr),
             "min_area_px": self.min_area_px >= 1,
@@ -194,13 +204,18 @@ def subtract_background(image_e: NDArray[Any], mask: NDArray[Any] | None,
         raise DetectionError("every pixel is masked or non-finite; nothing to estimate a "
                              "background from", where="image_e")
     box = min(settings.background_box_px, *image.shape)
-    bkg = _sep_call("Background", sep.Background, image, mask=bad, bw=box, bh=box,
-                    fw=settings.background_filter_px, fh=settings.background_filter_px)
-    background = bkg.back(dtype=np.float32)
+    if settings.backend == "fast":
+        from edge import fastdetect  # numba compiles on first use: only a node that asks pays
+
+        background, rms = fastdetect.background(image, bad, box, settings.background_filter_px)
+    else:
+        bkg = _sep_call("Background", sep.Background, image, mask=bad, bw=box, bh=box,
+                        fw=settings.background_filter_px, fh=settings.background_filter_px)
+        background, rms = bkg.back(dtype=np.float32), float(bkg.globalrms)
     sub = image - background
     if finite is not None:
         sub[~finite] = 0.0
-    return Background(sub_e=sub, background_e=background, rms_e=float(bkg.globalrms))
+    return Background(sub_e=sub, background_e=background, rms_e=rms)
 
 
 def detect(sub_e: NDArray[Any], variance_e2: NDArray[Any], mask: NDArray[Any] | None,
@@ -226,17 +241,8 @@ def detect(sub_e: NDArray[Any], variance_e2: NDArray[Any], mask: NDArray[Any] | 
         var = np.where(usable, var, np.float32(1.0))
     var = np.ascontiguousarray(var)
 
-    if sep.get_extract_pixstack() < _PIXSTACK:
-        sep.set_extract_pixstack(_PIXSTACK)
-    if sep.get_sub_object_limit() < _SUB_OBJECT_LIMIT:
-        sep.set_sub_object_limit(_SUB_OBJECT_LIMIT)
-    objects = _sep_call(
-        "extract", sep.extract, sub, settings.threshold_snr, var=var, mask=bad,
-        minarea=settings.min_area_px, deblend_nthresh=settings.deblend_nthresh,
-        deblend_cont=settings.deblend_cont,
-        filter_kernel=sep.default_kernel if settings.matched_filter else None,
-        filter_type="matched")
-    n_found = len(objects)
+    objects = _extract(sub, var, bad, settings)
+    n_found = len(objects["x"])
     if n_found == 0:
         return _empty()
 
@@ -247,7 +253,13 @@ def detect(sub_e: NDArray[Any], variance_e2: NDArray[Any], mask: NDArray[Any] | 
     theta = objects["theta"].astype(np.float64)
     flags = objects["flag"].astype(np.int64)
 
-    flux, flux_err, aper_flags = _auto_flux(sub, var, bad, x, y, a, b, theta, settings)
+    if settings.backend == "fast":
+        from edge import fastdetect
+
+        flux, flux_err, aper_flags = fastdetect.auto_flux(
+            sub, var, np.ascontiguousarray(bad), x, y, a, b, theta, settings.min_aperture_radius_px)
+    else:
+        flux, flux_err, aper_flags = _auto_flux(sub, var, bad, x, y, a, b, theta, settings)
     flags |= aper_flags
     ok = np.isfinite(flux) & np.isfinite(flux_err) & (flux_err > 0)
     flags[~ok] |= FLAG_BAD_PHOTOMETRY
@@ -279,6 +291,26 @@ def detect(sub_e: NDArray[Any], variance_e2: NDArray[Any], mask: NDArray[Any] | 
         return candidates
     keep = np.sort(np.argsort(-snr, kind="stable")[: settings.max_candidates])
     return replace(candidates.select(keep), n_truncated=n_found - settings.max_candidates)
+
+
+def _extract(sub: NDArray[np.float32], var: NDArray[np.float32], bad: NDArray[np.bool_],
+             settings: DetectSettings) -> Any:
+    """The objects of the chosen backend: sep's structured array, or the same columns from fastdetect."""
+    kernel = sep.default_kernel if settings.matched_filter else None
+    if settings.backend == "fast":
+        from edge import fastdetect
+
+        return fastdetect.extract(sub, var, np.ascontiguousarray(bad), settings.threshold_snr,
+                                  settings.min_area_px, settings.deblend_nthresh,
+                                  settings.deblend_cont, kernel)
+    if sep.get_extract_pixstack() < _PIXSTACK:
+        sep.set_extract_pixstack(_PIXSTACK)
+    if sep.get_sub_object_limit() < _SUB_OBJECT_LIMIT:
+        sep.set_sub_object_limit(_SUB_OBJECT_LIMIT)
+    return _sep_call(
+        "extract", sep.extract, sub, settings.threshold_snr, var=var, mask=bad,
+        minarea=settings.min_area_px, deblend_nthresh=settings.deblend_nthresh,
+        deblend_cont=settings.deblend_cont, filter_kernel=kernel, filter_type="matched")
 
 
 def _auto_flux(sub: NDArray[np.float32], var: NDArray[np.float32], bad: NDArray[np.bool_],
