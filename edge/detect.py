@@ -207,12 +207,12 @@ def subtract_background(image_e: NDArray[Any], mask: NDArray[Any] | None,
     if settings.backend == "fast":
         from edge import fastdetect  # numba compiles on first use: only a node that asks pays
 
-        background, rms = fastdetect.background(image, bad, box, settings.background_filter_px)
+        background, sub, rms = fastdetect.background(image, bad, box, settings.background_filter_px)
     else:
         bkg = _sep_call("Background", sep.Background, image, mask=bad, bw=box, bh=box,
                         fw=settings.background_filter_px, fh=settings.background_filter_px)
         background, rms = bkg.back(dtype=np.float32), float(bkg.globalrms)
-    sub = image - background
+        sub = image - background
     if finite is not None:
         sub[~finite] = 0.0
     return Background(sub_e=sub, background_e=background, rms_e=rms)

@@ -44,8 +44,8 @@ def extract(sub: NDArray[np.float32], var: NDArray[np.float32], bad: NDArray[np.
         raise DetectionError(f"the fast backend filters with a 3x3 kernel, not {k.shape}",
                              where="matched_filter")
     k = (k / np.abs(k).sum()).astype(np.float32)
-    above = above_threshold(sub, var, bad, k, float(threshold_snr))
-    xs, ys, offsets = components(above, int(min_area_px))
+    xs, ys, offsets = components(above_threshold(sub, var, bad, k, float(threshold_snr)),
+                                 int(min_area_px))
     cdv = filtered_values(sub, bad, k, xs, ys)
     table = measure(xs, ys, offsets, cdv, sub, var, bad, float(threshold_snr),
                     int(deblend_nthresh), float(deblend_cont), int(min_area_px))

@@ -70,13 +70,18 @@ def _box_stats(image: NDArray[np.float32], bad: NDArray[np.bool_], y0: int, y1: 
     histo = np.zeros(nlevels + 1, dtype=np.int64)
     cste = np.float32(0.499999 - qzero / qscale)
     inv_q = np.float32(1.0 / qscale)  # sep divides; a product moves a value by a bin at most once in ~1e7
+    top = np.float32(nlevels)
+    bins = np.empty(x1 - x0, dtype=np.int32)
     for y in range(y0, y1):
         row, brow = image[y, x0:x1], bad[y, x0:x1]
+        # the bins first (a vector loop), then the counts: C's truncation toward zero as in sep;
+        # out-of-range and masked pixels go to the spare bin
         for x in range(x1 - x0):
             f = row[x] * inv_q + cste
-            # C's truncation toward zero, as in sep; out-of-range and masked pixels go to the spare bin
-            b = int(f) if f > -1.0 and f < nlevels else nlevels
-            histo[nlevels if brow[x] else b] += 1
+            f = f if f > np.float32(-1.0) and f < top and not brow[x] else top
+            bins[x] = np.int32(f)
+        for x in range(x1 - x0):
+            histo[bins[x]] += 1
     return _mode(histo, nlevels, mean, sigma, qzero, qscale)
 
 
@@ -239,15 +244,16 @@ def _x_layout(width: int, bw: int, nx: int) -> tuple[NDArray[np.int64], NDArray[
 
 
 @nb.njit(cache=True, nogil=True, parallel=True)
-def _spline_map(mesh: NDArray[np.float32], height: int, width: int, bw: int,
-                bh: int) -> NDArray[np.float32]:
-    """The background at every pixel: a bicubic spline through the box centres (sep's back())."""
+def _spline_map(mesh: NDArray[np.float32], image: NDArray[np.float32], bw: int, bh: int,
+                out: NDArray[np.float32], sub: NDArray[np.float32]) -> None:
+    """Fill ``out`` with the background at every pixel, a bicubic spline through the box centres
+    (sep's back()), and ``sub`` with the image minus it (one pass over the frame writes both)."""
+    height, width = image.shape
     ny, nx = mesh.shape
     m = mesh.astype(np.float64)
     dy_nodes = np.zeros((ny, nx), dtype=np.float64)
     for i in range(nx):
         dy_nodes[:, i] = _second_derivatives(m[:, i])
-    out = np.empty((height, width), dtype=np.float32)
     if nx < 2:
         lo_of = np.zeros(width, dtype=np.int64)
         dx_of = np.zeros(width, dtype=np.float64)
@@ -288,25 +294,33 @@ def _spline_map(mesh: NDArray[np.float32], height: int, width: int, bw: int,
         node[nx] = node[nx - 1]
         if nx < 2:
             out[y, :] = node[0]
+            sub[y, :] = image[y, :] - np.float32(node[0])
             continue
         # with one row of boxes sep has no second derivatives along x: linear between nodes
         dnode = np.zeros(nx + 1, dtype=np.float64)
         if ny > 1:
             dnode[:nx] = _second_derivatives(node[:nx])
-        orow = out[y]
+        orow, srow, irow = out[y], sub[y], image[y]
         for seg in range(seg_start.shape[0] - 1):
             lo = lo_of[seg_start[seg]]
             n0, n1 = np.float32(node[lo]), np.float32(node[lo + 1])
             d0, d1 = np.float32(dnode[lo]), np.float32(dnode[lo + 1])
             for x in range(seg_start[seg], seg_start[seg + 1]):
                 orow[x] = c0[x] * n0 + c1[x] * n1 + c2[x] * d0 + c3[x] * d1
-    return out
+        # a loop apiece: with fewer arrays in a loop LLVM can prove them apart and vectorise it
+        for x in range(width):
+            srow[x] = irow[x] - orow[x]
 
 
 def background(image: NDArray[np.float32], bad: NDArray[np.bool_], box_px: int,
-               filter_px: int) -> tuple[NDArray[np.float32], float]:
-    """The spline background map of ``image`` (``bad`` pixels excluded) and the global RMS."""
-    height, width = image.shape
+               filter_px: int) -> tuple[NDArray[np.float32], NDArray[np.float32], float]:
+    """The spline background map of ``image`` (``bad`` pixels excluded), the image minus it, and
+    the global RMS."""
     back, sigma = _mesh(image, bad, box_px, box_px)
     back, _, globalrms = _filter_mesh(back, sigma, filter_px, filter_px)
-    return _spline_map(back, height, width, box_px, box_px), globalrms
+    # frame-sized outputs come from numpy, which asks for huge pages: first touch of 64 MB of
+    # fresh 4 KiB pages costs more than the spline itself
+    background_map = np.empty(image.shape, dtype=np.float32)
+    sub = np.empty(image.shape, dtype=np.float32)
+    _spline_map(back, image, box_px, box_px, background_map, sub)
+    return background_map, sub, globalrms

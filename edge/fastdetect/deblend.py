@@ -29,6 +29,16 @@ def _root(parent: NDArray[np.int64], i: int) -> int:
     return i
 
 
+@nb.njit(cache=True, nogil=True, inline="always")
+def _link(parent: NDArray[np.int64], j: int, i: int, node: NDArray[np.int64],
+          cd: NDArray[np.float64], t: float) -> None:
+    """Join pixel i with neighbour j when j is in the group, still in a node and above the level."""
+    if j >= 0 and node[j] >= 0 and cd[j] > t:
+        ri, rj = _root(parent, i), _root(parent, j)
+        if ri != rj:
+            parent[max(ri, rj)] = min(ri, rj)
+
+
 @nb.njit(cache=True, nogil=True)
 def _moments(px: NDArray[np.float64], py: NDArray[np.float64], w: NDArray[np.float64],
              pick: NDArray[np.bool_]) -> tuple[float, float, float, float, float, bool]:
@@ -126,15 +136,14 @@ def deblend(xs: NDArray[np.int32], ys: NDArray[np.int32], cd: NDArray[np.float64
             i = active[q]
             # pixels of a group are row-major, so the neighbours seen earlier are enough
             x, y = xs[i] - xmin, ys[i] - ymin
-            for dy, dx in ((0, -1), (-1, -1), (-1, 0), (-1, 1)):
-                yy, xx = y + dy, x + dx
-                if yy < 0 or xx < 0 or xx >= bw:
-                    continue
-                j = submap[yy, xx]
-                if j >= 0 and node[j] >= 0 and cd[j] > t:
-                    ri, rj = _root(parent, i), _root(parent, j)
-                    if ri != rj:
-                        parent[max(ri, rj)] = min(ri, rj)
+            if x > 0:
+                _link(parent, submap[y, x - 1], i, node, cd, t)
+            if y > 0:
+                if x > 0:
+                    _link(parent, submap[y - 1, x - 1], i, node, cd, t)
+                _link(parent, submap[y - 1, x], i, node, cd, t)
+                if x + 1 < bw:
+                    _link(parent, submap[y - 1, x + 1], i, node, cd, t)
         for q in range(nactive):
             count[_root(parent, active[q])] += 1
         for q in range(nactive):
