@@ -29,16 +29,19 @@ _FAST_SUMS = {"reassoc", "contract", "nsz"}
 def _box_stats(image: NDArray[np.float32], bad: NDArray[np.bool_], y0: int, y1: int, x0: int,
                x1: int) -> tuple[float, float]:
     """(background, sigma) of one box, or (-BIG, -BIG) when too few pixels are usable."""
-    n = 0
+    nf = 0.0
     s = 0.0
     s2 = 0.0
     for y in range(y0, y1):
         row, brow = image[y, x0:x1], bad[y, x0:x1]
         for x in range(x1 - x0):
-            v = 0.0 if brow[x] else float(row[x])
+            # arithmetic, not branches, so that the loop vectorises
+            good = 1.0 - np.float64(brow[x])
+            v = float(row[x]) * good
             s += v
             s2 += v * v
-            n += 0 if brow[x] else 1
+            nf += good
+    n = int(nf)
     if n < (x1 - x0) * (y1 - y0) * _MIN_GOOD_FRACTION or n == 0:
         return -_BIG, -_BIG
     mean = s / n
@@ -46,18 +49,19 @@ def _box_stats(image: NDArray[np.float32], bad: NDArray[np.bool_], y0: int, y1: 
     sigma = math.sqrt(var) if var > 0.0 else 0.0
     lcut = np.float32(mean - 2.0 * sigma)
     hcut = np.float32(mean + 2.0 * sigma)
-    n = 0
+    nf = 0.0
     s = 0.0
     s2 = 0.0
     for y in range(y0, y1):
         row, brow = image[y, x0:x1], bad[y, x0:x1]
         for x in range(x1 - x0):
             v32 = row[x]
-            keep = not brow[x] and v32 <= hcut and v32 >= lcut
-            v = float(v32) if keep else 0.0
+            keep = np.float64((v32 <= hcut) & (v32 >= lcut) & (not brow[x]))
+            v = float(v32) * keep
             s += v
             s2 += v * v
-            n += 1 if keep else 0
+            nf += keep
+    n = int(nf)
     if n == 0:
         return -_BIG, -_BIG
     mean = s / n
@@ -85,7 +89,7 @@ def _box_stats(image: NDArray[np.float32], bad: NDArray[np.bool_], y0: int, y1: 
     return _mode(histo, nlevels, mean, sigma, qzero, qscale)
 
 
-@nb.njit(cache=True, nogil=True, fastmath=_FAST_SUMS)
+@nb.njit(cache=True, nogil=True)
 def _mode(histo: NDArray[np.int64], nlevels: int, mean0: float, sigma0: float, qzero: float,
           qscale: float) -> tuple[float, float]:
     """SExtractor's clipped mode of a histogram (sep's backguess).
@@ -94,6 +98,16 @@ def _mode(histo: NDArray[np.int64], nlevels: int, mean0: float, sigma0: float, q
     from the cumulative histogram (bin i spans i - 0.5 .. i + 0.5), where sep walks in from both
     ends: the two agree to a fraction of a bin (a few thousandths of sigma).
     """
+    # prefix sums of the counts and their first two moments: each clipping iteration is then a
+    # few lookups and a binary search (exact: the sums are integers well inside a double)
+    cnt = np.zeros(nlevels + 1, dtype=np.float64)
+    m1 = np.zeros(nlevels + 1, dtype=np.float64)
+    m2 = np.zeros(nlevels + 1, dtype=np.float64)
+    for i in range(nlevels):
+        h = float(histo[i])
+        cnt[i + 1] = cnt[i] + h
+        m1[i + 1] = m1[i] + h * i
+        m2[i + 1] = m2[i] + h * i * i
     lcut = 0
     hcut = nlevels - 1
     sig = 10.0 * (nlevels - 1)
@@ -104,24 +118,21 @@ def _mode(histo: NDArray[np.int64], nlevels: int, mean0: float, sigma0: float, q
     while it > 0 and sig >= 0.1 and abs(sig / sig1 - 1.0) > 1e-4:
         it -= 1
         sig1 = sig
-        total = 0.0
-        mea = 0.0
-        sig = 0.0
-        for i in range(lcut, hcut + 1):
-            pix = float(histo[i])
-            total += pix
-            mea += pix * i
-            sig += pix * i * i
-        half = 0.5 * total
-        cum = 0.0
+        total = cnt[hcut + 1] - cnt[lcut]
+        mea = m1[hcut + 1] - m1[lcut]
+        sig = m2[hcut + 1] - m2[lcut]
         med = 0.0
-        for i in range(lcut, hcut + 1):
-            h = float(histo[i])
-            if cum + h >= half and h > 0.0:
-                med = i - 0.5 + (half - cum) / h
-                break
-            cum += h
         if total > 0:
+            # the first bin where the cumulative count reaches half the clipped total
+            target = cnt[lcut] + 0.5 * total
+            lo, hi = lcut, hcut
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if cnt[mid + 1] >= target:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            med = lo - 0.5 + (target - cnt[lo]) / (cnt[lo + 1] - cnt[lo])
             mea /= total
             sig = sig / total - mea * mea
         sig = math.sqrt(sig) if sig > 0.0 else 0.0

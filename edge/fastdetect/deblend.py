@@ -29,16 +29,6 @@ def _root(parent: NDArray[np.int64], i: int) -> int:
     return i
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
-def _link(parent: NDArray[np.int64], j: int, i: int, node: NDArray[np.int64],
-          cd: NDArray[np.float64], t: float) -> None:
-    """Join pixel i with neighbour j when j is in the group, still in a node and above the level."""
-    if j >= 0 and node[j] >= 0 and cd[j] > t:
-        ri, rj = _root(parent, i), _root(parent, j)
-        if ri != rj:
-            parent[max(ri, rj)] = min(ri, rj)
-
-
 @nb.njit(cache=True, nogil=True)
 def _moments(px: NDArray[np.float64], py: NDArray[np.float64], w: NDArray[np.float64],
              pick: NDArray[np.bool_]) -> tuple[float, float, float, float, float, bool]:
@@ -82,7 +72,9 @@ def deblend(xs: NDArray[np.int32], ys: NDArray[np.int32], cd: NDArray[np.float64
     """The branch of each pixel of one group, and the number n of branches.
 
     ``cd`` is the filtered image. A pixel of branch b above its branch's level has label b, a
-    pixel given to it afterwards b + n.
+    pixel given to it afterwards b + n. The tree is built in one sweep from the brightest pixel
+    down (a union-find that adds pixels in decreasing ``cd`` and takes a snapshot of the branches
+    at each level), the same tree as thresholding the group level by level.
     """
     npix = xs.shape[0]
     labels = np.zeros(npix, dtype=np.int64)
@@ -91,115 +83,140 @@ def deblend(xs: NDArray[np.int32], ys: NDArray[np.int32], cd: NDArray[np.float64
         return labels, 1
     xmin, ymin = xs.min(), ys.min()
     bw = xs.max() - xmin + 1
-    submap = np.full((ys.max() - ymin + 1, bw), -1, dtype=np.int64)
+    bh = ys.max() - ymin + 1
+    submap = np.full((bh, bw), -1, dtype=np.int64)
     for i in range(npix):
         submap[ys[i] - ymin, xs[i] - xmin] = i
-    # nodes of the tree in creation order (a child always after its parent); node[i] is pixel
-    # i's node at the current level, -1 once it has dropped out; home[i] its highest node
+    levels = np.empty(nthresh, dtype=np.float64)
+    for k in range(nthresh):
+        levels[k] = base * (peak / base) ** (k / nthresh)
+    order = np.argsort(-cd)
+    parent = np.full(npix, -1, dtype=np.int64)  # -1: not added yet
+    flux = np.zeros(npix, dtype=np.float64)
+    size = np.zeros(npix, dtype=np.int64)
+    roots = np.empty(npix, dtype=np.int64)
+    nroots = 0
+    # nodes, in the order the sweep makes them (children before parents); node 0 is the group
     cap = 64
     n_level = np.zeros(cap, dtype=np.int64)
     n_parent = np.zeros(cap, dtype=np.int64)
     n_flux = np.zeros(cap, dtype=np.float64)
     n_npix = np.zeros(cap, dtype=np.int64)
+    n_rep = np.zeros(cap, dtype=np.int64)
     nnodes = 1
     n_flux[0] = cd.sum()
     n_npix[0] = npix
-    levels = np.empty(nthresh, dtype=np.float64)
-    levels[0] = base
-    node = np.zeros(npix, dtype=np.int64)
-    home = np.zeros(npix, dtype=np.int64)
-    active = np.arange(npix)
-    nactive = npix
-    parent = np.empty(npix, dtype=np.int64)
-    count = np.zeros(npix, dtype=np.int64)
-    new_node = np.full(npix, -1, dtype=np.int64)
-    for k in range(1, nthresh):
-        t = base * (peak / base) ** (k / nthresh)
-        levels[k] = t
-        # keep the pixels still in a node and above this level
+    node_of_root = np.full(npix, -1, dtype=np.int64)
+    prev_first, prev_end = 1, 1  # the nodes of the level above
+    q = 0
+    for k in range(nthresh - 1, 0, -1):
+        t = levels[k]
+        while q < npix and cd[order[q]] > t:
+            p = order[q]
+            q += 1
+            parent[p] = p
+            flux[p] = cd[p]
+            size[p] = 1
+            roots[nroots] = p
+            nroots += 1
+            x, y = xs[p] - xmin, ys[p] - ymin
+            for dy in range(-1, 2):
+                yy = y + dy
+                if yy < 0 or yy >= bh:
+                    continue
+                for dx in range(-1, 2):
+                    xx = x + dx
+                    if xx < 0 or xx >= bw or (dx == 0 and dy == 0):
+                        continue
+                    j = submap[yy, xx]
+                    if j < 0 or parent[j] < 0:
+                        continue
+                    ra, rb = _root(parent, p), _root(parent, j)
+                    if ra != rb:
+                        parent[rb] = ra
+                        flux[ra] += flux[rb]
+                        size[ra] += size[rb]
+        # the branches at this level: components of at least min_area pixels
         m = 0
-        for q in range(nactive):
-            i = active[q]
-            if node[i] >= 0 and cd[i] > t:
-                active[m] = i
-                m += 1
-            else:
-                node[i] = -1
-        nactive = m
-        if nactive < min_area:
-            break
-        for q in range(nactive):
-            i = active[q]
-            parent[i] = i
-            count[i] = 0
-        for q in range(nactive):
-            i = active[q]
-            # pixels of a group are row-major, so the neighbours seen earlier are enough
-            x, y = xs[i] - xmin, ys[i] - ymin
-            if x > 0:
-                _link(parent, submap[y, x - 1], i, node, cd, t)
-            if y > 0:
-                if x > 0:
-                    _link(parent, submap[y - 1, x - 1], i, node, cd, t)
-                _link(parent, submap[y - 1, x], i, node, cd, t)
-                if x + 1 < bw:
-                    _link(parent, submap[y - 1, x + 1], i, node, cd, t)
-        for q in range(nactive):
-            count[_root(parent, active[q])] += 1
-        for q in range(nactive):
-            i = active[q]
-            r = _root(parent, i)
-            if count[r] < min_area:
-                node[i] = -2  # dropped at this level: gone for the levels above
+        first = nnodes
+        for r in range(nroots):
+            root = roots[r]
+            if parent[root] != root:
                 continue
-            if new_node[r] < 0:
-                if nnodes == cap:
-                    cap *= 2
-                    n_level = _grow(n_level, cap)
-                    n_parent = _grow(n_parent, cap)
-                    n_flux = np.concatenate((n_flux, np.zeros(cap - n_flux.shape[0])))
-                    n_npix = _grow(n_npix, cap)
-                new_node[r] = nnodes
-                n_level[nnodes] = k
-                n_parent[nnodes] = node[i]
-                n_flux[nnodes] = 0.0
-                n_npix[nnodes] = 0
-                nnodes += 1
-        for q in range(nactive):
-            i = active[q]
-            if node[i] == -2:
-                node[i] = -1
+            roots[m] = root
+            m += 1
+            node_of_root[root] = -1
+            if size[root] < min_area:
                 continue
-            nd = new_node[_root(parent, i)]
-            node[i] = nd
-            home[i] = nd
-            n_flux[nd] += cd[i]
-            n_npix[nd] += 1
-        for q in range(nactive):
-            new_node[active[q]] = -1
+            if nnodes == cap:
+                cap *= 2
+                n_level = _grow(n_level, cap)
+                n_parent = _grow(n_parent, cap)
+                n_flux = np.concatenate((n_flux, np.zeros(cap - n_flux.shape[0])))
+                n_npix = _grow(n_npix, cap)
+                n_rep = _grow(n_rep, cap)
+            node_of_root[root] = nnodes
+            n_level[nnodes] = k
+            n_flux[nnodes] = flux[root]
+            n_npix[nnodes] = size[root]
+            n_rep[nnodes] = root
+            nnodes += 1
+        nroots = m
+        for nd in range(prev_first, prev_end):
+            n_parent[nd] = node_of_root[_root(parent, n_rep[nd])]
+        prev_first, prev_end = first, nnodes
+    for nd in range(prev_first, prev_end):
+        n_parent[nd] = 0
     if nnodes == 1:
         return labels, 1
-    # cut the branches, top down: a node with two or more significant branches splits into them
+    # cut the branches: a node with two or more significant branches splits into them; the
+    # sweep made children first, so a node is final when the loop reaches it
     value0 = n_flux[0] * contrast
     ok = np.ones(nnodes, dtype=np.bool_)
     significant = np.zeros(nnodes, dtype=np.bool_)
     nsig = np.zeros(nnodes, dtype=np.int64)
-    for j in range(nnodes - 1, -1, -1):
-        # every child comes after its parent: a node is final once the loop reaches it
+    for j in range(1, nnodes):
         if nsig[j] > 1:
             ok[j] = False
-        if j == 0:
-            break
         significant[j] = n_flux[j] - levels[n_level[j]] * n_npix[j] > value0
         ok[n_parent[j]] &= ok[j]
         if significant[j]:
             nsig[n_parent[j]] += 1
+    if nsig[0] > 1:
+        ok[0] = False
     if ok[0]:
         return labels, 1
-    out = np.zeros(nnodes, dtype=np.bool_)
+    # each kept branch takes the pixels connected to it above its level
+    labels[:] = -1
+    stack = np.empty(npix, dtype=np.int64)
+    nb_ = 0
     for j in range(1, nnodes):
-        out[j] = ok[j] and significant[j] and nsig[n_parent[j]] > 1
-    return _gather(xs, ys, cd, home, n_parent, out, base, labels)
+        if not (ok[j] and significant[j] and nsig[n_parent[j]] > 1):
+            continue
+        t = levels[n_level[j]]
+        top = 0
+        stack[0] = n_rep[j]
+        labels[n_rep[j]] = nb_
+        top = 1
+        while top > 0:
+            top -= 1
+            p = stack[top]
+            x, y = xs[p] - xmin, ys[p] - ymin
+            for dy in range(-1, 2):
+                yy = y + dy
+                if yy < 0 or yy >= bh:
+                    continue
+                for dx in range(-1, 2):
+                    xx = x + dx
+                    if xx < 0 or xx >= bw:
+                        continue
+                    i = submap[yy, xx]
+                    if i >= 0 and labels[i] < 0 and cd[i] > t:
+                        labels[i] = nb_
+                        stack[top] = i
+                        top += 1
+        nb_ += 1
+    return _gather(xs, ys, cd, nb_, base, labels)
 
 
 @nb.njit(cache=True, nogil=True)
@@ -210,25 +227,10 @@ def _grow(a: NDArray[np.int64], cap: int) -> NDArray[np.int64]:
 
 
 @nb.njit(cache=True, nogil=True)
-def _gather(xs: NDArray[np.int32], ys: NDArray[np.int32], cd: NDArray[np.float64],
-            home: NDArray[np.int64], n_parent: NDArray[np.int64], out: NDArray[np.bool_],
+def _gather(xs: NDArray[np.int32], ys: NDArray[np.int32], cd: NDArray[np.float64], nb_: int,
             base: float, labels: NDArray[np.int64]) -> tuple[NDArray[np.int64], int]:
-    """Give each kept branch its pixels, and every other pixel to its most probable branch."""
+    """Every pixel not in a branch (label -1) goes to its most probable branch (label + n)."""
     npix = xs.shape[0]
-    branches = np.nonzero(out)[0]
-    nb_ = branches.shape[0]
-    branch_of = np.full(out.shape[0], -1, dtype=np.int64)
-    for b in range(nb_):
-        branch_of[branches[b]] = b
-    # a pixel belongs to a kept branch when the branch is its highest node or an ancestor of it
-    labels[:] = -1
-    for i in range(npix):
-        nd = home[i]
-        while nd > 0:
-            if branch_of[nd] >= 0:
-                labels[i] = branch_of[nd]
-                break
-            nd = n_parent[nd]
     px = xs.astype(np.float64)
     py = ys.astype(np.float64)
     mx = np.empty(nb_)

@@ -21,6 +21,28 @@ COLUMNS = ("x", "y", "x2", "y2", "xy", "errx2", "erry2", "a", "b", "theta", "pea
            "xpeak", "ypeak", "flag")
 
 
+#: groups (or objects) per parallel chunk: a prange body that allocates costs far more per
+#: iteration than a plain loop, so each chunk runs its groups in a serial helper
+CHUNK = 64
+
+
+@nb.njit(cache=True, nogil=True)
+def _deblend_range(g0: int, g1: int, xs: NDArray[np.int32], ys: NDArray[np.int32],
+                   offsets: NDArray[np.int64], cdv: NDArray[np.float64], var: NDArray[np.float32],
+                   threshold: float, nthresh: int, contrast: float, min_area: int,
+                   labels: NDArray[np.int64], nsub: NDArray[np.int64]) -> None:
+    for g in range(g0, g1):
+        a, b = offsets[g], offsets[g + 1]
+        vmin = np.inf
+        for i in range(a, b):
+            vmin = min(vmin, float(var[ys[i], xs[i]]))
+        # the base level: the S/N threshold in the group's lowest noise, as sep's per-pixel threshold
+        base = threshold * math.sqrt(vmin) if vmin > 0.0 and np.isfinite(vmin) else threshold
+        lab, n = deblend(xs[a:b], ys[a:b], cdv[a:b], base, nthresh, contrast, min_area)
+        labels[a:b] = lab
+        nsub[g] = n
+
+
 @nb.njit(cache=True, nogil=True, parallel=True)
 def _deblend_all(xs: NDArray[np.int32], ys: NDArray[np.int32], offsets: NDArray[np.int64],
                  cdv: NDArray[np.float64], var: NDArray[np.float32], threshold: float,
@@ -28,18 +50,9 @@ def _deblend_all(xs: NDArray[np.int32], ys: NDArray[np.int32], offsets: NDArray[
     ngroups = offsets.shape[0] - 1
     labels = np.empty(xs.shape[0], dtype=np.int64)
     nsub = np.zeros(ngroups, dtype=np.int64)
-    for g in nb.prange(ngroups):
-        a, b = offsets[g], offsets[g + 1]
-        gx, gy = xs[a:b], ys[a:b]
-        cd = cdv[a:b]
-        vmin = np.inf
-        for i in range(b - a):
-            vmin = min(vmin, float(var[gy[i], gx[i]]))
-        # the base level: the S/N threshold in the group's lowest noise, as sep's per-pixel threshold
-        base = threshold * math.sqrt(vmin) if vmin > 0.0 and np.isfinite(vmin) else threshold
-        lab, n = deblend(gx, gy, cd, base, nthresh, contrast, min_area)
-        labels[a:b] = lab
-        nsub[g] = n
+    for c in nb.prange((ngroups + CHUNK - 1) // CHUNK):
+        _deblend_range(c * CHUNK, min(ngroups, (c + 1) * CHUNK), xs, ys, offsets, cdv, var,
+                       threshold, nthresh, contrast, min_area, labels, nsub)
     return labels, nsub
 
 
