@@ -18,6 +18,7 @@ reads the files, so it cannot delay an acknowledgement.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import json
 import os
@@ -288,8 +289,6 @@ class Publisher:
         the cursor past each batch once JetStream acknowledged all of it, in order; returns how
         many lines were sent (0: none new). A batch that fails is sent again from the cursor
         (JetStream drops what it holds)."""
-        import collections
-
         flying: collections.deque[tuple[str, int, asyncio.Future[list[Any]]]] = collections.deque()
         total = 0
         try:
