@@ -56,7 +56,7 @@ def _deblend_all(xs: NDArray[np.int32], ys: NDArray[np.int32], offsets: NDArray[
     return labels, nsub
 
 
-@nb.njit(cache=True, nogil=True, parallel=True)
+@nb.njit(cache=True, nogil=True)  # ~10 ms a frame: threads would not pay their compile time
 def _measure_all(xs: NDArray[np.int32], ys: NDArray[np.int32], offsets: NDArray[np.int64],
                  labels: NDArray[np.int64], nsub: NDArray[np.int64], cdv: NDArray[np.float64],
                  sub: NDArray[np.float32], var: NDArray[np.float32],
@@ -67,7 +67,7 @@ def _measure_all(xs: NDArray[np.int32], ys: NDArray[np.int32], offsets: NDArray[
     for g in range(ngroups):
         first[g + 1] = first[g] + nsub[g]
     table = np.zeros((first[ngroups], len(COLUMNS)), dtype=np.float64)
-    for g in nb.prange(ngroups):
+    for g in range(ngroups):
         a, b = offsets[g], offsets[g + 1]
         m = nsub[g]
         for s in range(m):

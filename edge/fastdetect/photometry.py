@@ -120,7 +120,7 @@ def _kron(sub: NDArray[np.float32], bad: NDArray[np.bool_], x: float, y: float, 
     return r1 / v1, flag
 
 
-@nb.njit(cache=True, nogil=True, parallel=True)
+@nb.njit(cache=True, nogil=True)  # ~10 ms a frame: threads would not pay their compile time
 def auto_flux(sub: NDArray[np.float32], var: NDArray[np.float32], bad: NDArray[np.bool_],
               x: NDArray[np.float64], y: NDArray[np.float64], a: NDArray[np.float64],
               b: NDArray[np.float64], theta: NDArray[np.float64],
@@ -130,7 +130,7 @@ def auto_flux(sub: NDArray[np.float32], var: NDArray[np.float32], bad: NDArray[n
     flux = np.zeros(n, dtype=np.float64)
     err = np.zeros(n, dtype=np.float64)
     flags = np.zeros(n, dtype=np.int64)
-    for i in nb.prange(n):
+    for i in range(n):
         # single-pixel objects have a or b near 0: the same guards as edge.detect's sep path
         ai = max(a[i], 0.5) if np.isfinite(a[i]) else 0.5
         bi = min(max(b[i], 0.5) if np.isfinite(b[i]) else 0.5, ai)

@@ -69,7 +69,7 @@ def above_threshold(sub: NDArray[np.float32], var: NDArray[np.float32], bad: NDA
     return out
 
 
-@nb.njit(cache=True, nogil=True, parallel=True)
+@nb.njit(cache=True, nogil=True)  # ~10 ms a frame: threads would not pay their compile time
 def filtered_values(sub: NDArray[np.float32], bad: NDArray[np.bool_], kernel: NDArray[np.float32],
                     xs: NDArray[np.int32], ys: NDArray[np.int32]) -> NDArray[np.float64]:
     """The filtered image (``kernel`` * image, masked pixels as 0) at the given pixels."""
@@ -77,7 +77,7 @@ def filtered_values(sub: NDArray[np.float32], bad: NDArray[np.bool_], kernel: ND
     kh, kw = kernel.shape
     ry, rx = kh // 2, kw // 2
     out = np.empty(xs.shape[0], dtype=np.float64)
-    for p in nb.prange(xs.shape[0]):
+    for p in range(xs.shape[0]):
         acc = np.float32(0.0)
         for j in range(kh):
             yy = ys[p] + j - ry
@@ -91,12 +91,12 @@ def filtered_values(sub: NDArray[np.float32], bad: NDArray[np.bool_], kernel: ND
     return out
 
 
-@nb.njit(cache=True, nogil=True, parallel=True)
+@nb.njit(cache=True, nogil=True)  # a scan of bytes: threads would not pay their compile time
 def _runs(above_map: NDArray[np.uint8]) -> tuple[NDArray[np.int32], NDArray[np.int32], NDArray[np.int32], NDArray[np.int64]]:
     """Runs of set pixels: (row, first column, end column, index of each row's first run)."""
     height, width = above_map.shape
     counts = np.zeros(height + 1, dtype=np.int64)
-    for y in nb.prange(height):
+    for y in range(height):
         n = 0
         inside = False
         for x in range(width):
@@ -110,7 +110,7 @@ def _runs(above_map: NDArray[np.uint8]) -> tuple[NDArray[np.int32], NDArray[np.i
     ry = np.empty(total, dtype=np.int32)
     rx0 = np.empty(total, dtype=np.int32)
     rx1 = np.empty(total, dtype=np.int32)
-    for y in nb.prange(height):
+    for y in range(height):
         k = start[y]
         inside = False
         for x in range(width):
