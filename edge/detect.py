@@ -92,6 +92,8 @@ class DetectSettings:
     min_aperture_radius_px: float = 3.5
     #: "sep" (the reference) or "fast" (edge.fastdetect: compiled, GIL-free, same columns)
     backend: str = "sep"
+    #: threads of the fast backend (sep is single-threaded); 1 where a worker process runs per core
+    threads: int = 1
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -107,6 +109,7 @@ class DetectSettings:
             "max_candidates": self.max_candidates >= 1,
             "edge_margin_px": self.edge_margin_px >= 0,
             "min_aperture_radius_px": self.min_aperture_radius_px > 0,
+            "threads": self.threads >= 1,
         }
         for name, ok in checks.items():
             if not ok:
@@ -207,7 +210,8 @@ def subtract_background(image_e: NDArray[Any], mask: NDArray[Any] | None,
     if settings.backend == "fast":
         from edge import fastdetect  # numba compiles on first use: only a node that asks pays
 
-        background, sub, rms = fastdetect.background(image, bad, box, settings.background_filter_px)
+        background, sub, rms = fastdetect.background(image, bad, box, settings.background_filter_px,
+                                                     settings.threads)
     else:
         bkg = _sep_call("Background", sep.Background, image, mask=bad, bw=box, bh=box,
                         fw=settings.background_filter_px, fh=settings.background_filter_px)
@@ -302,7 +306,7 @@ def _extract(sub: NDArray[np.float32], var: NDArray[np.float32], bad: NDArray[np
 
         return fastdetect.extract(sub, var, np.ascontiguousarray(bad), settings.threshold_snr,
                                   settings.min_area_px, settings.deblend_nthresh,
-                                  settings.deblend_cont, kernel)
+                                  settings.deblend_cont, kernel, settings.threads)
     if sep.get_extract_pixstack() < _PIXSTACK:
         sep.set_extract_pixstack(_PIXSTACK)
     if sep.get_sub_object_limit() < _SUB_OBJECT_LIMIT:

@@ -6,7 +6,8 @@ OBJ_*/APER_* flag bits). The pieces, one module each: :mod:`.background` (mesh m
 median filter, bicubic spline), :mod:`.segment` (matched filter S/N map, 8-connected groups),
 :mod:`.deblend` (multi-threshold deblending), :mod:`.measure` (isophotal barycentre, moments,
 errors, flags), :mod:`.photometry` (Kron radius, AUTO flux). Every loop releases the GIL
-(``nogil``); rows, boxes and groups run in parallel on numba's threads (``NUMBA_NUM_THREADS``).
+(``nogil``), so the heavy ones (box statistics, the spline, the S/N threshold, deblending) run in
+pieces on plain threads (:mod:`.chunks`, ``[detect] threads``).
 Pure functions of arrays: no logging, no clocks, no files.
 
 Where it differs from sep on purpose: deblending gives each left-over pixel to its most probable
@@ -22,16 +23,17 @@ from numpy.typing import NDArray
 
 from edge.errors import DetectionError
 from edge.fastdetect.background import background
+from edge.fastdetect.chunks import in_chunks
 from edge.fastdetect.measure import COLUMNS, measure
 from edge.fastdetect.photometry import auto_flux
-from edge.fastdetect.segment import above_threshold, components, filtered_values
+from edge.fastdetect.segment import components, filtered_values, threshold_rows
 
 __all__ = ["COLUMNS", "auto_flux", "background", "extract"]
 
 
 def extract(sub: NDArray[np.float32], var: NDArray[np.float32], bad: NDArray[np.bool_],
             threshold_snr: float, min_area_px: int, deblend_nthresh: int, deblend_cont: float,
-            kernel: NDArray[np.float64] | None) -> dict[str, NDArray[np.float64]]:
+            kernel: NDArray[np.float64] | None, threads: int = 1) -> dict[str, NDArray[np.float64]]:
     """sep.extract's objects as columns (:data:`COLUMNS`), thresholding the S/N map on the variance.
 
     ``kernel`` (or None for no filter) is the matched filter; ``var`` must be finite and positive
@@ -44,9 +46,10 @@ def extract(sub: NDArray[np.float32], var: NDArray[np.float32], bad: NDArray[np.
         raise DetectionError(f"the fast backend filters with a 3x3 kernel, not {k.shape}",
                              where="matched_filter")
     k = (k / np.abs(k).sum()).astype(np.float32)
-    xs, ys, offsets = components(above_threshold(sub, var, bad, k, float(threshold_snr)),
-                                 int(min_area_px))
+    above = np.empty(sub.shape, dtype=np.uint8)
+    in_chunks(threshold_rows, sub.shape[0], threads, sub, var, bad, k, float(threshold_snr), above)
+    xs, ys, offsets = components(above, int(min_area_px))
     cdv = filtered_values(sub, bad, k, xs, ys)
     table = measure(xs, ys, offsets, cdv, sub, var, bad, float(threshold_snr),
-                    int(deblend_nthresh), float(deblend_cont), int(min_area_px))
+                    int(deblend_nthresh), float(deblend_cont), int(min_area_px), threads)
     return {name: table[:, i] for i, name in enumerate(COLUMNS)}

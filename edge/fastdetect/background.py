@@ -15,17 +15,20 @@ import numba as nb
 import numpy as np
 from numpy.typing import NDArray
 
+from edge.fastdetect.chunks import in_chunks
+
 _BIG = 1e30
 _NSIGMA = 5.0
 _MAX_LEVELS = 4096
 _MIN_GOOD_FRACTION = 0.5
 
 
-#: sums may be reordered (vectorised): the image is finite here, and sep's sums are doubles too
+#: sums may be reordered (vectorised): the image is finite here, and sep's sums are doubles too;
+#: the loops use error_model="numpy" (no division checks, which keep loops from vectorising)
 _FAST_SUMS = {"reassoc", "contract", "nsz"}
 
 
-@nb.njit(cache=True, nogil=True, fastmath=_FAST_SUMS)
+@nb.njit(cache=True, nogil=True, fastmath=_FAST_SUMS, error_model="numpy")
 def _box_stats(image: NDArray[np.float32], bad: NDArray[np.bool_], y0: int, y1: int, x0: int,
                x1: int) -> tuple[float, float]:
     """(background, sigma) of one box, or (-BIG, -BIG) when too few pixels are usable."""
@@ -150,21 +153,16 @@ def _mode(histo: NDArray[np.int64], nlevels: int, mean0: float, sigma0: float, q
     return back, sig * qscale
 
 
-@nb.njit(cache=True, nogil=True, parallel=True)
-def _mesh(image: NDArray[np.float32], bad: NDArray[np.bool_], bw: int,
-          bh: int) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+@nb.njit(cache=True, nogil=True, error_model="numpy")
+def _mesh_rows(j0: int, j1: int, image: NDArray[np.float32], bad: NDArray[np.bool_], bw: int,
+               bh: int, back: NDArray[np.float32], sigma: NDArray[np.float32]) -> None:
+    """Background and sigma of the boxes in rows j0 .. j1 of the mesh."""
     height, width = image.shape
-    nx = (width - 1) // bw + 1
-    ny = (height - 1) // bh + 1
-    back = np.empty((ny, nx), dtype=np.float32)
-    sigma = np.empty((ny, nx), dtype=np.float32)
-    for k in nb.prange(nx * ny):
-        j, i = k // nx, k % nx
-        b, s = _box_stats(image, bad, j * bh, min((j + 1) * bh, height), i * bw,
-                          min((i + 1) * bw, width))
-        back[j, i] = b
-        sigma[j, i] = s
-    return back, sigma
+    nx = back.shape[1]
+    for j in range(j0, j1):
+        for i in range(nx):
+            back[j, i], sigma[j, i] = _box_stats(image, bad, j * bh, min((j + 1) * bh, height),
+                                                 i * bw, min((i + 1) * bw, width))
 
 
 @nb.njit(cache=True, nogil=True)
@@ -254,12 +252,12 @@ def _x_layout(width: int, bw: int, nx: int) -> tuple[NDArray[np.int64], NDArray[
     return lo_of, dx_of
 
 
-@nb.njit(cache=True, nogil=True, parallel=True)
-def _spline_map(mesh: NDArray[np.float32], image: NDArray[np.float32], bw: int, bh: int,
-                out: NDArray[np.float32], sub: NDArray[np.float32]) -> None:
-    """Fill ``out`` with the background at every pixel, a bicubic spline through the box centres
-    (sep's back()), and ``sub`` with the image minus it (one pass over the frame writes both)."""
-    height, width = image.shape
+@nb.njit(cache=True, nogil=True)
+def _spline_setup(mesh: NDArray[np.float32], width: int, bw: int) -> tuple[
+        NDArray[np.float64], NDArray[np.float64], NDArray[np.int64], NDArray[np.float32],
+        NDArray[np.float32], NDArray[np.float32], NDArray[np.float32], NDArray[np.int64]]:
+    """What every row of the spline shares: the nodes, their second derivatives along y, and for
+    each column its left node and cubic weights (sep's back(), laid out once)."""
     ny, nx = mesh.shape
     m = mesh.astype(np.float64)
     dy_nodes = np.zeros((ny, nx), dtype=np.float64)
@@ -282,7 +280,19 @@ def _spline_map(mesh: NDArray[np.float32], image: NDArray[np.float32], bw: int, 
             starts.append(x)
     starts.append(width)
     seg_start = np.array(starts, dtype=np.int64)
-    for y in nb.prange(height):
+    return m, dy_nodes, lo_of, c0, c1, c2, c3, seg_start
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy")
+def _spline_rows(y0: int, y1: int, m: NDArray[np.float64], dy_nodes: NDArray[np.float64],
+                 lo_of: NDArray[np.int64], c0: NDArray[np.float32], c1: NDArray[np.float32],
+                 c2: NDArray[np.float32], c3: NDArray[np.float32], seg_start: NDArray[np.int64],
+                 bh: int, image: NDArray[np.float32], out: NDArray[np.float32],
+                 sub: NDArray[np.float32]) -> None:
+    """Rows y0 .. y1 of the background (``out``) and of the image minus it (``sub``)."""
+    ny, nx = m.shape
+    width = image.shape[1]
+    for y in range(y0, y1):
         node = np.empty(nx + 1, dtype=np.float64)
         if ny > 1:
             dy = y / bh - 0.5
@@ -323,15 +333,20 @@ def _spline_map(mesh: NDArray[np.float32], image: NDArray[np.float32], bw: int, 
             srow[x] = irow[x] - orow[x]
 
 
-def background(image: NDArray[np.float32], bad: NDArray[np.bool_], box_px: int,
-               filter_px: int) -> tuple[NDArray[np.float32], NDArray[np.float32], float]:
+def background(image: NDArray[np.float32], bad: NDArray[np.bool_], box_px: int, filter_px: int,
+               threads: int = 1) -> tuple[NDArray[np.float32], NDArray[np.float32], float]:
     """The spline background map of ``image`` (``bad`` pixels excluded), the image minus it, and
-    the global RMS."""
-    back, sigma = _mesh(image, bad, box_px, box_px)
+    the global RMS; boxes and rows on ``threads`` threads."""
+    height, width = image.shape
+    nx, ny = (width - 1) // box_px + 1, (height - 1) // box_px + 1
+    back = np.empty((ny, nx), dtype=np.float32)
+    sigma = np.empty((ny, nx), dtype=np.float32)
+    in_chunks(_mesh_rows, ny, threads, image, bad, box_px, box_px, back, sigma)
     back, _, globalrms = _filter_mesh(back, sigma, filter_px, filter_px)
     # frame-sized outputs come from numpy, which asks for huge pages: first touch of 64 MB of
     # fresh 4 KiB pages costs more than the spline itself
     background_map = np.empty(image.shape, dtype=np.float32)
     sub = np.empty(image.shape, dtype=np.float32)
-    _spline_map(back, image, box_px, box_px, background_map, sub)
+    layout = _spline_setup(back, width, box_px)
+    in_chunks(_spline_rows, height, threads, *layout, box_px, image, background_map, sub)
     return background_map, sub, globalrms

@@ -1,6 +1,6 @@
 """Extraction driver of :mod:`edge.fastdetect`: groups, deblending and isophotal measurements.
 
-Groups are deblended in parallel (each is independent) and every object is measured as sep does:
+Groups are deblended in threads (each is independent) and every object is measured as sep does:
 the barycentre and second moments of the background-subtracted values over its isophotal pixels,
 the ellipse (a, b, theta) from them, position variances (errx2, erry2) from the variance map,
 the highest pixel, the pixel count and sep's OBJ_* flags.
@@ -14,6 +14,7 @@ import numba as nb
 import numpy as np
 from numpy.typing import NDArray
 
+from edge.fastdetect.chunks import in_chunks
 from edge.fastdetect.deblend import OBJ_MERGED, OBJ_SINGU, OBJ_TRUNC, deblend
 
 #: columns of the result table, in order
@@ -21,16 +22,12 @@ COLUMNS = ("x", "y", "x2", "y2", "xy", "errx2", "erry2", "a", "b", "theta", "pea
            "xpeak", "ypeak", "flag")
 
 
-#: groups (or objects) per parallel chunk: a prange body that allocates costs far more per
-#: iteration than a plain loop, so each chunk runs its groups in a serial helper
-CHUNK = 64
-
-
 @nb.njit(cache=True, nogil=True)
 def _deblend_range(g0: int, g1: int, xs: NDArray[np.int32], ys: NDArray[np.int32],
                    offsets: NDArray[np.int64], cdv: NDArray[np.float64], var: NDArray[np.float32],
                    threshold: float, nthresh: int, contrast: float, min_area: int,
                    labels: NDArray[np.int64], nsub: NDArray[np.int64]) -> None:
+    """Deblend groups g0 .. g1: each pixel's branch into ``labels``, each group's count into ``nsub``."""
     for g in range(g0, g1):
         a, b = offsets[g], offsets[g + 1]
         vmin = np.inf
@@ -41,19 +38,6 @@ def _deblend_range(g0: int, g1: int, xs: NDArray[np.int32], ys: NDArray[np.int32
         lab, n = deblend(xs[a:b], ys[a:b], cdv[a:b], base, nthresh, contrast, min_area)
         labels[a:b] = lab
         nsub[g] = n
-
-
-@nb.njit(cache=True, nogil=True, parallel=True)
-def _deblend_all(xs: NDArray[np.int32], ys: NDArray[np.int32], offsets: NDArray[np.int64],
-                 cdv: NDArray[np.float64], var: NDArray[np.float32], threshold: float,
-                 nthresh: int, contrast: float, min_area: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    ngroups = offsets.shape[0] - 1
-    labels = np.empty(xs.shape[0], dtype=np.int64)
-    nsub = np.zeros(ngroups, dtype=np.int64)
-    for c in nb.prange((ngroups + CHUNK - 1) // CHUNK):
-        _deblend_range(c * CHUNK, min(ngroups, (c + 1) * CHUNK), xs, ys, offsets, cdv, var,
-                       threshold, nthresh, contrast, min_area, labels, nsub)
-    return labels, nsub
 
 
 @nb.njit(cache=True, nogil=True)  # ~10 ms a frame: threads would not pay their compile time
@@ -164,10 +148,13 @@ def _barycentre(xs: NDArray[np.int32], ys: NDArray[np.int32], labels: NDArray[np
 def measure(xs: NDArray[np.int32], ys: NDArray[np.int32], offsets: NDArray[np.int64],
             cdv: NDArray[np.float64], sub: NDArray[np.float32], var: NDArray[np.float32],
             bad: NDArray[np.bool_], threshold: float, nthresh: int, contrast: float,
-            min_area: int) -> NDArray[np.float64]:
+            min_area: int, threads: int = 1) -> NDArray[np.float64]:
     """One row per object (columns :data:`COLUMNS`) from the grouped pixels of a frame.
 
-    ``cdv`` is the filtered image at each grouped pixel.
+    ``cdv`` is the filtered image at each grouped pixel; groups are deblended on ``threads`` threads.
     """
-    labels, nsub = _deblend_all(xs, ys, offsets, cdv, var, threshold, nthresh, contrast, min_area)
+    labels = np.empty(xs.shape[0], dtype=np.int64)
+    nsub = np.zeros(offsets.shape[0] - 1, dtype=np.int64)
+    in_chunks(_deblend_range, offsets.shape[0] - 1, threads, xs, ys, offsets, cdv, var, threshold,
+              nthresh, contrast, min_area, labels, nsub)
     return _measure_all(xs, ys, offsets, labels, nsub, cdv, sub, var, bad)

@@ -19,32 +19,37 @@ from numpy.typing import NDArray
 _BAND_ROWS = 32
 
 
-@nb.njit(cache=True, nogil=True, parallel=True)
-def above_threshold(sub: NDArray[np.float32], var: NDArray[np.float32], bad: NDArray[np.bool_],
-                    kernel: NDArray[np.float32], threshold: float) -> NDArray[np.uint8]:
-    """1 where the matched-filter S/N exceeds ``threshold``; ``kernel``: 3x3, normalised.
+# error_model="numpy": a zero divisor gives inf, not an exception, whose checks kept the loop
+# from vectorising (4x slower); masked pixels' inf weights are replaced by 0, and the S/N is only
+# divided where den > 0
+@nb.njit(cache=True, nogil=True, error_model="numpy")
+def threshold_rows(y0: int, y1: int, sub: NDArray[np.float32], var: NDArray[np.float32],
+                   bad: NDArray[np.bool_], kernel: NDArray[np.float32], threshold: float,
+                   out: NDArray[np.uint8]) -> None:
+    """Rows y0 .. y1 of ``out``: 1 where the matched-filter S/N exceeds ``threshold``;
+    ``kernel``: 3x3, normalised.
 
     A 1x1 kernel (no filter) is given as a 3x3 one with zeros around the centre.
     """
     height, width = sub.shape
     t = np.float32(threshold)
-    out = np.empty((height, width), dtype=np.uint8)
+    # each row is worked out in a buffer of its own, then copied: written straight into ``out``
+    # (an argument LLVM cannot tell apart from the inputs) the loop did not vectorise
+    row = np.empty(width, dtype=np.uint8)
     k00, k01, k02 = kernel[0, 0], kernel[0, 1], kernel[0, 2]
     k10, k11, k12 = kernel[1, 0], kernel[1, 1], kernel[1, 2]
     k20, k21, k22 = kernel[2, 0], kernel[2, 1], kernel[2, 2]
     q00, q01, q02 = k00 * k00, k01 * k01, k02 * k02
     q10, q11, q12 = k10 * k10, k11 * k11, k12 * k12
     q20, q21, q22 = k20 * k20, k21 * k21, k22 * k22
-    nbands = (height + _BAND_ROWS - 1) // _BAND_ROWS
-    for band in nb.prange(nbands):
-        y0 = band * _BAND_ROWS
-        y1 = min(height, y0 + _BAND_ROWS)
+    for b0 in range(y0, y1, _BAND_ROWS):
+        b1 = min(y1, b0 + _BAND_ROWS)
         # image / var and 1 / var of the band with a zero border: pixels outside the frame and
         # masked pixels add nothing (sep: image 0, noise BIG)
-        wv = np.zeros((y1 - y0 + 2, width + 2), dtype=np.float32)
-        w = np.zeros((y1 - y0 + 2, width + 2), dtype=np.float32)
-        for r in range(y1 - y0 + 2):
-            yy = y0 - 1 + r
+        wv = np.zeros((b1 - b0 + 2, width + 2), dtype=np.float32)
+        w = np.zeros((b1 - b0 + 2, width + 2), dtype=np.float32)
+        for r in range(b1 - b0 + 2):
+            yy = b0 - 1 + r
             if yy < 0 or yy >= height:
                 continue
             srow, vrow, brow, wrow, vwrow = sub[yy], var[yy], bad[yy], w[r], wv[r]
@@ -53,20 +58,19 @@ def above_threshold(sub: NDArray[np.float32], var: NDArray[np.float32], bad: NDA
                 inv = np.float32(0.0) if brow[x] else inv
                 wrow[x + 1] = inv
                 vwrow[x + 1] = srow[x] * inv
-        for y in range(y0, y1):
-            r = y - y0
+        for y in range(b0, b1):
+            r = y - b0
             a0, a1, a2 = wv[r], wv[r + 1], wv[r + 2]
-            b0, b1, b2 = w[r], w[r + 1], w[r + 2]
-            orow = out[y]
+            e0, e1, e2 = w[r], w[r + 1], w[r + 2]
             for x in range(width):
                 num = (k00 * a0[x] + k01 * a0[x + 1] + k02 * a0[x + 2]
                        + k10 * a1[x] + k11 * a1[x + 1] + k12 * a1[x + 2]
                        + k20 * a2[x] + k21 * a2[x + 1] + k22 * a2[x + 2])
-                den = (q00 * b0[x] + q01 * b0[x + 1] + q02 * b0[x + 2]
-                       + q10 * b1[x] + q11 * b1[x + 1] + q12 * b1[x + 2]
-                       + q20 * b2[x] + q21 * b2[x + 1] + q22 * b2[x + 2])
-                orow[x] = 1 if den > 0 and num / math.sqrt(den) > t else 0
-    return out
+                den = (q00 * e0[x] + q01 * e0[x + 1] + q02 * e0[x + 2]
+                       + q10 * e1[x] + q11 * e1[x + 1] + q12 * e1[x + 2]
+                       + q20 * e2[x] + q21 * e2[x + 1] + q22 * e2[x + 2])
+                row[x] = 1 if den > 0 and num / math.sqrt(den) > t else 0
+            out[y, :] = row
 
 
 @nb.njit(cache=True, nogil=True)  # ~10 ms a frame: threads would not pay their compile time

@@ -220,3 +220,16 @@ def test_an_unknown_backend_is_refused_with_the_choices() -> None:
         config_from_mapping({"detect": {"backend": "gpu"}})
     with pytest.raises(DetectionError, match="backend"):
         DetectSettings(backend="SEP")
+
+
+def test_threads_change_nothing_but_the_time(field: tuple[np.ndarray, ...]) -> None:
+    """The fast backend on three threads gives the very same background and candidates as on one."""
+    image, variance, mask, _ = field
+    one, three = FAST, replace(FAST, threads=3)
+    a, b = subtract_background(image, mask, one), subtract_background(image, mask, three)
+    assert np.array_equal(a.sub_e, b.sub_e)
+    ca, cb = detect(a.sub_e, variance, mask, one), detect(b.sub_e, variance, mask, three)
+    for name in ("x", "y", "flux_e", "a_px", "flags", "npix"):
+        assert np.array_equal(getattr(ca, name), getattr(cb, name)), name
+    with pytest.raises(DetectionError, match="threads"):
+        DetectSettings(threads=0)
