@@ -51,6 +51,7 @@ __all__ = [
     "DetectSettings",
     "detect",
     "subtract_background",
+    "warm_up",
 ]
 
 #: the stamp around the candidate (see engines.stamps) would reach outside the frame
@@ -295,6 +296,23 @@ def detect(sub_e: NDArray[Any], variance_e2: NDArray[Any], mask: NDArray[Any] | 
         return candidates
     keep = np.sort(np.argsort(-snr, kind="stable")[: settings.max_candidates])
     return replace(candidates.select(keep), n_truncated=n_found - settings.max_candidates)
+
+
+def warm_up(settings: DetectSettings) -> int:
+    """Run the chosen backend once on a small frame holding one star; returns the candidates found.
+
+    The fast backend compiles its loops on first use (or loads them from numba's cache): a node
+    calls this while it starts, so its first real frame does not carry the compile.
+    """
+    size = 96
+    yy, xx = np.mgrid[0:size, 0:size]
+    star = 5000.0 * np.exp(-((xx - 47.3) ** 2 + (yy - 48.6) ** 2) / (2 * 1.5**2)) / (2 * np.pi * 1.5**2)
+    rng = np.random.default_rng(0)
+    image = (100.0 + star + rng.normal(0.0, 10.0, (size, size))).astype(np.float32)
+    small = replace(settings, background_box_px=min(settings.background_box_px, 32), edge_margin_px=0,
+                    max_candidates=max(settings.max_candidates, 1))
+    bkg = subtract_background(image, None, small)
+    return detect(bkg.sub_e, np.full(image.shape, 100.0, np.float32), None, small).n
 
 
 def _extract(sub: NDArray[np.float32], var: NDArray[np.float32], bad: NDArray[np.bool_],

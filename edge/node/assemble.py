@@ -4,11 +4,13 @@ pipeline. Files are opened here (the shell), never inside the pipeline's stages.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import engines
 from edge.config import NodeConfig
+from edge.detect import warm_up
 from edge.errors import ConfigError, EngineError
 from edge.log import get_logger
 from edge.pipeline import Pipeline
@@ -138,6 +140,13 @@ def build_pipeline(config: NodeConfig, bundle_override: str | None = None) -> Pi
         raise ConfigError(f"engine folder {path} does not exist", where="engine.path")
     engine = open_engine(path, config.engine.backend, config.engine.precision, config.engine.threads,
                          config.engine.batch_size, config.engine.providers)
+    if config.detect.backend == "fast":
+        # numba compiles the fast detector on first use: here, before the worker says it is
+        # ready, not on the first frame (whose deadline would pay for it)
+        start = time.perf_counter()
+        found = warm_up(config.detect)
+        log.info("detect.warmed", backend="fast", seconds=round(time.perf_counter() - start, 2),
+                 candidates=found)
     return Pipeline(node_id=config.node.id, calibrator=calibrator, engine=engine,
                     detect_settings=config.detect, policy=config.triage, catalog=catalog,
                     min_match_radius_arcsec=config.catalog.min_match_radius_arcsec,
