@@ -5,11 +5,14 @@ in-process NodeDaemon with its worker processes, the shipped engine unless --eng
 otherwise) receives them over tcp://127.0.0.1 from a FrameSender thread as fast as it takes them,
 and the clock runs from the first frame sent to the last frame's records committed to the spool.
 The reference, in the same run, is sep alone (background plus extraction, one process, as the
-node would run it with nothing else) on the same frames after calibration. The last line prints
-node frames/s / sep frames/s: 1.0 means everything beyond sep is hidden by overlap.
+node would run it with nothing else) on the same frames after calibration. ``--backend`` picks
+the node's detector (``[detect] backend``: sep, the default, or fast); the reference is always sep.
+A table gives the median milliseconds of each pipeline stage per timed frame (the frame summaries'
+``timings_ms``, in a worker). The last line prints node frames/s / sep frames/s: 1.0 means
+everything beyond sep is hidden by overlap.
 
     .venv/bin/python bench/pipeline.py [--frames 8] [--size 4096] [--workers 2] [--engine DIR]
-                                       [--mmap-threshold-kib 4096]
+                                       [--backend sep|fast] [--mmap-threshold-kib 4096]
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import argparse
 import dataclasses
 import importlib.util
 import os
+import statistics
 import sys
 import tempfile
 import threading
@@ -43,8 +47,8 @@ def twin_frames(n: int, size: int, seed: int) -> list:
     return [simulate_frame(cfg, i, seed) for i in track(range(n), "simulating frames")]
 
 
-def node_fps(frames: list, workers: int, engine: str, work: Path,
-             mmap_threshold_kib: int = 4096) -> tuple[float, dict]:
+def node_fps(frames: list, workers: int, engine: str, work: Path, mmap_threshold_kib: int = 4096,
+             backend: str = "sep") -> tuple[float, dict, dict[str, float]]:
     from edge.config import config_from_mapping
     from edge.node.daemon import NodeDaemon
     from firmware_bridge import FrameSender
@@ -54,6 +58,7 @@ def node_fps(frames: list, workers: int, engine: str, work: Path,
         "node": {"id": "bench", "workers": workers, "mmap_threshold_kib": mmap_threshold_kib},
         "receive": {"address": "tcp://127.0.0.1:0", "queue_policy": "block", "queue_frames": 2},
         "engine": {"path": engine},
+        "detect": {"backend": backend},
         "spool": {"path": str(work / "spool.sqlite"), "max_bytes": 1 << 30},
         "log": {"level": "warning"},
     })
@@ -79,6 +84,7 @@ def node_fps(frames: list, workers: int, engine: str, work: Path,
         send(frames[:workers], 1).join()
         while c.frames_processed < workers:
             node.step()
+        warm = {stage: len(ms) for stage, ms in node._stage_ms.items()}
         t0 = time.perf_counter()
         timed = frames[workers:]
         sender = send(timed, 2)
@@ -86,7 +92,9 @@ def node_fps(frames: list, workers: int, engine: str, work: Path,
             node.step()
         elapsed = time.perf_counter() - t0
         sender.join()
-        return len(timed) / elapsed, node.counters.snapshot()
+        stages = {stage: statistics.median(list(ms)[warm.get(stage, 0):])
+                  for stage, ms in node._stage_ms.items() if len(ms) > warm.get(stage, 0)}
+        return len(timed) / elapsed, node.counters.snapshot(), stages
     finally:
         node.close()
 
@@ -116,6 +124,8 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--engine", default="", help="engine folder (default: the shipped engine)")
     p.add_argument("--seed", type=int, default=11)
+    p.add_argument("--backend", choices=("sep", "fast"), default="sep",
+                   help="the node's [detect] backend (default sep); the reference is always sep")
     p.add_argument("--mmap-threshold-kib", type=int, default=4096,
                    help="[node] mmap_threshold_kib for the node (default 4096; 0: glibc's moving threshold)")
     args = p.parse_args()
@@ -125,11 +135,16 @@ def main() -> None:
     t = time.perf_counter()
     frames = twin_frames(args.frames + args.workers, args.size, args.seed)
     print(f"made {len(frames)} twin frames {args.size}x{args.size} in {time.perf_counter() - t:.1f} s; "
-          f"cores {os.cpu_count()}, workers {args.workers}")
+          f"cores {os.cpu_count()}, workers {args.workers}, detect backend {args.backend}")
     with tempfile.TemporaryDirectory() as tmp:
-        node, snap = node_fps(frames, args.workers, args.engine, Path(tmp), args.mmap_threshold_kib)
+        node, snap, stages = node_fps(frames, args.workers, args.engine, Path(tmp), args.mmap_threshold_kib,
+                                      args.backend)
     print(f"node: {node:.3f} frames/s (ingest to spool), {snap['detections']} detections, "
           f"{snap['spooled']} records spooled, p50 latency {snap['latency_p50_ms']:.0f} ms")
+    print("median ms per frame in a worker, by stage:")
+    for stage, ms in sorted(stages.items(), key=lambda kv: -kv[1]):
+        print(f"  {stage:<12} {ms:8.1f}")
+    print(f"  {'(sum)':<12} {sum(stages.values()):8.1f}")
     ref = sep_fps(frames[args.workers:])
     print(f"sep alone (background + extraction, one process): {ref:.3f} frames/s")
     print(f"ratio node/sep = {node / ref:.2f}")
