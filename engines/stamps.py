@@ -26,13 +26,15 @@ falls off over 9-21 px from the head, past the stamp's 16 px half-size):
 
 :data:`RECIPES` maps each recipe name to its number of channels; :func:`cut_for` cuts the stamps
 of a named recipe. The engine manifest records the recipe, so that a model is never fed stamps
-made another way. Pure numpy: no I/O, no logging.
+made another way. Pure functions of arrays (numpy, and one loop compiled with numba that bins the
+context views straight from the frame): no I/O, no logging.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numba as nb
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import NDArray
@@ -54,8 +56,6 @@ CONTEXT_BIN = 3
 CONTEXT_MIN_GOOD = 5
 #: recipe name -> channels of its stamps
 RECIPES: dict[str, int] = {NORMALISATION: 2, CONTEXT_NORMALISATION: 4}
-#: candidates cut at once by cut_context (bounds the 96 px cut-outs held in memory)
-_CONTEXT_CHUNK = 256
 
 
 def normalise_snr(snr: NDArray[Any]) -> NDArray[np.float32]:
@@ -145,6 +145,38 @@ def cut_stamps(sub_e: NDArray[Any], variance_e2: NDArray[Any], mask: NDArray[Any
     return stamps
 
 
+@nb.njit(cache=True, nogil=True)
+def _bin_views(sub: NDArray[np.float32], var: NDArray[np.float32], mask: NDArray[np.bool_], masked: bool,
+               top: NDArray[np.int64], left: NDArray[np.int64], size: int, factor: int,
+               pix_sum: NDArray[np.float32], var_sum: NDArray[np.float32], n_good: NDArray[np.int32]) -> None:
+    """Per candidate and bin: the sums of the good pixels' values and variances, and their count.
+
+    A pixel is good inside the frame, unmasked, with a finite value and a finite positive
+    variance. Read straight from the frame: no factor * size square is ever cut out.
+    """
+    height, width = sub.shape
+    for i in range(top.size):
+        for by in range(size):
+            y0 = top[i] + by * factor
+            for bx in range(size):
+                x0 = left[i] + bx * factor
+                ps = np.float32(0.0)
+                vs = np.float32(0.0)
+                ng = 0
+                for yy in range(max(y0, 0), min(y0 + factor, height)):
+                    for xx in range(max(x0, 0), min(x0 + factor, width)):
+                        p = sub[yy, xx]
+                        v = var[yy, xx]
+                        if (masked and mask[yy, xx]) or not (np.isfinite(p) and np.isfinite(v) and v > 0):
+                            continue
+                        ps += p
+                        vs += v
+                        ng += 1
+                pix_sum[i, by, bx] = ps
+                var_sum[i, by, bx] = vs
+                n_good[i, by, bx] = ng
+
+
 def cut_context(sub_e: NDArray[Any], variance_e2: NDArray[Any], mask: NDArray[Any] | None,
                 x: NDArray[Any], y: NDArray[Any], size: int = STAMP_SIZE,
                 factor: int = CONTEXT_BIN) -> NDArray[np.float32]:
@@ -153,24 +185,22 @@ def cut_context(sub_e: NDArray[Any], variance_e2: NDArray[Any], mask: NDArray[An
     if int(factor) != factor or factor < 1 or factor % 2 != 1:
         raise DetectionError(f"context binning must be an odd positive integer, got {factor!r}",
                              where="cut_context")
-    wide = factor * size
     # the centre pixel is the middle of bin (size // 2, size // 2)
     reach = factor * (size // 2) + factor // 2
     top = np.floor(ys + 0.5).astype(np.int64) - reach
     left = np.floor(xs + 0.5).astype(np.int64) - reach
-    sub_arr, var_arr = np.asarray(sub_e), np.asarray(variance_e2)
-    mask_arr = None if mask is None else np.asarray(mask, dtype=bool)
-    views = np.empty((xs.size, 2, size, size), dtype=np.float32)
+    sub_arr = np.ascontiguousarray(sub_e, dtype=np.float32)
+    var_arr = np.ascontiguousarray(variance_e2, dtype=np.float32)
+    mask_arr = np.zeros((1, 1), dtype=bool) if mask is None else np.ascontiguousarray(mask, dtype=bool)
+    n = xs.size
+    pix_sum = np.empty((n, size, size), dtype=np.float32)
+    var_sum = np.empty((n, size, size), dtype=np.float32)
+    n_good = np.empty((n, size, size), dtype=np.int32)
+    _bin_views(sub_arr, var_arr, mask_arr, mask is not None, top, left, size, int(factor),
+               pix_sum, var_sum, n_good)
+    views = np.empty((n, 2, size, size), dtype=np.float32)
     min_good = int(np.ceil(CONTEXT_MIN_GOOD * factor * factor / 9.0))
-    for lo in range(0, xs.size, _CONTEXT_CHUNK):
-        hi = min(lo + _CONTEXT_CHUNK, xs.size)
-        pix, var, bad = _cut_pixels(sub_arr, var_arr, mask_arr, top[lo:hi], left[lo:hi], wide)
-        good = ~bad
-        shape = (hi - lo, size, factor, size, factor)
-        pix_sum = np.where(good, pix, 0.0).reshape(shape).sum(axis=(2, 4), dtype=np.float32)
-        var_sum = np.where(good, var, 0.0).reshape(shape).sum(axis=(2, 4), dtype=np.float32)
-        n_good = good.reshape(shape).sum(axis=(2, 4))
-        _normalised(pix_sum, var_sum, n_good < min_good, views[lo:hi])
+    _normalised(pix_sum, var_sum, n_good < min_good, views)
     return views
 
 

@@ -55,6 +55,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--workers", type=int, default=2, metavar="N", help="node pipeline processes (default 2)")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="folder for the ground's files, the spool and scoreboard.json (default: a new temporary folder)")
+    p.add_argument("--detect-backend", choices=["sep", "fast"], default="sep",
+                   help="the node's [detect] backend (default sep, as in a node's config)")
     p.add_argument("--protocol-only", action="store_true",
                    help="only stream frames through the protocol and show what arrived")
     p.add_argument("--compression", choices=["none", "lz4", "zstd"], default="none",
@@ -90,6 +92,7 @@ class DemoSettings:
     radius_px: float = 3.0
     progress: bool = True
     engine_path: str = ""              # empty: the shipped default engine
+    detect_backend: str = "sep"        # [detect] backend of the node
 
 
 def run_node_demo(args: argparse.Namespace) -> int:
@@ -104,13 +107,14 @@ def run_node_demo(args: argparse.Namespace) -> int:
     # warning, so one line per frame does not bury the progress line
     configure(json=args.log_json, level=DEMO_LOG_LEVEL)
     board = run_demo(DemoSettings(n_frames=n, size_px=args.size, seed=2026 if args.seed is None else args.seed,
-                                  workers=args.workers, out_dir=Path(args.out) if args.out else None))
+                                  workers=args.workers, out_dir=Path(args.out) if args.out else None,
+                                  detect_backend=args.detect_backend))
     print_scoreboard(board)
     return 0 if board["records_lost"] == 0 and board["conserved"] else 1
 
 
 def node_config(work: Path, receive: str, downlink: str, catalog: Path, workers: int,
-                engine_path: str = "") -> Any:
+                engine_path: str = "", detect_backend: str = "sep") -> Any:
     """The embedded node config of the demo (every section at its defaults except addresses, files
     and ``[triage] send_blends``, on so that close doubles reach the ground as measured blends)."""
     from edge.config import config_from_mapping
@@ -120,6 +124,7 @@ def node_config(work: Path, receive: str, downlink: str, catalog: Path, workers:
         "receive": {"address": receive, "queue_policy": "block", "queue_frames": 4},
         "catalog": {"reference": str(catalog)},
         "engine": {"path": engine_path},
+        "detect": {"backend": detect_backend},
         "triage": {"send_blends": True},
         "spool": {"path": str(work / "spool.sqlite")},
         "downlink": {"address": downlink, "budget_bytes_per_s": 10_000_000},
@@ -158,7 +163,7 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     stats: dict[str, Any] = {}
     with Ground(work / "ground") as ground:
         cfg = node_config(work, "tcp://127.0.0.1:0", ground.address, catalog, settings.workers,
-                          settings.engine_path)
+                          settings.engine_path, settings.detect_backend)
         node = NodeDaemon(cfg, status_path=work / "node_status.json")
         node.start()
         t0 = time.monotonic()

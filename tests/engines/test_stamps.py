@@ -182,3 +182,37 @@ def test_cut_for_makes_each_recipes_channels_and_refuses_an_unknown_one() -> Non
     np.testing.assert_array_equal(wide[:, :2], plain)
     with pytest.raises(DetectionError, match="unknown stamp recipe"):
         cut_for("snr-v0", sub, var, None, x, y)
+
+
+def test_context_views_equal_binning_the_96_px_squares_cut_from_a_padded_frame(rng: np.random.Generator) -> None:
+    """The compiled binning reads the frame directly; it must give what cutting each 96 px square
+    from a NaN-padded frame and binning it with numpy gives, at edges, masked, non-finite and
+    zero-variance pixels included."""
+    from engines.stamps import CONTEXT_BIN, CONTEXT_MIN_GOOD, cut_context, normalise_snr
+
+    h, w = 300, 260
+    sub = rng.normal(0.0, 10.0, (h, w)).astype(np.float32)
+    var = rng.uniform(50.0, 150.0, (h, w)).astype(np.float32)
+    sub[rng.random((h, w)) < 0.01] = np.nan
+    var[rng.random((h, w)) < 0.01] = 0.0
+    var[rng.random((h, w)) < 0.01] = np.inf
+    mask = rng.random((h, w)) < 0.05
+    x = np.concatenate([rng.uniform(-3, w + 3, 60), [0.0, w - 1.0, 5.49, 5.5]])
+    y = np.concatenate([rng.uniform(-3, h + 3, 60), [h - 1.0, 0.0, 7.5, 7.49]])
+    got = cut_context(sub, var, mask, x, y)
+
+    pad = 3 * 32
+    good = np.pad(~mask & np.isfinite(sub) & np.isfinite(var) & (var > 0), pad, constant_values=False)
+    psub, pvar = np.pad(sub, pad), np.pad(var, pad)
+    reach = CONTEXT_BIN * 16 + CONTEXT_BIN // 2
+    for i in range(x.size):
+        top = int(np.floor(y[i] + 0.5)) - reach + pad
+        left = int(np.floor(x[i] + 0.5)) - reach + pad
+        square = np.s_[top:top + 96, left:left + 96]
+        g = good[square]
+        p = np.where(g, psub[square], 0).reshape(32, 3, 32, 3).sum(axis=(1, 3))
+        v = np.where(g, pvar[square], 0).reshape(32, 3, 32, 3).sum(axis=(1, 3))
+        masked = g.reshape(32, 3, 32, 3).sum(axis=(1, 3)) < CONTEXT_MIN_GOOD
+        want = np.where(masked, 0.0, normalise_snr(np.where(masked, 0.0, p / np.sqrt(np.where(masked, 1.0, v)))))
+        np.testing.assert_array_equal(got[i, 1], masked.astype(np.float32))
+        np.testing.assert_allclose(got[i, 0], want, atol=1e-5)
