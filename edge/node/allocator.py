@@ -10,23 +10,15 @@ arranges its temporaries differently. A fixed threshold turns the moving one off
 blocks above it are always mapped and always given back, at the cost of fresh page faults on
 each one.
 
-Below the threshold, freed blocks stay in the heap's free lists with their pages still resident;
-only a free stretch at the very top of the heap goes back by itself. Over thousands of frames of
-different crowding the free stretches inside the heap add up to a slow climb of the resident set.
-:func:`trim_heap` (glibc's ``malloc_trim(0)``, called by each worker after each frame) gives every
-whole free page inside the heap back as well; it costs well under a millisecond.
-
-Only glibc has these knobs (``mallopt``, ``malloc_trim``); elsewhere :func:`fix_mmap_threshold`
-says so and changes nothing, and :func:`trim_heap` does nothing.
+Only glibc has these knobs (``mallopt``); elsewhere :func:`fix_mmap_threshold` says so and
+changes nothing.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import functools
 import platform
-from typing import Any
 
 from edge.log import get_logger
 
@@ -36,20 +28,6 @@ log = get_logger(__name__)
 M_MMAP_THRESHOLD = -3
 #: glibc refuses a threshold above HEAP_MAX_SIZE / 2, 32 MiB on 64-bit systems
 MAX_MMAP_THRESHOLD = 32 * 2**20
-
-
-@functools.cache
-def _glibc() -> Any | None:
-    libc_name, _ = platform.libc_ver()
-    if libc_name != "glibc":
-        return None
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-
-
-def trim_heap() -> bool:
-    """Give the heap's whole free pages back to the system; True when glibc released any."""
-    libc = _glibc()
-    return bool(libc.malloc_trim(0)) if libc is not None else False
 
 
 def fix_mmap_threshold(nbytes: int) -> bool:
@@ -63,10 +41,11 @@ def fix_mmap_threshold(nbytes: int) -> bool:
         return False
     if not 0 < nbytes <= MAX_MMAP_THRESHOLD:
         raise ValueError(f"an mmap threshold must be 1 to {MAX_MMAP_THRESHOLD} bytes, not {nbytes}")
-    libc = _glibc()
-    if libc is None:
-        log.info("heap.mmap_threshold", applied=False, detail=f"not glibc ({platform.libc_ver()[0] or 'unknown'})")
+    libc_name, _ = platform.libc_ver()
+    if libc_name != "glibc":
+        log.info("heap.mmap_threshold", applied=False, detail=f"not glibc ({libc_name or 'unknown'})")
         return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     ok = bool(libc.mallopt(M_MMAP_THRESHOLD, ctypes.c_int(nbytes)))
     if ok:
         log.info("heap.mmap_threshold", applied=True, bytes=nbytes, detail="fixed")

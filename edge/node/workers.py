@@ -45,7 +45,7 @@ def _attach(name: str) -> SharedMemory:
 def _worker_main(conn: Connection, build: Any, build_args: tuple[Any, ...], mmap_threshold: int = 0) -> None:
     """Run in the child: build the pipeline once, then process frames until told to stop."""
     from edge.log import configure
-    from edge.node.allocator import fix_mmap_threshold, trim_heap
+    from edge.node.allocator import fix_mmap_threshold
 
     configure(json=True, level="warning")
     fix_mmap_threshold(mmap_threshold)
@@ -107,10 +107,6 @@ def _worker_main(conn: Connection, build: Any, build_args: tuple[Any, ...], mmap
                                   f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}")
         del pixels
         conn.send(("result", result))
-        del result
-        # between frames, with the parent already holding the result: what the frame freed inside
-        # the heap goes back to the system (edge/node/allocator.py)
-        trim_heap()
     if slot is not None:
         slot.close()
 
