@@ -13,7 +13,7 @@ warm-up, and the last line prints how far the last minute's floor and peak are a
 against the bound.
 
     .venv/bin/python bench/soak.py [--seconds 600] [--rate-hz 2] [--size 2048] [--mmap-threshold-kib 4096]
-                                   [--worker-max-frames 20000] [--overload]
+                                   [--worker-max-frames 20000] [--overload] [--detect-backend sep|fast]
 
 With --overload the warm-up (at --rate-hz) measures the CPU time the node's processes spend per
 frame, which gives the rate the node sustains on this machine (its workers, or its cores if fewer,
@@ -130,6 +130,8 @@ def main() -> int:
                    help="[node] worker_max_frames (default 20000; 0: workers live as long as the node)")
     p.add_argument("--mmap-threshold-kib", type=int, default=4096,
                    help="[node] mmap_threshold_kib (default 4096; 0: glibc's moving threshold)")
+    p.add_argument("--detect-backend", choices=("sep", "fast"), default="sep",
+                   help="the node's [detect] backend (default sep)")
     p.add_argument("--overload", action="store_true",
                    help="flood during the warm-up to measure the sustainable rate, then send at twice it")
     args = p.parse_args()
@@ -152,6 +154,7 @@ def main() -> int:
             "node": {"id": "soak", "workers": 2, "mmap_threshold_kib": args.mmap_threshold_kib,
                      "worker_max_frames": args.worker_max_frames},
             "receive": {"address": "tcp://127.0.0.1:0", "queue_policy": "drop_oldest", "queue_frames": 4},
+            "detect": {"backend": args.detect_backend},
             "spool": {"path": str(Path(tmp) / "spool.sqlite")},
             "downlink": {"address": ground.address, "budget_bytes_per_s": 10_000_000},
             "log": {"level": "warning"},
