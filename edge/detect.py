@@ -309,8 +309,7 @@ def warm_up(settings: DetectSettings) -> int:
     star = 5000.0 * np.exp(-((xx - 47.3) ** 2 + (yy - 48.6) ** 2) / (2 * 1.5**2)) / (2 * np.pi * 1.5**2)
     rng = np.random.default_rng(0)
     image = (100.0 + star + rng.normal(0.0, 10.0, (size, size))).astype(np.float32)
-    small = replace(settings, background_box_px=min(settings.background_box_px, 32), edge_margin_px=0,
-                    max_candidates=max(settings.max_candidates, 1))
+    small = replace(settings, background_box_px=min(settings.background_box_px, 32), edge_margin_px=0)
     bkg = subtract_background(image, None, small)
     return detect(bkg.sub_e, np.full(image.shape, 100.0, np.float32), None, small).n
 
