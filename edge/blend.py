@@ -282,8 +282,8 @@ def _moffat_fwhm(det_a: F64, beta: F64 | float) -> F64:
     return np.asarray(2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0) * det_a ** -0.25, float)
 
 
-#: params (N, P) -> model (N, S), Jacobian (N, S, P) or None for a numeric one, which rows are valid
-_Model = Callable[[F64], tuple[F64, F64 | None, NDArray[np.bool_]]]
+#: params (N, P) -> model (N, S), Jacobian (N, S, P), which rows are valid
+_Model = Callable[[F64], tuple[F64, F64, NDArray[np.bool_]]]
 
 
 @dataclass(eq=False)
@@ -360,11 +360,28 @@ class _Boxes:
         return model
 
     def star_model(self, beta: float | None) -> _Model:
-        """Params x, y, flux, background, axx, ayy, axy (and beta when ``beta`` is None); numeric Jacobian."""
+        """Params x, y, flux, background, axx, ayy, axy (and beta when ``beta`` is None), with the
+        analytic Jacobian: one profile per step instead of one per parameter."""
 
-        def model(p: F64) -> tuple[F64, None, NDArray[np.bool_]]:
-            prof = _moffat(p[:, 4:7], p[:, 7:8] if beta is None else beta, self.dx - p[:, :1], self.dy - p[:, 1:2])[0]
-            return p[:, 2:3] * prof + p[:, 3:4], None, (p[:, 4] * p[:, 5] > p[:, 6] ** 2) & (p[:, 4] > 0)
+        def model(p: F64) -> tuple[F64, F64, NDArray[np.bool_]]:
+            b = p[:, 7:8] if beta is None else beta
+            ex, ey = self.dx - p[:, :1], self.dy - p[:, 1:2]
+            prof, t, gx, gy = _moffat(p[:, 4:7], b, ex, ey)
+            axx, ayy, axy = p[:, 4:5], p[:, 5:6], p[:, 6:7]
+            det = axx * ayy - axy * axy
+            valid = (det[:, 0] > 0) & (p[:, 4] > 0)
+            inv2det = np.where(det > 0, 0.5 / np.where(det > 0, det, 1.0), 0.0)
+            flux = p[:, 2:3]
+            fp, dq = flux * prof, 2.0 * b * flux * prof * t     # d model / d centre = dq * A e
+            jac = np.empty(self.data.shape + (p.shape[1],))
+            jac[:, :, 0], jac[:, :, 1], jac[:, :, 2], jac[:, :, 3] = dq * gx, dq * gy, prof, 1.0
+            # the form enters through sqrt(det) and through q = e^T A e
+            jac[:, :, 4] = fp * ayy * inv2det - 0.5 * dq * ex * ex
+            jac[:, :, 5] = fp * axx * inv2det - 0.5 * dq * ey * ey
+            jac[:, :, 6] = -2.0 * fp * axy * inv2det - dq * ex * ey
+            if beta is None:
+                jac[:, :, 7] = fp * (1.0 / (b - 1.0) + np.log(t))
+            return fp + p[:, 3:4], jac, valid
         return model
 
 
@@ -374,9 +391,6 @@ def _lm(model: _Model, p: F64, box: _Boxes, lo: F64, hi: F64, iterations: int) -
 
     def chi2_of(q: F64) -> tuple[F64, F64, F64]:
         m, j, valid = model(q)
-        if j is None:   # forward differences, steps of 1e-6 of each parameter's scale
-            step = 1e-6 * np.maximum(np.abs(q), 1e-3)
-            j = np.stack([(model(q + step * e)[0] - m) / step[:, i:i + 1] for i, e in enumerate(eye)], axis=2)
         c = (box.weight * (box.data - m) ** 2).sum(axis=1)
         return np.where(valid & np.isfinite(c), c, np.inf), box.data - m, j
 
