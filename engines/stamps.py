@@ -42,7 +42,7 @@ from numpy.typing import NDArray
 from edge.errors import DetectionError
 
 __all__ = ["CONTEXT_BIN", "CONTEXT_NORMALISATION", "NORMALISATION", "RECIPES", "SNR_CLIP_HIGH",
-           "SNR_CLIP_LOW", "STAMP_SIZE", "cut_context", "cut_for", "cut_stamps", "normalise_snr"]
+           "SNR_CLIP_LOW", "STAMP_SIZE", "cut_context", "cut_for", "cut_stamps", "normalise_snr", "warm_up"]
 
 STAMP_SIZE = 32
 SNR_CLIP_LOW = -10.0
@@ -214,3 +214,10 @@ def cut_for(recipe: str, sub_e: NDArray[Any], variance_e2: NDArray[Any], mask: N
     if RECIPES[recipe] == 2:
         return stamps
     return np.concatenate([stamps, cut_context(sub_e, variance_e2, mask, x, y)], axis=1)
+
+
+def warm_up(recipe: str) -> None:
+    """Cut one stamp of the recipe from a small frame: numba compiles (or loads from its cache) the
+    binning loop now, so that a node's first frame does not pay for it."""
+    frame = np.zeros((8, 8), dtype=np.float32)
+    cut_for(recipe, frame, np.ones_like(frame), None, np.array([4.0]), np.array([4.0]))

@@ -15,6 +15,7 @@ from edge.errors import ConfigError, EngineError
 from edge.log import get_logger
 from edge.pipeline import Pipeline
 from edge.sky import ReferenceCatalog
+from engines.stamps import warm_up as warm_stamps
 
 log = get_logger(__name__)
 
@@ -140,9 +141,12 @@ def build_pipeline(config: NodeConfig, bundle_override: str | None = None) -> Pi
         raise ConfigError(f"engine folder {path} does not exist", where="engine.path")
     engine = open_engine(path, config.engine.backend, config.engine.precision, config.engine.threads,
                          config.engine.batch_size, config.engine.providers)
+    # numba compiles its loops on first use (or loads them from its cache): here, before the
+    # worker says it is ready, not on the first frame (whose deadline would pay for it)
+    start = time.perf_counter()
+    warm_stamps(engine.manifest.normalisation)
+    log.info("stamps.warmed", recipe=engine.manifest.normalisation, seconds=round(time.perf_counter() - start, 2))
     if config.detect.backend == "fast":
-        # numba compiles the fast detector on first use: here, before the worker says it is
-        # ready, not on the first frame (whose deadline would pay for it)
         start = time.perf_counter()
         found = warm_up(config.detect)
         log.info("detect.warmed", backend="fast", seconds=round(time.perf_counter() - start, 2),

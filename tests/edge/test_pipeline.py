@@ -159,8 +159,8 @@ def test_summaries_written_before_the_cap_read_as_uncapped() -> None:
 
 
 def test_a_pipeline_on_the_fast_detector_is_warmed_and_finds_the_stars_sep_finds(node_config_factory, small_twin) -> None:
-    """[detect] backend = "fast": the pipeline is built with the detector already run once (numba's
-    compile is paid at start, not by the first frame), and a twin frame gives at least the
+    """[detect] backend = "fast": the pipeline is built with the detector and the stamp cutter already
+    run once (numba's compile is paid at start, not by the first frame), and a twin frame gives at least the
     detections the sep pipeline gives (sep's cleaning drops faint stars; docs/node.md), every one
     accounted for."""
     from structlog.testing import capture_logs
@@ -169,10 +169,12 @@ def test_a_pipeline_on_the_fast_detector_is_warmed_and_finds_the_stars_sep_finds
         fast = build_pipeline(node_config_factory(detect={"backend": "fast"}))
     warmed = [e for e in logs if e["event"] == "detect.warmed"]
     assert len(warmed) == 1 and warmed[0]["candidates"] == 1
+    assert [e["recipe"] for e in logs if e["event"] == "stamps.warmed"] == [fast.engine.manifest.normalisation]
     frame = frame_input(simulate_frame(small_twin, 0, 3))
     with capture_logs() as logs:
         slow = build_pipeline(node_config_factory())
     assert not [e for e in logs if e["event"] == "detect.warmed"]
+    assert len([e for e in logs if e["event"] == "stamps.warmed"]) == 1   # every backend cuts stamps
     a, b = slow.process(frame).summary, fast.process(frame).summary
     assert b.detections == b.sent + b.suppressed
     assert a.detections <= b.detections <= 1.5 * a.detections
