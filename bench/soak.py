@@ -13,7 +13,7 @@ warm-up, and the last line prints how far the last minute's floor and peak are a
 against the bound.
 
     .venv/bin/python bench/soak.py [--seconds 600] [--rate-hz 2] [--size 2048] [--mmap-threshold-kib 4096]
-                                   [--worker-max-frames 20000] [--overload] [--detect-backend sep|fast]
+                                   [--worker-max-frames N] [--overload] [--detect-backend sep|fast]
 
 With --overload the warm-up (at --rate-hz) measures the CPU time the node's processes spend per
 frame, which gives the rate the node sustains on this machine (its workers, or its cores if fewer,
@@ -126,8 +126,9 @@ def main() -> int:
     p.add_argument("--warmup-s", type=float, default=60.0)
     p.add_argument("--rate-hz", type=float, default=2.0)
     p.add_argument("--size", type=int, default=2048)
-    p.add_argument("--worker-max-frames", type=int, default=20000,
-                   help="[node] worker_max_frames (default 20000; 0: workers live as long as the node)")
+    p.add_argument("--worker-max-frames", type=int, default=None,
+                   help="[node] worker_max_frames (default: the node's own default; 0: workers live as long "
+                        "as the node)")
     p.add_argument("--mmap-threshold-kib", type=int, default=4096,
                    help="[node] mmap_threshold_kib (default 4096; 0: glibc's moving threshold)")
     p.add_argument("--detect-backend", choices=("sep", "fast"), default="sep",
@@ -152,7 +153,7 @@ def main() -> int:
         ground = Ground(Path(tmp) / "ground", own_process=True)
         cfg = config_from_mapping({
             "node": {"id": "soak", "workers": 2, "mmap_threshold_kib": args.mmap_threshold_kib,
-                     "worker_max_frames": args.worker_max_frames},
+                     **({} if args.worker_max_frames is None else {"worker_max_frames": args.worker_max_frames})},
             "receive": {"address": "tcp://127.0.0.1:0", "queue_policy": "drop_oldest", "queue_frames": 4},
             "detect": {"backend": args.detect_backend},
             "spool": {"path": str(Path(tmp) / "spool.sqlite")},
@@ -228,7 +229,7 @@ def main() -> int:
     floor_growth = last["floor"] - first["floor"]
     peak_growth = last["peak"] - first["peak"]
     print(f"soak {args.seconds:.0f} s at {args.rate_hz} Hz, {args.size}x{args.size}, 2 workers, "
-          f"mmap_threshold_kib {args.mmap_threshold_kib}, worker_max_frames {args.worker_max_frames}; "
+          f"mmap_threshold_kib {args.mmap_threshold_kib}, worker_max_frames {cfg.node.worker_max_frames}; "
           f"memory sampled {len(samples)} times (about every second) after {args.warmup_s:.0f} s warm-up")
     print(f"frames received {c.frames_received}, processed {c.frames_processed}, dropped {c.frames_dropped}, "
           f"rejected {c.frames_rejected}; detections {c.detections}, records spooled {c.spooled}, "
@@ -244,7 +245,7 @@ def main() -> int:
         f"{name} " + " / ".join(f"{a.get(k, 0):.1f} -> {b.get(k, 0):.1f}" for k in ("anon", "file", "shmem"))
         for name, a, b in zip(["main"] + [f"worker {i}" for i in range(len(pids) - 1)], parts_start, parts_end,
                               strict=True)))
-    print(f"workers replaced: {c.workers_recycled} after worker_max_frames {args.worker_max_frames}, "
+    print(f"workers replaced: {c.workers_recycled} after worker_max_frames {cfg.node.worker_max_frames}, "
           f"{c.workers_died} died")
     print("CPU ms per frame the node processed, after warm-up (main with the rig's sender thread, workers...): "
           + (", ".join(f"{ms:.0f}" for ms in cpu_ms) if cpu_ms else "n/a (the worker processes changed)"))
