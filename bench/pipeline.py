@@ -8,8 +8,8 @@ The reference, in the same run, is sep alone (background plus extraction, one pr
 node would run it with nothing else) on the same frames after calibration. ``--backend`` picks
 the node's detector (``[detect] backend``: sep, the default, or fast); the reference is always sep.
 A table gives the median milliseconds of each pipeline stage per timed frame (the frame summaries'
-``timings_ms``, in a worker). The last line prints node frames/s / sep frames/s: 1.0 means
-everything beyond sep is hidden by overlap.
+``timings_ms``, in a worker), and each worker's peak resident set (VmHWM) is printed. The last
+line prints node frames/s / sep frames/s: 1.0 means everything beyond sep is hidden by overlap.
 
     .venv/bin/python bench/pipeline.py [--frames 8] [--size 4096] [--workers 2] [--engine DIR]
                                        [--backend sep|fast] [--mmap-threshold-kib 4096]
@@ -47,8 +47,20 @@ def twin_frames(n: int, size: int, seed: int) -> list:
     return [simulate_frame(cfg, i, seed) for i in track(range(n), "simulating frames")]
 
 
+def peak_mb(pid: int) -> float:
+    """A process's peak resident set (VmHWM) in MB, NaN once it has ended."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
 def node_fps(frames: list, workers: int, engine: str, work: Path, mmap_threshold_kib: int = 4096,
-             backend: str = "sep") -> tuple[float, dict, dict[str, float]]:
+             backend: str = "sep") -> tuple[float, dict, dict[str, float], list[float]]:
     from edge.config import config_from_mapping
     from edge.node.daemon import NodeDaemon
     from firmware_bridge import FrameSender
@@ -94,7 +106,8 @@ def node_fps(frames: list, workers: int, engine: str, work: Path, mmap_threshold
         sender.join()
         stages = {stage: statistics.median(list(ms)[warm.get(stage, 0):])
                   for stage, ms in node._stage_ms.items() if len(ms) > warm.get(stage, 0)}
-        return len(timed) / elapsed, node.counters.snapshot(), stages
+        peaks = [peak_mb(w.pid) for w in node.workers if w.pid]
+        return len(timed) / elapsed, node.counters.snapshot(), stages, peaks
     finally:
         node.close()
 
@@ -137,10 +150,11 @@ def main() -> None:
     print(f"made {len(frames)} twin frames {args.size}x{args.size} in {time.perf_counter() - t:.1f} s; "
           f"cores {os.cpu_count()}, workers {args.workers}, detect backend {args.backend}")
     with tempfile.TemporaryDirectory() as tmp:
-        node, snap, stages = node_fps(frames, args.workers, args.engine, Path(tmp), args.mmap_threshold_kib,
+        node, snap, stages, peaks = node_fps(frames, args.workers, args.engine, Path(tmp), args.mmap_threshold_kib,
                                       args.backend)
     print(f"node: {node:.3f} frames/s (ingest to spool), {snap['detections']} detections, "
           f"{snap['spooled']} records spooled, p50 latency {snap['latency_p50_ms']:.0f} ms")
+    print("peak resident MB per worker (VmHWM): " + ", ".join(f"{mb:.0f}" for mb in peaks))
     print("median ms per frame in a worker, by stage:")
     for stage, ms in sorted(stages.items(), key=lambda kv: -kv[1]):
         print(f"  {stage:<12} {ms:8.1f}")
