@@ -102,15 +102,24 @@ def _mode(histo: NDArray[np.int64], nlevels: int, mean0: float, sigma0: float, q
     ends: the two agree to a fraction of a bin (a few thousandths of sigma).
     """
     # prefix sums of the counts and their first two moments: each clipping iteration is then a
-    # few lookups and a binary search (exact: the sums are integers well inside a double)
-    cnt = np.zeros(nlevels + 1, dtype=np.float64)
-    m1 = np.zeros(nlevels + 1, dtype=np.float64)
-    m2 = np.zeros(nlevels + 1, dtype=np.float64)
+    # few lookups and a binary search. Integers (exact: a box's pixel count times 4096^2 stays
+    # far inside int64 and a double) kept in registers: a sum read back from the array it was just stored in waits
+    # on the store each bin, which made this loop a third of the box statistics
+    cnt = np.empty(nlevels + 1, dtype=np.int64)
+    m1 = np.empty(nlevels + 1, dtype=np.int64)
+    m2 = np.empty(nlevels + 1, dtype=np.int64)
+    c = 0
+    a = 0
+    b = 0
+    cnt[0] = m1[0] = m2[0] = 0
     for i in range(nlevels):
-        h = float(histo[i])
-        cnt[i + 1] = cnt[i] + h
-        m1[i + 1] = m1[i] + h * i
-        m2[i + 1] = m2[i] + h * i * i
+        h = histo[i]
+        c += h
+        a += h * i
+        b += h * i * i
+        cnt[i + 1] = c
+        m1[i + 1] = a
+        m2[i + 1] = b
     lcut = 0
     hcut = nlevels - 1
     sig = 10.0 * (nlevels - 1)
@@ -121,9 +130,9 @@ def _mode(histo: NDArray[np.int64], nlevels: int, mean0: float, sigma0: float, q
     while it > 0 and sig >= 0.1 and abs(sig / sig1 - 1.0) > 1e-4:
         it -= 1
         sig1 = sig
-        total = cnt[hcut + 1] - cnt[lcut]
-        mea = m1[hcut + 1] - m1[lcut]
-        sig = m2[hcut + 1] - m2[lcut]
+        total = float(cnt[hcut + 1] - cnt[lcut])
+        mea = float(m1[hcut + 1] - m1[lcut])
+        sig = float(m2[hcut + 1] - m2[lcut])
         med = 0.0
         if total > 0:
             # the first bin where the cumulative count reaches half the clipped total
@@ -135,7 +144,7 @@ def _mode(histo: NDArray[np.int64], nlevels: int, mean0: float, sigma0: float, q
                     hi = mid
                 else:
                     lo = mid + 1
-            med = lo - 0.5 + (target - cnt[lo]) / (cnt[lo + 1] - cnt[lo])
+            med = lo - 0.5 + (target - cnt[lo]) / float(cnt[lo + 1] - cnt[lo])
             mea /= total
             sig = sig / total - mea * mea
         sig = math.sqrt(sig) if sig > 0.0 else 0.0
