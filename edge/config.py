@@ -121,7 +121,9 @@ class EngineSection:
     backend: str = "auto"
     precision: str = "auto"
     threads: int = 1
-    batch_size: int = 256
+    #: stamps per engine call; 0: the batch `engines build` measured best on this device (its build
+    #: record), or 256 for an engine without one (edge.node.assemble.DEFAULT_BATCH_SIZE)
+    batch_size: int = 0
     #: the only folder engines may be loaded from at run time (``ctl engine load / shadow``); empty:
     #: the folder that holds the engine the node starts with (the shipped models for the default)
     root: str = ""
@@ -144,8 +146,8 @@ class EngineSection:
             raise ValueError(f"backend must be auto, onnxruntime or tensorrt, not {self.backend!r}")
         if self.precision not in ("auto", "fp32", "fp16", "int8"):
             raise ValueError(f"precision must be auto, fp32, fp16 or int8, not {self.precision!r}")
-        if self.threads < 1 or self.batch_size < 1:
-            raise ValueError("threads and batch_size must be >= 1")
+        if self.threads < 1 or self.batch_size < 0:
+            raise ValueError("threads must be >= 1 and batch_size >= 0 (0: the batch engines build measured)")
 
 
 @dataclass(frozen=True)

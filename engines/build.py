@@ -11,6 +11,10 @@ measured figure go into the manifest's ``build`` record, written to the output f
 folder itself unless ``--out`` names another; the model files are copied there). Each plan's file
 entry records the platform it was built on, which the runtime checks before loading it.
 :func:`choose_precision` is the pure decision rule.
+
+The chosen precision is then timed at every batch size of :data:`BATCH_SWEEP`; :func:`choose_batch` keeps the smallest batch
+within 5 % of the fastest, and the record holds it as ``figures["batch"]`` with the sweep as
+``figures["batch_sweep"]``. A node whose ``[engine] batch_size`` is 0 (the default) runs that batch.
 """
 
 from __future__ import annotations
@@ -26,11 +30,15 @@ import numpy as np
 from edge.errors import ConfigError, EngineCompatibilityError, EngineError
 from edge.log import get_logger
 
-__all__ = ["build_engine", "choose_precision", "time_engine"]
+__all__ = ["BATCH_SWEEP", "build_engine", "choose_batch", "choose_precision", "time_engine"]
 
 log = get_logger(__name__)
 
 PRECISION_ORDER = ("fp32", "fp16", "int8")
+#: batch sizes the chosen precision is timed at
+BATCH_SWEEP = (16, 32, 64, 128, 256, 512)
+#: a smaller batch within this share of the fastest rate is kept: as fast, with less memory and latency
+BATCH_TOLERANCE = 0.05
 
 
 def choose_precision(figures: dict[str, dict[str, Any]], requested: str = "auto") -> str:
@@ -50,6 +58,14 @@ def choose_precision(figures: dict[str, dict[str, Any]], requested: str = "auto"
         raise EngineCompatibilityError("no precision passed the accuracy gate; the engine folder is "
                                        "broken, re-export it", where="precision")
     return max(passed, key=lambda p: (passed[p]["stamps_per_s"], -PRECISION_ORDER.index(p)))
+
+
+def choose_batch(rates: dict[int, float], tolerance: float = BATCH_TOLERANCE) -> int:
+    """The smallest batch whose stamps per second are within ``tolerance`` of the fastest measured."""
+    if not rates or max(rates.values()) <= 0:
+        raise EngineCompatibilityError("no batch size was measured", where="batch")
+    best = max(rates.values())
+    return min(b for b, rate in rates.items() if rate >= (1.0 - tolerance) * best)
 
 
 def time_engine(engine: Any, stamps: np.ndarray, batch: int, min_time_s: float = 1.0,
@@ -144,6 +160,15 @@ def build_engine(model_dir: Path, out_dir: Path | None = None, backend: str = "a
         runs[prec] = rel
         log.info("engines.build.measured", backend=chosen_backend, precision=prec, **figures[prec])
     choice = choose_precision(figures, precision)
+    # the chosen precision at every batch size it takes: the node's [engine] batch_size = 0 runs the best
+    # (TensorRT plans are built for batches up to max(batch, 512), so every size of the sweep fits)
+    sweep_engine = (TensorRTEngine(manifest, runs[choice], choice, device=device) if device is not None
+                    else OnnxRuntimeEngine(manifest, runs[choice], choice, threads=threads))
+    with sweep_engine:
+        sweep = {b: round(time_engine(sweep_engine, golden["stamps"], b, min_time_s=0.3), 1) for b in BATCH_SWEEP}
+    best_batch = choose_batch(sweep)
+    log.info("engines.build.batch", precision=choice, batch=best_batch,
+             stamps_per_s={str(b): r for b, r in sweep.items()})
     if device is not None:
         cpu_arch, os_name, cuda_version = device.cpu_arch, device.os, device.cuda_version
     else:
@@ -152,7 +177,8 @@ def build_engine(model_dir: Path, out_dir: Path | None = None, backend: str = "a
                      device=_device_name(chosen_backend, device),
                      tensorrt_version=device.tensorrt_version if device is not None else None,
                      compute_capability=device.compute_capability if device is not None else None,
-                     figures={"threads": threads, "precisions": figures,
+                     figures={"threads": threads, "precisions": figures, "batch": best_batch,
+                              "batch_sweep": {str(b): r for b, r in sweep.items()},
                               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
                      cpu_arch=cpu_arch or None, os=os_name or None, cuda_version=cuda_version or None)
     write_manifest(manifest.with_files(files, build=info), out)

@@ -71,17 +71,34 @@ def check_engine_origin(folder: str | Path, section: Any) -> None:
         log.info("engine.signature_verified", path=str(folder), signer=signer[:16])
 
 
+#: stamps per engine call when [engine] batch_size is 0 and the engine has no measured batch
+DEFAULT_BATCH_SIZE = 256
+
+
 def open_engine(path: str | Path, backend: str = "auto", precision: str = "auto", threads: int = 1,
-                batch_size: int = 256, providers: tuple[str, ...] = ()) -> Any:
-    """Load, verify and activate an engine folder (``providers``: ONNX Runtime's, empty for all)."""
+                batch_size: int = 0, providers: tuple[str, ...] = ()) -> Any:
+    """Load, verify and activate an engine folder (``providers``: ONNX Runtime's, empty for all;
+    ``batch_size`` 0: the batch its build record measured best for this backend)."""
     from engines.runtime import load_engine
 
     engine = load_engine(path, backend=backend, precision=precision, threads=threads,
                          providers=list(providers) or None)
     if engine.max_batch is None:
-        engine.max_batch = batch_size
+        measured = measured_batch(engine.manifest, engine.backend)
+        engine.max_batch = batch_size or measured or DEFAULT_BATCH_SIZE
+        log.info("engine.batch", batch_size=engine.max_batch,
+                 source="config" if batch_size else "build" if measured else "default")
     engine.activate()
     return engine
+
+
+def measured_batch(manifest: Any, backend: str) -> int | None:
+    """The batch ``engines build`` measured best, when its build record is for this backend."""
+    build = manifest.build
+    if build is None or build.backend != backend:
+        return None
+    batch = build.figures.get("batch")
+    return int(batch) if isinstance(batch, int) and batch >= 1 else None
 
 
 def verify_engine(path: str | Path, sha256: str, section: Any) -> str:

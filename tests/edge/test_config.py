@@ -91,3 +91,12 @@ def test_workers_are_replaced_after_a_bounded_number_of_frames_by_default() -> N
     assert config_from_mapping({"node": {"worker_max_frames": 0}}).node.worker_max_frames == 0
     with pytest.raises(ConfigError, match="worker_max_frames must be >= 0"):
         config_from_mapping({"node": {"worker_max_frames": -1}})
+
+
+def test_the_engine_batch_defaults_to_the_measured_one_and_refuses_a_negative_size() -> None:
+    """[engine] batch_size 0 (the default) means the batch engines build measured; a negative
+    size is a config error naming the key."""
+    assert config_from_mapping({}).engine.batch_size == 0
+    assert config_from_mapping({"engine": {"batch_size": 64}}).engine.batch_size == 64
+    with pytest.raises(ConfigError, match="batch_size"):
+        config_from_mapping({"engine": {"batch_size": -1}})

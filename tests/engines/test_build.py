@@ -12,7 +12,7 @@ import engines.runtime
 import engines.runtime.trt
 from edge.errors import ConfigError, EngineCompatibilityError
 from edge.node.assemble import default_engine_dir
-from engines.build import build_engine, choose_precision
+from engines.build import BATCH_SWEEP, build_engine, choose_batch, choose_precision
 from engines.manifest import EngineManifest, load_manifest
 from engines.runtime import OnnxRuntimeEngine
 from engines.runtime.trt import (
@@ -54,6 +54,15 @@ def test_nothing_passing_is_an_error() -> None:
         choose_precision({"fp32": {"stamps_per_s": 10.0, "passed": False}})
 
 
+def test_the_smallest_batch_about_as_fast_as_the_fastest_is_kept() -> None:
+    """A batch within 5 % of the fastest rate is as good and holds less memory and latency; a
+    clearly faster larger batch wins; nothing measured is an error."""
+    assert choose_batch({16: 900.0, 64: 990.0, 256: 1000.0, 512: 1010.0}) == 64
+    assert choose_batch({16: 100.0, 64: 400.0, 256: 1000.0, 512: 900.0}) == 256
+    with pytest.raises(EngineCompatibilityError, match="batch"):
+        choose_batch({})
+
+
 def test_build_on_cpu_records_choice_and_figures(tmp_path: Path) -> None:
     """Building the shipped engine for ONNX Runtime writes a verified copy whose build record holds every precision's figures."""
     written = build_engine(DEFAULT_MODEL_DIR, tmp_path / "built", backend="onnxruntime", batch=64)
@@ -67,6 +76,10 @@ def test_build_on_cpu_records_choice_and_figures(tmp_path: Path) -> None:
     assert written.build.file in again.files
     assert (again.build.cpu_arch, again.build.os, again.build.cuda_version) == (
         platform.machine(), platform.system(), None)
+    # the chosen precision timed at every batch size, and the batch the node will run recorded
+    sweep = {int(b): rate for b, rate in again.build.figures["batch_sweep"].items()}
+    assert sorted(sweep) == list(BATCH_SWEEP) and all(rate > 0 for rate in sweep.values())
+    assert again.build.figures["batch"] == choose_batch(sweep)
 
 
 def test_tensorrt_build_records_where_each_plan_was_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -111,3 +124,23 @@ def test_bad_arguments_are_config_errors(tmp_path: Path) -> None:
         build_engine(DEFAULT_MODEL_DIR, tmp_path / "b", precision="int4")
     with pytest.raises(ConfigError, match="--batch"):
         build_engine(DEFAULT_MODEL_DIR, tmp_path / "b", batch=0)
+
+
+def test_a_node_runs_the_batch_its_engine_build_measured(tmp_path: Path) -> None:
+    """[engine] batch_size 0 takes the build record's batch when the record is for the backend
+    that runs; a size in the config wins; without a record for this backend, 256."""
+    from edge.node.assemble import DEFAULT_BATCH_SIZE, open_engine
+    from engines.manifest import BuildInfo
+
+    def record(backend: str) -> BuildInfo:
+        return BuildInfo(backend=backend, precision="fp32", file="model_fp32.onnx", device="test CPU",
+                         figures={"batch": 32, "batch_sweep": {"16": 10.0, "32": 11.0}})
+
+    measured = write_tiny_engine(tmp_path / "measured", build=record("onnxruntime"))
+    with open_engine(measured, backend="onnxruntime") as engine:
+        assert engine.max_batch == 32
+    with open_engine(measured, backend="onnxruntime", batch_size=8) as engine:
+        assert engine.max_batch == 8
+    for name, build in (("unmeasured", None), ("other-backend", record("tensorrt"))):
+        with open_engine(write_tiny_engine(tmp_path / name, build=build), backend="onnxruntime") as engine:
+            assert engine.max_batch == DEFAULT_BATCH_SIZE
