@@ -122,7 +122,7 @@ class EngineSection:
     precision: str = "auto"
     threads: int = 1
     #: stamps per engine call; 0: the batch `engines build` measured best on this device (its build
-    #: record), or 256 for an engine without one (edge.node.assemble.DEFAULT_BATCH_SIZE)
+    #: record), else 32 on ONNX Runtime's CPU provider and 256 on a GPU (edge.node.assemble)
     batch_size: int = 0
     #: the only folder engines may be loaded from at run time (``ctl engine load / shadow``); empty:
     #: the folder that holds the engine the node starts with (the shipped models for the default)

@@ -71,8 +71,11 @@ def check_engine_origin(folder: str | Path, section: Any) -> None:
         log.info("engine.signature_verified", path=str(folder), signer=signer[:16])
 
 
-#: stamps per engine call when [engine] batch_size is 0 and the engine has no measured batch
+#: stamps per engine call when [engine] batch_size is 0 and the engine has no measured batch: 32
+#: on ONNX Runtime's CPU provider (on the 2-core build machine 16 to 32 stamps a call ran the
+#: shipped engine 10-15 % faster than 256, docs/benchmarks.md), 256 on a GPU provider
 DEFAULT_BATCH_SIZE = 256
+DEFAULT_CPU_BATCH_SIZE = 32
 
 
 def open_engine(path: str | Path, backend: str = "auto", precision: str = "auto", threads: int = 1,
@@ -83,12 +86,13 @@ def open_engine(path: str | Path, backend: str = "auto", precision: str = "auto"
 
     engine = load_engine(path, backend=backend, precision=precision, threads=threads,
                          providers=list(providers) or None)
+    engine.activate()
     if engine.max_batch is None:
         measured = measured_batch(engine.manifest, engine.backend)
-        engine.max_batch = batch_size or measured or DEFAULT_BATCH_SIZE
+        on_cpu = list(getattr(engine, "providers", [])) == ["CPUExecutionProvider"]
+        engine.max_batch = batch_size or measured or (DEFAULT_CPU_BATCH_SIZE if on_cpu else DEFAULT_BATCH_SIZE)
         log.info("engine.batch", batch_size=engine.max_batch,
                  source="config" if batch_size else "build" if measured else "default")
-    engine.activate()
     return engine
 
 
