@@ -103,8 +103,9 @@ def _mode(histo: NDArray[np.int64], nlevels: int, mean0: float, sigma0: float, q
     """
     # prefix sums of the counts and their first two moments: each clipping iteration is then a
     # few lookups and a binary search. Integers (exact: a box's pixel count times 4096^2 stays
-    # far inside int64 and a double) kept in registers: a sum read back from the array it was just stored in waits
-    # on the store each bin, which made this loop a third of the box statistics
+    # far inside int64 and a double) kept in registers: a sum read back from the array it was
+    # just stored in waits on that store every bin, which made this loop a third of the box
+    # statistics
     cnt = np.empty(nlevels + 1, dtype=np.int64)
     m1 = np.empty(nlevels + 1, dtype=np.int64)
     m2 = np.empty(nlevels + 1, dtype=np.int64)
