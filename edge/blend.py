@@ -23,7 +23,6 @@ Masked, non-finite and non-positive-variance pixels are left out; a failed fit i
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +31,7 @@ from numpy.typing import NDArray
 from scipy.spatial import cKDTree
 
 from edge.errors import DetectionError
+from edge.fitting import Model, levenberg_marquardt
 
 if TYPE_CHECKING:
     from edge.detect import Candidates
@@ -242,7 +242,8 @@ def _fit_stars(sub: Image, var: Image, mask: Image | None, x: F64, y: F64, fwhm_
     n_par = 7 if beta is not None else 8
     start, lo, hi = (np.array(v[:n_par]) for v in ([0, 0, 1, 0, a0, a0, 0, 3.0], [-2, -2, 0, -0.1, a0 / 16, a0 / 16,
                                                    -4 * a0, 1.2], [2, 2, 10, 0.1, 16 * a0, 16 * a0, 4 * a0, 12.0]))
-    p, chi2, settled = _lm(box.star_model(beta), np.tile(start, (len(x), 1)), box, lo, hi, iterations)
+    p, chi2, settled = levenberg_marquardt(box.star_model(beta), np.tile(start, (len(x), 1)), box.data, box.weight,
+                                          lo, hi, iterations)
     axx, ayy, axy, det = p[:, 4], p[:, 5], p[:, 6], p[:, 4] * p[:, 5] - p[:, 6] ** 2
     ok = settled & (det > 0) & (box.n_pix > _MIN_PIX)
     red = chi2 / np.maximum(box.n_pix - n_par, 1)
@@ -260,7 +261,7 @@ def _fit_points(box: _Boxes, beta: float, offset_px: float, start: F64 | None,
     n_comp = (start.shape[1] - 1 - box.n_neighbours) // 3
     lo = np.array([-offset_px, -offset_px, 0.0] * n_comp + [0.0] * box.n_neighbours + [-0.1])
     hi = np.array([offset_px, offset_px, 10.0] * n_comp + [1e3] * box.n_neighbours + [0.1])
-    return _lm(box.point_model(n_comp, beta), start, box, lo, hi, iterations)
+    return levenberg_marquardt(box.point_model(n_comp, beta), start, box.data, box.weight, lo, hi, iterations)
 
 
 def _terms(shape: tuple[int, ...], x: F64, y: F64, n_terms: int) -> F64:
@@ -280,10 +281,6 @@ def _moffat(form: F64, beta: F64 | float, ex: F64, ey: F64) -> tuple[F64, F64, F
 
 def _moffat_fwhm(det_a: F64, beta: F64 | float) -> F64:
     return np.asarray(2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0) * det_a ** -0.25, float)
-
-
-#: params (N, P) -> model (N, S), Jacobian (N, S, P), which rows are valid
-_Model = Callable[[F64], tuple[F64, F64, NDArray[np.bool_]]]
 
 
 @dataclass(eq=False)
@@ -340,7 +337,7 @@ class _Boxes:
                        self.dy[:, :, None] - (near[:, :, 1] - y[:, None])[:, None, :])[0]
         return replace(self, nb_prof=np.where(use[:, None, :], prof, 0.0), n_neighbours=k)
 
-    def point_model(self, n_comp: int, beta: float) -> _Model:
+    def point_model(self, n_comp: int, beta: float) -> Model:
         """Params (x, y, flux) per component, each neighbour's flux, then a background."""
         form, nb, first_nb = self.form, self.nb_prof, 3 * n_comp
 
@@ -359,7 +356,7 @@ class _Boxes:
             return total, jac, np.ones(len(p), bool)
         return model
 
-    def star_model(self, beta: float | None) -> _Model:
+    def star_model(self, beta: float | None) -> Model:
         """Params x, y, flux, background, axx, ayy, axy (and beta when ``beta`` is None), with the
         analytic Jacobian: one profile per step instead of one per parameter."""
 
@@ -383,30 +380,3 @@ class _Boxes:
                 jac[:, :, 7] = fp * (1.0 / (b - 1.0) + np.log(t))
             return fp + p[:, 3:4], jac, valid
         return model
-
-
-def _lm(model: _Model, p: F64, box: _Boxes, lo: F64, hi: F64, iterations: int) -> tuple[F64, F64, NDArray[np.bool_]]:
-    """Levenberg-Marquardt on all rows at once, within [lo, hi]: params, chi2 (inf if invalid), settled."""
-    p, eye = np.clip(np.array(p, float), lo, hi), np.eye(p.shape[1])
-
-    def chi2_of(q: F64) -> tuple[F64, F64, F64]:
-        m, j, valid = model(q)
-        c = (box.weight * (box.data - m) ** 2).sum(axis=1)
-        return np.where(valid & np.isfinite(c), c, np.inf), box.data - m, j
-
-    (chi2, resid, jac), lam = chi2_of(p), np.full(len(p), 1e-3)
-    history = [chi2.copy()]
-    for _ in range(iterations):
-        jw = (jac * box.weight[:, :, None]).transpose(0, 2, 1)
-        h, g = jw @ jac, (jw @ resid[:, :, None])[:, :, 0]
-        h = h + (lam[:, None] * np.einsum("npp->np", h) + 1e-9)[:, :, None] * eye
-        bad = ~(np.isfinite(h).all(axis=(1, 2)) & np.isfinite(g).all(axis=1))
-        h[bad], g[bad] = eye, 0.0
-        trial = np.clip(p + np.linalg.solve(h, g[:, :, None])[:, :, 0], lo, hi)
-        chi2_t, resid_t, jac_t = chi2_of(trial)
-        better = chi2_t < chi2
-        p[better], chi2[better], resid[better], jac[better] = trial[better], chi2_t[better], resid_t[better], jac_t[better]
-        lam = np.clip(np.where(better, lam * 0.3, lam * 10.0), 1e-7, 1e7)
-        history.append(chi2.copy())
-    settled = history[-6] - np.where(np.isfinite(chi2), chi2, 0.0) < 0.5 if len(history) > 6 else False
-    return p, chi2, settled & np.isfinite(chi2)
