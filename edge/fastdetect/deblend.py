@@ -87,6 +87,7 @@ def deblend(xs: NDArray[np.int32], ys: NDArray[np.int32], cd: NDArray[np.float64
     submap = np.full((bh, bw), -1, dtype=np.int64)
     for i in range(npix):
         submap[ys[i] - ymin, xs[i] - xmin] = i
+    around = np.empty(8, dtype=np.int64)   # a pixel's neighbours (_neighbours)
     levels = np.empty(nthresh, dtype=np.float64)
     for k in range(nthresh):
         levels[k] = base * (peak / base) ** (k / nthresh)
@@ -119,23 +120,15 @@ def deblend(xs: NDArray[np.int32], ys: NDArray[np.int32], cd: NDArray[np.float64
             size[p] = 1
             roots[nroots] = p
             nroots += 1
-            x, y = xs[p] - xmin, ys[p] - ymin
-            for dy in range(-1, 2):
-                yy = y + dy
-                if yy < 0 or yy >= bh:
+            for m in range(_neighbours(submap, xs[p] - xmin, ys[p] - ymin, around)):
+                j = around[m]
+                if j < 0 or parent[j] < 0:
                     continue
-                for dx in range(-1, 2):
-                    xx = x + dx
-                    if xx < 0 or xx >= bw or (dx == 0 and dy == 0):
-                        continue
-                    j = submap[yy, xx]
-                    if j < 0 or parent[j] < 0:
-                        continue
-                    ra, rb = _root(parent, p), _root(parent, j)
-                    if ra != rb:
-                        parent[rb] = ra
-                        flux[ra] += flux[rb]
-                        size[ra] += size[rb]
+                ra, rb = _root(parent, p), _root(parent, j)
+                if ra != rb:
+                    parent[rb] = ra
+                    flux[ra] += flux[rb]
+                    size[ra] += size[rb]
         # the branches at this level: components of at least min_area pixels
         m = 0
         first = nnodes
@@ -201,22 +194,33 @@ def deblend(xs: NDArray[np.int32], ys: NDArray[np.int32], cd: NDArray[np.float64
         while top > 0:
             top -= 1
             p = stack[top]
-            x, y = xs[p] - xmin, ys[p] - ymin
-            for dy in range(-1, 2):
-                yy = y + dy
-                if yy < 0 or yy >= bh:
-                    continue
-                for dx in range(-1, 2):
-                    xx = x + dx
-                    if xx < 0 or xx >= bw:
-                        continue
-                    i = submap[yy, xx]
-                    if i >= 0 and labels[i] < 0 and cd[i] > t:
-                        labels[i] = nb_
-                        stack[top] = i
-                        top += 1
+            for m in range(_neighbours(submap, xs[p] - xmin, ys[p] - ymin, around)):
+                i = around[m]
+                if i >= 0 and labels[i] < 0 and cd[i] > t:
+                    labels[i] = nb_
+                    stack[top] = i
+                    top += 1
         nb_ += 1
     return _gather(xs, ys, cd, nb_, base, labels)
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _neighbours(submap: NDArray[np.int64], x: int, y: int, out: NDArray[np.int64]) -> int:
+    """The ``submap`` entries of the 8-connected neighbours of (x, y) inside it, into ``out``
+    (-1 where a neighbour is no pixel of the group); returns how many were written."""
+    bh, bw = submap.shape
+    n = 0
+    for dy in range(-1, 2):
+        yy = y + dy
+        if yy < 0 or yy >= bh:
+            continue
+        for dx in range(-1, 2):
+            xx = x + dx
+            if xx < 0 or xx >= bw or (dx == 0 and dy == 0):
+                continue
+            out[n] = submap[yy, xx]
+            n += 1
+    return n
 
 
 @nb.njit(cache=True, nogil=True)
