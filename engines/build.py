@@ -12,9 +12,10 @@ folder itself unless ``--out`` names another; the model files are copied there).
 entry records the platform it was built on, which the runtime checks before loading it.
 :func:`choose_precision` is the pure decision rule.
 
-The chosen precision is then timed at every batch size of :data:`BATCH_SWEEP`; :func:`choose_batch` keeps the smallest batch
-within 5 % of the fastest, and the record holds it as ``figures["batch"]`` with the sweep as
-``figures["batch_sweep"]``. A node whose ``[engine] batch_size`` is 0 (the default) runs that batch.
+The chosen precision is then timed at every batch size of :data:`BATCH_SWEEP`;
+:func:`choose_batch` keeps the smallest batch within 5 % of the fastest, and the record holds it
+as ``figures["batch"]`` with the sweep as ``figures["batch_sweep"]``. A node whose
+``[engine] batch_size`` is 0 (the default) runs that batch.
 """
 
 from __future__ import annotations
@@ -62,9 +63,9 @@ def choose_precision(figures: dict[str, dict[str, Any]], requested: str = "auto"
 
 def choose_batch(rates: dict[int, float], tolerance: float = BATCH_TOLERANCE) -> int:
     """The smallest batch whose stamps per second are within ``tolerance`` of the fastest measured."""
-    if not rates or max(rates.values()) <= 0:
+    best = max(rates.values(), default=0.0)
+    if best <= 0:
         raise EngineCompatibilityError("no batch size was measured", where="batch")
-    best = max(rates.values())
     return min(b for b, rate in rates.items() if rate >= (1.0 - tolerance) * best)
 
 
@@ -167,8 +168,8 @@ def build_engine(model_dir: Path, out_dir: Path | None = None, backend: str = "a
     with sweep_engine:
         sweep = {b: round(time_engine(sweep_engine, golden["stamps"], b, min_time_s=0.3), 1) for b in BATCH_SWEEP}
     best_batch = choose_batch(sweep)
-    log.info("engines.build.batch", precision=choice, batch=best_batch,
-             stamps_per_s={str(b): r for b, r in sweep.items()})
+    batch_sweep = {str(b): rate for b, rate in sweep.items()}
+    log.info("engines.build.batch", precision=choice, batch=best_batch, stamps_per_s=batch_sweep)
     if device is not None:
         cpu_arch, os_name, cuda_version = device.cpu_arch, device.os, device.cuda_version
     else:
@@ -178,7 +179,7 @@ def build_engine(model_dir: Path, out_dir: Path | None = None, backend: str = "a
                      tensorrt_version=device.tensorrt_version if device is not None else None,
                      compute_capability=device.compute_capability if device is not None else None,
                      figures={"threads": threads, "precisions": figures, "batch": best_batch,
-                              "batch_sweep": {str(b): r for b, r in sweep.items()},
+                              "batch_sweep": batch_sweep,
                               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
                      cpu_arch=cpu_arch or None, os=os_name or None, cuda_version=cuda_version or None)
     write_manifest(manifest.with_files(files, build=info), out)

@@ -121,7 +121,8 @@ def _add_build(sub: Any) -> None:
                     "manifest's tolerances); keep the fastest that passes (--precision auto) or the "
                     "named one if it passes, then time the chosen one at batches of 16 to 512 and keep the "
                     "smallest within 5 % of the fastest ([engine] batch_size = 0 runs it); record the "
-                    "choice and every figure in the manifest's build record. TensorRT plans are built here, with a timing cache. Backend auto: "
+                    "choice and every figure in the manifest's build record. TensorRT plans are built "
+                    "here, with a timing cache. Backend auto: "
                     "TensorRT where TensorRT, pycuda and a GPU are present, else ONNX Runtime.")
     _add_model(p)
     p.add_argument("--backend", choices=["auto", "onnxruntime", "tensorrt"], default="auto",
