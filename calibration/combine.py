@@ -54,7 +54,18 @@ def _clip_block(block: NDArray[np.float32], sigma: float
                 ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.int16]]:
     n = block.shape[0]
     if n == 1:
-        return (block[0].copy(), np.full(block.shape[1:], np.inf, np.float32),
+        # One frame has no scatter over the stack: its own noise is half the robust variance of
+        # vertically adjacent differences (pixel-response patterns add to it, so it errs high).
+        # Finite, so a single flat still makes a bundle (a real night may have one flat a filter).
+        frame = block[0]
+        if frame.shape[0] > 1:
+            diff = np.diff(frame, axis=0)
+            diff = diff[np.isfinite(diff)]
+            mad = np.median(np.abs(diff - np.median(diff))) if diff.size else np.float32(0.0)
+            noise_var = 0.5 * (1.4826 * float(mad)) ** 2
+        else:
+            noise_var = 0.0
+        return (frame.copy(), np.full(block.shape[1:], noise_var, np.float32),
                 np.ones(block.shape[1:], np.int16))
     centre = np.median(block, axis=0)
     dev = np.abs(block - centre)

@@ -238,6 +238,34 @@ def header_float(header: Mapping[str, Any], key: str, *, where: str) -> float | 
     return out
 
 
+def _amplifier(header: Mapping[str, Any]) -> str | None:
+    """The two-digit number of the one amplifier that read the frame, None when not one or unknown."""
+    used = [k[5:] for k in header if str(k).startswith("AAMP_") and str(header[k]).strip() in ("1", "True")]
+    if len(used) == 1:
+        return used[0]
+    if not used and "AGAIN_01" in header and str(header.get("NUMAMP", "1")).strip() == "1":
+        return "01"
+    return None
+
+
+def header_gain(header: Mapping[str, Any], *, where: str) -> float | None:
+    """Gain [e-/ADU] from ``GAIN``, else the reading amplifier's ``AGAIN_nn`` (``AAMP_nn = 1``), else None."""
+    gain = header_float(header, "GAIN", where=where)
+    amp = _amplifier(header) if gain is None else None
+    if amp is not None:
+        gain = header_float(header, f"AGAIN_{amp}", where=where)
+    return gain
+
+
+def header_read_noise(header: Mapping[str, Any], *, where: str) -> float | None:
+    """Read noise [e-] from ``RDNOISE``, else the reading amplifier's ``ARDNS_nn``, else None."""
+    rn = header_float(header, "RDNOISE", where=where)
+    amp = _amplifier(header) if rn is None else None
+    if amp is not None:
+        rn = header_float(header, f"ARDNS_{amp}", where=where)
+    return rn
+
+
 def header_filter(header: Mapping[str, Any]) -> str | None:
     """The FILTER (or FILTERS) header value as a stripped string, None when absent."""
     for key in ("FILTER", "FILTERS", "FILTNAME"):
@@ -278,7 +306,7 @@ def read_frame(path: Path | str) -> CalFrame:
     overscan = 0.0
     biassec = str(header["BIASSEC"]) if "BIASSEC" in header else None
     trimsec = str(header["TRIMSEC"]) if "TRIMSEC" in header else None
-    gain = header_float(header, "GAIN", where=where)
+    gain = header_gain(header, where=where)
     if biassec is not None:
         bsec = parse_section(biassec, where=f"{where} BIASSEC")
         check_section_fits(bsec, data.shape, key="BIASSEC", where=where)
@@ -297,7 +325,7 @@ def read_frame(path: Path | str) -> CalFrame:
         data_adu=data,
         overscan_adu=overscan,
         gain_e_per_adu=gain,
-        read_noise_e=header_float(header, "RDNOISE", where=where),
+        read_noise_e=header_read_noise(header, where=where),
         saturate_adu=header_float(header, "SATURATE", where=where),
         trimsec=trimsec,
         biassec=biassec,

@@ -93,7 +93,8 @@ def photon_transfer(bias_pairs: Sequence[tuple[NDArray[np.float32], NDArray[np.f
     """Gain g = ((F1+F2) - (B1+B2)) / (var(F1-F2) - var(B1-B2)); read noise g * std(B1-B2) / sqrt(2).
 
     Frames in ADU (overscan removed, not bias-subtracted). The flat's pixel-response pattern and
-    the bias structure cancel in the differences; variances are 5-sigma clipped so cosmic rays
+    the bias structure cancel in the differences; a pair at different levels (twilight) has its
+    second flat scaled to the first's level before the difference; variances are 5-sigma clipped so cosmic rays
     do not count as noise; ``exclude`` drops known bad pixels. Each flat pair is matched with a
     bias pair in turn; the results are the medians over pairs.
     """
@@ -111,12 +112,22 @@ def photon_transfer(bias_pairs: Sequence[tuple[NDArray[np.float32], NDArray[np.f
     gains: list[float] = []
     for i, (f1, f2) in enumerate(flat_pairs):
         j = i % len(bias_pairs)
-        d = (f1 - f2) if good is None else (f1 - f2)[good]
+        bias_level = bias_sum[j] / 2.0
+        m1 = float(np.mean(f1 if good is None else f1[good], dtype=np.float64)) - bias_level
+        m2 = float(np.mean(f2 if good is None else f2[good], dtype=np.float64)) - bias_level
+        if m1 <= 0 or m2 <= 0:
+            raise ValueError("flat pair has no signal above the biases; photon transfer needs exposed flats")
+        # Twilight flats of one exposure time differ in level: the second is scaled to the first
+        # so the flat's pattern (vignetting, pixel response) cancels in the difference; with
+        # r = 1 this is the textbook (F1+F2) / var(F1-F2). var(D) = (m1 + r^2 m2) / g + (1 + r^2) rn^2.
+        r = m1 / m2
+        d = (f1 - bias_level) - np.float32(r) * (f2 - bias_level)
+        if good is not None:
+            d = d[good]
         _, std, _ = clipped_mean_std(d, sigma=5.0)
-        s = (f1 + f2) if good is None else (f1 + f2)[good]
-        signal = float(np.mean(s, dtype=np.float64)) - bias_sum[j]
-        excess = std * std - bias_diff_var[j]
-        if signal <= 0 or excess <= 0:
+        signal = m1 + r * r * m2
+        excess = std * std - (1.0 + r * r) * bias_diff_var[j] / 2.0
+        if excess <= 0:
             raise ValueError("flat pair has no signal above the biases; photon transfer needs exposed flats")
         gains.append(signal / excess)
     gain = float(np.median(gains))

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from calibration.frames import header_float
+from calibration.frames import header_gain, header_read_noise
 
 #: at most this many pixels are sampled to estimate a frame's background
 SAMPLE_PX = 65536
@@ -31,11 +31,14 @@ class Background:
 
 
 def header_noise(header: Mapping[str, Any] | None, *, where: str = "frame header") -> tuple[float, float] | None:
-    """(GAIN e-/ADU, RDNOISE e-) from a header when both are present and usable, else None."""
+    """(gain e-/ADU, read noise e-) from a header when both are present and usable, else None.
+
+    ``GAIN``/``RDNOISE``, or the reading amplifier's ``AGAIN_nn``/``ARDNS_nn``.
+    """
     if header is None:
         return None
-    gain = header_float(header, "GAIN", where=where)
-    rn = header_float(header, "RDNOISE", where=where)
+    gain = header_gain(header, where=where)
+    rn = header_read_noise(header, where=where)
     if gain is None or rn is None or gain <= 0 or rn < 0:
         return None
     return gain, rn
