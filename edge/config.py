@@ -9,6 +9,7 @@ bad file in one pass. No environment lookups, no globals: what the file says is 
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import types
 import typing
@@ -152,14 +153,25 @@ class EngineSection:
 
 @dataclass(frozen=True)
 class CatalogSection:
-    """The reference catalog of the field (FITS or ECSV with ra/dec in degrees); empty: none."""
+    """The field's reference catalog (edge.sky.ReferenceCatalog: ra/dec in degrees, x_px/y_px in the
+    reference frame's pixels, or both); empty: none. Pixel catalogs match in pixels, others on the sky."""
 
     reference: str = ""
     min_match_radius_arcsec: float = 1.0
+    #: false: the frame's WCS is ignored (records carry null ra/dec); "new" then needs a pixel catalog
+    use_header_wcs: bool = True
+    min_match_radius_px: float = 2.0
+    #: a detection below this S/N is never "new" (noise peaks at the threshold have no counterpart either)
+    min_new_snr: float = 0.0
+    #: the largest frame-to-catalog shift registration searches (pixel catalogs)
+    register_max_shift_px: float = 50.0
 
     def __post_init__(self) -> None:
-        if self.min_match_radius_arcsec <= 0:
-            raise ValueError("min_match_radius_arcsec must be > 0")
+        for name in ("min_match_radius_arcsec", "min_match_radius_px", "register_max_shift_px"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be > 0, not {getattr(self, name)}")
+        if not 0 <= self.min_new_snr < math.inf:
+            raise ValueError(f"min_new_snr must be >= 0 (0: any S/N may be new), not {self.min_new_snr}")
 
 
 @dataclass(frozen=True)

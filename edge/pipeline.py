@@ -11,7 +11,9 @@ This module touches no socket, file, SQLite or thread: the calibrator, engine, s
 clock and random generator come in as arguments. Each seam is a small Protocol below
 (:class:`Calibrator`, :class:`Engine`, :class:`Scorer`): ``calibration.Calibrator``,
 ``engines.runtime`` backends and ``engines.scoring.score`` satisfy them, and a test may pass any
-object that does.
+object that does. It logs one thing of its own: whether a frame could be registered onto a pixel
+reference catalog (``catalog.registered`` at debug; ``catalog.unregistered`` as a warning, and
+nothing in that frame is "new").
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from numpy.typing import NDArray
 from edge import blend as blend_stage
 from edge import detect as detect_stage
 from edge import sky
-from edge.errors import DetectionError
+from edge.errors import ConfigError, DetectionError
+from edge.log import get_logger
 from edge.records import DownlinkRecord, FrameSummary, compress_stamp, record_id
 from edge.triage import TriagePolicy, TriageResult, triage
 from engines.scoring import Scores, ScoringConstants, score
@@ -47,6 +50,8 @@ if TYPE_CHECKING:
 ASTROPHYSICAL_LABELS = ("star", "galaxy")
 #: the catalog match radius is this many times the detection's position error (or the floor)
 MATCH_SIGMAS = 3.0
+
+log = get_logger(__name__)
 
 
 class Calibrator(Protocol):
@@ -107,8 +112,14 @@ class Pipeline:
                  detect_settings: detect_stage.DetectSettings, policy: TriagePolicy,
                  catalog: sky.ReferenceCatalog | None = None, min_match_radius_arcsec: float = 1.0,
                  seed: int = 0, scorer: Scorer = score, clock: Callable[[], float] = time.perf_counter,
-                 now: Callable[[], str] = utc_now) -> None:
+                 now: Callable[[], str] = utc_now, use_header_wcs: bool = True,
+                 min_match_radius_px: float = 2.0, min_new_snr: float = 0.0,
+                 register_max_shift_px: float = 50.0) -> None:
         engine.manifest.check_normalisation(tuple(RECIPES))
+        if catalog is not None and not catalog.in_pixels and not use_header_wcs:
+            raise ConfigError("a reference catalog with RA/Dec alone needs the frames' WCS: set "
+                              "use_header_wcs = true, or give a catalog with x_px/y_px columns "
+                              "(edge.commission.catalog)", where=catalog.source)
         self.node_id = node_id
         self.calibrator = calibrator
         self.engine = engine
@@ -116,6 +127,11 @@ class Pipeline:
         self.policy = policy
         self.catalog = catalog
         self.min_match_radius_arcsec = min_match_radius_arcsec
+        #: false: the frame's WCS is ignored (records carry null ra/dec)
+        self.use_header_wcs = use_header_wcs
+        self.min_match_radius_px = min_match_radius_px
+        self.min_new_snr = min_new_snr
+        self.register_max_shift_px = register_max_shift_px
         self.seed = seed
         self.scorer = scorer
         self._clock = clock
@@ -166,9 +182,9 @@ class Pipeline:
         lap("score")
         classes = self.engine.manifest.classes
         labels = tuple(classes[i] for i in scores.label_index.tolist())
-        wcs = sky.wcs_from_header(frame.header)
+        wcs = sky.wcs_from_header(frame.header) if self.use_header_wcs else None
         ra, dec = sky.pixel_to_sky(wcs, cands.x, cands.y)
-        new = self._new(wcs, ra, dec, cands, labels)
+        new = self._new(wcs, ra, dec, cands, labels, seq=frame.seq)
         lap("sky")
         multiplicity = _Multiplicity(bkg.sub_e, cal.variance_e2, cal.mask, cands)
         if self.policy.send_blends:
@@ -209,14 +225,30 @@ class Pipeline:
         return self._outputs.get(shape)
 
     def _new(self, wcs: WCS | None, ra: NDArray[np.float64], dec: NDArray[np.float64],
-             cands: detect_stage.Candidates, labels: tuple[str, ...]) -> NDArray[np.bool_]:
-        astro = np.isin(np.asarray(labels, dtype=object), ASTROPHYSICAL_LABELS)
-        if self.catalog is None or wcs is None or not astro.any():
-            return np.zeros(len(cands), bool)
-        scale = sky.pixel_scale_arcsec(wcs) or 1.0
+             cands: detect_stage.Candidates, labels: tuple[str, ...], *, seq: int = -1) -> NDArray[np.bool_]:
+        # a star or galaxy bright enough, with no catalog source within max(floor, 3 sigma): pixel
+        # catalogs after registering the frame onto their grid, sky catalogs through the WCS
+        eligible = np.isin(np.asarray(labels, dtype=object), ASTROPHYSICAL_LABELS) & (cands.snr >= self.min_new_snr)
+        nothing = np.zeros(len(cands), bool)
+        if self.catalog is None or not eligible.any():
+            return nothing
         err_px = np.hypot(cands.x_err_px, cands.y_err_px)
-        radius = np.maximum(self.min_match_radius_arcsec, MATCH_SIGMAS * err_px * scale)
-        return astro & ~self.catalog.has_counterpart(ra, dec, radius)
+        if self.catalog.in_pixels:
+            radius_px = np.fmax(self.min_match_radius_px, MATCH_SIGMAS * err_px)
+            match = self.catalog.match_in_pixels(cands.x, cands.y, cands.flux_e, radius_px,
+                                                 max_shift_px=self.register_max_shift_px)
+            if match.registration is None:
+                log.warning("catalog.unregistered", seq=seq, detections=len(cands), reason=match.reason)
+                return nothing
+            reg = match.registration
+            log.debug("catalog.registered", seq=seq, dx=round(reg.dx_px, 3), dy=round(reg.dy_px, 3),
+                      pairs=reg.pairs)
+            return eligible & match.new
+        if wcs is None:
+            return nothing
+        scale = sky.pixel_scale_arcsec(wcs) or 1.0
+        radius = np.fmax(self.min_match_radius_arcsec, MATCH_SIGMAS * err_px * scale)
+        return eligible & ~self.catalog.has_counterpart(ra, dec, radius)
 
     def _record(self, frame: FrameInput, i: int, cands: detect_stage.Candidates, scores: Scores,
                 labels: tuple[str, ...], classes: Sequence[str], ra: NDArray[np.float64],

@@ -175,4 +175,7 @@ def build_pipeline(config: NodeConfig, bundle_override: str | None = None) -> Pi
     return Pipeline(node_id=config.node.id, calibrator=calibrator, engine=engine,
                     detect_settings=config.detect, policy=config.triage, catalog=catalog,
                     min_match_radius_arcsec=config.catalog.min_match_radius_arcsec,
-                    seed=config.node.seed)
+                    seed=config.node.seed, use_header_wcs=config.catalog.use_header_wcs,
+                    min_match_radius_px=config.catalog.min_match_radius_px,
+                    min_new_snr=config.catalog.min_new_snr,
+                    register_max_shift_px=config.catalog.register_max_shift_px)

@@ -178,3 +178,124 @@ def test_a_pipeline_on_the_fast_detector_is_warmed_and_finds_the_stars_sep_finds
     a, b = slow.process(frame).summary, fast.process(frame).summary
     assert b.detections == b.sent + b.suppressed
     assert a.detections <= b.detections <= 1.5 * a.detections
+
+
+#: the frame lies this far (x, y) in px from the grid of the pixel catalog of the tests below
+FRAME_SHIFT_PX = (7.3, -4.1)
+#: every detection is sent (audit) and labelled star, so that "new" can be read on every one
+SEND_ALL = {"send_new": True, "confidence_min": 0.0, "epistemic_max_nats": 100.0, "classes_of_interest": [],
+            "audit_rate": 1.0, "alpha": 0.0, "max_records_per_frame": 5000}
+
+
+def all_stars(pipeline):
+    """The pipeline with its scorer calling every detection a star (the tiny test engine's labels mean nothing)."""
+    pipeline.scorer = lambda *a: dataclasses.replace(score(*a), label_index=np.zeros(len(a[0]), np.int64))
+    return pipeline
+
+
+def shifted_pixel_catalog(small_twin, path: Path, leave_out: int = 3) -> tuple[Path, np.ndarray, np.ndarray]:
+    """The field's persistent sources in a pixel grid the frame is FRAME_SHIFT_PX away from, less
+    the ``leave_out`` brightest isolated stars; returns the file, and the (x, y) in the frame of the
+    stars left out and of the sources kept."""
+    known = reference_catalog(small_twin, 3)
+    x, y = np.asarray(known["x"], float), np.asarray(known["y"], float)
+    is_star = np.asarray(known["label"]).astype(str) == "star"
+    spacing = np.array([np.sort(np.hypot(x - a, y - b))[1] for a, b in zip(x, y, strict=True)])
+    inner = (x > 30) & (y > 30) & (x < 384 - 30) & (y < 384 - 30)
+    pick = np.flatnonzero(is_star & inner & (spacing > 12))
+    pick = pick[np.argsort(np.asarray(known["mag"])[pick])][:leave_out]
+    keep = np.setdiff1d(np.arange(len(x)), pick)
+    Table({"x_px": x[keep] - FRAME_SHIFT_PX[0], "y_px": y[keep] - FRAME_SHIFT_PX[1]}).write(path)
+    return path, np.column_stack([x[pick], y[pick]]), np.column_stack([x[keep], y[keep]])
+
+
+def test_a_pixel_catalog_makes_only_the_sources_it_lacks_new_after_a_frame_shift(node_config_factory, small_twin,
+                                                                                 tmp_path: Path) -> None:
+    """The frame is registered onto a pixel catalog it lies (7.3, -4.1) px from (logged at debug); the
+    stars left out of the catalog are new, and no detection of a catalogued star or galaxy is."""
+    from structlog.testing import capture_logs
+
+    path, left_out, kept = shifted_pixel_catalog(small_twin, tmp_path / "pixels.ecsv")
+    pipeline = all_stars(build_pipeline(node_config_factory(catalog={"reference": str(path)}, triage=SEND_ALL)))
+    frame = frame_input(simulate_frame(small_twin, 0, 3))
+    with capture_logs() as logs:
+        records = pipeline.process(frame).records
+    registered = [e for e in logs if e["event"] == "catalog.registered"]
+    assert len(registered) == 1 and registered[0]["log_level"] == "debug"
+    assert registered[0]["dx"] == pytest.approx(-FRAME_SHIFT_PX[0], abs=0.1)
+    assert registered[0]["dy"] == pytest.approx(-FRAME_SHIFT_PX[1], abs=0.1)
+    assert registered[0]["pairs"] >= 30 and registered[0]["seq"] == frame.seq
+    xy = np.array([[r.x, r.y] for r in records])
+    new = np.array([r.new for r in records])
+    for star in left_out:
+        near = np.hypot(*(xy - star).T) < 1.5
+        assert near.any() and new[near].all()
+    on_catalogued = np.array([np.hypot(*(kept - p).T).min() < 1.0 for p in xy])
+    assert on_catalogued.sum() >= 30 and not new[on_catalogued].any()
+
+
+def test_a_detection_below_min_new_snr_is_never_new(node_config_factory, small_twin, tmp_path: Path) -> None:
+    """With [catalog] min_new_snr, only detections at that S/N or above may be new; the bright stars
+    left out of the catalog still are."""
+    path, left_out, _ = shifted_pixel_catalog(small_twin, tmp_path / "pixels.ecsv")
+    frame = frame_input(simulate_frame(small_twin, 0, 3))
+    catalog = {"reference": str(path)}
+    every = all_stars(build_pipeline(node_config_factory(catalog=catalog, triage=SEND_ALL))).process(frame).records
+    faint_new = [r for r in every if r.new and r.snr < 30.0]
+    assert faint_new, "the frame should have faint new detections (noise, cosmic rays) to drop"
+    bright = all_stars(build_pipeline(node_config_factory(catalog={**catalog, "min_new_snr": 30.0}, triage=SEND_ALL)))
+    records = bright.process(frame).records
+    assert all(r.snr >= 30.0 for r in records if r.new)
+    new_xy = np.array([[r.x, r.y] for r in records if r.new])
+    assert all(np.hypot(*(new_xy - star).T).min() < 1.5 for star in left_out)
+
+
+def test_a_frame_that_does_not_register_has_nothing_new_and_says_why(node_config_factory, small_twin,
+                                                                     tmp_path: Path) -> None:
+    """Against a pixel catalog of another field the frame does not register: a warning
+    catalog.unregistered names the frame, its detections and the reason, and no detection is new."""
+    from structlog.testing import capture_logs
+
+    rng = np.random.default_rng(5)
+    path = tmp_path / "elsewhere.ecsv"
+    Table({"x_px": rng.uniform(0, 384, 150), "y_px": rng.uniform(0, 384, 150)}).write(path)
+    pipeline = all_stars(build_pipeline(node_config_factory(catalog={"reference": str(path)}, triage=SEND_ALL)))
+    frame = frame_input(simulate_frame(small_twin, 0, 3), seq=41)
+    with capture_logs() as logs:
+        result = pipeline.process(frame)
+    assert not any(r.new for r in result.records)
+    warned = [e for e in logs if e["event"] == "catalog.unregistered"]
+    assert len(warned) == 1 and warned[0]["log_level"] == "warning"
+    assert warned[0]["seq"] == 41 and warned[0]["detections"] == result.summary.detections
+    assert "agree on one offset" in warned[0]["reason"]
+
+
+def test_without_the_header_wcs_records_carry_null_ra_dec_and_a_pixel_catalog_still_works(
+        node_config_factory, small_twin, tmp_path: Path) -> None:
+    """[catalog] use_header_wcs = false: the frame's (good) WCS is ignored, every record has null
+    ra/dec, and a pixel catalog still makes the stars it lacks new."""
+    path, left_out, _ = shifted_pixel_catalog(small_twin, tmp_path / "pixels.ecsv")
+    config = node_config_factory(catalog={"reference": str(path), "use_header_wcs": False}, triage=SEND_ALL)
+    records = all_stars(build_pipeline(config)).process(frame_input(simulate_frame(small_twin, 0, 3))).records
+    assert records and all(r.ra is None and r.dec is None for r in records)
+    assert all(from_json_line(to_json_line(r)).ra is None for r in records[:5])
+    new_xy = np.array([[r.x, r.y] for r in records if r.new])
+    assert all(np.hypot(*(new_xy - star).T).min() < 1.5 for star in left_out)
+
+
+def test_catalog_settings_reach_the_pipeline_and_bad_ones_are_refused(node_config_factory, tmp_path: Path) -> None:
+    """The [catalog] keys land on the pipeline; a negative radius, S/N or shift is a ConfigError naming
+    the key, and a catalog with RA/Dec alone cannot be used without the header WCS."""
+    from edge.errors import ConfigError
+
+    pipeline = build_pipeline(node_config_factory(catalog={"use_header_wcs": False, "min_match_radius_px": 1.5,
+                                                           "min_new_snr": 8, "register_max_shift_px": 20}))
+    assert (pipeline.use_header_wcs, pipeline.min_match_radius_px, pipeline.min_new_snr,
+            pipeline.register_max_shift_px) == (False, 1.5, 8.0, 20.0)
+    for key in ("min_match_radius_px", "min_new_snr", "register_max_shift_px"):
+        with pytest.raises(ConfigError, match=key):
+            node_config_factory(catalog={key: -1.0})
+    sky_only = tmp_path / "sky.ecsv"
+    Table({"ra_deg": [150.0], "dec_deg": [2.0]}).write(sky_only)
+    with pytest.raises(ConfigError, match="use_header_wcs"):
+        build_pipeline(node_config_factory(catalog={"reference": str(sky_only), "use_header_wcs": False}))
