@@ -394,12 +394,19 @@ def _recall(n_truth: int, n_sent: int) -> dict[str, Any]:
 def match_and_score(truth_frame: NDArray[Any], truth_x: NDArray[Any], truth_y: NDArray[Any],
                     truth_label: Sequence[str], truth_family: Sequence[str],
                     records: Sequence[dict[str, Any]], *, radius_px: float,
-                    truth_size_px: NDArray[Any] | None = None) -> dict[str, Any]:
+                    truth_size_px: NDArray[Any] | None = None,
+                    truth_series: Sequence[str] | None = None,
+                    truth_snr: NDArray[Any] | None = None, snr_min: float | None = None) -> dict[str, Any]:
     """Match downlinked records to truth one-to-one within ``radius_px`` per frame, nearest
     pairs first, and summarise recall per label and family, ordinary fraction sent, and latency.
 
     With ``truth_size_px`` an extended object (an arc, a comet's tail, a double) matches within
     ``max(radius_px, size)``: its detection's centroid need not sit on its catalogued centre.
+    With ``truth_series`` (one series id per truth row, as ``rig inject`` writes), a record whose
+    ``series_id`` is one of them is matched to that series' rows whatever its frame number
+    (``astro-edge process`` runs each file as a series of its own); other records by frame.
+    With ``snr_min``, only truth rows of ``truth_snr >= snr_min`` count in the recall figures
+    (every row still takes part in the matching).
     """
     truth_frame = np.asarray(truth_frame, dtype=np.int64)
     radius = np.full(len(truth_frame), float(radius_px))
@@ -412,10 +419,19 @@ def match_and_score(truth_frame: NDArray[Any], truth_x: NDArray[Any], truth_y: N
     families = [str(s) for s in truth_family]
     matched = np.zeros(len(labels), dtype=bool)
     rec_matched = np.zeros(len(records), dtype=bool)
-    rec_frame = np.array([int(r["frame"]) for r in records], dtype=np.int64)
-    for frame in np.unique(rec_frame):
-        ti = np.flatnonzero(truth_frame == frame)
-        ri = np.flatnonzero(rec_frame == frame)
+    series = np.asarray([str(s) for s in truth_series] if truth_series is not None else [""] * len(labels))
+    known_series = set(series.tolist()) - {""}
+
+    def group(rec: dict[str, Any]) -> tuple[str, Any]:
+        sid = rec.get("series_id")
+        return ("series", sid) if isinstance(sid, str) and sid in known_series else ("frame", int(rec["frame"]))
+
+    by_group: dict[tuple[str, Any], list[int]] = {}
+    for i, rec in enumerate(records):
+        by_group.setdefault(group(rec), []).append(i)
+    for key in sorted(by_group):
+        ti = np.flatnonzero(series == key[1] if key[0] == "series" else truth_frame == key[1])
+        ri = np.asarray(by_group[key], dtype=np.int64)
         if len(ti) == 0:
             continue
         rx = np.array([float(records[int(i)]["x"]) for i in ri])
@@ -433,14 +449,18 @@ def match_and_score(truth_frame: NDArray[Any], truth_x: NDArray[Any], truth_y: N
             if not matched[ti[a]] and not rec_matched[ri[b]]:
                 matched[ti[a]] = True
                 rec_matched[ri[b]] = True
-    by_label = {lab: _recall(sum(1 for i, x in enumerate(labels) if x == lab),
-                             sum(1 for i, x in enumerate(labels) if x == lab and matched[i]))
-                for lab in sorted(set(labels))}
-    special = [i for i, lab in enumerate(labels) if lab in ("anomaly", "transient")]
+    counted = np.ones(len(labels), dtype=bool)
+    if snr_min is not None:
+        snr = np.asarray(truth_snr if truth_snr is not None else np.full(len(labels), np.nan), dtype=float)
+        counted = np.nan_to_num(snr, nan=-np.inf) >= snr_min
+    by_label = {lab: _recall(sum(1 for i, x in enumerate(labels) if x == lab and counted[i]),
+                             sum(1 for i, x in enumerate(labels) if x == lab and counted[i] and matched[i]))
+                for lab in sorted({lab for i, lab in enumerate(labels) if counted[i]})}
+    special = [i for i, lab in enumerate(labels) if lab in ("anomaly", "transient") and counted[i]]
     by_family = {fam: _recall(sum(1 for i in special if families[i] == fam),
                               sum(1 for i in special if families[i] == fam and matched[i]))
                  for fam in sorted({families[i] for i in special})}
-    ordinary = [i for i, lab in enumerate(labels) if lab not in ("anomaly", "transient")]
+    ordinary = [i for i, lab in enumerate(labels) if lab not in ("anomaly", "transient") and counted[i]]
     n_ord_sent = int(sum(matched[i] for i in ordinary))
     latencies = [_time_s(r["received_time"], where="received_time")
                  - _time_s(r["frame_time"], where="frame_time")
@@ -452,6 +472,7 @@ def match_and_score(truth_frame: NDArray[Any], truth_x: NDArray[Any], truth_y: N
                    "p99_s": float(np.percentile(lat, 99)), "max_s": float(lat.max())}
     return {
         "radius_px": radius_px,
+        "snr_min": snr_min,
         "n_truth": len(labels),
         "n_downlinked": len(records),
         "n_matched": int(matched.sum()),
@@ -489,8 +510,10 @@ def read_downlink(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def score_files(truth_path: Path, downlink_path: Path, *, radius_px: float = 3.0) -> dict[str, Any]:
-    """Score a downlink JSON-lines file against a truth ECSV table (columns frame, x, y, label, family)."""
+def score_files(truth_path: Path, downlink_path: Path, *, radius_px: float = 3.0,
+                snr_min: float | None = None) -> dict[str, Any]:
+    """Score a downlink JSON-lines file against a truth ECSV table (columns frame, x, y, label, family;
+    ``series_id`` and ``snr_expected`` when present: see :func:`match_and_score`)."""
     from astropy.table import Table
 
     try:
@@ -500,12 +523,18 @@ def score_files(truth_path: Path, downlink_path: Path, *, radius_px: float = 3.0
     missing = [c for c in ("frame", "x", "y", "label") if c not in truth.colnames]
     if missing:
         raise ConfigError(f"truth table lacks column(s) {missing}", where=str(truth_path))
+    if snr_min is not None and "snr_expected" not in truth.colnames:
+        raise ConfigError("--snr-min needs a truth column snr_expected (the twin's and rig inject's "
+                          "truth have one)", where=str(truth_path))
     families = truth["family"] if "family" in truth.colnames else [""] * len(truth)
     result = match_and_score(np.asarray(truth["frame"]), np.asarray(truth["x"]),
                              np.asarray(truth["y"]), list(truth["label"]),
                              ["" if f is np.ma.masked else str(f) for f in families],
                              read_downlink(downlink_path), radius_px=radius_px,
-                             truth_size_px=np.asarray(truth["size_px"]) if "size_px" in truth.colnames else None)
+                             truth_size_px=np.asarray(truth["size_px"]) if "size_px" in truth.colnames else None,
+                             truth_series=list(truth["series_id"]) if "series_id" in truth.colnames else None,
+                             truth_snr=np.asarray(truth["snr_expected"]) if "snr_expected" in truth.colnames else None,
+                             snr_min=snr_min)
     result["truth"] = str(truth_path)
     result["downlink"] = str(downlink_path)
     return result

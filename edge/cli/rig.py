@@ -1,4 +1,4 @@
-"""The ``astro-edge rig`` subcommands: stream, replay, record, score, conformance.
+"""The ``astro-edge rig`` subcommands: stream, replay, record, score, inject, conformance.
 
 Light on purpose: argparse only at import; the rig, sockets, astropy and the twin are imported
 inside the handlers, so ``astro-edge --help`` stays fast.
@@ -18,11 +18,11 @@ DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
 def register(subparsers: Any) -> None:
     """Add ``rig`` and its subcommands to the ``astro-edge`` parser."""
     rig = subparsers.add_parser(
-        "rig", help="hardware-in-the-loop rig: stream, replay, record, score, conformance",
+        "rig", help="hardware-in-the-loop rig: stream, replay, record, score, inject, conformance",
         description="The hardware-in-the-loop rig: play a detector into a node through the frame "
-                    "protocol (the node cannot tell it from a DAQ), record a live feed, score what a "
-                    "node sent down against truth (docs/rig.md), check a DAQ's stream against the "
-                    "protocol (docs/protocol.md).")
+                    "protocol (the node cannot tell it from a DAQ), record a live feed, inject twin "
+                    "objects into real frames, score what a node sent down against truth "
+                    "(docs/rig.md), check a DAQ's stream against the protocol (docs/protocol.md).")
     sub = rig.add_subparsers(dest="rig_command", metavar="ACTION", required=True)
 
     def add_sender_args(p: argparse.ArgumentParser) -> None:
@@ -87,8 +87,37 @@ def register(subparsers: Any) -> None:
     p.add_argument("--downlink", type=Path, required=True, metavar="FILE",
                    help="downlinked records, JSON lines (e.g. downlink.jsonl of `ground`)")
     p.add_argument("--radius-px", type=float, default=3.0, metavar="PX", help="match radius in pixels (default 3)")
+    p.add_argument("--snr-min", type=float, default=None, metavar="S",
+                   help="count only truth objects of snr_expected >= S in the recall figures (default: all)")
     p.add_argument("--out", type=Path, default=None, metavar="FILE", help="also write the score here as JSON")
     p.set_defaults(func=_score)
+
+    p = sub.add_parser(
+        "inject", help="add twin objects to real FITS frames, with truth, to measure recall on real sky",
+        description="Add digital-twin objects to real FITS frames with each frame's own measured PSF "
+                    "(Moffat FWHM, beta and their variation over the field), gain, flat and noise: "
+                    "the objects' electrons, with Poisson noise, go into the raw pixels, so the node "
+                    "processes DIR/<stem>_inj.fits exactly like the original. Each object's flux is "
+                    "set by an S/N drawn log-uniform in [--snr-min, --snr-max] (matched filter, against "
+                    "the frame's own variance). Writes the frames, DIR/truth.ecsv (the twin's truth "
+                    "columns plus file and series_id, for `rig score`) and DIR/inject.json (the PSF "
+                    "used and the counts per frame); prints a summary as one JSON line. A frame with "
+                    "too few stars to measure its PSF is named and skipped (exit code 1).")
+    p.add_argument("frames", nargs="+", type=Path, metavar="FRAME", help="real FITS frames (raw, or calibrated float)")
+    p.add_argument("--families", required=True, metavar="FAMILY,...",
+                   help="comma-separated families to inject: star (the control), transient, streak, "
+                        "lens_arc, comet, lobster_psf, close_double, ghost; or all")
+    p.add_argument("--per-frame", type=int, required=True, metavar="N",
+                   help="objects per frame, the families in turn")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    p.add_argument("--calibration", type=Path, default=None, metavar="BUNDLE",
+                   help="calibration bundle of the camera (default: none; the header's GAIN/RDNOISE, or "
+                        "the noise estimated from the frame, as `process` does)")
+    p.add_argument("--snr-min", type=float, default=20.0, metavar="S", help="lowest S/N drawn (default 20)")
+    p.add_argument("--snr-max", type=float, default=200.0, metavar="S", help="highest S/N drawn (default 200)")
+    p.add_argument("--seed", type=int, default=0, metavar="N",
+                   help="random seed; the same seed and frame give the same pixels (default 0)")
+    p.set_defaults(func=_inject)
 
     p = sub.add_parser(
         "conformance", help="check a DAQ's stream against the frame protocol",
@@ -170,13 +199,26 @@ def _record(args: argparse.Namespace) -> int:
 def _score(args: argparse.Namespace) -> int:
     from firmware_bridge.rig import score_files
 
-    result = score_files(args.truth, args.downlink, radius_px=args.radius_px)
+    result = score_files(args.truth, args.downlink, radius_px=args.radius_px, snr_min=args.snr_min)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out is not None:
         args.out.write_text(text + "\n", encoding="utf-8")
     sys.stdout.flush()
     return 0
+
+
+def _inject(args: argparse.Namespace) -> int:
+    from edge.commission.inject import InjectSettings, parse_families
+    from edge.commission.inject_files import inject_files
+
+    settings = InjectSettings(families=parse_families(args.families), per_frame=args.per_frame,
+                              snr_min=args.snr_min, snr_max=args.snr_max)
+    report = inject_files(args.frames, args.out, settings, seed=args.seed, calibration=args.calibration)
+    print(json.dumps({"frames": report.frames, "injected": report.injected, "failed": list(report.failed),
+                      "out": str(report.out_dir), "truth": str(report.truth)}))
+    sys.stdout.flush()
+    return 1 if report.failed else 0
 
 
 def _conformance(args: argparse.Namespace) -> int:
