@@ -184,6 +184,9 @@ class TwinConfig:
     n_stars: int = 2000
     star_mag_range: tuple[float, float] = (14.0, 23.0)
     star_count_slope: float = 0.3  # d log10 N / d mag
+    #: relative weights of equal-width magnitude bins spanning ``star_mag_range`` that multiply the
+    #: power law (a fitted instrument's measured counts); empty: the power law alone
+    star_mag_weights: tuple[float, ...] = ()
     cluster_n_stars: int = 0  # extra stars in a Plummer-profile cluster (a globular cluster field)
     cluster_core_px: float = 50.0  # Plummer radius
     cluster_centre_frac: tuple[float, float] = (0.5, 0.5)  # (x, y) as fractions of the frame
@@ -222,6 +225,10 @@ class TwinConfig:
             raise TwinError("sky and cosmic-ray rates must be >= 0 and streak_probability in [0, 1]", where="TwinConfig")
         if not 0 <= self.psf_ellipticity < 0.5 or self.defocus_px < 0:
             raise TwinError("psf_ellipticity must lie in [0, 0.5) and defocus_px be >= 0", where="TwinConfig")
+        w = np.asarray(self.star_mag_weights, float)
+        if w.size and (not np.all(np.isfinite(w)) or w.min() < 0 or w.sum() <= 0):
+            raise TwinError("star_mag_weights must be finite, >= 0 and not all 0", where="TwinConfig.star_mag_weights")
+        object.__setattr__(self, "star_mag_weights", tuple(float(v) for v in w))
         for name in ("star_mag_range", "cluster_mag_range", "galaxy_mag_range", "galaxy_r_eff_arcsec"):
             lo, hi = getattr(self, name)
             if not lo < hi:

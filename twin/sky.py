@@ -74,13 +74,45 @@ def sample_magnitudes(rng: np.random.Generator, n: int, mag_range: tuple[float, 
     return np.log10(a + u * (b - a)) / slope
 
 
+def sample_weighted_magnitudes(rng: np.random.Generator, n: int, mag_range: tuple[float, float], slope: float,
+                               weights: tuple[float, ...]) -> NDArray[np.float64]:
+    """Magnitudes with dN/dm proportional to 10^(slope m) times the weight of each of the equal-width
+    bins ``weights`` splits ``mag_range`` into (a measured luminosity function on a power law)."""
+    if not weights:
+        return sample_magnitudes(rng, n, mag_range, slope)
+    lo, hi = mag_range
+    edges = np.linspace(lo, hi, len(weights) + 1)
+    mass = np.asarray(weights, float) * np.diff(_law_cdf(edges, lo, hi, slope))
+    k = rng.choice(len(weights), size=n, p=mass / mass.sum())
+    out = np.empty(n)
+    u = rng.uniform(0.0, 1.0, n)
+    for j in np.unique(k):
+        pick = k == j
+        a, b = edges[j], edges[j + 1]
+        if slope == 0:
+            out[pick] = a + u[pick] * (b - a)
+        else:
+            ea, eb = 10.0 ** (slope * a), 10.0 ** (slope * b)
+            out[pick] = np.log10(ea + u[pick] * (eb - ea)) / slope
+    return out
+
+
+def _law_cdf(e: NDArray[np.float64], lo: float, hi: float, s: float) -> NDArray[np.float64]:
+    e = np.clip(np.asarray(e, float), lo, hi)
+    return (e - lo) / (hi - lo) if s == 0 else (10.0 ** (s * e) - 10.0 ** (s * lo)) / (10.0 ** (s * hi) - 10.0 ** (s * lo))
+
+
 def expected_counts_per_bin(config: TwinConfig, edges: NDArray[np.float64]) -> NDArray[np.float64]:
     """Expected number of stars in each magnitude bin of ``edges`` under the configured law."""
     lo, hi = config.star_mag_range
     s = config.star_count_slope
-    e = np.clip(np.asarray(edges, float), lo, hi)
-    cdf = (e - lo) / (hi - lo) if s == 0 else (10.0 ** (s * e) - 10.0 ** (s * lo)) / (10.0 ** (s * hi) - 10.0 ** (s * lo))
-    return config.n_stars * np.diff(cdf)
+    if config.star_mag_weights:
+        fine = np.linspace(lo, hi, 64 * len(config.star_mag_weights) + 1)
+        w = np.repeat(np.asarray(config.star_mag_weights, float), 64)
+        mass = w * np.diff(_law_cdf(fine, lo, hi, s))
+        cum = np.concatenate([[0.0], np.cumsum(mass) / mass.sum()])
+        return config.n_stars * np.diff(np.interp(np.clip(np.asarray(edges, float), lo, hi), fine, cum))
+    return config.n_stars * np.diff(_law_cdf(np.asarray(edges, float), lo, hi, s))
 
 
 def _uniform_positions(rng: np.random.Generator, n: int, shape: tuple[int, int]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
@@ -110,7 +142,8 @@ def draw_scene(config: TwinConfig, seed: int) -> Scene:
     shape = config.detector.shape_px
     g = scene_rng(seed, _STARS)
     x, y = _uniform_positions(g, config.n_stars, shape)
-    mag = sample_magnitudes(g, config.n_stars, config.star_mag_range, config.star_count_slope)
+    mag = sample_weighted_magnitudes(g, config.n_stars, config.star_mag_range, config.star_count_slope,
+                                     config.star_mag_weights)
     if config.cluster_n_stars:
         x, y, mag = _add_cluster(config, scene_rng(seed, _CLUSTER), x, y, mag)
     stars = Sources(x, y, mag)

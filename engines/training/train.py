@@ -128,6 +128,10 @@ class TrainSettings:
     unknown_distance: str = "ordinary"
     #: classes learned from labelled stamps alone (engines finetune), after the unusual ones
     labelled: tuple[str, ...] = ()
+    #: a fitted instrument (astro-edge commission): TwinConfig fields of its optics, sky and
+    #: exposure, and under "detector" the DetectorModel fields of its noise, that replace the
+    #: training mix's (densities and the rates of rare classes stay the mix's); None: the default twin
+    instrument: dict[str, Any] | None = None
     spec: ModelSpec = field(default_factory=lambda: ModelSpec(n_classes=len(CLASSES) + len(UNUSUAL_CLASSES),
                                                               widths=(24, 48, 96), views=2))
 
@@ -178,12 +182,19 @@ class TrainSettings:
         values.setdefault("anomalies_follow_density", False)
         values["unusual"] = tuple(values["unusual"])
         values["labelled"] = tuple(values.get("labelled", ()))
+        values.setdefault("instrument", None)
         values["densities"] = tuple(values.get("densities", (1.0,)))
         return cls(**values)
 
 
+#: TwinConfig fields that the training mix sets itself, whatever the instrument
+_MIX_FIELDS = ("n_stars", "n_galaxies", "cosmic_ray_rate_per_s", "streak_probability", "anomalies",
+               "n_anomalies_per_family", "cluster_n_stars")
+
+
 def training_twin_config(size_px: int, anomalies: tuple[str, ...] = (), per_frame: int = 0,
-                         density: float = 1.0, *, anomalies_follow_density: bool = False) -> Any:
+                         density: float = 1.0, *, anomalies_follow_density: bool = False,
+                         instrument: dict[str, Any] | None = None) -> Any:
     """The twin configuration of the training mix: dense fields with every ordinary class common.
 
     Cosmic rays, streaks and hot pixels are far more frequent than on the default twin so that
@@ -191,13 +202,18 @@ def training_twin_config(size_px: int, anomalies: tuple[str, ...] = (), per_fram
     ``per_frame`` objects of each per 512 x 512 px (0: the evaluation's 12 per megapixel, at least 4);
     ``density`` scales the stars and galaxies (1: 1500 stars and 600 galaxies per megapixel) and,
     with ``anomalies_follow_density``, the ``per_frame`` objects of each family too (at least one),
-    so that a sparse field does not hold as many unusual objects as stars.
+    so that a sparse field does not hold as many unusual objects as stars. ``instrument``
+    (:attr:`TrainSettings.instrument`) puts a fitted camera's optics, sky and noise in place of the
+    default twin's.
     """
     from twin import DetectorModel, TwinConfig
 
     area_mpx = size_px * size_px / 1e6
-    det = DetectorModel(shape_px=(size_px, size_px), hot_pixel_fraction=3e-4, seed=7)
-    return TwinConfig(detector=det, n_stars=max(1, int(1500 * density * area_mpx)),
+    # the mix owns its counts and rates (class balance); a fitted instrument brings the rest
+    fitted = {k: v for k, v in (instrument or {}).items() if k not in _MIX_FIELDS}
+    det = DetectorModel(**{"hot_pixel_fraction": 3e-4, "seed": 7, **fitted.pop("detector", {}),
+                           "shape_px": (size_px, size_px)})
+    return TwinConfig(detector=det, **fitted, n_stars=max(1, int(1500 * density * area_mpx)),
                       n_galaxies=max(1, int(600 * density * area_mpx)),
                       cosmic_ray_rate_per_s=4.0, streak_probability=1.0,
                       anomalies=anomalies,
@@ -554,7 +570,7 @@ def evaluation_set(settings: TrainSettings, n_frames: int | None = None, *, seed
     from twin import ANOMALY_FAMILIES
 
     config = training_twin_config(settings.frame_size_px, anomalies=ANOMALY_FAMILIES,
-                                  per_frame=settings.anomalies_per_frame)
+                                  per_frame=settings.anomalies_per_frame, instrument=settings.instrument)
     n = settings.n_eval_frames if n_frames is None else n_frames
     return (density_mix(settings, ANOMALY_FAMILIES, n, settings.seed + 2 if seed is None else seed, 0,
                         "simulating evaluation frames", progress),
@@ -602,7 +618,8 @@ def density_mix(settings: TrainSettings, anomalies: tuple[str, ...], n_frames: i
         done += n
         cfg = training_twin_config(settings.frame_size_px, anomalies=anomalies,
                                    per_frame=settings.anomalies_per_frame, density=density,
-                                   anomalies_follow_density=settings.anomalies_follow_density)
+                                   anomalies_follow_density=settings.anomalies_follow_density,
+                                   instrument=settings.instrument)
         part = twin_stamp_set(cfg, n, set_seed if len(settings.densities) == 1 else
                               int(np.random.SeedSequence([set_seed, j]).generate_state(1)[0]),
                               unmasked_every=unmasked_every, recipe=settings.recipe, progress=progress, stage=stage)
@@ -632,7 +649,7 @@ def make_twin_sets(settings: TrainSettings, *, test: StampSet | None = None,
     from twin import ANOMALY_FAMILIES
 
     config = training_twin_config(settings.frame_size_px, anomalies=settings.unusual,
-                                  per_frame=settings.anomalies_per_frame)
+                                  per_frame=settings.anomalies_per_frame, instrument=settings.instrument)
     seed, recipe = settings.seed, settings.recipe
 
     train = density_mix(settings, settings.unusual, settings.n_train_frames, seed, settings.unmasked_every,
@@ -643,7 +660,8 @@ def make_twin_sets(settings: TrainSettings, *, test: StampSet | None = None,
         test, eval_summary = evaluation_set(settings, progress=progress)
     else:
         eval_summary = _config_summary(training_twin_config(settings.frame_size_px, anomalies=ANOMALY_FAMILIES,
-                                                            per_frame=settings.anomalies_per_frame))
+                                                            per_frame=settings.anomalies_per_frame,
+                                                            instrument=settings.instrument))
     classes = settings.classes
     train = replace(train, labels=class_labels(train, classes))
     train = train.select(train.labels != UNKNOWN)
@@ -655,7 +673,7 @@ def make_twin_sets(settings: TrainSettings, *, test: StampSet | None = None,
     n_oe, n_val = int(len(train) * settings.oe_fraction), OE_VALIDATION_STAMPS
     n_def, n_val_def = (int(round(k * settings.oe_deformed_share)) for k in (n_oe, n_val))
     # blobs first, from the same generator as always: a share of 0 gives the engine it always gave
-    plain = training_twin_config(settings.frame_size_px)
+    plain = training_twin_config(settings.frame_size_px, instrument=settings.instrument)
     oe_train = np.concatenate([outlier_stamps(n_oe - n_def, oe_rng, recipe=recipe, field=field, field_rng=field_rng),
                                deformed_stamps(plain, n_def, seed + 4, recipe=recipe, progress=progress,
                                                stage="deforming stars and galaxies (training)")])

@@ -98,3 +98,23 @@ def test_dsi_m13_preset_matches_the_real_camera_frame_format() -> None:
     cfg = dsi_m13_config()
     assert cfg.detector.shape_px == (1040, 1392) and cfg.exposure_s == 5.0
     assert 490 < cfg.detector.bias_adu < 520
+
+
+def test_star_magnitude_weights_shape_the_counts_and_their_absence_changes_nothing() -> None:
+    """Weights on the magnitude bins of star_mag_range multiply the power law (a measured luminosity
+    function); without them the field is drawn exactly as before."""
+    from twin.sky import draw_scene, expected_counts_per_bin
+
+    base = TwinConfig(detector=DetectorModel(shape_px=(256, 256)), n_stars=20000, star_mag_range=(14.0, 22.0))
+    weighted = base.with_(star_mag_weights=(1.0, 1.0, 4.0, 1.0))
+    edges = np.linspace(14.0, 22.0, 5)
+    counts = np.histogram(draw_scene(weighted, 3).stars.mag, bins=edges)[0]
+    expected = expected_counts_per_bin(weighted, edges)
+    assert expected.sum() == pytest.approx(20000)
+    assert np.all(np.abs(counts - expected) < 5 * np.sqrt(expected) + 1)
+    plain = expected_counts_per_bin(base, edges)
+    assert expected[2] / expected[1] == pytest.approx(4 * plain[2] / plain[1], rel=1e-6)
+    again = base.with_(star_mag_weights=())
+    np.testing.assert_array_equal(draw_scene(again, 3).stars.mag, draw_scene(base, 3).stars.mag)
+    with pytest.raises(TwinError, match="star_mag_weights"):
+        base.with_(star_mag_weights=(1.0, -1.0))

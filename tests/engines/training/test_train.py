@@ -157,3 +157,19 @@ def test_train_command_refuses_bad_sizes_with_exit_code_2(tmp_path: Path, capsys
     assert main(["engines", "train", "--out", str(tmp_path / "e"), "--frame-size", "64"]) == 2
     assert "--frame-size" in capsys.readouterr().err
     assert not (tmp_path / "e").exists()
+
+
+def test_a_fitted_instrument_replaces_the_training_mixs_optics_and_noise_but_not_its_counts() -> None:
+    """TrainSettings.instrument (what commissioning fits) sets the twin's PSF, sky, exposure and
+    detector noise in every training frame; the mix keeps its densities and rare-class rates."""
+    from engines.training.train import TrainSettings, training_twin_config
+
+    fitted = {"pixel_scale_arcsec": 0.98, "psf_fwhm_arcsec": 1.47, "psf_beta": 3.5, "exposure_s": 300.0,
+              "sky_e_per_s": 21.0, "n_stars": 3, "cosmic_ray_rate_per_s": 0.01,
+              "detector": {"gain_e_per_adu": 3.9, "read_noise_e": 4.6, "full_well_e": 200000.0, "bias_adu": 1600.0}}
+    plain, cfg = training_twin_config(512), training_twin_config(512, instrument=fitted)
+    assert cfg.fwhm_px == pytest.approx(1.5) and cfg.exposure_s == 300.0 and cfg.sky_e_per_s == 21.0
+    assert cfg.detector.gain_e_per_adu == 3.9 and cfg.detector.shape_px == (512, 512)
+    assert (cfg.n_stars, cfg.cosmic_ray_rate_per_s) == (plain.n_stars, plain.cosmic_ray_rate_per_s)
+    settings = TrainSettings(instrument=fitted)
+    assert TrainSettings.from_dict(settings.to_dict()).instrument == fitted
