@@ -132,3 +132,18 @@ def test_section_outside_the_data_is_a_typed_error(fits_writer) -> None:
     path = fits_writer("wide.fits", np.zeros((10, 10), np.uint16), IMAGETYP="BIAS", TRIMSEC="[1:20,1:10]")
     with pytest.raises(CalibrationInputError, match=r"wide\.fits.*TRIMSEC"):
         read_frame(path)
+
+
+def test_the_reading_amplifiers_gain_and_read_noise_are_taken_from_per_amplifier_keywords() -> None:
+    """A camera that writes AGAIN_nn / ARDNS_nn per amplifier (and AAMP_nn = 1 for the one that read
+    the frame) and no GAIN/RDNOISE gives those of the reading amplifier; GAIN/RDNOISE win when present."""
+    from calibration.frames import header_gain, header_read_noise
+    from calibration.noise import header_noise
+
+    lowell = {"NUMAMP": 1, "AAMP_01": 1, "AAMP_02": 0, "AGAIN_01": 4.95, "ARDNS_01": 9.3, "AGAIN_02": 4.81,
+              "ARDNS_02": 8.9}
+    assert header_gain(lowell, where="t") == 4.95 and header_read_noise(lowell, where="t") == 9.3
+    second = {**lowell, "AAMP_01": 0, "AAMP_02": 1}
+    assert header_noise(second) == (4.81, 8.9)
+    assert header_noise({**lowell, "GAIN": 2.0, "RDNOISE": 3.0}) == (2.0, 3.0)
+    assert header_noise({"AGAIN_01": 4.95, "ARDNS_01": 9.3, "NUMAMP": 2}) is None

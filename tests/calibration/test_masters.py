@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -124,3 +125,30 @@ def test_build_logs_the_frames_it_leaves_out(tmp_path: Path, synth) -> None:
     skipped = [e for e in logs if e["event"] == "calib.frames_skipped"]
     assert len(skipped) == 1 and skipped[0]["files"] == ["m31_0001.fits"] and skipped[0]["count"] == 1
     assert "m31_0001.fits" not in {r.name for r in masters.inputs}
+
+
+def test_photon_transfer_of_twilight_flats_at_falling_levels_keeps_the_gain(rng: np.random.Generator, synth) -> None:
+    """Flats of one exposure at 6 % lower level each (twilight) under strong vignetting still give the gain:
+    the pattern no longer cancels in F1 - F2 unless the second flat is scaled to the first."""
+    det = synth.make_detector((128, 128), gain_e_per_adu=3.5, read_noise_e=5.0, seed=4)
+    yy, xx = np.mgrid[0:128, 0:128] / 127.0 - 0.5
+    vignetted = dataclasses.replace(det, flat=(det.flat * (1.0 - 1.6 * (xx ** 2 + yy ** 2))).astype(np.float32))
+    b = [det.expose_adu(0.0, 0.0, rng).astype(np.float32) for _ in range(4)]
+    f = [vignetted.expose_adu(20000.0 * 0.94 ** k, 1.0, rng).astype(np.float32) for k in range(4)]
+    ptc = photon_transfer([(b[0], b[1]), (b[2], b[3])], [(f[0], f[1]), (f[2], f[3])], exclude=det.hot | (det.flat == 0))
+    assert abs(ptc.gain_e_per_adu / 3.5 - 1) < 0.03
+
+
+def test_a_single_flat_of_a_filter_makes_a_bundle_with_a_finite_flat_noise(tmp_path: Path, synth) -> None:
+    """One flat of a filter (a real night may have one) gives a master whose relative variance is
+    finite, so the bundle can be written and read."""
+    from calibration import build_bundle, read_bundle
+
+    det = synth.make_detector((64, 96))
+    synth.write_calibration_set(tmp_path / "cal", det, n_dark=0, n_flat=1, filters=("V",))
+    synth.write_calibration_set(tmp_path / "cal2", det, n_bias=0, n_dark=0, n_flat=2, filters=("R",), seed=5)
+    for p in (tmp_path / "cal2").iterdir():
+        p.rename(tmp_path / "cal" / p.name)
+    masters, _ = build_bundle(tmp_path / "cal", tmp_path / "bundle.fits")
+    assert 0 < masters.flat_rel_var["V"] < 1e-3
+    assert np.isfinite(read_bundle(tmp_path / "bundle.fits")[0].flat_rel_var["V"])
