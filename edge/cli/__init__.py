@@ -29,6 +29,7 @@ _AREAS = (
     "edge.cli.rig",
     "edge.cli.twin",
     "edge.cli.calib",
+    "edge.cli.commission",
     "edge.cli.engines",
     "edge.cli.ground",
     "edge.cli.alerts",

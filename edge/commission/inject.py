@@ -11,7 +11,9 @@ the node process them as it would any frame (``astro-edge rig inject``, docs/rig
    detection and from each other.
 3. Each object's total flux is set by :func:`flux_for_snr` so that its matched-filter S/N (its own
    profile as the weights, against the frame's variance map: read noise, sky, everything already
-   there, and the object's own shot noise) is the one drawn log-uniform in [snr_min, snr_max].
+   there, and the object's own shot noise) is the one drawn log-uniform in [snr_min, snr_max]; a
+   ghost is never drawn fainter than the twin draws one (3 sigma of the sky per pixel across its
+   annulus), so its range starts at that floor when the floor is higher.
 4. :func:`add_to_raw`: the electrons go back through the frame's response (``adu = e * flat /
    gain``) with Poisson noise, into the raw pixels, rounded and clipped to the raw dtype, so that
    the node calibrates and processes the result exactly like the original.
@@ -151,11 +153,20 @@ def assign_families(settings: InjectSettings, rng: np.random.Generator) -> list[
     return [settings.families[(start + i) % k] for i in range(settings.per_frame)]
 
 
+#: a pixel this many sigma above the background belongs to a source already in the frame
+BUSY_SIGMA = 5.0
+
+
 def place(drafts: list[Draft], frame: MeasuredFrame, settings: InjectSettings,
           rng: np.random.Generator) -> list[tuple[Draft, float, float]]:
     """Random centres (0-based px) for the drafts, largest first; a draft with no room is left out."""
     ny, nx = frame.cal.shape
     blocked = (frame.cal.mask != 0) | ~np.isfinite(frame.cal.variance_e2) | ~(frame.cal.variance_e2 > 0)
+    # light of a source already there, beyond what its centroid and size say (the halo and bleed
+    # of a saturated star, a large galaxy): an object is put on empty sky, where its S/N is the
+    # one drawn
+    with np.errstate(invalid="ignore"):
+        blocked |= frame.sub_e > BUSY_SIGMA * np.sqrt(np.where(frame.cal.variance_e2 > 0, frame.cal.variance_e2, np.inf))
     c = frame.cands
     known = np.isfinite(c.x) & np.isfinite(c.y)
     det_x, det_y = c.x[known], c.y[known]
@@ -242,6 +253,17 @@ class Injection:
     n_detections: int
 
 
+def family_floor_snr(d: Any, stamp: NDArray[Any], var: NDArray[Any], flat: NDArray[Any] | float,
+                      ok: NDArray[np.bool_]) -> float:
+    """The faintest S/N the twin draws a family at (0: none). A ghost stands at least 3 sigma of the
+    sky's noise per pixel out of it across its annulus (twin.anomalies): fainter, it is no ghost."""
+    if d.family != "ghost" or not ok.any():
+        return 0.0
+    radius = float(d.params.get("radius_px", 0.0))
+    floor_e = 3.0 * float(np.sqrt(np.median(var[ok]))) * 0.84 * np.pi * radius ** 2
+    return matched_snr(floor_e, stamp, var, flat, ok) if floor_e > 0 else 0.0
+
+
 def inject_frame(raw: NDArray[Any], frame: MeasuredFrame, response: Response, settings: InjectSettings,
                  rng: np.random.Generator, *, frame_index: int = 0) -> Injection:
     """Add ``settings.per_frame`` objects to one raw frame; the truth's ``frame`` is ``frame_index``."""
@@ -254,7 +276,8 @@ def inject_frame(raw: NDArray[Any], frame: MeasuredFrame, response: Response, se
         rows = slice(obj.iy0, obj.iy0 + obj.stamp.shape[0])
         cols = slice(obj.ix0, obj.ix0 + obj.stamp.shape[1])
         var, flat, ok = _usable(frame, response, rows, cols)
-        snr = float(np.exp(rng.uniform(np.log(settings.snr_min), np.log(settings.snr_max))))
+        lo = max(settings.snr_min, family_floor_snr(d, obj.stamp, var, flat, ok))
+        snr = float(np.exp(rng.uniform(np.log(lo), np.log(max(settings.snr_max, lo)))))
         flux = flux_for_snr(snr, obj.stamp, var, flat, ok)
         electrons.append((flux * obj.stamp.astype(np.float64), obj.iy0, obj.ix0))
         fwhm = float(frame.psf.fwhm_at(np.array([x]), np.array([y]))[0])
