@@ -41,7 +41,9 @@ FAMILIES = ("lens_arc", "comet", "lobster_psf", "ghost", "close_double", "transi
 
 
 def run(args: list[str]) -> str:
-    out = subprocess.run(EXE + args, check=True, capture_output=True, text=True)
+    out = subprocess.run(EXE + args, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"astro-edge {args[0]} failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
     return out.stdout
 
 

@@ -248,22 +248,21 @@ def _amplifier(header: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _camera_value(header: Mapping[str, Any], key: str, per_amplifier: str, *, where: str) -> float | None:
+    """``key``, else the reading amplifier's ``per_amplifier`` + its number, else None."""
+    value = header_float(header, key, where=where)
+    amp = _amplifier(header) if value is None else None
+    return header_float(header, f"{per_amplifier}{amp}", where=where) if amp is not None else value
+
+
 def header_gain(header: Mapping[str, Any], *, where: str) -> float | None:
     """Gain [e-/ADU] from ``GAIN``, else the reading amplifier's ``AGAIN_nn`` (``AAMP_nn = 1``), else None."""
-    gain = header_float(header, "GAIN", where=where)
-    amp = _amplifier(header) if gain is None else None
-    if amp is not None:
-        gain = header_float(header, f"AGAIN_{amp}", where=where)
-    return gain
+    return _camera_value(header, "GAIN", "AGAIN_", where=where)
 
 
 def header_read_noise(header: Mapping[str, Any], *, where: str) -> float | None:
     """Read noise [e-] from ``RDNOISE``, else the reading amplifier's ``ARDNS_nn``, else None."""
-    rn = header_float(header, "RDNOISE", where=where)
-    amp = _amplifier(header) if rn is None else None
-    if amp is not None:
-        rn = header_float(header, f"ARDNS_{amp}", where=where)
-    return rn
+    return _camera_value(header, "RDNOISE", "ARDNS_", where=where)
 
 
 def header_filter(header: Mapping[str, Any]) -> str | None:

@@ -22,8 +22,8 @@ def register(subparsers: Any) -> None:
         description="Commission a node on a real camera from its own frames: build the calibration bundle "
                     "(gain checked against photon transfer and the sky), measure the instrument (PSF, sky, "
                     "saturation, counts against flux, cosmic rays, WCS), fit the twin to it, fine-tune the "
-                    "engine on the fitted twin and on real detections whose label is not in doubt, refit the "
-                    "conformal set and the triage thresholds on frames the fine-tuning did not see, build the "
+                    "engine on the fitted twin, on real detections whose label is not in doubt and on unusual "
+                    "objects injected into the camera's own frames, refit the conformal set and the triage thresholds on frames the fine-tuning did not see, build the "
                     "field's reference catalog, and write DIR/node.toml (used as it is by `astro-edge run` and "
                     "`astro-edge process --config`), DIR/report.md with figures, and everything they point to "
                     "(docs/commissioning.md). Needs the train extra.")
@@ -45,7 +45,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--teach-rounds", type=int, default=12, metavar="N",
                    help="injections of every known-unusual family into each fine-tuning frame, whose detections "
                         "teach the engine those families on the camera's own sky (default: 24)")
-    p.add_argument("--seed", type=int, default=20261204, metavar="N", help="seed of the twin and the fine-tuning")
+    p.add_argument("--seed", type=int, default=20261204, metavar="N",
+                   help="seed of the twin, the injections and the fine-tuning (default: 20261204)")
     p.add_argument("--threads", type=int, default=2, metavar="N", help="CPU threads (default: 2)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (created)")
     p.set_defaults(func=_commission)

@@ -35,7 +35,6 @@ from scipy.spatial import cKDTree
 
 from edge import detect as detect_stage
 from edge.commission.measure import size_locus
-from edge.errors import EngineIntegrityError
 from edge.log import get_logger
 
 log = get_logger(__name__)
@@ -123,11 +122,9 @@ def adapt_engine(base_dir: Path, instrument: dict[str, Any], labels: RealLabels,
                  progress: Callable[[str, int, int], None] | None = None) -> Any:
     """Fine-tune the engine in ``base_dir`` on the fitted twin (``instrument``, TrainSettings.instrument)
     and on ``labels``; write a verified engine to ``out_dir`` and return its manifest."""
-    from engines.manifest import load_manifest
-    from engines.training.finetune import finetune_model
+    from engines.training.finetune import finetune_model, trainable
     from engines.training.train import (
         WEIGHTS_FILE,
-        TrainSettings,
         load_weights,
         make_twin_sets,
         package_engine,
@@ -135,11 +132,7 @@ def adapt_engine(base_dir: Path, instrument: dict[str, Any], labels: RealLabels,
         set_sizes,
     )
 
-    old = load_manifest(base_dir)
-    if WEIGHTS_FILE not in old.files or "settings" not in old.training:
-        raise EngineIntegrityError(f"the engine has no {WEIGHTS_FILE} or training settings to start from; only "
-                                   "engines made by `engines train` can be adapted", where=str(base_dir))
-    base = TrainSettings.from_dict(old.training["settings"])
+    old, base = trainable(base_dir)
     replay = dataclasses.replace(base, seed=seed, n_train_frames=replay_frames,
                                  n_calib_frames=max(8, replay_frames // 3), n_eval_frames=max(8, replay_frames // 3),
                                  instrument=instrument, threads=threads)

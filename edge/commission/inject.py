@@ -12,8 +12,8 @@ the node process them as it would any frame (``astro-edge rig inject``, docs/rig
 3. Each object's total flux is set by :func:`flux_for_snr` so that its matched-filter S/N (its own
    profile as the weights, against the frame's variance map: read noise, sky, everything already
    there, and the object's own shot noise) is the one drawn log-uniform in [snr_min, snr_max]; a
-   ghost is never drawn fainter than the twin draws one (3 sigma of the sky per pixel across its
-   annulus), so its range starts at that floor when the floor is higher.
+   ghost is never drawn fainter than the twin means one (3 sigma of the sky per pixel over the
+   pixels holding 80 % of its light), so its range starts at that floor when the floor is higher.
 4. :func:`add_to_raw`: the electrons go back through the frame's response (``adu = e * flat /
    gain``) with Poisson noise, into the raw pixels, rounded and clipped to the raw dtype, so that
    the node calibrates and processes the result exactly like the original.
@@ -254,13 +254,16 @@ class Injection:
 
 
 def family_floor_snr(d: Any, stamp: NDArray[Any], var: NDArray[Any], flat: NDArray[Any] | float,
-                      ok: NDArray[np.bool_]) -> float:
-    """The faintest S/N the twin draws a family at (0: none). A ghost stands at least 3 sigma of the
-    sky's noise per pixel out of it across its annulus (twin.anomalies): fainter, it is no ghost."""
+                     ok: NDArray[np.bool_]) -> float:
+    """The faintest S/N the twin means a family to have (0: none). A ghost stands at least 3 sigma
+    of the sky's noise per pixel out of it across its annulus (twin.anomalies): here, over the
+    pixels of the rendered ring that hold 80 % of its light. Fainter, it is no ghost, and no
+    detector that thresholds pixels sees it."""
     if d.family != "ghost" or not ok.any():
         return 0.0
-    radius = float(d.params.get("radius_px", 0.0))
-    floor_e = 3.0 * float(np.sqrt(np.median(var[ok]))) * 0.84 * np.pi * radius ** 2
+    light = np.sort(np.where(ok, np.asarray(stamp, np.float64), 0.0).ravel())[::-1]
+    n80 = int(np.searchsorted(np.cumsum(light), 0.8 * light.sum())) + 1
+    floor_e = 3.0 * float(np.sqrt(np.median(var[ok]))) * n80 / 0.8
     return matched_snr(floor_e, stamp, var, flat, ok) if floor_e > 0 else 0.0
 
 

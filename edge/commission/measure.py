@@ -170,7 +170,7 @@ def counts_per_flux_bin(frames: Sequence[FrameMeasurement], *, snr_min: float = 
 
 def summary(frames: Sequence[FrameMeasurement]) -> dict[str, Any]:
     """Medians over frames of every per-frame figure (the report's table and the twin's targets)."""
-    def med(values: Sequence[float]) -> float:
+    def med(values: Sequence[float] | NDArray[np.float64]) -> float:
         v = np.asarray(values, float)
         return float(np.median(v[np.isfinite(v)])) if np.isfinite(v).any() else math.nan
 

@@ -152,8 +152,10 @@ def _twin(c: Commissioning, drawn: dict[str, str]) -> list[str]:
 def _engine(c: Commissioning) -> list[str]:
     rows = ["## Engine", "", f"Engine folder `{c.engine_dir}`."]
     if c.labels is not None:
-        rows += [f"Fine-tuned on the fitted twin ({c.settings.replay_frames} frames, {c.settings.epochs} epochs) and "
-                 f"on real detections whose label is not in doubt: {c.labels.counts()}."]
+        rows += [f"Fine-tuned ({c.settings.epochs} epochs) on {c.settings.replay_frames} frames of the fitted twin "
+                 f"and on stamps of the camera's own frames: {c.labels.counts()} (stars, galaxies and cosmic "
+                 "rays: real detections whose label is not in doubt; the unusual families and streaks: "
+                 f"injected, {c.settings.teach_rounds} rounds, each stamp three times)."]
     if c.point is not None:
         p = c.point
         rows += ["", f"Conformal set refit on {p.n_detections} detections of the frames the fine-tuning did not see "
@@ -176,21 +178,32 @@ def _figures(c: Commissioning, out: Path) -> dict[str, str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from edge import detect as detect_stage
+
     real, twin = c.images["real"], c.images["twin"]
+    masks = {"real": c.images.get("real_mask"), "twin": c.images.get("twin_mask")}
+    variances = {"real": c.images.get("real_var"), "twin": c.images.get("twin_var")}
+    subs = {name: detect_stage.subtract_background(np.asarray(img, np.float32), masks[name], c.settings.detect).sub_e
+            for img, name in ((real, "real"), (twin, "twin"))}
     fig, ax = plt.subplots(2, 2, figsize=(11, 9))
-    for img, name in ((real, "real"), (twin, "twin")):
-        v = np.asarray(img, float).ravel()
-        v = v[np.isfinite(v)]
-        lo, hi = np.percentile(v, [0.5, 99.5])
-        ax[0, 0].hist(v, bins=200, range=(lo, hi), histtype="step", density=True, label=name)
-    ax[0, 0].set(title="pixel values (e-)", yscale="log")
+    for name in ("real", "twin"):
+        v = np.asarray(subs[name], float)
+        v = v[np.isfinite(v) & (masks[name] == 0)] if masks[name] is not None else v[np.isfinite(v)]
+        noise = 1.4826 * float(np.median(np.abs(v - np.median(v))))
+        ax[0, 0].hist(v, bins=200, range=(-6 * noise, 30 * noise), histtype="step", density=True,
+                      label=f"{name}: noise {noise:.1f} e-")
+    ax[0, 0].set(title=f"background-subtracted pixels, e- ({c.images.get('real_name', 'real')})", yscale="log")
     ax[0, 0].legend()
-    r = np.linspace(0, 4 * max(m.fwhm_px for m in c.measured), 100)
-    for fwhm, beta, name in ((c.twin.distances["fwhm_px"]["real"], c.twin.distances["beta"]["real"], "real"),
-                             (c.twin.distances["fwhm_px"]["twin"], c.twin.distances["beta"]["twin"], "twin")):
-        alpha = fwhm / (2 * np.sqrt(2 ** (1 / beta) - 1))
-        ax[0, 1].plot(r, (1 + (r / alpha) ** 2) ** -beta, label=f"{name}: FWHM {fwhm:.2f} px, beta {beta:.2f}")
-    ax[0, 1].set(title="PSF profile (measured Moffat)", xlabel="radius (px)", yscale="log")
+    for name in ("real", "twin"):
+        r, prof, n = _radial_profile(subs[name], variances[name], masks[name], c.settings.detect)
+        if n:
+            ax[0, 1].plot(r, prof, marker=".", label=f"{name}: median of {n} isolated stars")
+    fwhm, beta = c.twin.distances["fwhm_px"]["real"], c.twin.distances["beta"]["real"]
+    alpha = fwhm / (2 * np.sqrt(2 ** (1 / beta) - 1))
+    rr = np.linspace(0, 6, 100)
+    ax[0, 1].plot(rr, (1 + (rr / alpha) ** 2) ** -beta, ":", color="gray",
+                  label=f"fitted Moffat: FWHM {fwhm:.2f} px, beta {beta:.2f}")
+    ax[0, 1].set(title="PSF profile (peak 1)", xlabel="radius (px)", yscale="log", ylim=(1e-4, 1.5))
     ax[0, 1].legend()
     bins = c.twin.distances["counts_per_flux_bin"]
     x = [b["log_flux_e"][0] + 0.125 for b in bins]
@@ -209,6 +222,40 @@ def _figures(c: Commissioning, out: Path) -> dict[str, str]:
 
 
 _CUT = 160
+
+
+def _radial_profile(sub_e: Any, variance_e2: Any, mask: Any, settings: Any) -> tuple[Any, Any, int]:
+    """Median radial profile (peak 1) of isolated, unflagged detections of S/N 50-1000, in 0.5 px
+    bins from their centroids; the number of stars used."""
+    from scipy.spatial import cKDTree
+
+    from edge import detect as detect_stage
+
+    cands = detect_stage.detect(sub_e, variance_e2, mask, settings)
+    if len(cands) < 2:
+        return np.zeros(0), np.zeros(0), 0
+    d, _ = cKDTree(np.c_[cands.x, cands.y]).query(np.c_[cands.x, cands.y], k=2)
+    pick = np.flatnonzero((cands.snr >= 50) & (cands.snr <= 1000) & (cands.flags == 0) & (d[:, 1] > 10))
+    edges = np.arange(0, 6.5, 0.5)
+    rows = []
+    yy, xx = np.mgrid[-7:8, -7:8]
+    for i in pick[:200]:
+        ix, iy = int(round(float(cands.x[i]))), int(round(float(cands.y[i])))
+        cut = sub_e[iy - 7:iy + 8, ix - 7:ix + 8]
+        if cut.shape != (15, 15):
+            continue
+        r = np.hypot(xx + ix - cands.x[i], yy + iy - cands.y[i]).ravel()
+        v = cut.ravel() / max(float(cut.max()), 1e-9)
+        k = np.minimum((r / 0.5).astype(int), edges.size - 1)
+        sums = np.bincount(k, weights=v, minlength=edges.size)[:-1]
+        counts = np.bincount(k, minlength=edges.size)[:-1]
+        rows.append(np.where(counts > 0, sums / np.maximum(counts, 1), np.nan))
+    if not rows:
+        return np.zeros(0), np.zeros(0), 0
+    table = np.asarray(rows)
+    ok = np.isfinite(table).sum(axis=0) > 0
+    prof = np.array([np.median(col[np.isfinite(col)]) for col in table.T[ok]])
+    return (edges[:-1] + 0.25)[ok], np.clip(prof, 1e-5, None), len(rows)
 
 
 def _cutout(img: Any) -> Any:

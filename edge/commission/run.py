@@ -125,7 +125,14 @@ def commission(settings: CommissionSettings, progress: Progress | None = None) -
         c.notes.append("no frame holds enough stars to measure the PSF ("
                        + "; ".join(c.skipped_frames.values())
                        + "): the twin is not fitted and the engine is not fine-tuned")
-    c.images = {"real": calibrated[0][4], "real_mask": calibrated[0][3]}
+    # the figure's real frame: the one whose sky is nearest the median (a twilight frame is not typical)
+    names = [Path(p).name for p in settings.science]
+    sky_of = {m.name: m.sky_e for m in c.measured}
+    median_sky = float(np.median(list(sky_of.values()))) if sky_of else 0.0
+    typical = min(sky_of, key=lambda k: abs(sky_of[k] - median_sky)) if sky_of else names[0]
+    k = names.index(typical)
+    c.images = {"real": calibrated[k][4], "real_var": calibrated[k][2], "real_mask": calibrated[k][3],
+                "real_name": typical}
     lap("measurement")
 
     fwhm = measure.summary(c.measured)["fwhm_px"] if c.measured else 2.0
@@ -137,11 +144,12 @@ def commission(settings: CommissionSettings, progress: Progress | None = None) -
     if c.measured:
         c.twin = twinfit.fit_twin(c.measured, _instrument(c, calibrated), settings.detect, seed=settings.seed,
                                   progress=progress)
-        c.images["twin"] = _twin_image(c.twin.config, settings.seed)
+        c.images["twin"], c.images["twin_var"], c.images["twin_mask"] = _twin_image(c.twin.config, settings.seed)
     lap("twin")
 
     base = settings.base_engine or default_engine_dir()
     _adapt(c, calibrated, offsets, base, out, progress)
+    lap("engine")
     c.config_path = write_config(c, out)
     return c
 
@@ -233,12 +241,10 @@ def _corners(flat: Any) -> Any:
     return np.concatenate([flat[:h, :w].ravel(), flat[:h, -w:].ravel(), flat[-h:, :w].ravel(), flat[-h:, -w:].ravel()])
 
 
-def _twin_image(config: Any, seed: int) -> Any:
-    from engines.training.dataset import calibrate_twin_frame
-    from twin import simulate_frame
+def _twin_image(config: Any, seed: int) -> tuple[Any, Any, Any]:
+    from edge.commission.twinfit import calibrated_twin_frame
 
-    image, _, _ = calibrate_twin_frame(simulate_frame(config, 0, seed + 7), config)
-    return image
+    return calibrated_twin_frame(config, 0, seed + 7)
 
 
 def _adapt(c: Commissioning, calibrated: list[Any], offsets: list[tuple[float, float]], base: Path, out: Path,
@@ -258,7 +264,7 @@ def _adapt(c: Commissioning, calibrated: list[Any], offsets: list[tuple[float, f
     n = len(frames)
     held = [i for i in range(n) if n >= 3 and i % 3 == 2]
     fit = [i for i in range(n) if i not in held]
-    c.calibration_frames = [c.frames[i].series_id for i in held]
+    c.calibration_frames = [Path(s.science[i]).name for i in held]
     engine_dir = out / "engine"
     if engine_dir.exists():
         shutil.rmtree(engine_dir)

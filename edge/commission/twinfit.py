@@ -159,19 +159,30 @@ def render_and_measure(config: Any, n_frames: int, seed: int, settings: detect_s
                        ) -> list[FrameMeasurement]:
     """Render ``n_frames`` twin frames, each of a sky of its own, calibrate them with the twin's own
     truth as a bundle would, and measure them as the real frames were measured."""
-    from engines.training.dataset import calibrate_twin_frame
-    from twin import simulate_frame
-
     out = []
     for i in range(n_frames):
         # a scene of its own per frame (the twin draws a sequence's stars from its seed): counts per
         # bin then average over skies instead of repeating one sky's Poisson draw
-        frame = simulate_frame(config, 0, seed * 1000 + i)
-        image_e, var_e2, mask = calibrate_twin_frame(frame, config)
-        sat = frame.raw_adu >= config.detector.saturate_adu - 1
-        out.append(measure_frame(f"twin-{i}", image_e, var_e2, mask.astype(np.uint8), config.exposure_s, settings,
-                                 saturated=sat))
+        image_e, var_e2, mask = calibrated_twin_frame(config, 0, seed * 1000 + i)
+        out.append(measure_frame(f"twin-{i}", image_e, var_e2, mask, config.exposure_s, settings,
+                                 saturated=(mask & 2) > 0))
     return out
+
+
+def calibrated_twin_frame(config: Any, index: int, seed: int) -> tuple[Any, Any, Any]:
+    """A twin frame calibrated as the node calibrates the real camera's: the twin's own truth as the
+    bundle, its pixels of less than half the mean response masked like the bundle's low-response
+    ones, saturation as mask bit 2; (image_e, variance_e2, mask uint8)."""
+    from calibration.masters import LOW_RESPONSE_BELOW
+    from engines.training.dataset import calibrate_twin_frame
+    from twin import simulate_frame
+
+    frame = simulate_frame(config, index, seed)
+    image_e, var_e2, bad = calibrate_twin_frame(frame, config)
+    mask = (bad | (config.detector.flat_field() < LOW_RESPONSE_BELOW)).astype(np.uint8)
+    mask[frame.raw_adu >= config.detector.saturate_adu - 1] |= 2
+    image_e[mask != 0] = 0.0
+    return image_e, var_e2, mask
 
 
 def distances(real: Sequence[FrameMeasurement], twin: Sequence[FrameMeasurement]) -> dict[str, Any]:

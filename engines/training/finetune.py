@@ -286,6 +286,19 @@ def settle_new_classes(model: Any, held_out: NDArray[np.float32], new: list[int]
     return shifts
 
 
+def trainable(from_dir: Path) -> tuple[Any, Any]:
+    """An engine folder's manifest and training settings, when it can be trained further (made by
+    ``engines train``, its weights shipped); EngineIntegrityError otherwise."""
+    from engines.manifest import load_manifest
+    from engines.training.train import WEIGHTS_FILE, TrainSettings
+
+    old = load_manifest(from_dir)
+    if WEIGHTS_FILE not in old.files or "settings" not in old.training:
+        raise EngineIntegrityError(f"the engine has no {WEIGHTS_FILE} or training settings to start from; "
+                                   "only engines made by `engines train` can be trained further", where=str(from_dir))
+    return old, TrainSettings.from_dict(old.training["settings"])
+
+
 def finetune_engine(from_dir: Path, labels_path: Path, out_dir: Path, *, version: str | None = None,
                     epochs: int = 3, learning_rate: float = 5e-4, seed: int = 20261128, threads: int = 2,
                     replay_frames: int = 24, eval_frames: int = 16, command: str = "",
@@ -294,11 +307,9 @@ def finetune_engine(from_dir: Path, labels_path: Path, out_dir: Path, *, version
 
     ``progress`` is told of every frame simulated, optimiser step and packaging step, stage by stage.
     """
-    from engines.manifest import load_manifest
     from engines.scoring import expected_calibration_error, score
     from engines.training.train import (
         WEIGHTS_FILE,
-        TrainSettings,
         load_weights,
         make_twin_sets,
         package_engine,
@@ -307,11 +318,7 @@ def finetune_engine(from_dir: Path, labels_path: Path, out_dir: Path, *, version
         set_sizes,
     )
 
-    old = load_manifest(from_dir)
-    if WEIGHTS_FILE not in old.files or "settings" not in old.training:
-        raise EngineIntegrityError(f"the engine has no {WEIGHTS_FILE} or training settings to start from; "
-                                   "only engines made by `engines train` can be fine-tuned", where=str(from_dir))
-    base = TrainSettings.from_dict(old.training["settings"])
+    old, base = trainable(from_dir)
     if tuple(old.classes) != base.classes:
         raise EngineIntegrityError(f"engine classes {old.classes} differ from its training settings' "
                                    f"{base.classes}", where=str(from_dir))

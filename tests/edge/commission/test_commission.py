@@ -14,7 +14,7 @@ import tomllib
 from edge.cli import main
 
 #: small and quick: the command's own defaults are measured in bench/commission.py
-QUICK = ["--replay-frames", "4", "--epochs", "1", "--teach-rounds", "1"]
+QUICK = ["--replay-frames", "12", "--epochs", "1", "--teach-rounds", "1"]
 
 
 def _commission(args: list[str], out: Path) -> int:
@@ -44,7 +44,7 @@ def test_a_foreign_cameras_night_gives_a_node_config_that_processes_its_next_fra
     assert abs(data["twin"]["distances"]["fwhm_px"]["distance"]) < 0.1
     assert data["calibration"]["noise_source"] != "header"
     manifest = json.loads((Path(config["engine"]["path"]) / "manifest.json").read_text())
-    assert manifest["version"].endswith("commissioned-foreign-cam")
+    assert "commissioned-foreign-cam" in manifest["version"]
     assert main(["-q", "process", "--config", str(out / "node.toml"), "--out", str(tmp_path / "p"), str(sci[3])]) == 0
     summary = json.loads((tmp_path / "p" / "frames.jsonl").read_text().splitlines()[0])
     assert summary["detections"] > 50 and summary["sent"] <= 0.1 * summary["detections"]
