@@ -44,7 +44,7 @@ def register(subparsers: Any) -> None:
                    help="fine-tuning epochs; 0 keeps the base engine and only refits its conformal set (default: 8)")
     p.add_argument("--teach-rounds", type=int, default=12, metavar="N",
                    help="injections of every known-unusual family into each fine-tuning frame, whose detections "
-                        "teach the engine those families on the camera's own sky (default: 24)")
+                        "teach the engine those families on the camera's own sky (default: 12)")
     p.add_argument("--seed", type=int, default=20261204, metavar="N",
                    help="seed of the twin, the injections and the fine-tuning (default: 20261204)")
     p.add_argument("--threads", type=int, default=2, metavar="N", help="CPU threads (default: 2)")

@@ -49,7 +49,7 @@ class CommissionSettings:
     epochs: int = 8
     learning_rate: float = 1e-3
     #: injections of every known-unusual family into each fine-tuning frame (edge.commission.teach)
-    teach_rounds: int = 24
+    teach_rounds: int = 12
     seed: int = 20261204
     threads: int = 2
     detect: detect_stage.DetectSettings = field(default_factory=detect_stage.DetectSettings)
