@@ -190,14 +190,15 @@ def _catalog(c: Commissioning, frames: list[tuple[Any, Any, Any]], out: Path) ->
     else:
         c.catalog_path = catalog.write_catalog(table, out / "reference.ecsv").resolve()
     # single-frame events: detections of S/N >= 7 that the catalog does not hold (cosmic rays, mostly)
+    from scipy.spatial import cKDTree
+
     events, area_s = 0, 0.0
-    cat_x, cat_y = np.asarray(table["x_px"], float), np.asarray(table["y_px"], float)
+    tree = cKDTree(np.c_[np.asarray(table["x_px"], float), np.asarray(table["y_px"], float)]) if len(table) else None
     for (sub, var, mask), off, fr in zip(frames, offsets, c.frames, strict=True):
         cands = detect_stage.detect(sub, var, mask, c.settings.detect)
-        if len(cands) == 0 or len(cat_x) == 0:
+        if len(cands) == 0 or tree is None:
             continue
-        d = np.hypot(cands.x[:, None] + off[0] - cat_x[None, :], cands.y[:, None] + off[1] - cat_y[None, :]).min(1) \
-            if len(cands) * len(cat_x) < 4e7 else np.zeros(len(cands))
+        d, _ = tree.query(np.c_[cands.x + off[0], cands.y + off[1]])
         events += int(np.count_nonzero((d > 2.0) & (np.nan_to_num(cands.snr) >= 7)))
         area_s += sub.size / 1e6 * fr.exposure_s
     if len(frames) > 1 and area_s > 0:
