@@ -16,7 +16,7 @@ FOREIGN_DETECTOR = DetectorModel(shape_px=(400, 400), gain_e_per_adu=2.6, read_n
                                  full_well_e=90000.0, hot_pixel_fraction=2e-4, n_bad_columns=1, vignetting=0.2,
                                  seed=23, name="foreign-cam")
 FOREIGN = TwinConfig(detector=FOREIGN_DETECTOR, pixel_scale_arcsec=1.2, psf_fwhm_arcsec=2.4, psf_beta=2.6,
-                     exposure_s=60.0, sky_e_per_s=30.0, n_stars=600, n_galaxies=40, star_mag_range=(13.0, 21.5),
+                     exposure_s=60.0, sky_e_per_s=30.0, n_stars=260, n_galaxies=25, star_mag_range=(13.0, 21.5),
                      cosmic_ray_rate_per_s=1.0, streak_probability=0.0, filter="V")
 
 
@@ -36,8 +36,10 @@ def foreign_night(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     make_calibration_set(root / "cal", FOREIGN_DETECTOR, n_bias=4, n_dark=0, n_flat=4, flat_level_e=20000.0,
                          filters=("V",), seed=3)
     science = []
+    # a denser field than FOREIGN's: the frame that calibrates the conformal set needs >= 200 detections
+    field = FOREIGN.with_(n_stars=600, n_galaxies=40)
     for i in range(4):
-        frame = simulate_frame(FOREIGN, i, 77)
+        frame = simulate_frame(field, i, 77)
         path = root / f"science_{i}.fits"
         fits.PrimaryHDU(data=frame.raw_adu, header=frame.header).writeto(path)
         science.append(path)
