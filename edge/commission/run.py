@@ -102,7 +102,7 @@ def commission(settings: CommissionSettings, progress: Progress | None = None) -
     calibrator = _calibrator(c, out)
     lap("calibration")
 
-    calibrated = []
+    calibrated, detections = [], []
     for fr, path in zip(c.frames, settings.science, strict=True):
         cal = calibrator.calibrate(fr.pixels, exposure_s=fr.exposure_s, filter_name=fr.filter_name, header=fr.header)
         image, var, mask = cal.image_e.copy(), cal.variance_e2.copy(), cal.mask.copy()
@@ -114,10 +114,11 @@ def commission(settings: CommissionSettings, progress: Progress | None = None) -
             c.skipped_frames[name] = str(exc)
         bkg = detect_stage.subtract_background(image, mask, settings.detect)
         calibrated.append((fr, bkg.sub_e, var, mask, image))
+        # detected once here; the catalog's event count and the engine's stamps reuse these
+        detections.append(detect_stage.detect(bkg.sub_e, var, mask, settings.detect))
     if progress:
         progress("measuring the frames", len(calibrated), len(calibrated))
-    counts = [len(detect_stage.detect(s, v, m, settings.detect)) for _, s, v, m, _ in calibrated]
-    if sum(counts) == 0:
+    if sum(len(d) for d in detections) == 0:
         raise CalibrationInputError(
             "no source was detected in any science frame (darks, flats, a closed dome or thick cloud?); "
             "commissioning needs frames of the sky with stars", where="commission")
@@ -138,7 +139,7 @@ def commission(settings: CommissionSettings, progress: Progress | None = None) -
     fwhm = measure.summary(c.measured)["fwhm_px"] if c.measured else 2.0
     c.wcs = sky.check_wcs(c.frames[0].header, fwhm_px=fwhm,
                           expected_scale_arcsec=sky.header_pixel_scale_arcsec(c.frames[0].header))
-    offsets = _catalog(c, [(s, v, m) for _, s, v, m, _ in calibrated], out)
+    offsets = _catalog(c, [(s, v, m) for _, s, v, m, _ in calibrated], detections, out)
     lap("catalog")
 
     if c.measured:
@@ -148,7 +149,7 @@ def commission(settings: CommissionSettings, progress: Progress | None = None) -
     lap("twin")
 
     base = settings.base_engine or default_engine_dir()
-    _adapt(c, calibrated, offsets, base, out, progress)
+    _adapt(c, calibrated, detections, offsets, base, out, progress)
     lap("engine")
     c.config_path = write_config(c, out)
     return c
@@ -180,7 +181,8 @@ def _calibrator(c: Commissioning, out: Path) -> Any:
     return Calibrator.without_bundle()
 
 
-def _catalog(c: Commissioning, frames: list[tuple[Any, Any, Any]], out: Path) -> list[tuple[float, float]]:
+def _catalog(c: Commissioning, frames: list[tuple[Any, Any, Any]], detections: list[Any],
+             out: Path) -> list[tuple[float, float]]:
     """The reference catalog (given, or built from the frames' stack) and each frame's offset."""
     table, info = catalog.build_pixel_catalog(frames, c.settings.detect)
     offsets = [o if o is not None else (0.0, 0.0) for o in info.offsets_px]
@@ -194,8 +196,7 @@ def _catalog(c: Commissioning, frames: list[tuple[Any, Any, Any]], out: Path) ->
 
     events, area_s = 0, 0.0
     tree = cKDTree(np.c_[np.asarray(table["x_px"], float), np.asarray(table["y_px"], float)]) if len(table) else None
-    for (sub, var, mask), off, fr in zip(frames, offsets, c.frames, strict=True):
-        cands = detect_stage.detect(sub, var, mask, c.settings.detect)
+    for (sub, _, _), cands, off, fr in zip(frames, detections, offsets, c.frames, strict=True):
         if len(cands) == 0 or tree is None:
             continue
         d, _ = tree.query(np.c_[cands.x + off[0], cands.y + off[1]])
@@ -248,8 +249,8 @@ def _twin_image(config: Any, seed: int) -> tuple[Any, Any, Any]:
     return calibrated_twin_frame(config, 0, seed + 7)
 
 
-def _adapt(c: Commissioning, calibrated: list[Any], offsets: list[tuple[float, float]], base: Path, out: Path,
-           progress: Progress | None) -> None:
+def _adapt(c: Commissioning, calibrated: list[Any], detections: list[Any], offsets: list[tuple[float, float]],
+           base: Path, out: Path, progress: Progress | None) -> None:
     """Fine-tune on the fitted twin and the labels not in doubt; refit on the held-out frames."""
     from engines.manifest import load_manifest
     from engines.stamps import cut_for
@@ -258,8 +259,7 @@ def _adapt(c: Commissioning, calibrated: list[Any], offsets: list[tuple[float, f
     s = c.settings
     recipe = load_manifest(base).normalisation
     frames = []
-    for (fr, sub, var, mask, _), off in zip(calibrated, offsets, strict=True):
-        cands = detect_stage.detect(sub, var, mask, s.detect)
+    for (fr, sub, var, mask, _), cands, off in zip(calibrated, detections, offsets, strict=True):
         frames.append(adapt.FrameDetections(name=fr.series_id, cands=cands,
                                             stamps=cut_for(recipe, sub, var, mask, cands.x, cands.y), offset_px=off))
     n = len(frames)
