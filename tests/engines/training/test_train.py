@@ -130,14 +130,25 @@ def test_training_is_reproducible_with_a_fixed_seed() -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+TINY = TrainSettings(frame_size_px=512, n_train_frames=12, n_calib_frames=6, n_eval_frames=4,
+                     epochs=1, threads=1, unmasked_every=3,
+                     spec=ModelSpec(n_classes=10, widths=(8, 16, 32), head_hidden=16, views=2))
+
+
+@pytest.fixture(scope="module")
+def tiny_engine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small engine trained end to end once for this module (tests that change it copy it)."""
+    out = tmp_path_factory.mktemp("tiny") / "engine"
+    train_engine(out, TINY, name="tiny", version="0", command="test")
+    return out
+
+
 @pytest.mark.slow
-def test_train_engine_writes_a_verified_engine_folder(tmp_path: Path) -> None:
+def test_train_engine_writes_a_verified_engine_folder(tiny_engine: Path) -> None:
     """A small end-to-end run writes every file, a manifest that verifies, golden outputs and a model card."""
-    settings = TrainSettings(frame_size_px=512, n_train_frames=12, n_calib_frames=6, n_eval_frames=4,
-                             epochs=1, threads=1, unmasked_every=3,
-                             spec=ModelSpec(n_classes=10, widths=(8, 16, 32), head_hidden=16, views=2))
-    m = train_engine(tmp_path / "engine", settings, name="tiny", version="0", command="test")
-    assert load_manifest(tmp_path / "engine").name == "tiny"
+    settings = TINY
+    m = load_manifest(tiny_engine)
+    assert m.name == "tiny"
     assert {"model_fp32.onnx", "model_fp16.onnx", "model_int8.onnx", "golden.npz", "MODEL_CARD.md"} <= set(m.files)
     golden = np.load(m.path("golden.npz"))
     logits, embedding = run_onnx(m.path("model_fp32.onnx"), golden["stamps"])
@@ -173,3 +184,37 @@ def test_a_fitted_instrument_replaces_the_training_mixs_optics_and_noise_but_not
     assert (cfg.n_stars, cfg.cosmic_ray_rate_per_s) == (plain.n_stars, plain.cosmic_ray_rate_per_s)
     settings = TrainSettings(instrument=fitted)
     assert TrainSettings.from_dict(settings.to_dict()).instrument == fitted
+
+
+@pytest.mark.slow
+def test_requantize_writes_an_int8_file_every_cpu_computes_alike(tiny_engine: Path, tmp_path: Path) -> None:
+    """Quantized again, the INT8 file holds 7-bit weights, its integer kernels give what a float
+    emulation of its graph gives (x86 CPUs without VNNI overflowed full-range weights), the manifest
+    verifies and records the run, and the FP32 file is untouched."""
+    import shutil
+
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from engines.training.requantize import requantize
+
+    folder = tmp_path / "engine"
+    shutil.copytree(tiny_engine, folder)
+    before = load_manifest(folder)
+    m = requantize(folder, command="test")
+    assert m.files["model_fp32.onnx"].sha256 == before.files["model_fp32.onnx"].sha256
+    assert [r["weights"] for r in m.training["requantized"]] == [7]
+    graph = onnx.load(str(m.path("model_int8.onnx"))).graph
+    weights = [numpy_helper.to_array(t) for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert weights and max(int(np.abs(w.astype(np.int16)).max()) for w in weights) <= 64
+    stamps = np.load(m.path("golden.npz"))["stamps"]
+    outputs = []
+    for emulate in (False, True):
+        options = ort.SessionOptions()
+        if emulate:
+            options.add_session_config_entry("session.disable_quant_qdq", "1")
+        session = ort.InferenceSession(str(m.path("model_int8.onnx")), options, providers=["CPUExecutionProvider"])
+        outputs.append(session.run(["logits"], {"stamps": stamps})[0])
+    np.testing.assert_allclose(outputs[0], outputs[1], atol=0.05)
+    assert 0.0 <= m.evaluation["int8"]["top1_agreement_vs_fp32"] <= 1.0
