@@ -39,10 +39,12 @@ import numpy as np
 import sep
 from numpy.typing import NDArray
 
+from edge import diffuse
 from edge.errors import DetectionError
 
 __all__ = [
     "FLAG_BAD_PHOTOMETRY",
+    "FLAG_DIFFUSE",
     "FLAG_MASKED",
     "FLAG_NEAR_EDGE",
     "FLAG_SATURATED",
@@ -62,6 +64,8 @@ FLAG_MASKED = 1 << 9
 FLAG_SATURATED = 1 << 10
 #: the AUTO photometry failed (non-positive or non-finite error); flux and S/N are then 0
 FLAG_BAD_PHOTOMETRY = 1 << 11
+#: found by the diffuse pass on the binned frame (``diffuse_bin``; edge.diffuse), not at full resolution
+FLAG_DIFFUSE = 1 << 12
 
 _KRON_FACTOR = 2.5
 _KRON_SEARCH = 6.0
@@ -86,6 +90,9 @@ class DetectSettings:
     max_candidates: int = 20000
     #: convolve with sep's default 3x3 kernel as a matched filter before thresholding
     matched_filter: bool = True
+    #: 0: off; k >= 2: a second pass on the k x k binned frame adds the extended objects of low
+    #: surface brightness the first one misses (edge.diffuse), flagged FLAG_DIFFUSE
+    diffuse_bin: int = 0
     #: FLAG_NEAR_EDGE when the 2*edge_margin_px box around the centre pixel (floor(x + 0.5),
     #: floor(y + 0.5)) leaves the frame; 16 matches a 32-pixel stamp of engines.stamps
     edge_margin_px: int = 16
@@ -111,6 +118,7 @@ class DetectSettings:
             "edge_margin_px": self.edge_margin_px >= 0,
             "min_aperture_radius_px": self.min_aperture_radius_px > 0,
             "threads": self.threads >= 1,
+            "diffuse_bin": self.diffuse_bin == 0 or 2 <= self.diffuse_bin <= 16,
         }
         for name, ok in checks.items():
             if not ok:
@@ -247,6 +255,10 @@ def detect(sub_e: NDArray[Any], variance_e2: NDArray[Any], mask: NDArray[Any] | 
     var = np.ascontiguousarray(var)
 
     objects = _extract(sub, var, bad, settings)
+    n_diffuse = 0
+    if settings.diffuse_bin:
+        objects, n_diffuse = diffuse.merged(objects, sub, var, bad, settings.diffuse_bin,
+                                            lambda s, v, m: _extract(s, v, m, settings))
     n_found = len(objects["x"])
     if n_found == 0:
         return _empty()
@@ -257,6 +269,7 @@ def detect(sub_e: NDArray[Any], variance_e2: NDArray[Any], mask: NDArray[Any] | 
     b = objects["b"].astype(np.float64)
     theta = objects["theta"].astype(np.float64)
     flags = objects["flag"].astype(np.int64)
+    flags[n_found - n_diffuse:] |= FLAG_DIFFUSE
 
     if settings.backend == "fast":
         from edge import fastdetect
@@ -347,11 +360,9 @@ def _auto_flux(sub: NDArray[np.float32], var: NDArray[np.float32], bad: NDArray[
     kron, kron_flag = _sep_call("kron_radius", sep.kron_radius, sub, x, y, a_safe, b_safe, theta,
                                 _KRON_SEARCH, mask=bad)
     kron = np.where(np.isfinite(kron) & (kron > 0), kron, 0.0)
-    flux = np.zeros(x.shape, dtype=np.float64)
-    flux_err = np.zeros(x.shape, dtype=np.float64)
+    flux, flux_err = np.zeros(x.shape, dtype=np.float64), np.zeros(x.shape, dtype=np.float64)
     aper_flags = kron_flag.astype(np.int64)
-    r_min = settings.min_aperture_radius_px
-    use_circle = kron * np.sqrt(a_safe * b_safe) * _KRON_FACTOR < r_min
+    use_circle = kron * np.sqrt(a_safe * b_safe) * _KRON_FACTOR < settings.min_aperture_radius_px
     ell = ~use_circle
     if ell.any():
         f, fe, fl = _sep_call("sum_ellipse", sep.sum_ellipse, sub, x[ell], y[ell], a_safe[ell],
@@ -361,7 +372,7 @@ def _auto_flux(sub: NDArray[np.float32], var: NDArray[np.float32], bad: NDArray[
         aper_flags[ell] |= fl.astype(np.int64)
     if use_circle.any():
         f, fe, fl = _sep_call("sum_circle", sep.sum_circle, sub, x[use_circle], y[use_circle],
-                              r_min, var=var, mask=bad, subpix=1)
+                              settings.min_aperture_radius_px, var=var, mask=bad, subpix=1)
         flux[use_circle], flux_err[use_circle] = f, fe
         aper_flags[use_circle] |= fl.astype(np.int64)
     return flux, flux_err, aper_flags
@@ -384,7 +395,6 @@ def _any_near(image_mask: NDArray[np.bool_], xp: NDArray[np.int64], yp: NDArray[
 
 
 def _empty() -> Candidates:
-    f = np.zeros(0, dtype=np.float64)
-    i = np.zeros(0, dtype=np.int64)
+    f, i = np.zeros(0, dtype=np.float64), np.zeros(0, dtype=np.int64)
     return Candidates(x=f, y=f, x_err_px=f, y_err_px=f, flux_e=f, flux_err_e=f, snr=f, a_px=f,
                       b_px=f, theta_rad=f, peak_e=f, npix=i, flags=i, n_truncated=0)
