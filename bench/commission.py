@@ -20,6 +20,11 @@ The science frames are taken in name order; ``--commission`` picks those commiss
 
 The fitted twin's distances come from the commissioning report (commissioning.json). The last line
 is the sent fraction against the bar (<= 3 %) with the commissioning time.
+
+``--tradeoff`` then runs every frame again with the audit at 1 (each detection leaves a record
+that says which reasons applied) and prints, for a range of ``unusual_confidence_min``, the share
+of real detections sent against the recall of each family: what the engine can trade on this
+camera, whatever threshold commissioning chose.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ import numpy as np  # noqa: E402
 
 EXE = [sys.executable, "-m", "edge.cli", "-q", "--log-level", "warning"]
 FAMILIES = ("lens_arc", "comet", "lobster_psf", "ghost", "close_double", "transient", "streak", "star")
+#: unusual_confidence_min values of the --tradeoff table (the commissioned one is added)
+TRADEOFF = (0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
 
 
 def run(args: list[str]) -> str:
@@ -90,6 +97,64 @@ def catalog_with_controls(config: Path, truth_path: Path, frames_dir: Path, out:
     return path
 
 
+def audit_all(config: Path, out: Path) -> Path:
+    """A copy of a node config that leaves a record of every detection (audit 1, no cap)."""
+    text = config.read_text().replace("alpha = 0.01", "alpha = 0.01\naudit_rate = 1.0\nmax_records_per_frame = 1000000", 1)
+    path = out / f"{config.stem}_all.toml"
+    path.write_text(text)
+    return path
+
+
+def sent_at(records: list[dict], classes_of_interest: tuple[str, ...], threshold: float) -> list[dict]:
+    """The records the node would send with unusual_confidence_min = threshold (audit left out)."""
+    out = []
+    for r in records:
+        others = set(r["reasons"]) - {"unusual", "audit"}
+        if others or (r["label"] in classes_of_interest and r["confidence"] >= threshold):
+            out.append(r)
+    return out
+
+
+def tradeoff(config: Path, measuring: list[Path], injected: list[tuple[Path, Path]], out: Path) -> None:
+    """Print the share of real detections sent and each family's recall for every TRADEOFF threshold."""
+    from astropy.table import Table
+
+    from edge.config import load_config
+    from firmware_bridge.rig import match_and_score, read_downlink
+
+    cfg = load_config(config)
+    coi = tuple(cfg.triage.classes_of_interest)
+    real_dir = out / "all_real"
+    shutil.rmtree(real_dir, ignore_errors=True)
+    run(["process", "--config", str(audit_all(config, out)), "--out", str(real_dir), *map(str, measuring)])
+    real = read_downlink(real_dir / "downlink.jsonl")
+    sets = []
+    for inj, controls in injected:
+        d = out / f"all_{inj.name}"
+        shutil.rmtree(d, ignore_errors=True)
+        run(["process", "--config", str(audit_all(controls, out)), "--out", str(d), *map(str, sorted(inj.glob("*_inj.fits")))])
+        sets.append((Table.read(inj / "truth.ecsv"), read_downlink(d / "downlink.jsonl")))
+    print(f"trade-off on {len(real)} real detections and {len(sets)} injection sets (S/N >= 20):")
+    print("  unusual_confidence_min  real sent  " + "  ".join(f"{f:>11s}" for f in FAMILIES))
+    for t in sorted(set(TRADEOFF) | {cfg.triage.unusual_confidence_min}, reverse=True):
+        hits = {f: [0, 0] for f in FAMILIES}
+        for truth, records in sets:
+            score = match_and_score(np.asarray(truth["frame"]), np.asarray(truth["x"]), np.asarray(truth["y"]),
+                                    list(truth["label"]), [str(f) for f in truth["family"]],
+                                    sent_at(records, coi, t), radius_px=3.0,
+                                    truth_size_px=np.asarray(truth["size_px"]),
+                                    truth_series=list(truth["series_id"]),
+                                    truth_snr=np.asarray(truth["snr_expected"]), snr_min=20.0)
+            for fam in FAMILIES:
+                src = score["recall_by_family"].get(fam) or score["recall_by_label"].get(fam)
+                if src:
+                    hits[fam][0] += src["n_sent"]
+                    hits[fam][1] += src["n_truth"]
+        mark = " (commissioned)" if t == cfg.triage.unusual_confidence_min else ""
+        share = len(sent_at(real, coi, t)) / max(len(real), 1)
+        print(f"  {t:22.3f}  {share:9.2%}  " + "  ".join(f"{k / max(n, 1):11.3f}" for k, n in hits.values()) + mark)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("data", type=Path, metavar="DATA_DIR")
@@ -98,6 +163,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--per-frame", type=int, default=40)
     ap.add_argument("--reuse", action="store_true", help="keep OUT/commissioned from an earlier run")
+    ap.add_argument("--tradeoff", action="store_true",
+                    help="also print the real sent share against each family's recall for a range of unusual thresholds")
     a = ap.parse_args()
     science = sorted((a.data / "science").glob("*.fit*"))
     pick = [int(i) for i in a.commission.split(",")]
@@ -136,6 +203,7 @@ def main() -> None:
 
     # injections
     hits: dict[str, list[int]] = {f: [0, 0] for f in FAMILIES}
+    injected: list[tuple[Path, Path]] = []
     for seed in range(1, a.seeds + 1):
         inj, proc = a.out / f"inj{seed}", a.out / f"proc{seed}"
         for d in (inj, proc):
@@ -147,6 +215,11 @@ def main() -> None:
         run(["rig", "inject", *map(str, measuring), "--families", "all", "--per-frame", str(a.per_frame),
              "--seed", str(seed), "--out", str(inj), *cal_args])
         controls = catalog_with_controls(config, inj / "truth.ecsv", inj, a.out)
+        kept = a.out / f"node_controls{seed}.toml"
+        shutil.copy(controls, kept)
+        shutil.copy(a.out / "reference_with_controls.ecsv", a.out / f"reference_with_controls{seed}.ecsv")
+        kept.write_text(kept.read_text().replace("reference_with_controls.ecsv", f"reference_with_controls{seed}.ecsv"))
+        injected.append((inj, kept))
         run(["process", "--config", str(controls), "--out", str(proc), *map(str, sorted(inj.glob("*_inj.fits")))])
         score = json.loads(run(["rig", "score", "--truth", str(inj / "truth.ecsv"), "--downlink",
                                 str(proc / "downlink.jsonl"), "--snr-min", "20"]))
@@ -167,6 +240,8 @@ def main() -> None:
               "(bar: each within 10 %)")
     took = f"; commissioning {seconds / 60:.1f} min (bar < 20)" if seconds is not None else ""
     print(f"sent {sent / det:.2%} of real detections (bar <= 3 %); unknown {unknown / det:.2%}{took}")
+    if a.tradeoff:
+        tradeoff(config, measuring, injected, a.out)
 
 
 if __name__ == "__main__":
