@@ -11,6 +11,7 @@ default for it; frames with no source at all, or of more than one camera, end wi
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -32,6 +33,9 @@ log = get_logger(__name__)
 Progress = Callable[[str, int, int], None]
 #: a conformal set needs at least this many detections to mean anything at alpha = 0.01
 MIN_CONFORMAL = 200
+#: the diffuse pass's binning on a commissioned node (on Lowell's frames, 1.5 px FWHM: 0.96 of
+#: the injected ghosts of S/N >= 20 found, against 0.83 without it; docs/commissioning.md)
+DIFFUSE_BIN = 2
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,10 @@ class CommissionSettings:
     teach_rounds: int = 12
     seed: int = 20261204
     threads: int = 2
-    detect: detect_stage.DetectSettings = field(default_factory=detect_stage.DetectSettings)
+    #: the node's detection, with the diffuse pass (edge.diffuse) on: a ghost's ring or a faint arc
+    #: spread below the per-pixel threshold is found on the 2 x 2 binned frame
+    detect: detect_stage.DetectSettings = field(
+        default_factory=lambda: detect_stage.DetectSettings(diffuse_bin=DIFFUSE_BIN))
 
 
 @dataclass
@@ -103,12 +110,15 @@ def commission(settings: CommissionSettings, progress: Progress | None = None) -
     lap("calibration")
 
     calibrated, detections = [], []
+    # the instrument is measured (PSF, counts against flux, the fitted twin) on the sources the
+    # full-resolution pass finds; the diffuse pass's extras are the node's, not the camera's
+    measuring = dataclasses.replace(settings.detect, diffuse_bin=0)
     for fr, path in zip(c.frames, settings.science, strict=True):
         cal = calibrator.calibrate(fr.pixels, exposure_s=fr.exposure_s, filter_name=fr.filter_name, header=fr.header)
         image, var, mask = cal.image_e.copy(), cal.variance_e2.copy(), cal.mask.copy()
         name = Path(path).name
         try:
-            m = measure.measure_frame(name, image, var, mask, fr.exposure_s, settings.detect, saturated=(mask & 2) > 0)
+            m = measure.measure_frame(name, image, var, mask, fr.exposure_s, measuring, saturated=(mask & 2) > 0)
             c.measured.append(m)
         except CalibrationInputError as exc:
             c.skipped_frames[name] = str(exc)
@@ -143,7 +153,7 @@ def commission(settings: CommissionSettings, progress: Progress | None = None) -
     lap("catalog")
 
     if c.measured:
-        c.twin = twinfit.fit_twin(c.measured, _instrument(c, calibrated), settings.detect, seed=settings.seed,
+        c.twin = twinfit.fit_twin(c.measured, _instrument(c, calibrated), measuring, seed=settings.seed,
                                   progress=progress)
         c.images["twin"], c.images["twin_var"], c.images["twin_mask"] = _twin_image(c.twin.config, settings.seed)
     lap("twin")
@@ -270,11 +280,18 @@ def _adapt(c: Commissioning, calibrated: list[Any], detections: list[Any], offse
     if engine_dir.exists():
         shutil.rmtree(engine_dir)
     if c.twin is not None and s.epochs > 0:
-        from edge.commission.teach import TEACH_COPIES, injected_examples, merge, repeat
+        from edge.commission.teach import (
+            TEACH_COPIES,
+            balance_galaxies,
+            injected_examples,
+            merge,
+            repeat,
+        )
 
         taught = injected_examples([(calibrated[i][4], calibrated[i][2], calibrated[i][3]) for i in fit],
                                    recipe, s.detect, rounds=s.teach_rounds, seed=s.seed)
-        c.labels = merge(adapt.label_real([frames[i] for i in fit]), repeat(taught, TEACH_COPIES))
+        taught = repeat(taught, TEACH_COPIES)
+        c.labels = merge(balance_galaxies(adapt.label_real([frames[i] for i in fit]), taught), taught)
         version = f"{load_manifest(base).version}-{_slug(c)}"
         adapt.adapt_engine(base, twinfit.preset(c.twin.config), c.labels, engine_dir, version=version,
                            replay_frames=s.replay_frames, epochs=s.epochs, learning_rate=s.learning_rate,
@@ -322,7 +339,7 @@ def write_config(c: Commissioning, out: Path) -> Path:
     if c.bundle is not None:
         lines += ["[calibration]", f'bundle = "{(out / "calibration.fits").resolve()}"', ""]
     lines += ["[detect]", f'backend = "{d.backend}"', f"threshold_snr = {d.threshold_snr}",
-              f"background_box_px = {d.background_box_px}", ""]
+              f"background_box_px = {d.background_box_px}", f"diffuse_bin = {d.diffuse_bin}", ""]
     lines += ["[engine]", f'path = "{c.engine_dir}"', ""]
     lines += ["[triage]"]
     if c.point is not None:

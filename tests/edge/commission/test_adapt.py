@@ -15,11 +15,12 @@ from edge.commission.adapt import (
     REASON_SHARE,
     UNION_SHARE,
     FrameDetections,
+    RealLabels,
     label_real,
     operating_point,
     write_recalibrated,
 )
-from edge.commission.teach import injected_examples
+from edge.commission.teach import MAX_GALAXY_COPIES, balance_galaxies, injected_examples
 from engines.stamps import CONTEXT_NORMALISATION, cut_for
 from twin import simulate_frame
 
@@ -81,6 +82,31 @@ def test_injected_unusual_objects_are_found_and_labelled_with_their_family(field
     assert set(counts) <= {"lens_arc", "comet", "lobster_psf", "ghost", "streak"}
     assert len(counts) == 5 and sum(counts.values()) >= 0.5 * 2 * 2 * 10
     assert examples.stamps.shape[1:] == (4, 32, 32) and np.isfinite(examples.stamps).all()
+
+
+def test_real_galaxies_are_repeated_to_weigh_as_much_as_one_taught_family(field: dict[str, Any]) -> None:
+    """The field's galaxies, labelled from real frames, are repeated to about the count of one
+    injected family (never more than MAX_GALAXY_COPIES times); stars and cosmic rays are left alone,
+    and without galaxies or taught examples nothing changes."""
+    real = label_real(field["frames"])
+    n_galaxy = int((real.names == "galaxy").sum())
+    assert n_galaxy > 0
+    stamps = np.zeros((1, 4, 32, 32), np.float32)
+    per_family = 3 * n_galaxy
+
+    def taught(n: int) -> RealLabels:
+        names = np.repeat(np.array(["comet", "ghost"]), n)
+        return RealLabels(np.repeat(stamps, 2 * n, axis=0), names, np.zeros(2 * n, np.int64))
+
+    balanced = balance_galaxies(real, taught(per_family))
+    assert balanced.counts()["galaxy"] == 3 * n_galaxy
+    assert {k: v for k, v in balanced.counts().items() if k != "galaxy"} == \
+        {k: v for k, v in real.counts().items() if k != "galaxy"}
+    galaxy_stamps = balanced.stamps[balanced.names == "galaxy"]
+    assert {s.tobytes() for s in galaxy_stamps} == {s.tobytes() for s in real.stamps[real.names == "galaxy"]}
+    assert balance_galaxies(real, taught(100 * n_galaxy)).counts()["galaxy"] == MAX_GALAXY_COPIES * n_galaxy
+    empty = RealLabels(stamps[:0], np.zeros(0, str), np.zeros(0, np.int64))
+    assert balance_galaxies(real, empty).counts() == real.counts()
 
 
 def test_the_refit_conformal_set_and_thresholds_keep_each_reason_to_its_share(field: dict[str, Any],
