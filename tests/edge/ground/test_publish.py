@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -231,8 +232,11 @@ def test_nats_server_killed_mid_stream_and_restarted_loses_and_doubles_nothing(n
     with Ground(tmp_path / "g") as ground:
         publisher = Publisher(ground.out_dir, nats.url)
         publisher.start()
+        # the records come down while the ground publishes: waiting for the whole downlink first
+        # let a fast publisher finish before the kill
+        down = threading.Thread(target=downlink_all, args=([spool], [ground.address]))
+        down.start()
         try:
-            downlink_all([spool], [ground.address])
             end = time.monotonic() + 60
             while publisher.counters.published < 300:
                 assert time.monotonic() < end, "nothing published"
@@ -241,8 +245,10 @@ def test_nats_server_killed_mid_stream_and_restarted_loses_and_doubles_nothing(n
             killed_at = publisher.counters.published
             time.sleep(1.0)
             nats.start()
+            down.join(180)
             wait_published([publisher])
         finally:
+            down.join(180)
             counters = publisher.stop()
     count, got, _ = stream_contents(nats.url)
     assert 0 < killed_at < 2000

@@ -152,6 +152,11 @@ def test_a_failing_ground_disk_loses_nothing_and_the_ground_recovers_when_it_ret
     try:
         daq = LoopbackDaq(f"tcp://127.0.0.1:{port}", frames, series_id=5, gates={3: fail})
         _wait(lambda: {s.frame for s in ground.summaries()} == {0, 1, 2}, 120, "frames 0-2 at the ground")
+        # every record of frames 0-2 acknowledged too (a summary can land before its frame's last
+        # records), so that what the node holds after the failure is frames 3-5's alone
+        nothing = {"record": 0, "frame_summary": 0}
+        _wait(lambda: status.exists() and json.loads(status.read_text())["spool"]["pending"] == nothing, 60,
+              "frames 0-2 acknowledged in full")
         disk.fail(error)
         fail.set()
         daq.join(120)
