@@ -58,7 +58,7 @@ def frames_of(summary_path: Path) -> list[dict]:
     return [json.loads(line) for line in summary_path.read_text().splitlines() if line.strip()]
 
 
-def catalog_with_controls(config: Path, truth_path: Path, frames_dir: Path, out: Path) -> Path:
+def catalog_with_controls(config: Path, truth_path: Path, frames_dir: Path, out: Path, tag: str = "") -> Path:
     """A copy of the node config whose catalog also holds the injected control stars."""
     from astropy.table import Table, vstack
 
@@ -89,12 +89,21 @@ def catalog_with_controls(config: Path, truth_path: Path, frames_dir: Path, out:
             extra[name] = np.full(len(extra), np.nan) if ref[name].dtype.kind == "f" else np.zeros(len(extra), ref[name].dtype)
     merged = vstack([ref, extra[ref.colnames]])
     merged.meta = ref.meta
-    cat_path = out / "reference_with_controls.ecsv"
+    cat_path = out / f"reference_with_controls{tag}.ecsv"
     merged.write(cat_path, format="ascii.ecsv", overwrite=True)
     text = config.read_text().replace(f'reference = "{cfg.catalog.reference}"', f'reference = "{cat_path}"')
-    path = out / "node_controls.toml"
+    path = out / f"node_controls{tag}.toml"
     path.write_text(text)
     return path
+
+
+def count_hits(hits: dict[str, list[int]], score: dict) -> None:
+    """Add one `rig score` result's sent and injected counts of each family to ``hits``."""
+    for fam in FAMILIES:
+        src = score["recall_by_family"].get(fam) or score["recall_by_label"].get(fam)
+        if src:
+            hits[fam][0] += src["n_sent"]
+            hits[fam][1] += src["n_truth"]
 
 
 def audit_all(config: Path, out: Path) -> Path:
@@ -145,11 +154,7 @@ def tradeoff(config: Path, measuring: list[Path], injected: list[tuple[Path, Pat
                                     truth_size_px=np.asarray(truth["size_px"]),
                                     truth_series=list(truth["series_id"]),
                                     truth_snr=np.asarray(truth["snr_expected"]), snr_min=20.0)
-            for fam in FAMILIES:
-                src = score["recall_by_family"].get(fam) or score["recall_by_label"].get(fam)
-                if src:
-                    hits[fam][0] += src["n_sent"]
-                    hits[fam][1] += src["n_truth"]
+            count_hits(hits, score)
         mark = " (commissioned)" if t == cfg.triage.unusual_confidence_min else ""
         share = len(sent_at(real, coi, t)) / max(len(real), 1)
         print(f"  {t:22.3f}  {share:9.2%}  " + "  ".join(f"{k / max(n, 1):11.3f}" for k, n in hits.values()) + mark)
@@ -214,20 +219,12 @@ def main() -> None:
             cal_args = ["--calibration", str(done / "calibration.fits")]
         run(["rig", "inject", *map(str, measuring), "--families", "all", "--per-frame", str(a.per_frame),
              "--seed", str(seed), "--out", str(inj), *cal_args])
-        controls = catalog_with_controls(config, inj / "truth.ecsv", inj, a.out)
-        kept = a.out / f"node_controls{seed}.toml"
-        shutil.copy(controls, kept)
-        shutil.copy(a.out / "reference_with_controls.ecsv", a.out / f"reference_with_controls{seed}.ecsv")
-        kept.write_text(kept.read_text().replace("reference_with_controls.ecsv", f"reference_with_controls{seed}.ecsv"))
-        injected.append((inj, kept))
+        controls = catalog_with_controls(config, inj / "truth.ecsv", inj, a.out, tag=str(seed))
+        injected.append((inj, controls))
         run(["process", "--config", str(controls), "--out", str(proc), *map(str, sorted(inj.glob("*_inj.fits")))])
         score = json.loads(run(["rig", "score", "--truth", str(inj / "truth.ecsv"), "--downlink",
                                 str(proc / "downlink.jsonl"), "--snr-min", "20"]))
-        for fam in FAMILIES:
-            src = score["recall_by_family"].get(fam) or score["recall_by_label"].get(fam)
-            if src:
-                hits[fam][0] += src["n_sent"]
-                hits[fam][1] += src["n_truth"]
+        count_hits(hits, score)
     print("injected at S/N >= 20 (recall = sent / injected; for control stars lower is better):")
     for fam, (k, n) in hits.items():
         bar = {"star": "<= 0.03", "close_double": "(blend, no bar)", "streak": "(no bar)"}.get(fam, ">= 0.9")

@@ -69,9 +69,12 @@ def diffuse_objects(first: dict[str, NDArray[Any]], sub: NDArray[np.float32], va
     out["ypeak"] = found["ypeak"][keep].astype(np.int64) * k + k // 2
     out["errx2"] = found["errx2"][keep].astype(np.float64) * k * k
     out["erry2"] = found["erry2"][keep].astype(np.float64) * k * k
-    # the record's peak is one pixel's: the brightest of the binned peak's block
-    out["peak"] = _binned(sub, k, "max")[found["ypeak"][keep].astype(np.int64),
-                                         found["xpeak"][keep].astype(np.int64)].astype(np.float64)
+    # the record's peak is one pixel's: the brightest of the binned peak's block (read for the kept
+    # objects alone, not binned over the whole frame)
+    dy, dx = np.divmod(np.arange(k * k), k)
+    rows = found["ypeak"][keep].astype(np.int64)[:, None] * k + dy
+    cols = found["xpeak"][keep].astype(np.int64)[:, None] * k + dx
+    out["peak"] = sub[rows, cols].max(axis=1, initial=-np.inf).astype(np.float64)
     out["npix"] = found["npix"][keep].astype(np.int64) * k * k
     return out
 
