@@ -722,7 +722,8 @@ def package_engine(out_dir: Any, model: Any, settings: TrainSettings, sets: Twin
     """Export, quantize, fit scoring, evaluate every precision and write a verified engine folder.
 
     ``extra_train`` (stamps, class names) joins the training stamps the class Gaussians are fitted
-    on (labelled stamps of a class the twin does not render). ``progress`` is told of each step
+    on (labelled stamps of a class the twin does not render) and the INT8 calibration stamps.
+    ``progress`` is told of each step
     done, under the name ``stage``.
     """
     from pathlib import Path
@@ -749,8 +750,18 @@ def package_engine(out_dir: Any, model: Any, settings: TrainSettings, sets: Twin
     export.export_onnx(model, paths["fp32"], in_channels=channels)
     export.convert_fp16(paths["fp32"], paths["fp16"])
     step_done()
-    cal_idx = np.random.default_rng(seed + 4).permutation(len(sets.calib))[:N_INT8_CALIBRATION]
-    export.quantize_int8(paths["fp32"], paths["int8"], sets.calib.stamps[cal_idx])
+    pool = sets.calib.stamps
+    if len(pool) < N_INT8_CALIBRATION:
+        # a fine-tune's few replay frames: the training frames' stamps join, so that the activation
+        # ranges are not set by a few hundred stamps (full training has enough calibration frames)
+        pool = np.concatenate([pool, sets.train.stamps])
+    cal_idx = np.random.default_rng(seed + 4).permutation(len(pool))[:N_INT8_CALIBRATION]
+    cal_stamps = pool[cal_idx]
+    if extra_train is not None:
+        # a fine-tune's labelled stamps (a new class among them) set activation ranges that the
+        # replay frames alone never reach: calibrated without them, INT8 clips that class's logits
+        cal_stamps = np.concatenate([cal_stamps, extra_train[0]])
+    export.quantize_int8(paths["fp32"], paths["int8"], cal_stamps)
     save_weights(model, out / WEIGHTS_FILE)
     step_done()
 
