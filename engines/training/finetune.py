@@ -306,8 +306,11 @@ def finetune_engine(from_dir: Path, labels_path: Path, out_dir: Path, *, version
     """Fine-tune the engine in ``from_dir`` on ``labels_path``; write and return the new manifest.
 
     ``progress`` is told of every frame simulated, optimiser step and packaging step, stage by stage.
+    The new folder's ``exemplars.npz`` holds the base engine's examples and up to 20 training
+    stamps of each new class.
     """
     from engines.scoring import expected_calibration_error, score
+    from engines.training.exemplars import extend_exemplars
     from engines.training.train import (
         WEIGHTS_FILE,
         load_weights,
@@ -358,6 +361,10 @@ def finetune_engine(from_dir: Path, labels_path: Path, out_dir: Path, *, version
                "new_classes": new,
                "heldout_accuracy": float((s.label_index == truth).mean()),
                "heldout_ece": expected_calibration_error(s.probs, truth)}
-    return package_engine(out_dir, model, settings, sets, name=old.name, version=written_version,
-                          training=training, extra_evaluation={"finetune": heldout}, progress=progress,
-                          stage="exporting and evaluating (the new engine)", extra_train=(stamps[fit], names[fit]))
+    written = package_engine(out_dir, model, settings, sets, name=old.name, version=written_version,
+                             training=training, extra_evaluation={"finetune": heldout}, progress=progress,
+                             stage="exporting and evaluating (the new engine)", extra_train=(stamps[fit], names[fit]))
+    # the examples an explanation shows: the base engine's, and the new classes' own training stamps
+    extend_exemplars(out_dir, from_dir, stamps[fit], names[fit], np.array([f"{labels_path.name} #{i}" for i in fit]),
+                     new, seed=seed)
+    return written

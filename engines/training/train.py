@@ -861,6 +861,12 @@ def train_engine(out_dir: Any, settings: TrainSettings, *, name: str, version: s
     training = {**provenance(command, settings.seed), "twin_config": sets.configs, "dataset_sizes": sizes}
     written = package_engine(out_dir, model, settings, sets, name=name, version=version,
                              training=training, real_data=real_data, progress=progress)
+    # the training examples an explanation shows beside a record (engines/explain.py)
+    from pathlib import Path
+
+    from engines.training.exemplars import exemplars_from_set
+
+    exemplars_from_set(Path(out_dir), sets.train, settings.classes, seed=settings.seed)
     note("engines.train.done", out=str(out_dir), seconds=round(time.perf_counter() - started, 1))
     return written
 

@@ -124,10 +124,12 @@ def test_finetune_command_with_a_missing_labels_file_exits_2(tmp_path: Path, cap
 def test_finetune_adds_a_class_the_engine_does_not_have(tmp_path: Path) -> None:
     """Ground labels of a class the context engine lacks (close doubles, called "double" here) give
     an engine with that class added after all the old ones, a verified folder that the runtime
-    loads, held-out figures, and a new class that claims almost no single star."""
+    loads, held-out figures, exemplars of the new class beside the old ones, and a new class that
+    claims almost no single star."""
     from dataclasses import replace
 
     from edge.node.assemble import MODELS_DIR
+    from engines.explain import EXEMPLARS_FILE
     from engines.runtime import load_engine
     from engines.training.dataset import class_labels
 
@@ -148,6 +150,11 @@ def test_finetune_adds_a_class_the_engine_does_not_have(tmp_path: Path) -> None:
     assert new.evaluation["finetune"]["new_classes"] == ["double"]
     assert new.training["finetuned_from"]["new_classes"] == ["double"]
     assert new.scoring.n_classes == len(new.classes)
+    # the examples an explanation shows: the base engine's and the new class's own training stamps
+    with np.load(tmp_path / "ft" / EXEMPLARS_FILE) as ex, np.load(context_engine / EXEMPLARS_FILE) as base:
+        assert 0 < int((ex["label"] == "double").sum()) <= 20
+        assert set(base["label"].tolist()) | {"double"} == set(ex["label"].tolist())
+        assert ex["stamps"].shape[1:] == (4, 32, 32) and ex["stamps"].dtype == np.float16
     with load_engine(tmp_path / "ft", backend="onnxruntime", precision="int8") as engine:
         logits, _ = engine.infer(doubles.stamps)
         others, _ = engine.infer(ordinary.stamps)

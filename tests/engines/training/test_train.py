@@ -159,6 +159,9 @@ def test_train_engine_writes_a_verified_engine_folder(tiny_engine: Path) -> None
         assert 0.0 <= m.evaluation[precision]["accuracy_snr10"] <= 1.0
     card = m.path("MODEL_CARD.md").read_text()
     assert f"{m.evaluation['fp32']['accuracy_snr10']:.4f}" in card
+    with np.load(tiny_engine / "exemplars.npz") as ex:   # training examples for explanations
+        assert "star" in set(ex["label"]) and set(ex["label"]) <= set(m.classes)
+        assert ex["stamps"].shape[1:] == (4, 32, 32) and ex["stamps"].dtype == np.float16
 
 
 def test_train_command_refuses_bad_sizes_with_exit_code_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
