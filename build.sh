@@ -2,7 +2,7 @@
 # astro-edge: set-up, test, demo, engines, benchmarks. See README.md.
 #
 #   ./build.sh setup     create .venv and install astro-edge with the extras this machine can use
-#   ./build.sh test      set up if needed (and a C compiler, and the C client), then ruff, mypy and the whole test suite (extra args go to pytest)
+#   ./build.sh test      set up if needed (and a C compiler, the C client, nats-server, Chromium), then ruff, mypy and the whole test suite (extra args go to pytest)
 #   ./build.sh build-c   build the reference DAQ client in C (clients/c) into clients/c/build, installing its -dev packages with apt when root
 #   ./build.sh demo      set up if needed, then run the demo (extra args go to `astro-edge demo`)
 #   ./build.sh engines   set up if needed, then `astro-edge engines ARGS...` (default: build)
@@ -240,10 +240,24 @@ ensure_nats_server() {
     fi
 }
 
+# the review desk's tests drive headless Chromium through its WebDriver (the distribution's packages)
+ensure_chromium() {
+    if command -v chromedriver >/dev/null 2>&1 && { command -v chromium >/dev/null 2>&1 \
+            || command -v chromium-browser >/dev/null 2>&1; }; then return; fi
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        say "installing chromium and chromium-driver for the review desk's browser tests"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+    else
+        say "the review desk's browser tests need Chromium and its driver: sudo apt install chromium chromium-driver"
+        exit 1
+    fi
+}
+
 cmd_test() {
     ensure_setup
     ensure_cc
     ensure_nats_server
+    ensure_chromium
     cmd_build_c
     # lint and types first: a suite that passes on code ruff or mypy refuses does not pass
     say "ruff check"

@@ -187,7 +187,7 @@ ALLOWED = {
     "edge.node": {"edge stages", "edge.link", "calibration", "engines (serving)", "firmware_bridge"},
     "edge.commission": {"edge stages", "edge.node", "calibration", "engines (serving)", "engines.training",
                         "firmware_bridge", "twin"},
-    "edge.ground": {"edge stages", "edge.link", "firmware_bridge"},
+    "edge.ground": {"edge stages", "edge.link", "firmware_bridge", "engines (serving)"},
     "edge.testing": {"edge stages", "edge.ground", "firmware_bridge", "twin"},
     "engines.training": {"edge stages", "engines (serving)", "twin"},
     "edge stages": {"edge.link", "calibration", "engines (serving)", "firmware_bridge"},

@@ -32,6 +32,7 @@ _AREAS = (
     "edge.cli.commission",
     "edge.cli.engines",
     "edge.cli.ground",
+    "edge.cli.review",
     "edge.cli.alerts",
     "edge.cli.link",
     "edge.cli.node",

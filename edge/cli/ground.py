@@ -24,10 +24,12 @@ def register(subparsers: Any) -> None:
         description="The ground receiver: writes DIR/downlink.jsonl (records), DIR/frames.jsonl "
                     "(frame summaries) and DIR/downlink-YYYYMMDD.fits (the records received on "
                     "that UTC day as a FITS table), acknowledges what it stored and drops "
-                    "duplicates by record id. Stops on Ctrl-C or SIGTERM, after writing the FITS tables.")
+                    "duplicates by record id. Stops on Ctrl-C or SIGTERM, after writing the FITS tables. With a "
+                    "subcommand instead: `review` serves the review desk over such a folder and `labels "
+                    "export` writes the labels given there (docs/review.md).")
     p.add_argument("--bind", default=DEFAULT_GROUND_BIND, metavar="ADDRESS",
                    help=f"address to bind the ROUTER socket to (default {DEFAULT_GROUND_BIND})")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if absent)")
+    p.add_argument("--out", default=None, metavar="DIR", help="output folder (created if absent); required to receive")
     p.add_argument("--fits-interval-s", type=float, default=60.0, metavar="S",
                    help="rewrite the day's FITS table every this many seconds when records arrived "
                         "(default 60; 0: only at exit)")
@@ -47,12 +49,18 @@ def register(subparsers: Any) -> None:
     p.add_argument("--publish-replicas", type=int, default=1, metavar="N",
                    help="replicas of the stream when this ground creates it (default 1; 3 on a 3-server cluster)")
     p.set_defaults(func=_ground)
+    from edge.cli.review import add_ground_commands
+
+    add_ground_commands(p.add_subparsers(dest="ground_command", metavar="SUBCOMMAND", title="subcommands (the "
+                                         "receiver runs without one)"))
 
 
 def _ground(args: argparse.Namespace) -> int:
     from edge.ground.receiver import GroundReceiver
     from edge.log import get_logger
 
+    if not args.out:
+        raise ConfigError("the receiver needs --out DIR (or give a subcommand: review, labels)", where="ground")
     if args.fits_interval_s < 0 or args.duration_s < 0:
         raise ConfigError("--fits-interval-s and --duration-s must be >= 0", where="ground")
     if args.publish:
