@@ -153,10 +153,16 @@ def test_a_failing_ground_disk_loses_nothing_and_the_ground_recovers_when_it_ret
         daq = LoopbackDaq(f"tcp://127.0.0.1:{port}", frames, series_id=5, gates={3: fail})
         _wait(lambda: {s.frame for s in ground.summaries()} == {0, 1, 2}, 120, "frames 0-2 at the ground")
         # every record of frames 0-2 acknowledged too (a summary can land before its frame's last
-        # records), so that what the node holds after the failure is frames 3-5's alone
+        # records), so that what the node holds after the failure is frames 3-5's alone; the status
+        # file is written once a second, so it must be one written after frame 2's summary was
+        # acknowledged (an older one shows nothing pending before frame 2 was even spooled)
         nothing = {"record": 0, "frame_summary": 0}
-        _wait(lambda: status.exists() and json.loads(status.read_text())["spool"]["pending"] == nothing, 60,
-              "frames 0-2 acknowledged in full")
+
+        def acknowledged_in_full() -> bool:
+            spool = json.loads(status.read_text())["spool"] if status.exists() else {}
+            return spool.get("pending") == nothing and spool["acked"]["frame_summary"] == 3
+
+        _wait(acknowledged_in_full, 60, "frames 0-2 acknowledged in full")
         disk.fail(error)
         fail.set()
         daq.join(120)
