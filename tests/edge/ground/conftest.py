@@ -31,6 +31,23 @@ def served_desk(ground_dir: Path, *, token: str = "") -> Iterator[str]:
         app.extensions["desk"].close()
 
 
+def submitted(browser: Any, target: str | tuple[str, str], wait_for_id: str) -> Any:
+    """Click a button (by id) or a link (a locator) and return the next page's element
+    ``wait_for_id``. The wait goes by the page's address, which changes (a query, a label's
+    redirect, a link), and ignores WebDriver errors meanwhile: Chromium's inspector may fail on an
+    element of the page being left ("Node with given id does not belong to the document")."""
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    old = browser.current_url
+    locator = (By.ID, target) if isinstance(target, str) else target
+    browser.find_element(*locator).click()
+    wait = WebDriverWait(browser, 30, ignored_exceptions=(WebDriverException,))
+    wait.until(lambda d: d.current_url != old and d.execute_script("return document.readyState") == "complete")
+    return wait.until(lambda d: d.find_element(By.ID, wait_for_id))
+
+
 @pytest.fixture
 def desk() -> Callable[..., Any]:
     """served_desk, as a fixture that tests call with their ground folder."""

@@ -18,6 +18,7 @@ import pytest
 from edge.errors import ConfigError
 from edge.ground.labels import LabelStore
 from edge.ground.review import check_bind
+from tests.edge.ground.conftest import submitted
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -27,18 +28,6 @@ def _natural_width(browser: Any, element_id: str) -> int:
 
     image = browser.find_element(By.ID, element_id)
     return int(browser.execute_script("return arguments[0].complete ? arguments[0].naturalWidth : 0;", image))
-
-
-def _submitted(browser: Any, button_id: str, wait_for_id: str) -> Any:
-    """Click a form's button and wait for the next page's element."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    old = browser.find_element(By.TAG_NAME, "html")
-    browser.find_element(By.ID, button_id).click()
-    WebDriverWait(browser, 30).until(expected_conditions.staleness_of(old))
-    return WebDriverWait(browser, 30).until(expected_conditions.presence_of_element_located((By.ID, wait_for_id)))
 
 
 def _shots(tmp_path: Path) -> Path:
@@ -66,7 +55,7 @@ def test_a_reviewer_lists_filters_opens_labels_and_exports_in_a_browser(demo_gro
 
         Select(browser.find_element(By.ID, "f-reason")).select_by_value("unusual")
         Select(browser.find_element(By.ID, "f-sort")).select_by_value("pvalue")
-        _submitted(browser, "f-apply", "total")
+        submitted(browser, "f-apply", "total")
         unusual = int(browser.find_element(By.ID, "total").text)
         reasons = [td.text for td in browser.find_elements(By.CSS_SELECTOR, "#records td.reasons")]
         assert 0 < unusual < total and all("unusual" in r for r in reasons)
@@ -74,10 +63,8 @@ def test_a_reviewer_lists_filters_opens_labels_and_exports_in_a_browser(demo_gro
                    for tr in browser.find_elements(By.CSS_SELECTOR, "#records tbody tr")]
         assert pvalues == sorted(pvalues)
 
-        link = browser.find_element(By.CSS_SELECTOR, "a.record-link")
-        record_id = link.text
-        link.click()
-        assert browser.find_element(By.ID, "record-id").text == record_id
+        record_id = browser.find_element(By.CSS_SELECTOR, "a.record-link").text
+        assert submitted(browser, (By.CSS_SELECTOR, "a.record-link"), "record-id").text == record_id
         assert "unusual" in browser.find_element(By.ID, "reasons").text
         for image in ("cutout", "mask", "context", "saliency"):
             assert _natural_width(browser, image) == 32 * 6, image
@@ -88,11 +75,10 @@ def test_a_reviewer_lists_filters_opens_labels_and_exports_in_a_browser(demo_gro
         Select(browser.find_element(By.ID, "choice")).select_by_value("new")
         browser.find_element(By.ID, "new-class").send_keys("satellite_glint")
         browser.find_element(By.ID, "reviewer").send_keys("ana")
-        assert "satellite_glint" in _submitted(browser, "label-save", "saved").text
+        assert "satellite_glint" in submitted(browser, "label-save", "saved").text
         assert "satellite_glint by ana" in browser.find_element(By.ID, "labelling").text
 
-        browser.find_element(By.LINK_TEXT, "labels").click()
-        assert browser.find_element(By.ID, "n-labels").text == "1"
+        assert submitted(browser, (By.LINK_TEXT, "labels"), "n-labels").text == "1"
         assert record_id in browser.find_element(By.ID, "labels").text
 
     out = tmp_path / "labels.npz"
@@ -129,7 +115,7 @@ def test_html_that_came_from_the_node_is_shown_as_text(tmp_path: Path, browser: 
         name = browser.find_element(By.ID, "reviewer")
         name.clear()
         name.send_keys("<i id='italic'>eve</i>")
-        _submitted(browser, "label-save", "saved")
+        submitted(browser, "label-save", "saved")
         assert "artefact by <i id='italic'>eve</i>" in browser.find_element(By.ID, "labelling").text
         for element_id in ("injected", "bold", "italic"):
             assert browser.find_elements(By.ID, element_id) == []

@@ -62,8 +62,7 @@ def test_thirty_labels_given_at_the_desk_teach_a_running_node_a_class_it_lacked(
     the next frames send lobster-eye sources down as unusual lobster_psf, and almost nothing else
     under that name."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
-    from selenium.webdriver.support.ui import Select, WebDriverWait
+    from selenium.webdriver.support.ui import Select
 
     from edge.cli import main
     from edge.config import config_from_mapping
@@ -73,6 +72,7 @@ def test_thirty_labels_given_at_the_desk_teach_a_running_node_a_class_it_lacked(
     from engines.manifest import sha256_file
     from engines.training.finetune import finetune_engine
     from engines.training.train import training_twin_config
+    from tests.edge.ground.conftest import submitted
     from twin import simulate_frame
 
     root = tmp_path / "engines"
@@ -111,10 +111,7 @@ def test_thirty_labels_given_at_the_desk_teach_a_running_node_a_class_it_lacked(
                 name = browser.find_element(By.ID, "reviewer")
                 if not name.get_attribute("value"):
                     name.send_keys("ana")
-                page = browser.find_element(By.TAG_NAME, "html")
-                browser.find_element(By.ID, "label-save").click()
-                WebDriverWait(browser, 30).until(expected_conditions.staleness_of(page))
-                assert NEW_CLASS in browser.find_element(By.ID, "saved").text
+                assert NEW_CLASS in submitted(browser, "label-save", "saved").text
 
         labels = tmp_path / "labels.npz"
         assert main(["ground", "labels", "export", "--ground", str(tmp_path / "ground"), "--out", str(labels)]) == 0
