@@ -45,8 +45,8 @@ def add_ground_commands(sub: Any) -> None:
                     "with who and when). Listens on loopback by default; anywhere else it needs "
                     "--token-file (HTTP Basic: any user name, the token as password). docs/review.md.")
     p.add_argument("--ground", type=Path, required=True, metavar="DIR", help="the ground's folder (its --out)")
-    p.add_argument("--bind", dest="review_bind", default=DEFAULT_REVIEW_BIND, metavar="HOST:PORT",
-                   help=f"where to listen (default {DEFAULT_REVIEW_BIND}; port 0: any free port)")
+    p.add_argument("--bind", dest="review_bind", default=DEFAULT_REVIEW_BIND, metavar="ADDRESS",
+                   help=f"HOST:PORT to listen on (default {DEFAULT_REVIEW_BIND}; port 0: any free port)")
     p.add_argument("--token-file", type=Path, default=None, metavar="FILE",
                    help="a file whose first line is the access token; required beyond loopback")
     _engines_option(p)
