@@ -4,7 +4,8 @@
 twin configuration at each of its densities, the frames calibrated as training calibrated them)
 and keeps ``per_class`` stamps of each class, cut by the engine's own recipe: candidates at
 S/N >= 10 whose truth family is the class itself, spread over as many frames as there are.
-:func:`extend_exemplars` is what fine-tuning writes: the base engine's examples and some labelled
+:func:`engines.training.exemplar_set.exemplars_from_set` is what ``engines train`` writes from the
+set it drew. :func:`extend_exemplars` is what fine-tuning writes: the base engine's examples and some labelled
 stamps of each new class. The file holds ``stamps`` (n, C, 32, 32) float16 (to keep the
 repository small), ``label`` (n class names) and ``source`` (where each came from); it is not
 listed in the manifest, so writing it changes no engine id. ``engines.explain`` reads it.
@@ -15,9 +16,7 @@ listed in the manifest, so writing it changes no engine id. ``engines.explain`` 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,70 +25,21 @@ from numpy.typing import NDArray
 
 from edge.errors import EngineIntegrityError
 from edge.log import get_logger
-from engines.explain import EXEMPLARS_FILE, read_exemplars
+from engines.explain import read_exemplars
+from engines.training.exemplar_set import (
+    EXEMPLAR_SNR_MIN,
+    PER_CLASS,
+    PER_FRAME,
+    save_exemplars,
+    spread,
+)
 
-__all__ = ["EXEMPLAR_SNR_MIN", "PER_CLASS", "exemplars_from_set", "extend_exemplars", "save_exemplars",
-           "write_exemplars"]
+__all__ = ["extend_exemplars", "write_exemplars"]
 
 log = get_logger(__name__)
 
-#: examples of each class an engine folder keeps
-PER_CLASS = 20
-#: candidates fainter than this are not shown as examples
-EXEMPLAR_SNR_MIN = 10.0
 #: frames rendered at most (all densities together) while looking for examples
 MAX_FRAMES = 240
-#: examples of one class taken from one frame at most
-PER_FRAME = 2
-
-
-def save_exemplars(folder: Path, stamps: NDArray[Any], labels: NDArray[Any], sources: NDArray[Any]) -> Path:
-    """Write ``folder/exemplars.npz`` atomically (stamps stored as float16)."""
-    folder = Path(folder)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".exemplars-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, stamps=np.asarray(stamps, np.float16), label=np.asarray(labels).astype(str),
-                                source=np.asarray(sources).astype(str))
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the folder's other files are world-readable
-        os.replace(tmp, folder / EXEMPLARS_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return folder / EXEMPLARS_FILE
-
-
-def _spread(frames: list[int], n: int, rng: np.random.Generator) -> list[int]:
-    """Indices of ``n`` of the items, in random order, taking one of each frame before a second."""
-    order = rng.permutation(len(frames))
-    seen: dict[int, int] = {}
-    rank = np.empty(len(frames), np.int64)
-    for i in order:
-        rank[i] = seen.get(frames[i], 0)
-        seen[frames[i]] = rank[i] + 1
-    position = np.empty(len(frames), np.int64)
-    position[order] = np.arange(len(frames))
-    return sorted(range(len(frames)), key=lambda i: (rank[i], position[i]))[:n]
-
-
-def exemplars_from_set(folder: Path, data: Any, classes: tuple[str, ...], per_class: int = PER_CLASS,
-                       seed: int = 0) -> Path:
-    """Write ``folder/exemplars.npz`` from a training set in memory (what ``engines train`` drew):
-    ``per_class`` stamps of each class at S/N >= EXEMPLAR_SNR_MIN, spread over the frames."""
-    from engines.training.dataset import class_labels
-
-    rng = np.random.default_rng(seed)
-    labels = class_labels(data, classes)
-    stamps, names, sources = [], [], []
-    for c, name in enumerate(classes):
-        mine = np.flatnonzero((labels == c) & (data.family == name) & (data.snr >= EXEMPLAR_SNR_MIN))
-        chosen = mine[_spread([int(f) for f in data.frame[mine]], per_class, rng)] if mine.size else mine
-        stamps += [data.stamps[k] for k in chosen]
-        names += [name] * len(chosen)
-        sources += [f"training set, frame {int(data.frame[k])}" for k in chosen]
-    channels = int(data.stamps.shape[1])
-    return save_exemplars(folder, np.stack(stamps) if stamps else np.zeros((0, channels, 32, 32)),
-                          np.array(names), np.array(sources))
 
 
 def write_exemplars(folder: Path, per_class: int = PER_CLASS, seed: int | None = None,
@@ -147,7 +97,7 @@ def write_exemplars(folder: Path, per_class: int = PER_CLASS, seed: int | None =
             break
     stamps, names, sources = [], [], []
     for name in rendered:
-        chosen = _spread([f for _, _, f in pool[name]], per_class, rng)
+        chosen = spread([f for _, _, f in pool[name]], per_class, rng)
         stamps += [pool[name][i][0] for i in chosen]
         sources += [pool[name][i][1] for i in chosen]
         names += [name] * len(chosen)

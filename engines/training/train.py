@@ -864,7 +864,7 @@ def train_engine(out_dir: Any, settings: TrainSettings, *, name: str, version: s
     # the training examples an explanation shows beside a record (engines/explain.py)
     from pathlib import Path
 
-    from engines.training.exemplars import exemplars_from_set
+    from engines.training.exemplar_set import exemplars_from_set
 
     exemplars_from_set(Path(out_dir), sets.train, settings.classes, seed=settings.seed)
     note("engines.train.done", out=str(out_dir), seconds=round(time.perf_counter() - started, 1))
