@@ -45,6 +45,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--teach-rounds", type=int, default=12, metavar="N",
                    help="injections of every known-unusual family into each fine-tuning frame, whose detections "
                         "teach the engine those families on the camera's own sky (default: 12)")
+    p.add_argument("--twin-rounds", type=int, default=12, metavar="N",
+                   help="rounds of render, measure and scale that fit the twin to the camera (default: 12)")
+    p.add_argument("--twin-frames", type=int, default=8, metavar="N",
+                   help="twin frames rendered in each of those rounds; the fitted twin's distances are "
+                        "measured on twice as many fresh ones (default: 8)")
     p.add_argument("--seed", type=int, default=20261204, metavar="N",
                    help="seed of the twin, the injections and the fine-tuning (default: 20261204)")
     p.add_argument("--threads", type=int, default=2, metavar="N", help="CPU threads (default: 2)")
@@ -57,14 +62,16 @@ def _commission(args: argparse.Namespace) -> int:
     from edge.commission.run import CommissionSettings, commission
     from edge.errors import ConfigError
 
-    if args.epochs < 0 or args.replay_frames < 4 or args.threads < 1 or args.teach_rounds < 0:
-        raise ConfigError("--epochs and --teach-rounds must be >= 0, --replay-frames >= 4 and --threads >= 1",
-                          where="commission")
+    if (args.epochs < 0 or args.replay_frames < 4 or args.threads < 1 or args.teach_rounds < 0
+            or args.twin_rounds < 1 or args.twin_frames < 1):
+        raise ConfigError("--epochs and --teach-rounds must be >= 0, --replay-frames >= 4, and --threads, "
+                          "--twin-rounds and --twin-frames >= 1", where="commission")
     settings = CommissionSettings(out_dir=args.out, science=tuple(args.science), bias=tuple(args.bias),
                                   dark=tuple(args.dark), flat=tuple(args.flat),
                                   reference_catalog=args.reference_catalog, base_engine=args.engine,
                                   replay_frames=args.replay_frames, epochs=args.epochs,
-                                  teach_rounds=args.teach_rounds, seed=args.seed,
+                                  teach_rounds=args.teach_rounds, twin_rounds=args.twin_rounds,
+                                  twin_frames=args.twin_frames, seed=args.seed,
                                   threads=args.threads)
     with Bars(quiet=args.quiet) as bars:
         result = commission(settings, progress=bars)

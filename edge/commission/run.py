@@ -54,6 +54,9 @@ class CommissionSettings:
     learning_rate: float = 1e-3
     #: injections of every known-unusual family into each fine-tuning frame (edge.commission.teach)
     teach_rounds: int = 12
+    #: rounds of the twin fit and twin frames rendered in each (edge.commission.twinfit.fit_twin)
+    twin_rounds: int = 12
+    twin_frames: int = 8
     seed: int = 20261204
     threads: int = 2
     #: the node's detection, with the diffuse pass (edge.diffuse) on: a ghost's ring or a faint arc
@@ -155,8 +158,8 @@ def commission(settings: CommissionSettings, progress: Progress | None = None) -
     lap("catalog")
 
     if c.measured:
-        c.twin = twinfit.fit_twin(c.measured, _instrument(c, calibrated), measuring, seed=settings.seed,
-                                  progress=progress)
+        c.twin = twinfit.fit_twin(c.measured, _instrument(c, calibrated), measuring, rounds=settings.twin_rounds,
+                                  n_frames=settings.twin_frames, seed=settings.seed, progress=progress)
         c.images["twin"], c.images["twin_var"], c.images["twin_mask"] = _twin_image(c.twin.config, settings.seed)
     lap("twin")
 
