@@ -14,7 +14,7 @@ import tomllib
 from edge.cli import main
 
 #: small and quick: the command's own defaults are measured in bench/commission.py
-QUICK = ["--replay-frames", "12", "--epochs", "1", "--teach-rounds", "1", "--twin-rounds", "4", "--twin-frames", "4"]
+QUICK = ["--replay-frames", "6", "--epochs", "1", "--teach-rounds", "1", "--twin-rounds", "4", "--twin-frames", "4"]
 
 
 def _commission(args: list[str], out: Path) -> int:
