@@ -19,6 +19,7 @@ import base64
 import hmac
 import ipaddress
 import secrets
+import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -273,12 +274,14 @@ def create_app(settings: ReviewSettings) -> Any:
 
     @app.get("/labels/export.npz")
     def labels_export() -> Any:
-        out = settings.ground_dir / "labels-export.npz"
-        try:
-            export_labels(desk.labels, desk.catalog, out, engine_id=request.args.get("engine_id", ""))
-        except ConfigError as exc:
-            abort(400, str(exc))
-        response = make_response(out.read_bytes())
+        # the download is the command's file, written aside (the ground's folder gets nothing new)
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "labels.npz"
+            try:
+                export_labels(desk.labels, desk.catalog, out, engine_id=request.args.get("engine_id", ""))
+            except ConfigError as exc:
+                abort(400, str(exc))
+            response = make_response(out.read_bytes())
         response.headers["Content-Type"] = "application/octet-stream"
         response.headers["Content-Disposition"] = "attachment; filename=labels.npz"
         return response
