@@ -23,6 +23,7 @@ from typing import Any
 
 from edge.codec import from_dict
 from edge.errors import ConfigError, GroundStoreError, RecordError
+from edge.ground.index import open_wal
 from edge.ground.writers import FRAMES_NAME, RECORDS_NAME
 from edge.log import get_logger
 from edge.records import REASONS, DownlinkRecord, FrameSummary
@@ -131,11 +132,7 @@ class Catalog:
         self.path = self.ground_dir / CATALOG_NAME
         self._lock = threading.Lock()   # one connection, shared by the web server's threads
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            for statement in _SCHEMA:
-                self._db.execute(statement)
+            self._db = open_wal(self.path, "NORMAL", _SCHEMA)
         except sqlite3.Error as exc:
             raise GroundStoreError(f"cannot open the review catalog {self.path}: {exc}; delete it to have it "
                                    "rebuilt from the JSON lines", where=str(self.path)) from exc

@@ -30,7 +30,7 @@ from edge.link.sqlite_ids import ids_present
 from edge.log import get_logger
 from edge.records import summary_id
 
-__all__ = ["INDEX_NAME", "GroundIndex", "IndexEntry", "fits_day", "scan_lines"]
+__all__ = ["INDEX_NAME", "GroundIndex", "IndexEntry", "fits_day", "open_wal", "scan_lines"]
 
 log = get_logger(__name__)
 
@@ -77,6 +77,23 @@ def scan_lines(path: Path, start: int = 0) -> Iterator[tuple[IndexEntry, dict[st
             yield entry, data, offset
 
 
+def open_wal(path: Path, synchronous: str, schema: Iterable[str]) -> sqlite3.Connection:
+    """A ground SQLite file in WAL mode (refused where the filesystem cannot give it) with its
+    schema, usable from several threads in turn; sqlite3 errors are the caller's to name."""
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise sqlite3.DatabaseError(f"journal_mode is {mode}, WAL is needed")
+        db.execute(f"PRAGMA synchronous={synchronous}")
+        for statement in schema:
+            db.execute(statement)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
 class GroundIndex:
     """Ids, days and read offsets of a ground folder's JSON lines, in SQLite."""
 
@@ -84,15 +101,9 @@ class GroundIndex:
         self.path = Path(path)
         try:
             # one receiver uses it at a time, but it may be built in one thread and served in another
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise sqlite3.DatabaseError(f"journal_mode is {mode}, WAL is needed")
             # the JSON lines are fsynced before the index; losing the index's last commit to a
             # power cut only makes the next start index those lines again
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            for statement in _SCHEMA:
-                self._db.execute(statement)
+            self._db = open_wal(self.path, "NORMAL", _SCHEMA)
         except sqlite3.Error as exc:
             raise GroundStoreError(f"cannot open the ground index {self.path}: {exc}; delete it to have it "
                                "rebuilt from the JSON lines", where=str(self.path)) from exc

@@ -25,6 +25,7 @@ import numpy as np
 
 from edge.errors import ConfigError, GroundStoreError
 from edge.ground.catalog import Catalog
+from edge.ground.index import open_wal
 from edge.log import get_logger
 
 __all__ = ["ARTEFACT", "LABELS_NAME", "Export", "Label", "LabelStore", "check_label", "export_labels"]
@@ -74,11 +75,7 @@ class LabelStore:
         self.path = Path(ground_dir) / LABELS_NAME
         self._lock = threading.Lock()
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            for statement in _SCHEMA:
-                self._db.execute(statement)
+            self._db = open_wal(self.path, "FULL", _SCHEMA)
         except sqlite3.Error as exc:
             raise GroundStoreError(f"cannot open the labels {self.path}: {exc}", where=str(self.path)) from exc
 

@@ -34,7 +34,7 @@ import numpy as np
 from edge.errors import ConfigError, EngineError, GroundStoreError
 from edge.ground.catalog import SORTS, Catalog, RecordQuery
 from edge.ground.images import asinh_stretch, heat, line_chart, png, upscale
-from edge.ground.labels import ARTEFACT, Label, LabelStore, check_label, export_labels
+from edge.ground.labels import ARTEFACT, Label, LabelStore, export_labels
 from edge.log import get_logger
 from edge.records import REASONS, DownlinkRecord
 
@@ -248,7 +248,7 @@ def create_app(settings: ReviewSettings) -> Any:
         try:
             if not name:
                 raise ConfigError("choose a class, artefact, or give the new class's name", where="label")
-            stored = desk.labels.add(Label(record.record_id, check_label(name), who,
+            stored = desk.labels.add(Label(record.record_id, name, who,
                                            datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                            record.engine_id))
         except ConfigError as exc:
